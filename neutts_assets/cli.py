@@ -1,0 +1,104 @@
+"""`neutts-assets`: the command-line side of the code location.
+
+    neutts-assets check-stores [--write]   the old test_connection(), for every configured store
+    neutts-assets add-channel NAME...      add channel partitions to the Dagster instance
+    neutts-assets demo                     add the demo channel and materialize the whole graph
+
+Configuration comes from the same environment variables as the code location (README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+
+def check_stores(write: bool) -> int:
+    from neutts_assets.defs.resources import resources_from_env
+    from neutts_assets.storage.store import StoreCheckError
+
+    failed = 0
+    resources = resources_from_env()
+    for name in ("source", "store"):
+        try:
+            store = resources[name].open()
+            where = store.describe()
+            # The source is read only: never write a probe into the broadcaster's bucket.
+            store.check(write=write and name == "store")
+            print(f"{name}: OK   {where}")
+        except StoreCheckError as exc:
+            failed += 1
+            print(f"{name}: FAILED {exc}  [{resources[name].url}]")
+        except Exception as exc:  # a misconfiguration (bad URL); messages never include secrets
+            failed += 1
+            print(f"{name}: FAILED {type(exc).__name__}: {exc}  [{resources[name].url}]")
+    return 1 if failed else 0
+
+
+def add_channels(names: list[str]) -> int:
+    from dagster import DagsterInstance
+
+    from neutts_assets.core.layout import UnsafeNameError, check_name
+    from neutts_assets.defs.partitions import channels
+
+    try:
+        for name in names:
+            check_name(name, "channel")
+    except UnsafeNameError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with DagsterInstance.get() as instance:
+        existing = set(instance.get_dynamic_partitions(channels.name))
+        new = [n for n in names if n not in existing]
+        if new:
+            instance.add_dynamic_partitions(channels.name, new)
+        print(f"channels added: {new or 'none'}; already present: {sorted(set(names) - set(new)) or 'none'}")
+    return 0
+
+
+def executable_assets() -> list[str]:
+    from neutts_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    return sorted(k.to_user_string() for k in graph.executable_asset_keys)
+
+
+def materialize(channel: str) -> int:
+    cmd = [
+        sys.executable, "-m", "dagster", "asset", "materialize",
+        "-m", "neutts_assets.definitions",
+        "--select", ",".join(executable_assets()),
+        "--partition", channel,
+    ]
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="neutts-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check-stores", help="check that the source bucket and the segment store are reachable")
+    p.add_argument("--write", action="store_true", help="also write and delete a probe object in the segment store")
+    p = sub.add_parser("add-channel", help="add channel partitions to the Dagster instance ($DAGSTER_HOME)")
+    p.add_argument("names", nargs="+")
+    p = sub.add_parser("materialize", help="add a channel and materialize every built asset for it")
+    p.add_argument("channel")
+    sub.add_parser("demo", help="add the shipped demo channel and materialize every built asset for it")
+    args = parser.parse_args(argv)
+
+    if args.command == "check-stores":
+        return check_stores(args.write)
+    if args.command == "add-channel":
+        return add_channels(args.names)
+    if args.command in ("materialize", "demo"):
+        from neutts_assets.defs.resources import DEMO_CHANNEL
+
+        channel = DEMO_CHANNEL if args.command == "demo" else args.channel
+        return add_channels([channel]) or materialize(channel)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Where stage 1 keeps its output in the segment store, and the per-recording index that makes it
+resumable.
+
+    stage1/{channel}/{ID}_seg_{i}.npz     one per segment (the old workflow's names)
+    stage1/{channel}/_index/{ID}.json     written last, after all of a recording's segments
+
+A recording counts as done only when its index exists and its fingerprint (audio version,
+transcript content, cut rules, file format) matches the inventory. A run killed halfway leaves
+no index for the recording it was cutting, so the next run cuts it again; segment objects are
+each written atomically, so none is ever half-written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+STAGE1_PREFIX = "stage1/"
+INDEX_FOLDER = "_index"
+
+
+def channel_prefix(channel: str) -> str:
+    return f"{STAGE1_PREFIX}{channel}/"
+
+
+def segment_key(channel: str, segment_id: str) -> str:
+    return f"{channel_prefix(channel)}{segment_id}.npz"
+
+
+def index_prefix(channel: str) -> str:
+    return f"{channel_prefix(channel)}{INDEX_FOLDER}/"
+
+
+def index_key(channel: str, recording_id: str) -> str:
+    return f"{index_prefix(channel)}{recording_id}.json"
+
+
+@dataclass
+class SegmentEntry:
+    key: str
+    audio_id: str
+    index: int
+    duration_sec: float
+    bytes: int
+    speaker_id: str
+    clipped: bool = False
+
+
+@dataclass
+class SkipEntry:
+    index: int
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class RecordingIndex:
+    recording_id: str
+    status: str  # "ok" or "failed"
+    fingerprint: dict
+    segments: list[SegmentEntry] = field(default_factory=list)
+    skipped: list[SkipEntry] = field(default_factory=list)
+    error: str = ""
+    audio_seconds: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "RecordingIndex":
+        d = json.loads(data)
+        return cls(
+            recording_id=d["recording_id"],
+            status=d["status"],
+            fingerprint=d["fingerprint"],
+            segments=[SegmentEntry(**s) for s in d.get("segments", [])],
+            skipped=[SkipEntry(**s) for s in d.get("skipped", [])],
+            error=d.get("error", ""),
+            audio_seconds=d.get("audio_seconds", 0.0),
+        )
+
+
+def load_indexes(store, channel: str, workers: int = 8) -> dict[str, RecordingIndex]:
+    """Every recording index of a channel, read a few at a time in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [o.key for o in store.list(index_prefix(channel)) if o.key.endswith(".json")]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        blobs = list(pool.map(store.read_bytes_or_none, keys))
+    indexes = {}
+    for blob in blobs:
+        if blob is not None:
+            idx = RecordingIndex.from_json(blob)
+            indexes[idx.recording_id] = idx
+    return indexes

@@ -1,0 +1,183 @@
+"""Stage 1 for one recording: download once, decode once to 16 kHz mono, cut every transcript
+segment, write one segment file each, drop the segments a new transcript no longer has, and
+publish the recording's index last.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neutts_assets.core.audio import SAMPLE_RATE, AudioDecodeError, decode_pcm16
+from neutts_assets.core.cutting import CutRules, plan_cuts
+from neutts_assets.core.inventory import InventoryEntry
+from neutts_assets.core.layout import segment_id
+from neutts_assets.core.segment_file import FORMAT_VERSION, Segment, encode_segment
+from neutts_assets.core.segment_store import RecordingIndex, SegmentEntry, SkipEntry, index_key, segment_key
+from neutts_assets.core.transcripts import TranscriptError, parse_transcript
+from neutts_assets.storage.store import ObjectStore
+
+
+def fingerprint(entry: InventoryEntry, rules: CutRules) -> dict:
+    """Everything whose change means the recording must be cut again."""
+    return {
+        "audio_key": entry.audio_key,
+        "audio_version": entry.audio_version,
+        "audio_size": entry.audio_size,
+        "transcript_sha256": entry.transcript_sha256,
+        "cut_rules": rules.fingerprint(),
+        "format_version": FORMAT_VERSION,
+    }
+
+
+@dataclass
+class RecordingResult:
+    recording_id: str
+    index: RecordingIndex | None  # None when a transient failure left nothing to publish
+    error: str = ""
+    error_object: str = ""
+    downloaded_bytes: int = 0
+    written_bytes: int = 0
+    removed_keys: list[str] = field(default_factory=list)
+    decode_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+
+def cut_recording(
+    entry: InventoryEntry,
+    channel: str,
+    source: ObjectStore,
+    store: ObjectStore,
+    rules: CutRules,
+    previous: RecordingIndex | None,
+    workdir: str | None = None,
+) -> RecordingResult:
+    fp = fingerprint(entry, rules)
+    result = RecordingResult(entry.recording_id, None)
+
+    def failed(obj: str, reason: str) -> RecordingResult:
+        """A deterministic failure (bad transcript, undecodable audio). Its index is published only
+        when no earlier good cut exists, so a bad new upload never hides the segments already made,
+        and an unchanged bad file is not downloaded again on every run."""
+        result.error, result.error_object = reason, obj
+        if previous is None or previous.status != "ok":
+            result.index = RecordingIndex(entry.recording_id, "failed", fp, error=reason)
+            store.write_bytes(index_key(channel, entry.recording_id), result.index.to_json())
+        return result
+
+    try:
+        transcript = source.read_bytes(entry.transcript_key)
+    except FileNotFoundError:
+        result.error, result.error_object = "transcript disappeared from the source", entry.transcript_key
+        return result
+    try:
+        segments, problems = parse_transcript(transcript, entry.transcript_key)
+    except TranscriptError as exc:
+        return failed(entry.transcript_key, str(exc))
+
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="neutts-") as tmp:
+        local = Path(tmp) / f"audio{entry.audio_ext or '.bin'}"
+        try:
+            result.downloaded_bytes = source.download(entry.audio_key, local)
+        except FileNotFoundError:
+            result.error, result.error_object = "audio disappeared from the source", entry.audio_key
+            return result
+        t0 = time.perf_counter()
+        try:
+            pcm = decode_pcm16(local, name=entry.audio_key)
+        except AudioDecodeError as exc:
+            return failed(entry.audio_key, str(exc))
+        result.decode_seconds = time.perf_counter() - t0
+
+    cuts, skips = plan_cuts(segments, len(pcm), SAMPLE_RATE, rules)
+    index = RecordingIndex(
+        entry.recording_id, "ok", fp,
+        skipped=[SkipEntry(p.index, "malformed segment", p.reason) for p in problems]
+        + [SkipEntry(s.index, s.reason, s.detail) for s in skips],
+        audio_seconds=len(pcm) / SAMPLE_RATE,
+    )
+    t0 = time.perf_counter()
+    for cut in cuts:
+        seg = cut.segment
+        sid = segment_id(entry.recording_id, seg.index)
+        data = encode_segment(Segment(
+            audio_id=sid, channel=channel, text=seg.text, speaker_id=seg.speaker_id, gender=seg.gender,
+            dialect=seg.dialect, tone=seg.tone, pcm16=pcm[cut.start:cut.end],
+            source_key=entry.audio_key, start_ms=seg.start_ms, end_ms=seg.end_ms,
+        ))
+        key = segment_key(channel, sid)
+        store.write_bytes(key, data)
+        result.written_bytes += len(data)
+        index.segments.append(SegmentEntry(key, sid, seg.index, cut.num_samples / SAMPLE_RATE, len(data), seg.speaker_id, cut.clipped))
+    result.write_seconds = time.perf_counter() - t0
+
+    # Segments of the previous cut that the new transcript no longer yields (the old tool needed `rm`).
+    if previous is not None:
+        keep = {s.key for s in index.segments}
+        for old in previous.segments:
+            if old.key not in keep:
+                store.delete(old.key)
+                result.removed_keys.append(old.key)
+
+    store.write_bytes(index_key(channel, entry.recording_id), index.to_json())
+    result.index = index
+    return result
+
+
+@dataclass
+class ChannelPlan:
+    """What a run must do: only new and changed recordings are downloaded."""
+
+    new: list[InventoryEntry] = field(default_factory=list)
+    changed: list[InventoryEntry] = field(default_factory=list)
+    unchanged: list[InventoryEntry] = field(default_factory=list)
+    failed_unchanged: list[InventoryEntry] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # indexed recordings no longer in the source
+
+    @property
+    def todo(self) -> list[InventoryEntry]:
+        return self.new + self.changed
+
+
+def plan_channel(entries: list[InventoryEntry], previous: dict[str, RecordingIndex], rules: CutRules, force: bool = False) -> ChannelPlan:
+    plan = ChannelPlan()
+    for entry in entries:
+        old = previous.get(entry.recording_id)
+        if old is None:
+            plan.new.append(entry)
+        elif force or old.fingerprint != fingerprint(entry, rules):
+            plan.changed.append(entry)
+        elif old.status == "ok":
+            plan.unchanged.append(entry)
+        else:
+            plan.failed_unchanged.append(entry)
+    in_source = {e.recording_id for e in entries}
+    plan.gone = sorted(r for r in previous if r not in in_source)
+    return plan
+
+
+def channel_manifest(channel: str, entries: list[InventoryEntry], indexes: dict[str, RecordingIndex]) -> dict:
+    """The segments of every recording in the current inventory that has a good cut in the store."""
+    recordings = []
+    for entry in entries:
+        idx = indexes.get(entry.recording_id)
+        if idx is None or idx.status != "ok":
+            continue
+        recordings.append({
+            "recording_id": entry.recording_id,
+            "audio_key": entry.audio_key,
+            "audio_seconds": idx.audio_seconds,
+            "segments": [
+                {"key": s.key, "audio_id": s.audio_id, "duration_sec": s.duration_sec, "bytes": s.bytes, "speaker_id": s.speaker_id}
+                for s in idx.segments
+            ],
+        })
+    return {
+        "channel": channel,
+        "format_version": FORMAT_VERSION,
+        "recordings": recordings,
+        "segment_count": sum(len(r["segments"]) for r in recordings),
+        "segment_seconds": sum(s["duration_sec"] for r in recordings for s in r["segments"]),
+    }

@@ -1,0 +1,108 @@
+"""Reading the users' transcript JSON: a list of timed, speaker-labelled segments.
+
+The format (seed/SOURCE_LAYOUT.md) is either a bare list of segments or {"segments": [...]};
+each segment has start_ms, end_ms, text and optional speaker_id, gender, dialect, tone.
+A transcript that cannot be read at all raises TranscriptError; a single bad segment becomes a
+SegmentProblem so the rest of the transcript is still used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+# The old tool's defaults for missing labels; training scripts group and filter on these strings.
+DEFAULT_LABELS = {"speaker_id": "UNKNOWN", "gender": "unknown", "dialect": "unknown", "tone": "neutral"}
+
+
+class TranscriptError(ValueError):
+    """The transcript as a whole is unusable; the message names the object and the reason."""
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    index: int  # position in the transcript: the i of {ID}_seg_{i}
+    start_ms: float
+    end_ms: float
+    text: str
+    speaker_id: str = DEFAULT_LABELS["speaker_id"]
+    gender: str = DEFAULT_LABELS["gender"]
+    dialect: str = DEFAULT_LABELS["dialect"]
+    tone: str = DEFAULT_LABELS["tone"]
+
+
+@dataclass(frozen=True)
+class SegmentProblem:
+    index: int
+    reason: str
+
+
+def _time(value: object, field: str) -> float:
+    # bool is an int in Python; a transcript saying "start_ms": true is broken, not 1 ms.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field} is not a number ({value!r:.40})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{field} is not finite ({value})")
+    return value
+
+
+def _label(raw: dict, field: str) -> str:
+    value = raw.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_LABELS[field]
+    return str(value).strip()
+
+
+def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], list[SegmentProblem]]:
+    """Parses one transcript object. `name` is used in error messages only."""
+    try:
+        text = data.decode("utf-8-sig")  # tolerate a BOM, which some editors add
+    except UnicodeDecodeError as exc:
+        raise TranscriptError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TranscriptError(f"{name}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if isinstance(doc, dict):
+        if "segments" not in doc:
+            raise TranscriptError(f"{name}: JSON object has no 'segments' list")
+        doc = doc["segments"]
+    if not isinstance(doc, list):
+        raise TranscriptError(f"{name}: expected a list of segments or {{\"segments\": [...]}}, got {type(doc).__name__}")
+
+    segments: list[TranscriptSegment] = []
+    problems: list[SegmentProblem] = []
+    for index, raw in enumerate(doc):
+        if not isinstance(raw, dict):
+            problems.append(SegmentProblem(index, f"segment is a {type(raw).__name__}, not an object"))
+            continue
+        missing = [f for f in ("start_ms", "end_ms") if f not in raw]
+        if missing:
+            problems.append(SegmentProblem(index, f"missing {' and '.join(missing)}"))
+            continue
+        try:
+            start, end = _time(raw["start_ms"], "start_ms"), _time(raw["end_ms"], "end_ms")
+        except ValueError as exc:
+            problems.append(SegmentProblem(index, str(exc)))
+            continue
+        text = raw.get("text", "")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            problems.append(SegmentProblem(index, f"text is a {type(text).__name__}, not a string"))
+            continue
+        segments.append(
+            TranscriptSegment(
+                index=index,
+                start_ms=start,
+                end_ms=end,
+                text=text.replace("\x00", "").strip(),  # NUL bytes break C string consumers downstream
+                speaker_id=_label(raw, "speaker_id"),
+                gender=_label(raw, "gender"),
+                dialect=_label(raw, "dialect"),
+                tone=_label(raw, "tone"),
+            )
+        )
+    return segments, problems

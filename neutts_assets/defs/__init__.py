@@ -1,0 +1,1 @@
+"""The thin Dagster layer: partitions, resources, IO managers and assets over the pure core."""

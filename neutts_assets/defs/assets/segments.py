@@ -1,0 +1,109 @@
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Optional
+
+from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from pydantic import Field
+
+from neutts_assets.core.cutting import CutRules
+from neutts_assets.core.inventory import Inventory
+from neutts_assets.core.progress import Progress
+from neutts_assets.core.segment_store import channel_prefix, load_indexes
+from neutts_assets.core.stage1 import channel_manifest, cut_recording, plan_channel
+from neutts_assets.defs.metadata import md_table, reason_counts
+from neutts_assets.defs.partitions import channels
+from neutts_assets.defs.resources import SegmentStore, SourceBucket
+
+
+class SegmentsConfig(Config):
+    min_duration_s: float = Field(default=0.3, description="skip segments shorter than this (old default 0.3 s)")
+    max_duration_s: Optional[float] = Field(default=None, description="skip segments longer than this; off by default")
+    skip_empty_text: bool = Field(default=True, description="skip segments whose text is empty (old default)")
+    workers: int = Field(default=4, description="recordings downloaded, decoded and written at once")
+    force: bool = Field(default=False, description="re-cut every recording, even unchanged ones")
+
+
+@asset(
+    partitions_def=channels,
+    io_manager_key="manifest_io_manager",
+    tags={"machine": "t4"},
+    kinds={"numpy"},
+    description="Stage 1: each new or changed recording is downloaded once, decoded once to 16 kHz mono "
+    "and cut into one .npz per transcript segment under stage1/{channel}/. Unchanged recordings cost "
+    "nothing; segments a new transcript no longer has are removed. Value: the segment manifest.",
+)
+def segments_npz(
+    context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore
+) -> Output[dict]:
+    channel = context.partition_key
+    inventory = Inventory.from_dict(raw_audio)
+    rules = CutRules(config.min_duration_s, config.max_duration_s, config.skip_empty_text)
+    src, dst = source.open(), store.open()
+
+    indexes = load_indexes(dst, channel)
+    plan = plan_channel(inventory.entries, indexes, rules, force=config.force)
+    context.log.info(
+        f"{channel}: {len(plan.new)} new, {len(plan.changed)} changed, {len(plan.unchanged)} unchanged, "
+        f"{len(plan.failed_unchanged)} failed before and unchanged"
+    )
+
+    progress = Progress(context.log.info, len(plan.todo), channel)
+    missing_audio = [(u.key, u.reason) for u in inventory.unpaired if u.kind == "transcript_without_audio"]
+    failures = list(missing_audio)
+    failures += [(e.audio_key, indexes[e.recording_id].error + " (unchanged since the last run)") for e in plan.failed_unchanged]
+    skip_reasons, removed, written = [], [], 0
+    totals = Counter()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
+        futures = [
+            pool.submit(cut_recording, e, channel, src, dst, rules, indexes.get(e.recording_id)) for e in plan.todo
+        ]
+        for future in as_completed(futures):
+            r = future.result()
+            if r.error:
+                failures.append((r.error_object, r.error))
+            if r.index is not None:
+                indexes[r.recording_id] = r.index
+            if r.index is not None and r.index.status == "ok":
+                written += len(r.index.segments)
+                skip_reasons += [s.reason for s in r.index.skipped]
+                totals["audio_seconds"] += r.index.audio_seconds
+            totals["downloaded"] += r.downloaded_bytes
+            totals["written"] += r.written_bytes
+            totals["decode_s"] += r.decode_seconds
+            totals["write_s"] += r.write_seconds
+            removed += r.removed_keys
+            progress.update(len(r.index.segments) if r.index else 0, r.index.audio_seconds if r.index else 0.0)
+    wall = time.perf_counter() - started
+
+    manifest = channel_manifest(channel, inventory.entries, indexes)
+    failed_files = len({obj for obj, _ in failures})
+    return Output(
+        manifest,
+        metadata={
+            "store": f"{dst.describe()} {channel_prefix(channel)}",
+            "files_seen": len(inventory.entries) + len(missing_audio),
+            "files_new": len(plan.new),
+            "files_changed": len(plan.changed),
+            "files_unchanged": len(plan.unchanged),
+            "files_failed": failed_files,
+            "segments_written": written,
+            "segments_skipped": len(skip_reasons),
+            "segments_removed": len(removed),
+            "segments_in_channel": manifest["segment_count"],
+            "skip_reasons": reason_counts(skip_reasons),
+            "failures": md_table(["object", "reason"], sorted(failures), empty="no failures"),
+            "audio_hours_processed": round(totals["audio_seconds"] / 3600, 4),
+            "segment_hours_in_channel": round(manifest["segment_seconds"] / 3600, 4),
+            "bytes_downloaded": int(totals["downloaded"]),
+            "bytes_written": int(totals["written"]),
+            "decode_realtime_factor": round(totals["audio_seconds"] / totals["decode_s"], 1) if totals["decode_s"] else 0.0,
+            "write_mb_per_s": round(totals["written"] / 1e6 / totals["write_s"], 2) if totals["write_s"] else 0.0,
+            "audio_seconds_per_wall_second": round(totals["audio_seconds"] / wall, 1) if wall else 0.0,
+            "wall_seconds": round(wall, 2),
+            "recordings_gone_from_source": MetadataValue.md(
+                "_none_" if not plan.gone else "Kept in the store, left out of the manifest: " + ", ".join(plan.gone[:100])
+            ),
+        },
+    )

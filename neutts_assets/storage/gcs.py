@@ -1,0 +1,93 @@
+"""A Google Cloud Storage bucket (the users' source bucket) as an object store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exc
+
+from neutts_assets.storage.store import PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
+
+try:  # requests is what google-cloud-storage talks through; its connection errors name the endpoint
+    from requests.exceptions import ConnectionError as _ConnectionError
+except ImportError:  # pragma: no cover
+    _ConnectionError = OSError
+
+
+class GCSStore(ObjectStore):
+    def __init__(self, client: Any, bucket: str, prefix: str = ""):
+        self.client = client
+        self.bucket_name = bucket
+        self.bucket = client.bucket(bucket)
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    def describe(self) -> str:
+        return f"gs://{self.bucket_name}/{self.prefix}"
+
+    def _blob(self, key: str):
+        return self.bucket.blob(self.prefix + check_key(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        try:
+            for blob in self.client.list_blobs(self.bucket_name, prefix=self.prefix + prefix):
+                yield ObjectInfo(
+                    key=blob.name[len(self.prefix):],
+                    size=int(blob.size or 0),
+                    version=str(blob.generation),
+                    updated=blob.updated,
+                )
+        except gexc.GoogleAPIError as exc:
+            raise StoreError(f"cannot list {self.prefix + prefix!r} in {self.describe()}: {exc}") from exc
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._blob(key).download_as_bytes()
+        except gexc.NotFound:
+            raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
+        except gexc.GoogleAPIError as exc:
+            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
+
+    def download(self, key: str, path: Path) -> int:
+        try:
+            self._blob(key).download_to_filename(str(path))
+        except gexc.NotFound:
+            Path(path).unlink(missing_ok=True)
+            raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
+        except gexc.GoogleAPIError as exc:
+            raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
+        return Path(path).stat().st_size
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        # A GCS upload becomes visible only when complete, so a killed writer leaves no partial object.
+        try:
+            self._blob(key).upload_from_string(data)
+        except gexc.GoogleAPIError as exc:
+            raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._blob(key).delete()
+        except gexc.NotFound:
+            pass
+        except gexc.GoogleAPIError as exc:
+            raise StoreError(f"cannot delete {key!r} from {self.describe()}: {exc}") from exc
+
+    def check(self, write: bool = False) -> None:
+        endpoint = getattr(self.client, "_connection", None)
+        endpoint = getattr(endpoint, "API_BASE_URL", "the GCS endpoint")
+        try:
+            if not self.bucket.exists():
+                raise StoreCheckError("bucket", f"bucket {self.bucket_name!r} does not exist at {endpoint}")
+            if write:
+                self.write_bytes(PROBE_KEY, b"ok")
+                self.delete(PROBE_KEY)
+        except StoreCheckError:
+            raise
+        except (gexc.Unauthorized, gexc.Forbidden, auth_exc.DefaultCredentialsError, auth_exc.RefreshError) as exc:
+            raise StoreCheckError("credentials", f"{endpoint} refused access to bucket {self.bucket_name!r}: {type(exc).__name__}") from None
+        except _ConnectionError:
+            raise StoreCheckError("endpoint", f"cannot connect to {endpoint}") from None
+        except StoreError as exc:
+            raise StoreCheckError("permissions", f"cannot write to bucket {self.bucket_name!r}: {exc}") from None

@@ -1,0 +1,107 @@
+"""A local folder as an object store: the embedded default, and the users' layout on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from neutts_assets.storage.store import PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, UnsafeKeyError, check_key
+
+# Temporary files live beside their target (os.replace must not cross file systems) and carry
+# this marker so that listings never report them as objects.
+_TMP_MARK = ".neutts-tmp-"
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str | os.PathLike, create: bool = True):
+        self.root = Path(root).expanduser().resolve()
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def describe(self) -> str:
+        return f"local folder {self.root}"
+
+    def _path(self, key: str) -> Path:
+        check_key(key)
+        path = (self.root / key).resolve()
+        # Belt and braces after check_key: a symlink inside the root must not lead out of it either.
+        if path != self.root and self.root not in path.parents:
+            raise UnsafeKeyError(f"object key {key!r} resolves outside {self.root}")
+        return path
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the folder the prefix names (or its parent, for a partial last component).
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / folder if folder else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if _TMP_MARK in name:
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                st = full.stat()
+                yield ObjectInfo(
+                    key=key,
+                    size=st.st_size,
+                    version=f"{st.st_mtime_ns}-{st.st_size}",
+                    updated=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+                )
+
+    def read_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"no object {key!r} in {self.describe()}")
+        return path.read_bytes()
+
+    def download(self, key: str, path: Path) -> int:
+        src = self._path(key)
+        if not src.is_file():
+            raise FileNotFoundError(f"no object {key!r} in {self.describe()}")
+        shutil.copyfile(src, path)
+        return src.stat().st_size
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}{_TMP_MARK}")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def check(self, write: bool = False) -> None:
+        if not self.root.is_dir():
+            raise StoreCheckError("bucket", f"folder {self.root} does not exist")
+        if write:
+            try:
+                self.write_bytes(PROBE_KEY, b"ok")
+                self.delete(PROBE_KEY)
+            except OSError as exc:
+                raise StoreCheckError("permissions", f"cannot write in {self.root}: {exc.strerror}") from None
+
+    def remove_orphan_temporaries(self) -> int:
+        """Deletes temporary files a killed writer left behind; returns how many."""
+        removed = 0
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                if _TMP_MARK in name:
+                    (Path(dirpath) / name).unlink(missing_ok=True)
+                    removed += 1
+        return removed

@@ -1,0 +1,98 @@
+"""The object-store interface every stage talks to, and the key rules all backends share."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+
+class StoreError(Exception):
+    """An object could not be read or written; the message names the object."""
+
+
+class StoreCheckError(StoreError):
+    """The connectivity check failed. `part` says which: endpoint, credentials, bucket or permissions."""
+
+    def __init__(self, part: str, message: str):
+        super().__init__(f"{part}: {message}")
+        self.part = part
+
+
+class UnsafeKeyError(StoreError, ValueError):
+    """A key would escape the store's root or is not a plain relative name."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the store's root prefix
+    size: int
+    # What changes when the object is rewritten: the GCS generation, the S3 ETag, or a local
+    # file's mtime and size. Compared for equality only.
+    version: str
+    updated: datetime | None = None
+
+
+def check_key(key: str) -> str:
+    """Rejects keys that could name something outside the store's root once joined to it."""
+    if not key or key.startswith("/") or "\\" in key:
+        raise UnsafeKeyError(f"unsafe object key {key!r}: must be a relative name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise UnsafeKeyError(f"unsafe object key {key!r}: contains control characters")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise UnsafeKeyError(f"unsafe object key {key!r}: empty, '.' or '..' path component")
+    return key
+
+
+class ObjectStore(abc.ABC):
+    """A flat namespace of keys under one root (a folder, or a bucket plus prefix).
+
+    Every write is atomic: a reader sees the old object, the new one, or none, never a part.
+    """
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where this store points, for logs and metadata: never includes a credential."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in no particular order."""
+
+    @abc.abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def download(self, key: str, path: Path) -> int:
+        """Copies an object to a local file and returns its size; streams, never loads it whole."""
+
+    @abc.abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Removes an object; a missing object is not an error."""
+
+    @abc.abstractmethod
+    def check(self, write: bool = False) -> None:
+        """Raises StoreCheckError naming the endpoint, credentials or bucket when unreachable.
+
+        With write=True it also writes and deletes a probe object, so permission to write is proven.
+        """
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.read_bytes(key)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def read_bytes_or_none(self, key: str) -> bytes | None:
+        try:
+            return self.read_bytes(key)
+        except FileNotFoundError:
+            return None
+
+
+PROBE_KEY = "_neutts_connectivity_probe"
