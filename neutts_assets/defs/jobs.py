@@ -1,11 +1,8 @@
 from dagster import AssetSelection, define_asset_job
 
-from neutts_assets.defs.partitions import channels
-
 # The old "Stage 1" on the T4: inventory and cut one channel.
 stage1_job = define_asset_job(
     "stage1",
     selection=AssetSelection.assets("raw_audio", "segments_npz"),
-    partitions_def=channels,
     description="Inventory a channel's source objects and cut new or changed recordings into segments.",
 )

@@ -1,0 +1,76 @@
+"""Shared test plumbing: source buckets in the users' layout, and Dagster materializations."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from dagster import DagsterInstance, materialize
+
+from neutts_assets.core.layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
+from neutts_assets.defs.assets.raw_audio import raw_audio
+from neutts_assets.defs.assets.segments import segments_npz
+from neutts_assets.defs.io_managers import ManifestIOManager
+from neutts_assets.defs.resources import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE, ChannelSettings, SegmentStore, SourceBucket
+from neutts_assets.storage.store import ObjectStore
+
+from neutts_assets_tests.conftest import S3_ACCESS, S3_SECRET
+
+DEMO_FOLDER = DEMO_CHANNEL_MAPPING[DEMO_CHANNEL]
+DEMO_TRANSCRIPTS = DEMO_SOURCE / TRANSCRIPTS_PREFIX.format(channel=DEMO_CHANNEL)
+DEMO_AUDIO = DEMO_SOURCE / AUDIO_PREFIX.format(audio_folder=DEMO_FOLDER)
+DEMO_IDS = sorted(p.name[len("audio_"):-len(".json")] for p in DEMO_TRANSCRIPTS.glob("audio_*.json"))
+
+
+def demo_audio(rec_id: str) -> Path:
+    (path,) = DEMO_AUDIO.glob(f"{rec_id}.*")
+    return path
+
+
+def transcript_key(channel: str, rec_id: str) -> str:
+    return f"{TRANSCRIPTS_PREFIX.format(channel=channel)}audio_{rec_id}.json"
+
+
+def audio_key(folder: str, name: str) -> str:
+    return f"{AUDIO_PREFIX.format(audio_folder=folder)}{name}"
+
+
+def populate_source(store: ObjectStore, channel: str = DEMO_CHANNEL, folder: str | None = None, ids=None) -> None:
+    """Copies demo recordings into `store` in the users' layout, under any channel / folder name."""
+    folder = folder or channel
+    for rec_id in ids or DEMO_IDS:
+        store.write_bytes(transcript_key(channel, rec_id), (DEMO_TRANSCRIPTS / f"audio_{rec_id}.json").read_bytes())
+        audio = demo_audio(rec_id)
+        store.write_bytes(audio_key(folder, audio.name), audio.read_bytes())
+
+
+def convert(src: Path, dst: Path, *args: str) -> Path:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), *args, str(dst)], check=True)
+    return dst
+
+
+def make_resources(source_url: str, store_url: str, s3_endpoint: str | None = None, mapping: dict | None = None) -> dict:
+    store = SegmentStore(url=store_url, endpoint_url=s3_endpoint, access_key=S3_ACCESS if s3_endpoint else None,
+                         secret_key=S3_SECRET if s3_endpoint else None, region="us-east-1" if s3_endpoint else None)
+    return {
+        "source": SourceBucket(url=source_url),
+        "store": store,
+        "channel_settings": ChannelSettings(channel_mapping=mapping or {}),
+        "manifest_io_manager": ManifestIOManager(store=store),
+    }
+
+
+def run_stage1(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
+    if channel not in instance.get_dynamic_partitions("channels"):
+        instance.add_dynamic_partitions("channels", [channel])
+    run_config = {"ops": {"segments_npz": {"config": config}}} if config else None
+    return materialize(
+        [raw_audio, segments_npz], partition_key=channel, instance=instance, resources=resources,
+        run_config=run_config, raise_on_error=raise_on_error,
+    )
+
+
+def asset_metadata(result, asset: str) -> dict:
+    """The metadata of `asset`'s materialization in a materialize() result, as plain values."""
+    (mat,) = [m for m in result.asset_materializations_for_node(asset)]
+    return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
