@@ -52,7 +52,7 @@ def segments_npz(
     missing_audio = [(u.key, u.reason) for u in inventory.unpaired if u.kind == "transcript_without_audio"]
     failures = list(missing_audio)
     failures += [(e.audio_key, indexes[e.recording_id].error + " (unchanged since the last run)") for e in plan.failed_unchanged]
-    skip_reasons, removed, written = [], [], 0
+    skipped, removed, written = [], [], 0
     totals = Counter()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
@@ -67,7 +67,7 @@ def segments_npz(
                 indexes[r.recording_id] = r.index
             if r.index is not None and r.index.status == "ok":
                 written += len(r.index.segments)
-                skip_reasons += [s.reason for s in r.index.skipped]
+                skipped += [(f"{r.recording_id}_seg_{s.index}", s.reason, s.detail) for s in r.index.skipped]
                 totals["audio_seconds"] += r.index.audio_seconds
             totals["downloaded"] += r.downloaded_bytes
             totals["written"] += r.written_bytes
@@ -89,10 +89,11 @@ def segments_npz(
             "files_unchanged": len(plan.unchanged),
             "files_failed": failed_files,
             "segments_written": written,
-            "segments_skipped": len(skip_reasons),
+            "segments_skipped": len(skipped),
             "segments_removed": len(removed),
             "segments_in_channel": manifest["segment_count"],
-            "skip_reasons": reason_counts(skip_reasons),
+            "skip_reasons": reason_counts(reason for _, reason, _ in skipped),
+            "skipped_segments": md_table(["segment", "reason", "detail"], sorted(skipped), empty="nothing skipped"),
             "failures": md_table(["object", "reason"], sorted(failures), empty="no failures"),
             "audio_hours_processed": round(totals["audio_seconds"] / 3600, 4),
             "segment_hours_in_channel": round(manifest["segment_seconds"] / 3600, 4),

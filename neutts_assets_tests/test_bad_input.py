@@ -1,0 +1,151 @@
+"""Bad and hostile input: each gets a clear per-object error in metadata, the rest of the channel
+completes, and nothing is written outside the store."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from dagster import DagsterInstance
+
+from neutts_assets import read_segment
+
+from neutts_assets_tests.helpers import (
+    DEMO_TRANSCRIPTS, asset_metadata, audio_key, demo_audio, make_resources, populate_source, run_stage1, transcript_key,
+)
+
+CHANNEL = "bad_channel"
+GOOD = ["austen_0870", "austen_0930"]
+
+
+def _wav_with_unknown_codec() -> bytes:
+    """A well-formed RIFF/WAVE header whose format tag (0x7A7A) no decoder knows."""
+    data = b"\x00\x01" * 8000
+    fmt = struct.pack("<HHIIHH", 0x7A7A, 1, 16000, 32000, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _ok_transcript() -> bytes:
+    return (DEMO_TRANSCRIPTS / "audio_austen_0870.json").read_bytes()
+
+
+def populate_bad_channel(store) -> dict[str, str]:
+    """Writes the hostile objects; returns {object key: words its failure reason must contain}."""
+    populate_source(store, CHANNEL, ids=GOOD)
+    wav = demo_audio("austen_0870").read_bytes()
+    expect = {}
+
+    def recording(rec_id, transcript: bytes, audio: bytes | None, ext="wav"):
+        store.write_bytes(transcript_key(CHANNEL, rec_id), transcript)
+        if audio is not None:
+            store.write_bytes(audio_key(CHANNEL, f"{rec_id}.{ext}"), audio)
+
+    recording("corrupt", _ok_transcript(), b"\x13\x37" * 5000, "mp3")
+    expect[audio_key(CHANNEL, "corrupt.mp3")] = "cannot decode"
+    recording("empty", _ok_transcript(), b"", "wav")
+    expect[audio_key(CHANNEL, "empty.wav")] = "cannot decode"
+    recording("unknown_codec", _ok_transcript(), _wav_with_unknown_codec(), "wav")
+    expect[audio_key(CHANNEL, "unknown_codec.wav")] = "cannot decode"
+    recording("no_audio", _ok_transcript(), None)
+    expect[transcript_key(CHANNEL, "no_audio")] = "no audio object"
+    recording("malformed", b'{"segments": [ {"start_ms": 0, ', wav)
+    expect[transcript_key(CHANNEL, "malformed")] = "malformed JSON"
+    recording("a_number", b"42", wav)
+    expect[transcript_key(CHANNEL, "a_number")] = "got int"
+    recording("no_segments_key", b'{"utterances": []}', wav)
+    expect[transcript_key(CHANNEL, "no_segments_key")] = "no 'segments' list"
+    recording("not_utf8", b'[{"start_ms": 0, "end_ms": 900, "text": "\xff\xfe"}]', wav)
+    expect[transcript_key(CHANNEL, "not_utf8")] = "not UTF-8"
+    # Segment-level problems: these recordings still succeed, minus the bad segments.
+    recording("bad_segments", json.dumps([
+        {"start_ms": 0, "end_ms": 1500, "text": "a good segment"},          # 0 kept
+        {"end_ms": 1500, "text": "no start"},                                # 1 missing field
+        {"start_ms": "zero", "end_ms": 1500, "text": "x"},                    # 2 non-numeric
+        {"start_ms": 2000, "end_ms": 1000, "text": "reversed"},               # 3 reversed
+        {"start_ms": 1000, "end_ms": 1000, "text": "zero length"},            # 4 zero length
+        {"start_ms": 60000, "end_ms": 61000, "text": "past the end"},         # 5 outside
+        {"start_ms": 6000, "end_ms": 9000, "text": "overhangs the end"},      # 6 clipped at 7.1 s
+        {"start_ms": 100, "end_ms": 300, "text": "too short"},                # 7 < 0.3 s
+        {"start_ms": 100, "end_ms": 900, "text": "   "},                      # 8 empty text
+        "not an object",                                                      # 9
+        {"start_ms": True, "end_ms": 900, "text": "bool time"},               # 10
+    ]).encode(), wav)
+    recording("nan_times", b'[{"start_ms": NaN, "end_ms": 900, "text": "nan"}, {"start_ms": 0, "end_ms": Infinity, "text": "inf"},'
+              b' {"start_ms": 0, "end_ms": 900, "text": "fine"}]', wav)
+    # Hostile names: a '..' recording ID, a nested path, an absolute-looking name.
+    store.write_bytes(f"processed_runs/processed_{CHANNEL}/transcripts/audio_...json", _ok_transcript())
+    expect[f"processed_runs/processed_{CHANNEL}/transcripts/audio_...json"] = "'..'"
+    return expect
+
+
+def _check(meta, store, expect):
+    failures = meta["failures"]
+    for key, words in expect.items():
+        if "'..'" in words:
+            continue  # unsafe names are refused by the inventory: see raw_audio's unpaired table
+        row = next((line for line in failures.splitlines() if key in line), None)
+        assert row is not None, f"{key} missing from failures:\n{failures}"
+        assert words in row, row
+    for seg_id in [f"{g}_seg_0" for g in GOOD] + ["bad_segments_seg_0", "nan_times_seg_2"]:
+        assert store.read_bytes_or_none(f"stage1/{CHANNEL}/{seg_id}.npz") is not None, seg_id
+    reasons = meta["skipped_segments"]
+    for words in ("missing start_ms", "not a number", "reversed times", "zero length", "outside the audio",
+                  "shorter than 0.3 s", "empty text", "not an object", "not finite"):
+        assert words in reasons, f"{words!r} not in\n{reasons}"
+    assert "| bad_segments_seg_3 | reversed times |" in reasons
+    assert "malformed segment" in meta["skip_reasons"]
+
+
+def test_bad_input_on_gcs_and_s3(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint, s3_client):
+    expect = populate_bad_channel(gcs_store)
+    resources = make_resources(f"gs://{gcs_bucket}", f"s3://{s3_bucket}/neutts_segments", s3_endpoint)
+    instance = DagsterInstance.ephemeral()
+    result = run_stage1(instance, resources, CHANNEL)
+    meta = asset_metadata(result, "segments_npz")
+    _check(meta, s3_store, expect)
+    assert meta["files_failed"] == 8
+    unpaired = asset_metadata(result, "raw_audio")["unpaired"]
+    assert "audio_...json" in unpaired and "'..'" in unpaired
+
+    # bad_segments: the overhanging segment is clipped to the audio's end; the others were not written
+    clipped = read_segment(s3_store.read_bytes(f"stage1/{CHANNEL}/bad_segments_seg_6.npz"))
+    assert clipped.text == "overhangs the end" and abs(clipped.duration_sec - (7.1 - 6.0)) < 0.01
+    written = sorted(o.key.rsplit("/", 1)[1] for o in s3_store.list(f"stage1/{CHANNEL}/bad_segments_seg_"))
+    assert written == ["bad_segments_seg_0.npz", "bad_segments_seg_6.npz"]
+    # every object the run wrote stays under the store's prefix
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert all(k.startswith(f"neutts_segments/stage1/{CHANNEL}/") or k.startswith("neutts_segments/manifests/") for k in keys)
+
+    # A second run does not download the deterministic failures again, and still reports them.
+    meta2 = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
+    assert meta2["bytes_downloaded"] == 0 and meta2["files_failed"] == 8
+    assert "unchanged since the last run" in meta2["failures"]
+
+
+def test_bad_input_on_local_folders(tmp_path):
+    from neutts_assets.storage.local import LocalStore
+
+    source = LocalStore(tmp_path / "source")
+    expect = populate_bad_channel(source)
+    resources = make_resources(str(tmp_path / "source"), str(tmp_path / "store"))
+    meta = asset_metadata(run_stage1(DagsterInstance.ephemeral(), resources, CHANNEL), "segments_npz")
+    store = LocalStore(tmp_path / "store")
+    _check(meta, store, expect)
+    # nothing was created outside the store and the source folders
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source", "store"]
+    assert not list((tmp_path / "store").rglob("*.neutts-tmp-*"))
+
+
+def test_a_new_bad_upload_never_hides_good_segments(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint):
+    populate_source(gcs_store, CHANNEL, ids=GOOD)
+    resources = make_resources(f"gs://{gcs_bucket}", f"s3://{s3_bucket}/neutts_segments", s3_endpoint)
+    instance = DagsterInstance.ephemeral()
+    run_stage1(instance, resources, CHANNEL)
+    before = {o.key for o in s3_store.list(f"stage1/{CHANNEL}/austen_0870_seg_")}
+    gcs_store.write_bytes(transcript_key(CHANNEL, "austen_0870"), b"not json")
+    meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
+    assert meta["files_failed"] == 1 and "malformed JSON" in meta["failures"]
+    assert {o.key for o in s3_store.list(f"stage1/{CHANNEL}/austen_0870_seg_")} == before
+    assert meta["segments_in_channel"] == len(before) + len(list(s3_store.list(f"stage1/{CHANNEL}/austen_0930_seg_")))
