@@ -23,7 +23,8 @@ def check_stores(write: bool) -> int:
     resources = resources_from_env()
     for name in ("source", "store"):
         try:
-            store = resources[name].open()
+            # Resolves EnvVar fields the way a run would, outside of a run.
+            store = resources[name].process_config_and_initialize().open()
             where = store.describe()
             # The source is read only: never write a probe into the broadcaster's bucket.
             store.check(write=write and name == "store")
