@@ -1,0 +1,107 @@
+"""The UI path, through the same GraphQL API the Dagster UI uses: `dagster dev` on the code
+location, add a channel partition, launch raw_audio + segments_npz for it, see it materialized."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from neutts_assets.storage.local import LocalStore
+
+from neutts_assets_tests.helpers import DEMO_IDS, populate_source
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    populate_source(LocalStore(tmp_path / "bucket"), "ui_channel", ids=DEMO_IDS[:2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEUTTS_", "S3_", "DAGSTER_"))}
+    env.update(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "store"))
+    port = _free_port()
+    log = open(tmp_path / "dagster-dev.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/graphql"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.post(url, json={"query": "{ version }"}, timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("dagster dev did not start: " + (tmp_path / "dagster-dev.log").read_text()[-2000:])
+        time.sleep(0.5)
+    yield url, tmp_path
+    os.killpg(proc.pid, 15)
+    proc.wait(30)
+
+
+def gql(url, query, **variables):
+    resp = requests.post(url, json={"query": query, "variables": variables}, timeout=60)
+    resp.raise_for_status()
+    body = resp.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
+    url, tmp_path = dagster_dev
+    nodes = gql(url, "{ assetNodes { assetKey { path } isExecutable partitionDefinition { name } } }")["assetNodes"]
+    assert {n["assetKey"]["path"][0]: n["isExecutable"] for n in nodes} == {
+        "raw_audio": True, "segments_npz": True, "encoded_segments": False, "hf_dataset": False}
+    assert all(n["partitionDefinition"]["name"] == "channels" for n in nodes)
+
+    repo = {"repositoryLocationName": "neutts_assets", "repositoryName": "__repository__"}
+    added = gql(url, """mutation($repo: RepositorySelector!) {
+        addDynamicPartition(repositorySelector: $repo, partitionsDefName: "channels", partitionKey: "ui_channel") { __typename }
+    }""", repo=repo)
+    assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess"
+
+    launched = gql(url, """mutation($params: ExecutionParams!) {
+        launchPipelineExecution(executionParams: $params) {
+            __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on InvalidSubsetError { message }
+        }
+    }""", params={
+        "selector": {**repo, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["raw_audio"]}, {"path": ["segments_npz"]}]},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ui_channel"}]},
+        "mode": "default",
+    })["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+
+    deadline = time.monotonic() + 240
+    while True:
+        status = gql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=run_id)["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        assert time.monotonic() < deadline, f"run still {status}"
+        time.sleep(1)
+    assert status == "SUCCESS"
+
+    node = gql(url, """{ assetNodeOrError(assetKey: {path: ["segments_npz"]}) { ... on AssetNode {
+        partitionStats { numMaterialized }
+        assetMaterializations(partitions: ["ui_channel"]) { partition metadataEntries { label ... on IntMetadataEntry { intValue } } }
+    } } }""")["assetNodeOrError"]
+    assert node["partitionStats"]["numMaterialized"] == 1
+    (mat,) = node["assetMaterializations"]
+    meta = {e["label"]: e.get("intValue") for e in mat["metadataEntries"]}
+    assert mat["partition"] == "ui_channel" and meta["files_new"] == 2 and meta["segments_written"] > 0
+    assert len(list((tmp_path / "store" / "stage1" / "ui_channel").glob("*.npz"))) == meta["segments_written"]
