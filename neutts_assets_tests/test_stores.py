@@ -66,11 +66,14 @@ def test_local_writes_are_atomic(tmp_path):
     store = LocalStore(tmp_path)
     (tmp_path / "stage1").mkdir()
     # What a writer killed mid-write leaves: a temporary file. Never listed, and swept away.
-    (tmp_path / "stage1" / ".a_seg_0.npz.neutts-tmp-123").write_bytes(b"half")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "stage1" / f".a_seg_0.npz.neutts-tmp-{dead.pid}-x1").write_bytes(b"half")
+    (tmp_path / "stage1" / f".a_seg_1.npz.neutts-tmp-{os.getpid()}-x2").write_bytes(b"in progress")  # a live writer
     assert list(store.list("")) == []
     assert store.remove_orphan_temporaries() == 1
     store.write_bytes("stage1/a_seg_0.npz", b"whole")
-    assert [p.name for p in (tmp_path / "stage1").iterdir()] == ["a_seg_0.npz"]
+    assert sorted(p.name for p in (tmp_path / "stage1").iterdir()) == [f".a_seg_1.npz.neutts-tmp-{os.getpid()}-x2", "a_seg_0.npz"]
 
 
 def test_local_store_refuses_symlinks_out_of_its_root(tmp_path):

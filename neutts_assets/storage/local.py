@@ -72,7 +72,8 @@ class LocalStore(ObjectStore):
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}{_TMP_MARK}")
+        # The writer's PID in the name lets a later run tell a dead writer's debris from a live one's.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}{_TMP_MARK}{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -97,11 +98,21 @@ class LocalStore(ObjectStore):
                 raise StoreCheckError("permissions", f"cannot write in {self.root}: {exc.strerror}") from None
 
     def remove_orphan_temporaries(self) -> int:
-        """Deletes temporary files a killed writer left behind; returns how many."""
+        """Deletes temporary files whose writer process is gone (killed mid-write); returns how many."""
         removed = 0
         for dirpath, _, filenames in os.walk(self.root):
             for name in filenames:
-                if _TMP_MARK in name:
+                if _TMP_MARK in name and not _alive(name.split(_TMP_MARK, 1)[1].split("-", 1)[0]):
                     (Path(dirpath) / name).unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

@@ -81,6 +81,13 @@ class ObjectStore(abc.ABC):
         With write=True it also writes and deletes a probe object, so permission to write is proven.
         """
 
+    def remove_orphan_temporaries(self) -> int:
+        """Removes what writers killed mid-write left behind; returns how many objects.
+
+        Object stores publish uploads atomically and leave nothing; a folder keeps temporary files.
+        """
+        return 0
+
     def exists(self, key: str) -> bool:
         try:
             self.read_bytes(key)

@@ -41,6 +41,7 @@ def segments_npz(
     rules = CutRules(config.min_duration_s, config.max_duration_s, config.skip_empty_text)
     src, dst = source.open(), store.open()
 
+    orphans = dst.remove_orphan_temporaries()
     indexes = load_indexes(dst, channel)
     plan = plan_channel(inventory.entries, indexes, rules, force=config.force)
     context.log.info(
@@ -103,6 +104,7 @@ def segments_npz(
             "write_mb_per_s": round(totals["written"] / 1e6 / totals["write_s"], 2) if totals["write_s"] else 0.0,
             "audio_seconds_per_wall_second": round(totals["audio_seconds"] / wall, 1) if wall else 0.0,
             "wall_seconds": round(wall, 2),
+            "orphan_temporaries_removed": orphans,
             "recordings_gone_from_source": MetadataValue.md(
                 "_none_" if not plan.gone else "Kept in the store, left out of the manifest: " + ", ".join(plan.gone[:100])
             ),
