@@ -141,13 +141,23 @@ class ChannelPlan:
         return self.new + self.changed
 
 
-def plan_channel(entries: list[InventoryEntry], previous: dict[str, RecordingIndex], rules: CutRules, force: bool = False) -> ChannelPlan:
+def plan_channel(
+    entries: list[InventoryEntry],
+    previous: dict[str, RecordingIndex],
+    rules: CutRules,
+    existing_keys: set[str] | None = None,
+    force: bool = False,
+) -> ChannelPlan:
+    """`existing_keys`, the segment objects now in the store, lets a recording whose segments were
+    lost (deleted by hand, a failed clean-up) be cut again instead of trusted."""
     plan = ChannelPlan()
     for entry in entries:
         old = previous.get(entry.recording_id)
         if old is None:
             plan.new.append(entry)
         elif force or old.fingerprint != fingerprint(entry, rules):
+            plan.changed.append(entry)
+        elif existing_keys is not None and any(s.key not in existing_keys for s in old.segments):
             plan.changed.append(entry)
         elif old.status == "ok":
             plan.unchanged.append(entry)

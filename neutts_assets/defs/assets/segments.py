@@ -43,7 +43,8 @@ def segments_npz(
 
     orphans = dst.remove_orphan_temporaries()
     indexes = load_indexes(dst, channel)
-    plan = plan_channel(inventory.entries, indexes, rules, force=config.force)
+    existing = {o.key for o in dst.list(channel_prefix(channel)) if o.key.endswith(".npz")}
+    plan = plan_channel(inventory.entries, indexes, rules, existing, force=config.force)
     context.log.info(
         f"{channel}: {len(plan.new)} new, {len(plan.changed)} changed, {len(plan.unchanged)} unchanged, "
         f"{len(plan.failed_unchanged)} failed before and unchanged"
