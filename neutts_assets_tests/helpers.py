@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -14,12 +16,27 @@ from neutts_assets.defs.io_managers import ManifestIOManager
 from neutts_assets.defs.resources import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE, ChannelSettings, SegmentStore, SourceBucket
 from neutts_assets.storage.store import ObjectStore
 
-from neutts_assets_tests.conftest import S3_ACCESS, S3_SECRET
-
+# Credentials the suite hands to the S3 client. Sentinel values, so a test can grep for leaks.
+S3_ACCESS = "AKIATESTSENTINELACCESS"
+S3_SECRET = "sentinel-secret-Zq9xW3vT7"
 DEMO_FOLDER = DEMO_CHANNEL_MAPPING[DEMO_CHANNEL]
 DEMO_TRANSCRIPTS = DEMO_SOURCE / TRANSCRIPTS_PREFIX.format(channel=DEMO_CHANNEL)
 DEMO_AUDIO = DEMO_SOURCE / AUDIO_PREFIX.format(audio_folder=DEMO_FOLDER)
 DEMO_IDS = sorted(p.name[len("audio_"):-len(".json")] for p in DEMO_TRANSCRIPTS.glob("audio_*.json"))
+
+
+def clean_env(**extra: str) -> dict:
+    """This process's environment without the project's settings, plus `extra`: a child process
+    then sees only the configuration a test gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEUTTS_", "S3_", "DAGSTER_", "AWS_"))}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def demo_audio(rec_id: str) -> Path:

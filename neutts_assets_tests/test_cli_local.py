@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +10,14 @@ from pathlib import Path
 from neutts_assets import read_segment
 from neutts_assets.storage.local import LocalStore
 
-from neutts_assets_tests.helpers import DEMO_IDS, populate_source
+from neutts_assets_tests.helpers import DEMO_IDS, clean_env, populate_source
 
 BIN = Path(sys.executable).parent
 
 
 def _env(tmp_path: Path, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEUTTS_", "S3_", "DAGSTER_"))}
-    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
-    Path(env["DAGSTER_HOME"]).mkdir(exist_ok=True)
-    env.update(extra)
-    return env
+    (tmp_path / "dagster_home").mkdir(exist_ok=True)
+    return clean_env(DAGSTER_HOME=str(tmp_path / "dagster_home"), **extra)
 
 
 def _run(cmd, env, cwd=None):

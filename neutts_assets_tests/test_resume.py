@@ -16,7 +16,9 @@ from dagster import DagsterInstance
 from neutts_assets import read_segment
 from neutts_assets.storage.local import LocalStore
 
-from neutts_assets_tests.helpers import DEMO_IDS, asset_metadata, audio_key, demo_audio, make_resources, run_stage1, transcript_key, DEMO_TRANSCRIPTS
+from neutts_assets_tests.helpers import (
+    DEMO_IDS, DEMO_TRANSCRIPTS, asset_metadata, audio_key, clean_env, demo_audio, make_resources, run_stage1, transcript_key,
+)
 
 CHANNEL = "kill_me"
 COPIES = 4
@@ -44,8 +46,7 @@ def test_sigkill_then_resume(tmp_path):
     store_root = tmp_path / "store"
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEUTTS_", "S3_", "DAGSTER_"))}
-    env.update(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(store_root))
+    env = clean_env(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(store_root))
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "neutts-assets"), "add-channel", CHANNEL], env=env, check=True, capture_output=True)
     proc = subprocess.Popen(

@@ -13,7 +13,7 @@ from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
 from neutts_assets.storage.store import StoreCheckError, UnsafeKeyError
 
-from neutts_assets_tests.conftest import S3_ACCESS, S3_SECRET
+from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET, clean_env
 
 
 @pytest.fixture(params=["local", "s3", "gcs"])
@@ -116,9 +116,7 @@ def test_gcs_check_names_the_bucket(gcs_client):
 
 
 def _cli(env: dict) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "NEUTTS_"))}
-    full.update(env)
-    return subprocess.run([sys.executable, "-m", "neutts_assets", "check-stores", "--write"], env=full,
+    return subprocess.run([sys.executable, "-m", "neutts_assets", "check-stores", "--write"], env=clean_env(**env),
                           capture_output=True, text=True, timeout=120)
 
 

@@ -4,7 +4,6 @@ location, add a channel partition, launch raw_audio + segments_npz for it, see i
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,9 @@ import requests
 
 from neutts_assets.storage.local import LocalStore
 
-from neutts_assets_tests.helpers import DEMO_IDS, populate_source
+from neutts_assets_tests.helpers import DEMO_IDS, clean_env, free_port, populate_source
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -32,9 +25,8 @@ def dagster_dev(tmp_path):
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     populate_source(LocalStore(tmp_path / "bucket"), "ui_channel", ids=DEMO_IDS[:2])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEUTTS_", "S3_", "DAGSTER_"))}
-    env.update(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "store"))
-    port = _free_port()
+    env = clean_env(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "store"))
+    port = free_port()
     log = open(tmp_path / "dagster-dev.log", "wb")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port)],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
