@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "add-channel":
         return add_channels(args.names)
     if args.command in ("materialize", "demo"):
-        from neutts_assets.defs.resources import DEMO_CHANNEL
+        from neutts_assets.demo import DEMO_CHANNEL
 
         channel = DEMO_CHANNEL if args.command == "demo" else args.channel
         return add_channels([channel]) or materialize(channel)

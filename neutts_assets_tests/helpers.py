@@ -13,7 +13,8 @@ from neutts_assets.core.layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
 from neutts_assets.defs.assets.raw_audio import raw_audio
 from neutts_assets.defs.assets.segments import segments_npz
 from neutts_assets.defs.io_managers import ManifestIOManager
-from neutts_assets.defs.resources import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE, ChannelSettings, SegmentStore, SourceBucket
+from neutts_assets.defs.resources import ChannelSettings, SegmentStore, SourceBucket
+from neutts_assets.demo import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE
 from neutts_assets.storage.store import ObjectStore
 
 # Credentials the suite hands to the S3 client. Sentinel values, so a test can grep for leaks.

@@ -40,6 +40,9 @@ def decode_pcm16(path: str | Path, name: str | None = None, sample_rate: int = S
         "-map", "0:a:0",  # the first audio stream; video and cover art are ignored
         "-vn", "-sn", "-dn",
         "-ac", "1", "-ar", str(sample_rate),
+        # Frames of 32768 samples instead of the codec's ~1000: ffmpeg makes far fewer pipe writes
+        # (about 1.5x faster end to end); p=0 leaves the last frame unpadded, so samples are unchanged.
+        "-af", "asetnsamples=n=32768:p=0",
         "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
     ]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -20,14 +20,12 @@ from dagster_gcp import GCSResource
 from pydantic import Field
 
 from neutts_assets.core.layout import ChannelLayout
+from neutts_assets.demo import DEMO_CHANNEL_MAPPING, DEMO_SOURCE
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
 from neutts_assets.storage.store import ObjectStore
 
-DEMO_SOURCE = Path(__file__).resolve().parents[1] / "demo" / "source"
-DEMO_CHANNEL = "demo_librivox"
-DEMO_CHANNEL_MAPPING = {DEMO_CHANNEL: "LibriVox demo - مثال"}
 
 
 def _split_bucket_url(url: str, scheme: str) -> tuple[str, str]:
