@@ -195,3 +195,26 @@ def test_asset_check_finds_missing_segments_and_a_rerun_repairs_them(setup):
     meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
     assert (meta["files_changed"], meta["files_unchanged"]) == (1, len(DEMO_IDS) - 1)
     assert check().passed
+
+
+def test_environment_configuration_and_no_secret_in_events(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint, monkeypatch):
+    """The production wiring (resources_from_env, EnvVar credentials) against the servers; the
+    secret key appears nowhere in the run's events or metadata."""
+    from neutts_assets.defs.io_managers import ManifestIOManager
+    from neutts_assets.defs.resources import resources_from_env
+    from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET
+
+    populate_source(gcs_store, CHANNEL, FOLDER, ids=DEMO_IDS[:2])
+    for key, value in {"NEUTTS_SOURCE": f"gs://{gcs_bucket}", "NEUTTS_STORE": f"s3://{s3_bucket}/neutts_segments",
+                       "NEUTTS_CHANNEL_MAPPING": json.dumps({CHANNEL: FOLDER}), "S3_ENDPOINT_URL": s3_endpoint,
+                       "S3_ACCESS_KEY": S3_ACCESS, "S3_SECRET_KEY": S3_SECRET, "S3_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    resources = resources_from_env()
+    assert S3_SECRET not in repr(resources["store"])  # an EnvVar reference, not the value
+    resources["manifest_io_manager"] = ManifestIOManager(store=resources["store"])
+    instance = DagsterInstance.ephemeral()
+    result = run_stage1(instance, resources, CHANNEL)
+    assert asset_metadata(result, "segments_npz")["files_new"] == 2
+    assert len(list(s3_store.list(f"stage1/{CHANNEL}/"))) > 2
+    events = instance.all_logs(result.run_id)
+    assert events and not [e for e in events if S3_SECRET in str(e) or S3_ACCESS in str(e)]

@@ -22,7 +22,7 @@ def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_sett
     layout = channel_settings.layout(channel)
     bucket = source.open()
 
-    transcripts = [o for o in bucket.list(layout.transcripts_prefix) if o.key.endswith(".json")]
+    transcripts = list(bucket.list(layout.transcripts_prefix))
     audio = list(bucket.list(layout.audio_prefix))
     inventory = build_inventory(layout, transcripts, audio, bucket.read_bytes)
     context.log.info(f"{channel}: {len(inventory.entries)} recordings paired, {len(inventory.unpaired)} objects unpaired")
