@@ -8,8 +8,10 @@ overlaps with Python work in other threads without the GIL in the way.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,30 +30,41 @@ def ffmpeg_binary() -> str:
     return path
 
 
-def decode_pcm16(path: str | Path, name: str | None = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def decode_pcm16(
+    path: str | Path, name: str | None = None, sample_rate: int = SAMPLE_RATE, workdir: str | Path | None = None
+) -> np.ndarray:
     """Returns the first audio stream of `path` as mono int16 samples at `sample_rate`.
 
     Channels are averaged (ffmpeg's -ac 1 downmix). `name` is used in error messages.
+    ffmpeg writes the samples to a file in `workdir` that is memory-mapped and unlinked at once:
+    a ten-hour recording (1.15 GB of samples) then costs disk and reclaimable page cache, not
+    process memory, and the whole recording is decoded before anything is cut from it.
     """
     name = name or str(path)
-    cmd = [
-        ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-i", str(path),
-        "-map", "0:a:0",  # the first audio stream; video and cover art are ignored
-        "-vn", "-sn", "-dn",
-        "-ac", "1", "-ar", str(sample_rate),
-        # Frames of 32768 samples instead of the codec's ~1000: ffmpeg makes far fewer pipe writes
-        # (about 1.5x faster end to end); p=0 leaves the last frame unpadded, so samples are unchanged.
-        "-af", "asetnsamples=n=32768:p=0",
-        "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
-    ]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        raise AudioDecodeError(f"{name}: ffmpeg cannot decode it: {_reason(proc.stderr)}")
-    if len(proc.stdout) < 2:
-        raise AudioDecodeError(f"{name}: decoded to no audio samples (empty or silent container)")
-    # frombuffer shares the bytes object's memory: no second copy of a long recording.
-    return np.frombuffer(proc.stdout, dtype="<i2", count=len(proc.stdout) // 2)
+    fd, raw = tempfile.mkstemp(dir=workdir, prefix="pcm16-", suffix=".raw")
+    os.close(fd)
+    try:
+        cmd = [
+            ffmpeg_binary(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+            "-i", str(path),
+            "-map", "0:a:0",  # the first audio stream; video and cover art are ignored
+            "-vn", "-sn", "-dn",
+            "-ac", "1", "-ar", str(sample_rate),
+            # Frames of 32768 samples instead of the codec's ~1000: far fewer writes (about 1.5x
+            # faster end to end); p=0 leaves the last frame unpadded, so the samples are unchanged.
+            "-af", "asetnsamples=n=32768:p=0",
+            "-f", "s16le", "-acodec", "pcm_s16le", raw,
+        ]
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise AudioDecodeError(f"{name}: ffmpeg cannot decode it: {_reason(proc.stderr)}")
+        samples = os.path.getsize(raw) // 2
+        if samples == 0:
+            raise AudioDecodeError(f"{name}: decoded to no audio samples (empty or silent container)")
+        # The mapping keeps the data reachable after the unlink below.
+        return np.memmap(raw, dtype="<i2", mode="r", shape=(samples,))
+    finally:
+        os.unlink(raw)
 
 
 def _reason(stderr: bytes) -> str:

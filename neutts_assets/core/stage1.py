@@ -86,7 +86,7 @@ def cut_recording(
             return result
         t0 = time.perf_counter()
         try:
-            pcm = decode_pcm16(local, name=entry.audio_key)
+            pcm = decode_pcm16(local, name=entry.audio_key, workdir=tmp)
         except AudioDecodeError as exc:
             return failed(entry.audio_key, str(exc))
         result.decode_seconds = time.perf_counter() - t0
