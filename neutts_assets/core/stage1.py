@@ -191,3 +191,31 @@ def channel_manifest(channel: str, entries: list[InventoryEntry], indexes: dict[
         "segment_count": sum(len(r["segments"]) for r in recordings),
         "segment_seconds": sum(s["duration_sec"] for r in recordings for s in r["segments"]),
     }
+
+
+@dataclass
+class ChannelTally:
+    """What a stage-1 run did to a channel, summed over its recordings (for the run's metadata)."""
+
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (object, reason)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (segment id, reason, detail)
+    removed: list[str] = field(default_factory=list)
+    segments_written: int = 0
+    audio_seconds: float = 0.0
+    downloaded_bytes: int = 0
+    written_bytes: int = 0
+    decode_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    def add(self, r: RecordingResult) -> None:
+        if r.error:
+            self.failures.append((r.error_object, r.error))
+        if r.index is not None and r.index.status == "ok":
+            self.segments_written += len(r.index.segments)
+            self.skipped += [(segment_id(r.recording_id, s.index), s.reason, s.detail) for s in r.index.skipped]
+            self.audio_seconds += r.index.audio_seconds
+        self.removed += r.removed_keys
+        self.downloaded_bytes += r.downloaded_bytes
+        self.written_bytes += r.written_bytes
+        self.decode_seconds += r.decode_seconds
+        self.write_seconds += r.write_seconds

@@ -1,5 +1,4 @@
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Optional
 
@@ -10,7 +9,7 @@ from neutts_assets.core.cutting import CutRules
 from neutts_assets.core.inventory import Inventory
 from neutts_assets.core.progress import Progress
 from neutts_assets.core.segment_store import channel_prefix, load_indexes
-from neutts_assets.core.stage1 import channel_manifest, cut_recording, plan_channel
+from neutts_assets.core.stage1 import ChannelPlan, ChannelTally, channel_manifest, cut_recording, plan_channel
 from neutts_assets.defs.metadata import md_table, reason_counts
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
@@ -50,64 +49,52 @@ def segments_npz(
         f"{len(plan.failed_unchanged)} failed before and unchanged"
     )
 
+    # Inputs that could not be used at all are failures too, whether found now or on an earlier run.
+    tally = ChannelTally(failures=[(u.key, u.reason) for u in inventory.unpaired if u.kind == "transcript_without_audio"])
+    tally.failures += [(e.audio_key, indexes[e.recording_id].error + " (unchanged since the last run)") for e in plan.failed_unchanged]
     progress = Progress(context.log.info, len(plan.todo), channel)
-    missing_audio = [(u.key, u.reason) for u in inventory.unpaired if u.kind == "transcript_without_audio"]
-    failures = list(missing_audio)
-    failures += [(e.audio_key, indexes[e.recording_id].error + " (unchanged since the last run)") for e in plan.failed_unchanged]
-    skipped, removed, written = [], [], 0
-    totals = Counter()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-        futures = [
-            pool.submit(cut_recording, e, channel, src, dst, rules, indexes.get(e.recording_id)) for e in plan.todo
-        ]
+        futures = [pool.submit(cut_recording, e, channel, src, dst, rules, indexes.get(e.recording_id)) for e in plan.todo]
         for future in as_completed(futures):
-            r = future.result()
-            if r.error:
-                failures.append((r.error_object, r.error))
-            if r.index is not None:
-                indexes[r.recording_id] = r.index
-            if r.index is not None and r.index.status == "ok":
-                written += len(r.index.segments)
-                skipped += [(f"{r.recording_id}_seg_{s.index}", s.reason, s.detail) for s in r.index.skipped]
-                totals["audio_seconds"] += r.index.audio_seconds
-            totals["downloaded"] += r.downloaded_bytes
-            totals["written"] += r.written_bytes
-            totals["decode_s"] += r.decode_seconds
-            totals["write_s"] += r.write_seconds
-            removed += r.removed_keys
-            progress.update(len(r.index.segments) if r.index else 0, r.index.audio_seconds if r.index else 0.0)
+            result = future.result()
+            tally.add(result)
+            if result.index is not None:
+                indexes[result.recording_id] = result.index
+            progress.update(len(result.index.segments) if result.index else 0, result.index.audio_seconds if result.index else 0.0)
     wall = time.perf_counter() - started
 
     manifest = channel_manifest(channel, inventory.entries, indexes)
-    failed_files = len({obj for obj, _ in failures})
-    return Output(
-        manifest,
-        metadata={
-            "store": f"{dst.describe()} {channel_prefix(channel)}",
-            "files_seen": len(inventory.entries) + len(missing_audio),
-            "files_new": len(plan.new),
-            "files_changed": len(plan.changed),
-            "files_unchanged": len(plan.unchanged),
-            "files_failed": failed_files,
-            "segments_written": written,
-            "segments_skipped": len(skipped),
-            "segments_removed": len(removed),
-            "segments_in_channel": manifest["segment_count"],
-            "skip_reasons": reason_counts(reason for _, reason, _ in skipped),
-            "skipped_segments": md_table(["segment", "reason", "detail"], sorted(skipped), empty="nothing skipped"),
-            "failures": md_table(["object", "reason"], sorted(failures), empty="no failures"),
-            "audio_hours_processed": round(totals["audio_seconds"] / 3600, 4),
-            "segment_hours_in_channel": round(manifest["segment_seconds"] / 3600, 4),
-            "bytes_downloaded": int(totals["downloaded"]),
-            "bytes_written": int(totals["written"]),
-            "decode_realtime_factor": round(totals["audio_seconds"] / totals["decode_s"], 1) if totals["decode_s"] else 0.0,
-            "write_mb_per_s": round(totals["written"] / 1e6 / totals["write_s"], 2) if totals["write_s"] else 0.0,
-            "audio_seconds_per_wall_second": round(totals["audio_seconds"] / wall, 1) if wall else 0.0,
-            "wall_seconds": round(wall, 2),
-            "orphan_temporaries_removed": orphans,
-            "recordings_gone_from_source": MetadataValue.md(
-                "_none_" if not plan.gone else "Kept in the store, left out of the manifest: " + ", ".join(plan.gone[:100])
-            ),
-        },
-    )
+    return Output(manifest, metadata=_metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}"))
+
+
+def _metadata(tally: ChannelTally, plan: ChannelPlan, manifest: dict, inventory: Inventory, wall: float, orphans: int, where: str) -> dict:
+    missing_audio = sum(u.kind == "transcript_without_audio" for u in inventory.unpaired)
+    return {
+        "store": where,
+        "files_seen": len(inventory.entries) + missing_audio,
+        "files_new": len(plan.new),
+        "files_changed": len(plan.changed),
+        "files_unchanged": len(plan.unchanged),
+        "files_failed": len({obj for obj, _ in tally.failures}),
+        "segments_written": tally.segments_written,
+        "segments_skipped": len(tally.skipped),
+        "segments_removed": len(tally.removed),
+        "segments_in_channel": manifest["segment_count"],
+        "skip_reasons": reason_counts(reason for _, reason, _ in tally.skipped),
+        "skipped_segments": md_table(["segment", "reason", "detail"], sorted(tally.skipped), empty="nothing skipped"),
+        "failures": md_table(["object", "reason"], sorted(tally.failures), empty="no failures"),
+        "audio_hours_processed": round(tally.audio_seconds / 3600, 4),
+        "segment_hours_in_channel": round(manifest["segment_seconds"] / 3600, 4),
+        "bytes_downloaded": tally.downloaded_bytes,
+        "bytes_written": tally.written_bytes,
+        # per worker: audio seconds decoded per second spent decoding, bytes written per second writing
+        "decode_realtime_factor": round(tally.audio_seconds / tally.decode_seconds, 1) if tally.decode_seconds else 0.0,
+        "write_mb_per_s": round(tally.written_bytes / 1e6 / tally.write_seconds, 2) if tally.write_seconds else 0.0,
+        "audio_seconds_per_wall_second": round(tally.audio_seconds / wall, 1) if wall else 0.0,
+        "wall_seconds": round(wall, 2),
+        "orphan_temporaries_removed": orphans,
+        "recordings_gone_from_source": MetadataValue.md(
+            "_none_" if not plan.gone else "Kept in the store, left out of the manifest: " + ", ".join(plan.gone[:100])
+        ),
+    }
