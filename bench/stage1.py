@@ -24,7 +24,8 @@ import subprocess
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +64,10 @@ def build_program() -> tuple[Path, list[dict], float]:
     CACHE.mkdir(parents=True, exist_ok=True)
     t_dir = DEMO_SOURCE / TRANSCRIPTS_PREFIX.format(channel=DEMO_CHANNEL)
     a_dir = DEMO_SOURCE / AUDIO_PREFIX.format(audio_folder=DEMO_CHANNEL_MAPPING[DEMO_CHANNEL])
-    parts, segments, offset_ms = [], [], 0.0
+    part, parts, segments, offset_ms = CACHE / "part.wav", [], [], 0.0
     for t in sorted(t_dir.glob("audio_*.json")):
         rec_id = t.name[len("audio_"):-len(".json")]
         (audio,) = a_dir.glob(f"{rec_id}.*")
-        part = CACHE / "part.wav"
         _ffmpeg("-i", str(audio), "-ac", "1", "-ar", str(SR), "-c:a", "pcm_s16le", str(part))
         pcm, _ = sf.read(part, dtype="int16")
         doc = json.loads(t.read_text())
@@ -126,8 +126,9 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def run_ours(source: str, out: str, limit: int | None) -> list[dict]:
-    """The real stage-1 path, one recording at a time, as one worker of the asset runs it."""
+def run_ours(source: str, out: str, limit: int | None, workers: int = 1) -> list[dict]:
+    """The real stage-1 path, one recording at a time as one worker of the asset runs it, or
+    `workers` at once as the asset does by default (then per-recording CPU cannot be told apart)."""
     from neutts_assets.core.cutting import CutRules
     from neutts_assets.core.inventory import build_inventory
     from neutts_assets.core.layout import ChannelLayout
@@ -137,15 +138,17 @@ def run_ours(source: str, out: str, limit: int | None) -> list[dict]:
     src, dst = LocalStore(source, create=False), LocalStore(out)
     layout = ChannelLayout.for_channel(CHANNEL)
     inv = build_inventory(layout, src.list(layout.transcripts_prefix), src.list(layout.audio_prefix), src.read_bytes)
-    rows = []
-    for entry in inv.entries[:limit]:
+    def one(entry):
         cpu0 = _cpu_s()
         r = cut_recording(entry, CHANNEL, src, dst, CutRules(), previous=None)
         if r.error:
             raise RuntimeError(f"{entry.recording_id}: {r.error}")
-        rows.append({"ext": entry.audio_ext.lstrip("."), "audio_s": r.index.audio_seconds, "segments": len(r.index.segments),
-                     "segment_s": sum(s.duration_sec for s in r.index.segments), "bytes": r.written_bytes, "cpu_s": _cpu_s() - cpu0})
-    return rows
+        return {"ext": entry.audio_ext.lstrip("."), "audio_s": r.index.audio_seconds, "segments": len(r.index.segments),
+                "segment_s": sum(s.duration_sec for s in r.index.segments), "bytes": r.written_bytes,
+                "cpu_s": _cpu_s() - cpu0 if workers == 1 else math.nan}
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, inv.entries[:limit]))
 
 
 def run_old(source: str, out: str, limit: int | None) -> list[dict]:
@@ -207,13 +210,14 @@ def measure(method, source: Path, warmup: Path, limit: int | None) -> dict:
         for k in f:
             f[k] += r[k]
     for stats in (total, *per_format.values()):
-        stats["realtime_per_core"] = stats["audio_s"] / stats["cpu_s"]
+        stats["realtime_per_core"] = stats["audio_s"] / stats["cpu_s"]  # nan per format for concurrent runs
         stats["bytes_per_audio_hour"] = stats["bytes"] / stats["audio_s"] * 3600
     total["per_format"] = per_format
     return total
 
 
 def in_child(method, source: Path, warmup: Path, limit: int | None = None) -> dict:
+    """`measure` in a fresh spawned process (not forked: nothing of this one's memory is inherited)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(measure, method, source, warmup, limit).result()
 
@@ -228,19 +232,19 @@ def main() -> int:
     minutes, recording_s = (5.0, 60.0) if args.quick else (args.minutes, 240.0)
     loops = max(1, round(recording_s * 1000 / program_ms))
     # Whole rounds of FORMATS, so every container carries the same share of the audio.
-    rounds = max(1, round(minutes * 60_000 / (loops * program_ms * len(FORMATS))))
-    source = build_channel(f"source-{rounds * len(FORMATS)}x{loops}", rounds * len(FORMATS), loops)
+    n_files = len(FORMATS) * max(1, round(minutes * 60_000 / (loops * program_ms * len(FORMATS))))
+    source = build_channel(f"source-{n_files}x{loops}", n_files, loops)
     warmup = build_channel("warmup", len(FORMATS), 1, WARMUP_S)
     for p in (*source.rglob("*"), *warmup.rglob("*")):  # warm the page cache: neither method pays the first read
         if p.is_file():
             p.read_bytes()
 
-    n_files = rounds * len(FORMATS)
     ours = in_child(run_ours, source, warmup)
     old = in_child(run_old, source, warmup)
     quarter = in_child(run_ours, source, warmup, max(1, n_files // 4))
+    concurrent = in_child(partial(run_ours, workers=4), source, warmup)  # the asset's default
 
-    for name, r in (("ours", ours), ("old", old), ("ours, 1/4 of the files", quarter)):
+    for name, r in (("ours", ours), ("old", old), ("ours, 1/4 of the files", quarter), ("ours, 4 workers", concurrent)):
         print(f"{name:>22}: {r['files']} files, {r['audio_s'] / 60:.1f} audio-min, {r['segments']} segments "
               f"({r['segment_s'] / 60:.1f} min), {r['cpu_s']:.2f} CPU-s = {r['realtime_per_core']:.0f}x realtime per core, "
               f"wall {r['wall_s']:.2f} s, {r['bytes_per_audio_hour'] / 2**20:.1f} MiB per audio hour, peak RSS {r['peak_rss_mb']:.0f} MB")
@@ -263,6 +267,7 @@ def main() -> int:
     result = {
         "speedup_vs_old": round(ours["realtime_per_core"] / old["realtime_per_core"], 2),
         "wall_speedup_vs_old": round(old["wall_s"] / ours["wall_s"], 2),
+        "wall_speedup_vs_old_4_workers": round(old["wall_s"] / concurrent["wall_s"], 2),
         "bytes_ratio_vs_old": round(ours["bytes_per_audio_hour"] / old["bytes_per_audio_hour"], 3),
         "peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "peak_rss_mb_ours_quarter": round(quarter["peak_rss_mb"], 1),
