@@ -1,9 +1,9 @@
 """Decoding any container the channels hold (wav, mp3, m4a, webm/opus, ogg, flac, partial
 downloads) straight to 16 kHz mono 16-bit PCM, once per recording, with ffmpeg.
 
-ffmpeg decodes and resamples in one native pass, several times faster than librosa.load
-(DESIGN.md: 390x-1125x realtime against 95x-274x). It runs as a child process, so decoding
-overlaps with Python work in other threads without the GIL in the way.
+ffmpeg decodes and resamples in one native pass, about 2-4x faster than librosa.load per
+CPU-second (bench/stage1.py: ~420x realtime for webm/opus to ~800x for wav 48 kHz). It runs as
+a child process, so decoding overlaps with Python work in other threads without the GIL in the way.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def decode_pcm16(
             "-map", "0:a:0",  # the first audio stream; video and cover art are ignored
             "-vn", "-sn", "-dn",
             "-ac", "1", "-ar", str(sample_rate),
-            # Frames of 32768 samples instead of the codec's ~1000: far fewer writes (about 1.5x
-            # faster end to end); p=0 leaves the last frame unpadded, so the samples are unchanged.
+            # Frames of 32768 samples instead of the codec's ~1000: far fewer writes (1.2x-1.9x
+            # faster, measured); p=0 leaves the last frame unpadded, so the samples are unchanged.
             "-af", "asetnsamples=n=32768:p=0",
             "-f", "s16le", "-acodec", "pcm_s16le", raw,
         ]
