@@ -172,18 +172,21 @@ def test_asset_check_finds_missing_segments_and_a_rerun_repairs_them(setup):
     from dagster import AssetSelection, Definitions, define_asset_job
 
     from neutts_assets.defs.assets.segments import segments_npz
-    from neutts_assets.defs.checks import segments_present_in_store
+    from neutts_assets.defs.checks import every_object_paired, segments_present_in_store
     from neutts_assets_tests.helpers import raw_audio
 
     resources, instance, source, store = setup
     run_stage1(instance, resources, CHANNEL)
-    defs = Definitions(assets=[raw_audio, segments_npz], asset_checks=[segments_present_in_store], resources=resources,
-                       jobs=[define_asset_job("check_only", selection=AssetSelection.checks(segments_present_in_store))])
+    defs = Definitions(assets=[raw_audio, segments_npz], asset_checks=[every_object_paired, segments_present_in_store], resources=resources,
+                       jobs=[define_asset_job("check_only", selection=AssetSelection.checks(segments_present_in_store)),
+                             define_asset_job("pairing", selection=AssetSelection.checks(every_object_paired))])
 
-    def check():
-        result = defs.resolve_job_def("check_only").execute_in_process(instance=instance, tags={"dagster/partition": CHANNEL})
+    def check(job="check_only"):
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, tags={"dagster/partition": CHANNEL})
         (evaluation,) = result.get_asset_check_evaluations()
         return evaluation
+
+    assert check("pairing").passed
 
     ok = check()
     assert ok.passed and ok.metadata["segments_found"].value == ok.metadata["segments_expected"].value > 0
@@ -195,6 +198,12 @@ def test_asset_check_finds_missing_segments_and_a_rerun_repairs_them(setup):
     meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
     assert (meta["files_changed"], meta["files_unchanged"]) == (1, len(DEMO_IDS) - 1)
     assert check().passed
+
+    # An audio object with no transcript: the pairing check warns once raw_audio sees it.
+    source.write_bytes(audio_key(FOLDER, "orphan.wav"), demo_audio("austen_0870").read_bytes())
+    run_stage1(instance, resources, CHANNEL)
+    pairing = check("pairing")
+    assert not pairing.passed and pairing.severity.value == "WARN" and pairing.metadata["unpaired_audio_without_transcript"].value == 1
 
 
 def test_environment_configuration_and_no_secret_in_events(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint, monkeypatch):

@@ -1,6 +1,8 @@
-from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
+from neutts_assets.core.inventory import Inventory
 from neutts_assets.core.segment_store import channel_prefix
+from neutts_assets.defs.assets.raw_audio import raw_audio
 from neutts_assets.defs.assets.segments import segments_npz
 from neutts_assets.defs.metadata import md_table
 from neutts_assets.defs.partitions import channels
@@ -21,4 +23,18 @@ def segments_present_in_store(context: AssetCheckExecutionContext, segments_npz:
             "segments_not_in_manifest": len(listed - expected),
             "missing": md_table(["key"], [(k,) for k in missing], empty="none missing"),
         },
+    )
+
+
+@asset_check(asset=raw_audio, partitions_def=channels, description="Every transcript has its audio and every audio object its transcript.")
+def every_object_paired(context: AssetCheckExecutionContext, raw_audio: dict) -> AssetCheckResult:
+    inventory = Inventory.from_dict(raw_audio)
+    # A warning, not an error: the channel is still usable, but someone should look at the source bucket.
+    by_kind = {}
+    for u in inventory.unpaired:
+        by_kind[u.kind] = by_kind.get(u.kind, 0) + 1
+    return AssetCheckResult(
+        passed=not inventory.unpaired,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"recordings": len(inventory.entries), **{f"unpaired_{k}": v for k, v in sorted(by_kind.items())}},
     )
