@@ -74,7 +74,13 @@ def materialize(channel: str) -> int:
         "--partition", channel,
     ]
     print("$ " + " ".join(cmd[1:]), flush=True)
-    return subprocess.call(cmd)
+    rc = subprocess.call(cmd)
+    if rc == 0:
+        from neutts_assets.defs.resources import resources_from_env
+
+        print(f"\nchannel {channel!r} materialized; segment store: {resources_from_env()['store'].url}\n"
+              f"see it in the UI: DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '<your DAGSTER_HOME>')} dagster dev")
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
