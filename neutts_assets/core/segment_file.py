@@ -37,6 +37,8 @@ class Segment:
     tone: str
     pcm16: np.ndarray  # int16 samples at SAMPLE_RATE
     codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    # Which codec made `codes` (model id @ revision, and "random-weights" for test-only codes); empty without codes.
+    codec: str = ""
     # Provenance, beyond the old keys: where in which recording the segment came from.
     source_key: str = ""
     start_ms: float = 0.0
@@ -66,6 +68,7 @@ def encode_segment(seg: Segment) -> bytes:
         "sample_rate": np.array(SAMPLE_RATE, dtype=np.int32),
         "num_samples": np.array(len(seg.pcm16), dtype=np.int64),
         "codes": np.asarray(seg.codes, dtype=np.int32),
+        "codec": np.array(seg.codec),
         "duration_sec": np.array(seg.duration_sec, dtype=np.float32),
         "source_key": np.array(seg.source_key),
         "start_ms": np.array(seg.start_ms, dtype=np.float64),
@@ -99,6 +102,7 @@ def read_segment(source: str | os.PathLike | bytes | BinaryIO) -> Segment:
             **{key: _str(npz, key) for key in STRING_KEYS},
             pcm16=pcm16,
             codes=np.asarray(npz["codes"]).astype(np.int32) if "codes" in npz.files else np.zeros(0, np.int32),
+            codec=_str(npz, "codec"),
             source_key=_str(npz, "source_key"),
             start_ms=float(npz["start_ms"]) if "start_ms" in npz.files else 0.0,
             end_ms=float(npz["end_ms"]) if "end_ms" in npz.files else 0.0,
