@@ -38,21 +38,42 @@ class SegmentProblem:
     reason: str
 
 
+# About 31 years: anything later is not a time in a recording, and keeps sample arithmetic exact.
+MAX_TIME_MS = 1e12
+
+
 def _time(value: object, field: str) -> float:
     # bool is an int in Python; a transcript saying "start_ms": true is broken, not 1 ms.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{field} is not a number ({value!r:.40})")
-    value = float(value)
+        raise ValueError(f"{field} is not a number ({_short(value)})")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"{field} is out of range ({_short(value)})") from None
     if not math.isfinite(value):
         raise ValueError(f"{field} is not finite ({value})")
+    if abs(value) > MAX_TIME_MS:
+        raise ValueError(f"{field} is out of range ({value:g} ms)")
     return value
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _clean(text: str) -> str:
+    """JSON can carry lone surrogates ("\\ud800") that no UTF-8 writer accepts, and NUL bytes that
+    break C-string consumers downstream; both are replaced, so one odd character costs a character,
+    not the recording."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "").strip()
 
 
 def _label(raw: dict, field: str) -> str:
     value = raw.get(field)
     if value is None or (isinstance(value, str) and not value.strip()):
         return DEFAULT_LABELS[field]
-    return str(value).strip()
+    return _clean(str(value)) or DEFAULT_LABELS[field]
 
 
 def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], list[SegmentProblem]]:
@@ -65,6 +86,10 @@ def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], l
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TranscriptError(f"{name}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise TranscriptError(f"{name}: unreadable JSON: {exc}") from None
+    except RecursionError:
+        raise TranscriptError(f"{name}: JSON nested too deeply") from None
     if isinstance(doc, dict):
         if "segments" not in doc:
             raise TranscriptError(f"{name}: JSON object has no 'segments' list")
@@ -98,7 +123,7 @@ def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], l
                 index=index,
                 start_ms=start,
                 end_ms=end,
-                text=text.replace("\x00", "").strip(),  # NUL bytes break C string consumers downstream
+                text=_clean(text),
                 speaker_id=_label(raw, "speaker_id"),
                 gender=_label(raw, "gender"),
                 dialect=_label(raw, "dialect"),
