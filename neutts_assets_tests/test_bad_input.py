@@ -4,6 +4,8 @@ completes, and nothing is written outside the store."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 
 import pytest
@@ -17,6 +19,7 @@ from neutts_assets_tests.helpers import (
 
 CHANNEL = "bad_channel"
 GOOD = ["austen_0870", "austen_0930"]
+REFUSED = "refused by the inventory, listed in raw_audio's unpaired table"
 
 
 def _wav_with_unknown_codec() -> bytes:
@@ -74,22 +77,37 @@ def populate_bad_channel(store) -> dict[str, str]:
     ]).encode(), wav)
     recording("nan_times", b'[{"start_ms": NaN, "end_ms": 900, "text": "nan"}, {"start_ms": 0, "end_ms": Infinity, "text": "inf"},'
               b' {"start_ms": 0, "end_ms": 900, "text": "fine"}]', wav)
-    # Hostile names: a '..' recording ID, a nested path, an absolute-looking name.
+    # Hostile JSON that the json module itself chokes on in ways other than a syntax error.
+    recording("deep_nesting", b"[" * 100_000 + b"]" * 100_000, wav)
+    expect[transcript_key(CHANNEL, "deep_nesting")] = "nested too deeply"
+    recording("long_integer", b'[{"start_ms": ' + b"7" * 5000 + b', "end_ms": 900}]', wav)
+    expect[transcript_key(CHANNEL, "long_integer")] = "unreadable JSON"
+    # Segment-level: absurd numbers are skipped with a reason, odd characters are replaced.
+    recording("absurd_times", json.dumps([
+        {"start_ms": int("9" * 400), "end_ms": 900, "text": "an integer too large for a float"},  # 0
+        {"start_ms": 0, "end_ms": 1e305, "text": "a float too large for samples"},               # 1
+        {"start_ms": 0, "end_ms": 1200, "text": "lone \ud800 surrogate", "speaker_id": "\udfff"},  # 2 kept
+    ]).encode(), wav)
+    # A hostile name: a '..' recording ID.
     store.write_bytes(f"processed_runs/processed_{CHANNEL}/transcripts/audio_...json", _ok_transcript())
-    expect[f"processed_runs/processed_{CHANNEL}/transcripts/audio_...json"] = "'..'"
+    expect[f"processed_runs/processed_{CHANNEL}/transcripts/audio_...json"] = REFUSED
     return expect
 
 
 def _check(meta, store, expect):
     failures = meta["failures"]
     for key, words in expect.items():
-        if "'..'" in words:
+        if words is REFUSED:
             continue  # unsafe names are refused by the inventory: see raw_audio's unpaired table
         row = next((line for line in failures.splitlines() if key in line), None)
         assert row is not None, f"{key} missing from failures:\n{failures}"
         assert words in row, row
-    for seg_id in [f"{g}_seg_0" for g in GOOD] + ["bad_segments_seg_0", "nan_times_seg_2"]:
+    for seg_id in [f"{g}_seg_0" for g in GOOD] + ["bad_segments_seg_0", "nan_times_seg_2", "absurd_times_seg_2"]:
         assert store.read_bytes_or_none(f"stage1/{CHANNEL}/{seg_id}.npz") is not None, seg_id
+    odd = read_segment(store.read_bytes(f"stage1/{CHANNEL}/absurd_times_seg_2.npz"))
+    assert odd.text == "lone ? surrogate" and odd.speaker_id == "?"
+    assert "| absurd_times_seg_0 | malformed segment | start_ms is out of range" in meta["skipped_segments"]
+    assert "| absurd_times_seg_1 | malformed segment | end_ms is out of range (1e+305 ms)" in meta["skipped_segments"]
     reasons = meta["skipped_segments"]
     for words in ("missing start_ms", "not a number", "reversed times", "zero length", "outside the audio",
                   "shorter than 0.3 s", "empty text", "not an object", "not finite"):
@@ -100,14 +118,18 @@ def _check(meta, store, expect):
 
 def test_bad_input_on_gcs_and_s3(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint, s3_client):
     expect = populate_bad_channel(gcs_store)
+    # A name carrying the temporary-file marker, which our stores refuse to write: put there by another tool.
+    marked = f"processed_runs/processed_{CHANNEL}/transcripts/audio_x.neutts-tmp-1-y.json"
+    gcs_store.bucket.blob(marked).upload_from_string(_ok_transcript())
     resources = make_resources(f"gs://{gcs_bucket}", f"s3://{s3_bucket}/neutts_segments", s3_endpoint)
     instance = DagsterInstance.ephemeral()
     result = run_stage1(instance, resources, CHANNEL)
     meta = asset_metadata(result, "segments_npz")
     _check(meta, s3_store, expect)
-    assert meta["files_failed"] == 8
+    assert meta["files_failed"] == 10
     unpaired = asset_metadata(result, "raw_audio")["unpaired"]
     assert "audio_...json" in unpaired and "'..'" in unpaired
+    assert "audio_x.neutts-tmp-1-y.json" in unpaired and "marks temporary files" in unpaired
 
     # bad_segments: the overhanging segment is clipped to the audio's end; the others were not written
     clipped = read_segment(s3_store.read_bytes(f"stage1/{CHANNEL}/bad_segments_seg_6.npz"))
@@ -120,7 +142,7 @@ def test_bad_input_on_gcs_and_s3(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_
 
     # A second run does not download the deterministic failures again, and still reports them.
     meta2 = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
-    assert meta2["bytes_downloaded"] == 0 and meta2["files_failed"] == 8
+    assert meta2["bytes_downloaded"] == 0 and meta2["files_failed"] == 10
     assert "unchanged since the last run" in meta2["failures"]
 
 
@@ -149,3 +171,45 @@ def test_a_new_bad_upload_never_hides_good_segments(gcs_store, gcs_bucket, s3_st
     assert meta["files_failed"] == 1 and "malformed JSON" in meta["failures"]
     assert {o.key for o in s3_store.list(f"stage1/{CHANNEL}/austen_0870_seg_")} == before
     assert meta["segments_in_channel"] == len(before) + len(list(s3_store.list(f"stage1/{CHANNEL}/austen_0930_seg_")))
+    # The bad upload is still there: the next run neither downloads it again nor drops the good cut.
+    meta2 = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
+    assert meta2["bytes_downloaded"] == 0 and meta2["files_unchanged"] == 1 and meta2["files_failed"] == 1
+    assert "malformed JSON" in meta2["failures"] and "unchanged since the last run" in meta2["failures"]
+    assert meta2["segments_in_channel"] == meta["segments_in_channel"]
+    # A fixed upload is cut again.
+    populate_source(gcs_store, CHANNEL, ids=["austen_0870"])
+    meta3 = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
+    assert meta3["files_changed"] == 1 and meta3["files_failed"] == 0
+
+
+def test_a_killed_decoder_is_retried_not_recorded_as_bad_audio(tmp_path, monkeypatch):
+    """ffmpeg killed by the kernel (here: SIGXFSZ, past a file-size limit, as on a full disk) says
+    nothing about the audio. The run fails naming the object, the other recordings are published,
+    and the next run cuts it."""
+    from dagster import DagsterInstance
+
+    from neutts_assets.storage.local import LocalStore
+
+    populate_source(LocalStore(tmp_path / "source"), CHANNEL, ids=["austen_0870", "sonnet001"])
+    real = shutil.which("ffmpeg")
+    limited = tmp_path / "bin"
+    limited.mkdir()
+    (limited / "ffmpeg").write_text(f'#!/bin/sh\n# 1 MiB of output at most (512-byte blocks)\nulimit -f 2048\nexec "{real}" "$@"\n')
+    (limited / "ffmpeg").chmod(0o755)
+    resources = make_resources(str(tmp_path / "source"), str(tmp_path / "store"))
+    instance = DagsterInstance.ephemeral()
+
+    monkeypatch.setenv("PATH", f"{limited}{os.pathsep}{os.environ['PATH']}")
+    result = run_stage1(instance, resources, CHANNEL, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and e.step_key == "segments_npz")
+    text = failure.event_specific_data.error.message
+    # sonnet001 (53 s: 1.7 MB of 16 kHz samples) is past the limit; austen_0870 (7 s: 0.2 MB) is not.
+    assert "sonnet001.mp3" in text and "ffmpeg failed" in text and "rerun to retry" in text, text
+    store = LocalStore(tmp_path / "store")
+    assert store.read_bytes_or_none(f"stage1/{CHANNEL}/_index/austen_0870.json") is not None
+    assert store.read_bytes_or_none(f"stage1/{CHANNEL}/_index/sonnet001.json") is None  # nothing recorded as bad
+
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
+    meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
+    assert meta["files_new"] == 1 and meta["files_unchanged"] == 1 and meta["files_failed"] == 0

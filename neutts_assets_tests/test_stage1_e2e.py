@@ -113,10 +113,13 @@ def test_changed_transcript_recuts_that_audio_and_removes_dropped_segments(setup
     sonnet["segments"] = sonnet["segments"][:5]  # a new, shorter segmentation
     sonnet["segments"][2]["text"] = "A corrected line."
     source.write_bytes(transcript_key(CHANNEL, "sonnet001"), json.dumps(sonnet).encode())
+    # What a cut killed halfway through a longer transcript version leaves: a segment no index lists.
+    stray = f"stage1/{CHANNEL}/sonnet001_seg_{n + 3}.npz"
+    store.write_bytes(stray, store.read_bytes(f"stage1/{CHANNEL}/sonnet001_seg_0.npz"))
 
     meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
     assert (meta["files_changed"], meta["files_unchanged"]) == (1, len(DEMO_IDS) - 1)
-    assert meta["segments_removed"] == n - 5
+    assert meta["segments_removed"] == n - 5 + 1
     after = _versions(store, "stage1/")
     sonnet_keys = sorted(k for k in after if "/sonnet001_seg_" in k)
     assert sonnet_keys == sorted(f"stage1/{CHANNEL}/sonnet001_seg_{i}.npz" for i in range(5))
@@ -166,6 +169,41 @@ def test_raw_audio_data_version_follows_the_sources(setup):
     materialize([raw_audio], partition_key=CHANNEL, instance=instance, resources=resources)
     assert data_version() != v1
     assert stale()
+
+
+def test_segments_data_version_changes_with_the_channels_segments(setup):
+    from dagster import AssetKey
+
+    resources, instance, source, store = setup
+
+    def data_version():
+        rec = instance.get_latest_data_version_record(AssetKey("segments_npz"), partition_key=CHANNEL)
+        return rec.asset_materialization.tags["dagster/data_version"]
+
+    run_stage1(instance, resources, CHANNEL)
+    v1 = data_version()
+    run_stage1(instance, resources, CHANNEL)
+    assert data_version() == v1  # nothing changed, nothing for encoded_segments to redo
+    sonnet = json.loads((DEMO_TRANSCRIPTS / "audio_sonnet001.json").read_text())
+    sonnet["segments"] = sonnet["segments"][:3]
+    source.write_bytes(transcript_key(CHANNEL, "sonnet001"), json.dumps(sonnet).encode())
+    run_stage1(instance, resources, CHANNEL)
+    assert data_version() != v1
+
+
+def test_local_source_may_keep_audio_behind_a_symlink(tmp_path):
+    """Owners keep big audio on another disk and link it in; keys still cannot climb out."""
+    from neutts_assets.storage.local import LocalStore
+
+    elsewhere = tmp_path / "big_disk"
+    populate_source(LocalStore(elsewhere), CHANNEL, FOLDER, ids=DEMO_IDS[:2])
+    source = tmp_path / "source"
+    (source / "processed_runs").mkdir(parents=True)
+    (source / "processed_runs" / f"processed_{CHANNEL}").symlink_to(elsewhere / "processed_runs" / f"processed_{CHANNEL}")
+    (source / FOLDER).symlink_to(elsewhere / FOLDER)
+    resources = make_resources(str(source), str(tmp_path / "store"), mapping={CHANNEL: FOLDER})
+    meta = asset_metadata(run_stage1(DagsterInstance.ephemeral(), resources, CHANNEL), "segments_npz")
+    assert meta["files_new"] == 2 and meta["files_failed"] == 0 and meta["segments_written"] > 0
 
 
 def test_asset_check_finds_missing_segments_and_a_rerun_repairs_them(setup):

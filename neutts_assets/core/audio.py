@@ -23,6 +23,15 @@ class AudioDecodeError(ValueError):
     """The object is not decodable audio; the message names it and quotes ffmpeg's reason."""
 
 
+class DecoderFailure(RuntimeError):
+    """ffmpeg failed for a reason outside the file (killed, out of disk or memory): worth retrying,
+    so it must never be recorded as the object being bad."""
+
+
+# ffmpeg's words for a failing machine rather than a failing file.
+_MACHINE_ERRORS = ("No space left on device", "Cannot allocate memory", "Too many open files")
+
+
 def ffmpeg_binary() -> str:
     path = shutil.which("ffmpeg")
     if path is None:
@@ -56,6 +65,8 @@ def decode_pcm16(
             "-f", "s16le", "-acodec", "pcm_s16le", raw,
         ]
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode < 0 or any(m.encode() in proc.stderr for m in _MACHINE_ERRORS):
+            raise DecoderFailure(f"{name}: ffmpeg failed (exit {proc.returncode}): {_reason(proc.stderr)}")
         if proc.returncode != 0:
             raise AudioDecodeError(f"{name}: ffmpeg cannot decode it: {_reason(proc.stderr)}")
         samples = os.path.getsize(raw) // 2

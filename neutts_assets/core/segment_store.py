@@ -13,6 +13,7 @@ each written atomically, so none is ever half-written.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 STAGE1_PREFIX = "stage1/"
@@ -25,6 +26,22 @@ def channel_prefix(channel: str) -> str:
 
 def segment_key(channel: str, segment_id: str) -> str:
     return f"{channel_prefix(channel)}{segment_id}.npz"
+
+
+_SEGMENT_NAME = re.compile(r"^(?P<recording>.+)_seg_(?P<index>\d+)\.npz$")
+
+
+def keys_by_recording(channel: str, keys) -> dict[str, set[str]]:
+    """Groups a listing's segment keys by recording ID (the greedy match takes the last `_seg_`,
+    so an ID that itself contains `_seg_` is not confused with another)."""
+    prefix = channel_prefix(channel)
+    groups: dict[str, set[str]] = {}
+    for key in keys:
+        name = key[len(prefix):] if key.startswith(prefix) else ""
+        match = _SEGMENT_NAME.match(name) if "/" not in name else None
+        if match:
+            groups.setdefault(match["recording"], set()).add(key)
+    return groups
 
 
 def index_prefix(channel: str) -> str:
@@ -62,6 +79,9 @@ class RecordingIndex:
     skipped: list[SkipEntry] = field(default_factory=list)
     error: str = ""
     audio_seconds: float = 0.0
+    # On a good cut: the fingerprint of a later upload that could not be cut (with `error`), so an
+    # unchanged bad replacement is neither downloaded again nor allowed to hide the good segments.
+    failed_fingerprint: dict = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
@@ -77,6 +97,7 @@ class RecordingIndex:
             skipped=[SkipEntry(**s) for s in d.get("skipped", [])],
             error=d.get("error", ""),
             audio_seconds=d.get("audio_seconds", 0.0),
+            failed_fingerprint=d.get("failed_fingerprint", {}),
         )
 
 

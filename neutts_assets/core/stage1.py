@@ -5,6 +5,8 @@ publish the recording's index last.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,16 +55,29 @@ def cut_recording(
     rules: CutRules,
     previous: RecordingIndex | None,
     workdir: str | None = None,
+    stored_keys: set[str] | frozenset[str] = frozenset(),
 ) -> RecordingResult:
+    """`stored_keys` are this recording's segment objects found in the store: with the previous
+    index's, any the new cut does not write are removed (a killed cut of another transcript
+    version can have left some that no index lists).
+
+    Errors that may pass (the store, a killed decoder) propagate and publish nothing; the next run
+    tries again. Errors of the input itself are recorded as the recording's failure."""
     fp = fingerprint(entry, rules)
     result = RecordingResult(entry.recording_id, None)
 
     def failed(obj: str, reason: str) -> RecordingResult:
-        """A deterministic failure (bad transcript, undecodable audio). Its index is published only
-        when no earlier good cut exists, so a bad new upload never hides the segments already made,
-        and an unchanged bad file is not downloaded again on every run."""
+        """A deterministic failure (bad transcript, undecodable audio). A bad new upload never hides
+        the segments already made: the good index stays, and only notes the bad version, so that an
+        unchanged bad file is not downloaded again on every run."""
         result.error, result.error_object = reason, obj
-        if previous is None or previous.status != "ok":
+        if previous is not None and previous.status == "ok":
+            previous.failed_fingerprint, previous.error = fp, reason
+            store.write_bytes(index_key(channel, entry.recording_id), previous.to_json())
+        else:
+            for key in sorted(stored_keys):
+                store.delete(key)
+                result.removed_keys.append(key)
             result.index = RecordingIndex(entry.recording_id, "failed", fp, error=reason)
             store.write_bytes(index_key(channel, entry.recording_id), result.index.to_json())
         return result
@@ -76,6 +91,8 @@ def cut_recording(
         segments, problems = parse_transcript(transcript, entry.transcript_key)
     except TranscriptError as exc:
         return failed(entry.transcript_key, str(exc))
+    except Exception as exc:  # parsing is pure: whatever it raises, the transcript will raise again
+        return failed(entry.transcript_key, f"unreadable transcript ({type(exc).__name__}: {str(exc)[:200]})")
 
     with tempfile.TemporaryDirectory(dir=workdir, prefix="neutts-") as tmp:
         local = Path(tmp) / f"audio{entry.audio_ext or '.bin'}"
@@ -91,7 +108,10 @@ def cut_recording(
             return failed(entry.audio_key, str(exc))
         result.decode_seconds = time.perf_counter() - t0
 
-    cuts, skips = plan_cuts(segments, len(pcm), SAMPLE_RATE, rules)
+    try:
+        cuts, skips = plan_cuts(segments, len(pcm), SAMPLE_RATE, rules)
+    except Exception as exc:  # pure as well: a deterministic property of this transcript and audio
+        return failed(entry.transcript_key, f"cannot cut ({type(exc).__name__}: {str(exc)[:200]})")
     index = RecordingIndex(
         entry.recording_id, "ok", fp,
         skipped=[SkipEntry(p.index, "malformed segment", p.reason) for p in problems]
@@ -114,12 +134,13 @@ def cut_recording(
     result.write_seconds = time.perf_counter() - t0
 
     # Segments of the previous cut that the new transcript no longer yields (the old tool needed `rm`).
+    keep = {s.key for s in index.segments}
+    stale = set(stored_keys)
     if previous is not None:
-        keep = {s.key for s in index.segments}
-        for old in previous.segments:
-            if old.key not in keep:
-                store.delete(old.key)
-                result.removed_keys.append(old.key)
+        stale |= {old.key for old in previous.segments}
+    for key in sorted(stale - keep):
+        store.delete(key)
+        result.removed_keys.append(key)
 
     store.write_bytes(index_key(channel, entry.recording_id), index.to_json())
     result.index = index
@@ -155,6 +176,8 @@ def plan_channel(
         old = previous.get(entry.recording_id)
         if old is None:
             plan.new.append(entry)
+        elif not force and old.status == "ok" and old.failed_fingerprint == fingerprint(entry, rules):
+            plan.failed_unchanged.append(entry)  # the bad replacement is still there; the good cut stands
         elif force or old.fingerprint != fingerprint(entry, rules):
             plan.changed.append(entry)
         elif existing_keys is not None and any(s.key not in existing_keys for s in old.segments):
@@ -191,6 +214,11 @@ def channel_manifest(channel: str, entries: list[InventoryEntry], indexes: dict[
         "segment_count": sum(len(r["segments"]) for r in recordings),
         "segment_seconds": sum(s["duration_sec"] for r in recordings for s in r["segments"]),
     }
+
+
+def manifest_version(manifest: dict) -> str:
+    """The manifest's content hash: a data version that changes exactly when the channel's segments do."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
 
 
 @dataclass

@@ -2,14 +2,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Optional
 
-from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Config, DataVersion, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
 from neutts_assets.core.cutting import CutRules
 from neutts_assets.core.inventory import Inventory
 from neutts_assets.core.progress import Progress
-from neutts_assets.core.segment_store import channel_prefix, load_indexes
-from neutts_assets.core.stage1 import ChannelPlan, ChannelTally, channel_manifest, cut_recording, plan_channel
+from neutts_assets.core.segment_store import channel_prefix, keys_by_recording, load_indexes
+from neutts_assets.core.stage1 import ChannelPlan, ChannelTally, channel_manifest, cut_recording, manifest_version, plan_channel
 from neutts_assets.defs.metadata import md_table, reason_counts
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
@@ -43,6 +43,7 @@ def segments_npz(
     orphans = dst.remove_orphan_temporaries()
     indexes = load_indexes(dst, channel)
     existing = {o.key for o in dst.list(channel_prefix(channel)) if o.key.endswith(".npz")}
+    stored = keys_by_recording(channel, existing)
     plan = plan_channel(inventory.entries, indexes, rules, existing, force=config.force)
     context.log.info(
         f"{channel}: {len(plan.new)} new, {len(plan.changed)} changed, {len(plan.unchanged)} unchanged, "
@@ -54,10 +55,20 @@ def segments_npz(
     tally.failures += [(e.audio_key, indexes[e.recording_id].error + " (unchanged since the last run)") for e in plan.failed_unchanged]
     progress = Progress(context.log.info, len(plan.todo), channel)
     started = time.perf_counter()
+    retry = []  # (object, reason): failures that may pass (store, decoder); nothing of them is published
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-        futures = [pool.submit(cut_recording, e, channel, src, dst, rules, indexes.get(e.recording_id)) for e in plan.todo]
+        futures = {
+            pool.submit(cut_recording, e, channel, src, dst, rules, indexes.get(e.recording_id), stored_keys=stored.get(e.recording_id, set())): e
+            for e in plan.todo
+        }
         for future in as_completed(futures):
-            result = future.result()
+            try:
+                result = future.result()
+            except Exception as exc:  # the other recordings go on; this one is retried by the next run
+                retry.append((futures[future].audio_key, f"{type(exc).__name__}: {str(exc)[:300]}"))
+                context.log.warning(f"{futures[future].audio_key}: {retry[-1][1]} (will be retried)")
+                progress.update(0, 0.0)
+                continue
             tally.add(result)
             if result.index is not None:
                 indexes[result.recording_id] = result.index
@@ -65,7 +76,16 @@ def segments_npz(
     wall = time.perf_counter() - started
 
     manifest = channel_manifest(channel, inventory.entries, indexes)
-    return Output(manifest, metadata=_metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}"))
+    metadata = _metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}")
+    if retry:
+        # Everything else is written and indexed; failing the run keeps a partial manifest from being
+        # published as the channel's, and a rerun redoes only these recordings.
+        raise Failure(
+            description=f"{channel}: {len(retry)} recording(s) failed for reasons that may pass; rerun to retry them: "
+            + "; ".join(f"{obj}: {why}" for obj, why in sorted(retry)[:5]),
+            metadata={**metadata, "retryable_failures": md_table(["object", "reason"], sorted(retry))},
+        )
+    return Output(manifest, data_version=DataVersion(manifest_version(manifest)), metadata=metadata)
 
 
 def _metadata(tally: ChannelTally, plan: ChannelPlan, manifest: dict, inventory: Inventory, wall: float, orphans: int, where: str) -> dict:
