@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from neutts_assets.storage.store import TEMP_MARK
+
 TRANSCRIPTS_PREFIX = "processed_runs/processed_{channel}/transcripts/"
 AUDIO_PREFIX = "{audio_folder}/audio/"
 TRANSCRIPT_NAME_PREFIX, TRANSCRIPT_SUFFIX = "audio_", ".json"
@@ -32,6 +34,8 @@ def check_name(name: str, what: str) -> str:
         raise UnsafeNameError(f"{what} {name!r} starts with '..'")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise UnsafeNameError(f"{what} {name!r} contains control characters")
+    if TEMP_MARK in name:
+        raise UnsafeNameError(f"{what} {name!r} contains {TEMP_MARK!r}, which marks temporary files")
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         raise UnsafeNameError(f"{what} {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
     return name

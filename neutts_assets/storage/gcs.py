@@ -78,13 +78,14 @@ class GCSStore(ObjectStore):
         endpoint = getattr(self.client, "_connection", None)
         endpoint = getattr(endpoint, "API_BASE_URL", "the GCS endpoint")
         try:
-            if not self.bucket.exists():
-                raise StoreCheckError("bucket", f"bucket {self.bucket_name!r} does not exist at {endpoint}")
+            # Listing needs only storage.objects.list, which a reader has; bucket.exists() would need
+            # storage.buckets.get, which least-privilege service accounts lack.
+            next(iter(self.client.list_blobs(self.bucket_name, prefix=self.prefix, max_results=1)), None)
             if write:
                 self.write_bytes(PROBE_KEY, b"ok")
                 self.delete(PROBE_KEY)
-        except StoreCheckError:
-            raise
+        except gexc.NotFound:
+            raise StoreCheckError("bucket", f"bucket {self.bucket_name!r} does not exist at {endpoint}") from None
         except (gexc.Unauthorized, gexc.Forbidden, auth_exc.DefaultCredentialsError, auth_exc.RefreshError) as exc:
             raise StoreCheckError("credentials", f"{endpoint} refused access to bucket {self.bucket_name!r}: {type(exc).__name__}") from None
         except _ConnectionError:

@@ -9,11 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from neutts_assets.storage.store import PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, UnsafeKeyError, check_key
-
-# Temporary files live beside their target (os.replace must not cross file systems) and carry
-# this marker so that listings never report them as objects.
-_TMP_MARK = ".neutts-tmp-"
+from neutts_assets.storage.store import PROBE_KEY, TEMP_MARK, ObjectInfo, ObjectStore, StoreCheckError, UnsafeKeyError, check_key
 
 
 class LocalStore(ObjectStore):
@@ -25,10 +21,14 @@ class LocalStore(ObjectStore):
     def describe(self) -> str:
         return f"local folder {self.root}"
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str, writing: bool = False) -> Path:
         check_key(key)
+        if not writing:
+            # Reading through a symlink the folder's owner made (audio kept on another disk) is
+            # fine: check_key already stops a key from naming anything outside the root.
+            return self.root / key
         path = (self.root / key).resolve()
-        # Belt and braces after check_key: a symlink inside the root must not lead out of it either.
+        # Belt and braces for writes and deletes: a symlink inside the root must not lead them out of it.
         if path != self.root and self.root not in path.parents:
             raise UnsafeKeyError(f"object key {key!r} resolves outside {self.root}")
         return path
@@ -42,7 +42,7 @@ class LocalStore(ObjectStore):
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames.sort()
             for name in sorted(filenames):
-                if _TMP_MARK in name:
+                if TEMP_MARK in name:
                     continue
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
@@ -70,10 +70,10 @@ class LocalStore(ObjectStore):
         return src.stat().st_size
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+        path = self._path(key, writing=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The writer's PID in the name lets a later run tell a dead writer's debris from a live one's.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}{_TMP_MARK}{os.getpid()}-")
+        # Beside the target, since os.replace must not cross file systems. The writer's PID in the name lets a later run tell a dead writer's debris from a live one's.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}{TEMP_MARK}{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -85,7 +85,7 @@ class LocalStore(ObjectStore):
             raise
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        self._path(key, writing=True).unlink(missing_ok=True)
 
     def check(self, write: bool = False) -> None:
         if not self.root.is_dir():
@@ -102,7 +102,7 @@ class LocalStore(ObjectStore):
         removed = 0
         for dirpath, _, filenames in os.walk(self.root):
             for name in filenames:
-                if _TMP_MARK in name and not _alive(name.split(_TMP_MARK, 1)[1].split("-", 1)[0]):
+                if TEMP_MARK in name and not _alive(name.split(TEMP_MARK, 1)[1].split("-", 1)[0]):
                     (Path(dirpath) / name).unlink(missing_ok=True)
                     removed += 1
         return removed

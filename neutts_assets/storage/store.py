@@ -35,6 +35,11 @@ class ObjectInfo:
     updated: datetime | None = None
 
 
+# Marks a write in progress: listings hide such names and clean-up deletes them, so no real object
+# may carry it.
+TEMP_MARK = ".neutts-tmp-"
+
+
 def check_key(key: str) -> str:
     """Rejects keys that could name something outside the store's root once joined to it."""
     if not key or key.startswith("/") or "\\" in key:
@@ -43,6 +48,8 @@ def check_key(key: str) -> str:
         raise UnsafeKeyError(f"unsafe object key {key!r}: contains control characters")
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise UnsafeKeyError(f"unsafe object key {key!r}: empty, '.' or '..' path component")
+    if TEMP_MARK in key:
+        raise UnsafeKeyError(f"unsafe object key {key!r}: contains {TEMP_MARK!r}, reserved for temporary files")
     return key
 
 
