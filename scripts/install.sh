@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# Debian's python3 makes venvs only with python3-venv (ensurepip) installed.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "installing system packages: ${need_apt[*]}"
@@ -13,7 +15,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ]; then
+# A venv left without pip (a failed earlier attempt) is made again.
+if [ ! -x .venv/bin/pip ]; then
+  rm -rf .venv
   python3 -m venv .venv
 fi
 # Reinstall only when pyproject.toml changed since the last successful install.
