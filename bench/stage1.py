@@ -216,6 +216,20 @@ def measure(method, source: Path, warmup: Path, limit: int | None) -> dict:
     return total
 
 
+def decode_floor(source: Path) -> dict[str, float]:
+    """CPU seconds per container of ffmpeg only decoding each recording, at its own rate, to
+    nothing: no resampling, no cutting, no writing. No method that decodes with ffmpeg can spend
+    less, so old CPU / this is the ceiling of speedup_vs_old."""
+    cpu: dict[str, float] = {}
+    for path in sorted(p for p in source.rglob("*") if p.suffix[1:] in dict(FORMATS)):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        cpu[path.suffix[1:]] = cpu.get(path.suffix[1:], 0.0) + spent
+    return cpu
+
+
 def in_child(method, source: Path, warmup: Path, limit: int | None = None) -> dict:
     """`measure` in a fresh spawned process (not forked: nothing of this one's memory is inherited)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
@@ -243,6 +257,7 @@ def main() -> int:
     old = in_child(run_old, source, warmup)
     quarter = in_child(run_ours, source, warmup, max(1, n_files // 4))
     concurrent = in_child(partial(run_ours, workers=4), source, warmup)  # the asset's default
+    floor = decode_floor(source)
 
     for name, r in (("ours", ours), ("old", old), ("ours, 1/4 of the files", quarter), ("ours, 4 workers", concurrent)):
         print(f"{name:>22}: {r['files']} files, {r['audio_s'] / 60:.1f} audio-min, {r['segments']} segments "
@@ -257,15 +272,21 @@ def main() -> int:
             "bytes_ratio_vs_old": round(o["bytes_per_audio_hour"] / d["bytes_per_audio_hour"], 3),
             "realtime_per_core_ours": round(o["realtime_per_core"]),
             "realtime_per_core_old": round(d["realtime_per_core"]),
+            "realtime_per_core_ffmpeg_decode_only": round(o["audio_s"] / floor[ext]),
+            "speedup_ceiling_vs_old": round(d["cpu_s"] / floor[ext], 2),
         }
         print(f"{ext:>22}: {o['realtime_per_core']:.0f}x vs {d['realtime_per_core']:.0f}x realtime per core "
-              f"(speedup {per_format[ext]['speedup_vs_old']}), bytes ratio {per_format[ext]['bytes_ratio_vs_old']}")
+              f"(speedup {per_format[ext]['speedup_vs_old']}), bytes ratio {per_format[ext]['bytes_ratio_vs_old']}; "
+              f"ffmpeg decoding alone {per_format[ext]['realtime_per_core_ffmpeg_decode_only']}x "
+              f"(speedup ceiling {per_format[ext]['speedup_ceiling_vs_old']})")
     # Same transcripts, same skip rules: a different count would mean the comparison is unfair.
     if ours["segments"] != old["segments"]:
         raise SystemExit(f"ours cut {ours['segments']} segments, old {old['segments']}: not the same work")
 
     result = {
         "speedup_vs_old": round(ours["realtime_per_core"] / old["realtime_per_core"], 2),
+        # What ours would reach if everything but ffmpeg's decoding cost nothing.
+        "speedup_ceiling_vs_old": round(old["cpu_s"] / sum(floor.values()), 2),
         "wall_speedup_vs_old": round(old["wall_s"] / ours["wall_s"], 2),
         "wall_speedup_vs_old_4_workers": round(old["wall_s"] / concurrent["wall_s"], 2),
         "bytes_ratio_vs_old": round(ours["bytes_per_audio_hour"] / old["bytes_per_audio_hour"], 3),
