@@ -42,6 +42,17 @@ def test_write_read_list_delete(store, tmp_path):
         store.download("nope", tmp_path / "dl2")
 
 
+def test_upload_a_file_larger_than_one_multipart_chunk(store, tmp_path):
+    # 9 MB: above boto3's 8 MB multipart threshold, so S3 goes through a multipart upload.
+    src = tmp_path / "shard.parquet"
+    src.write_bytes(os.urandom(9 * 1024 * 1024))
+    assert store.upload(src, "hf_dataset/data/ch/a.parquet") == src.stat().st_size
+    assert store.read_bytes("hf_dataset/data/ch/a.parquet") == src.read_bytes()
+    assert [o.key for o in store.list("hf_dataset/")] == ["hf_dataset/data/ch/a.parquet"]
+    with pytest.raises(UnsafeKeyError):
+        store.upload(src, "../a.parquet")
+
+
 def test_version_changes_on_overwrite(store):
     store.write_bytes("k", b"a")
     (v1,) = [o.version for o in store.list("k")]

@@ -84,6 +84,19 @@ class LocalStore(ObjectStore):
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def upload(self, path: Path, key: str) -> int:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:50]}{_TMP_MARK}{os.getpid()}-")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target.stat().st_size
+
     def delete(self, key: str) -> None:
         self._path(key, writing=True).unlink(missing_ok=True)
 

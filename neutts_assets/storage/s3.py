@@ -62,6 +62,15 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
 
+    def upload(self, path: Path, key: str) -> int:
+        # upload_file streams large files as a multipart upload, which S3 publishes only when complete.
+        full_key = self._key(key)
+        try:
+            self.client.upload_file(str(path), self.bucket, full_key)
+        except Exception as exc:  # ClientError, BotoCoreError, or boto3's S3UploadFailedError wrapping them
+            raise StoreError(f"cannot upload {key!r} to {self.describe()}: {exc}") from exc
+        return Path(path).stat().st_size
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

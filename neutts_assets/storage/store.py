@@ -77,6 +77,14 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
 
+    def upload(self, path: Path, key: str) -> int:
+        """Copies a local file to an object and returns its size. Backends stream it (multipart,
+        resumable upload, file copy) so a shard of hundreds of MB never sits in memory; this
+        fallback reads it whole."""
+        data = Path(path).read_bytes()
+        self.write_bytes(key, data)
+        return len(data)
+
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Removes an object; a missing object is not an error."""
