@@ -1,0 +1,157 @@
+"""One dataset row per segment file, with exactly the columns and features the users' training
+scripts read (seed/SOURCE_LAYOUT.md), and the per-channel figures the dataset card states.
+
+The row's audio is the segment file's FLAC bytes as they are: `Audio(sampling_rate=16000)`
+decodes them to the 16 kHz waveform, and nothing is decoded or re-encoded while building.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neutts_assets.core.audio import SAMPLE_RATE
+from neutts_assets.core.segment_file import STRING_KEYS, flac_bytes, read_segment
+
+
+def dataset_features():
+    """The final dataset's features. `datasets` is imported here so the rest of core loads without it."""
+    from datasets import Audio, Features, Sequence, Value
+
+    return Features({
+        "audio": Audio(sampling_rate=SAMPLE_RATE),
+        "codes": Sequence(Value("int32")),
+        **{key: Value("string") for key in STRING_KEYS},
+        "duration_sec": Value("float32"),
+    })
+
+
+COLUMNS = ("audio", "codes", *STRING_KEYS, "duration_sec")
+
+
+@dataclass
+class Row:
+    audio_flac: bytes
+    codes: np.ndarray  # int32
+    strings: dict[str, str]
+    duration_sec: float
+    codec: str
+
+    @property
+    def audio_id(self) -> str:
+        return self.strings["audio_id"]
+
+
+class BadSegment(ValueError):
+    """A segment object that cannot become a row; the message says why."""
+
+
+def read_row(data: bytes) -> Row:
+    """A segment file's row. Our files hold FLAC already; the old float-array files are encoded once."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            files = set(npz.files)
+            missing = {"audio", *STRING_KEYS} - files
+            if missing:
+                raise BadSegment(f"not a segment file: missing {', '.join(sorted(missing))}")
+            strings = {key: str(npz[key][()]) for key in STRING_KEYS}
+            codes = np.asarray(npz["codes"]).astype(np.int32).ravel() if "codes" in files else np.zeros(0, np.int32)
+            codec = str(npz["codec"][()]) if "codec" in files else ""
+            if "audio_format" in files and str(npz["audio_format"][()]) == "flac":
+                flac = npz["audio"].tobytes()
+                num_samples = int(npz["num_samples"]) if "num_samples" in files else None
+            else:
+                flac = None
+    except BadSegment:
+        raise
+    except Exception as exc:  # zipfile, numpy and decoding errors: the object is unusable
+        raise BadSegment(f"unreadable segment file: {type(exc).__name__}: {exc}") from None
+    if flac is None:
+        seg = read_segment(data)
+        flac, num_samples = flac_bytes(seg.pcm16), len(seg.pcm16)
+    if num_samples is None:
+        num_samples = len(read_segment(data).pcm16)
+    return Row(flac, codes, strings, num_samples / SAMPLE_RATE, codec)
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which segments become rows. Only rows with codes, unless the no-codes option is set; a
+    duration range, off by default."""
+
+    require_codes: bool = True
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+
+    def reason_to_skip(self, row: Row) -> str | None:
+        if self.require_codes and len(row.codes) == 0:
+            return "no codes"
+        if self.min_duration_s is not None and row.duration_sec < self.min_duration_s:
+            return f"shorter than {self.min_duration_s} s"
+        if self.max_duration_s is not None and row.duration_sec > self.max_duration_s:
+            return f"longer than {self.max_duration_s} s"
+        return None
+
+    def fingerprint(self) -> dict:
+        return {"require_codes": self.require_codes, "min_duration_s": self.min_duration_s, "max_duration_s": self.max_duration_s}
+
+
+# Duration histogram bins, seconds: the pair builder keeps 0.5-15 s, so those edges are visible.
+DURATION_EDGES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0)
+
+
+def duration_bin(seconds: float) -> str:
+    for lo, hi in zip(DURATION_EDGES, DURATION_EDGES[1:]):
+        if seconds < hi:
+            return f"{lo:g}-{hi:g} s"
+    return f"≥ {DURATION_EDGES[-1]:g} s"
+
+
+def duration_bins() -> list[str]:
+    return [f"{lo:g}-{hi:g} s" for lo, hi in zip(DURATION_EDGES, DURATION_EDGES[1:])] + [f"≥ {DURATION_EDGES[-1]:g} s"]
+
+
+@dataclass
+class ChannelStats:
+    """What the card says about a channel: counts only, so memory does not grow with the rows
+    (speakers are counted per recording, as speaker_id is only unique within one audio file)."""
+
+    rows: int = 0
+    seconds: float = 0.0
+    speakers: set = field(default_factory=set)
+    gender: Counter = field(default_factory=Counter)
+    dialect: Counter = field(default_factory=Counter)
+    tone: Counter = field(default_factory=Counter)
+    durations: Counter = field(default_factory=Counter)
+    codecs: Counter = field(default_factory=Counter)
+    rows_with_codes: int = 0
+
+    def add(self, row: Row) -> None:
+        self.rows += 1
+        self.seconds += row.duration_sec
+        recording = row.audio_id.rsplit("_seg_", 1)[0]
+        self.speakers.add((recording, row.strings["speaker_id"]))
+        self.gender[row.strings["gender"]] += 1
+        self.dialect[row.strings["dialect"]] += 1
+        self.tone[row.strings["tone"]] += 1
+        self.durations[duration_bin(row.duration_sec)] += 1
+        if len(row.codes):
+            self.rows_with_codes += 1
+            self.codecs[row.codec or "unknown"] += 1
+
+    def to_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "hours": round(self.seconds / 3600, 4),
+            "seconds": round(self.seconds, 3),
+            "speakers": len(self.speakers),
+            "gender": dict(self.gender.most_common()),
+            "dialect": dict(self.dialect.most_common()),
+            "tone": dict(self.tone.most_common()),
+            "duration_histogram": {b: self.durations.get(b, 0) for b in duration_bins()},
+            "codecs": dict(self.codecs.most_common()),
+            "rows_with_codes": self.rows_with_codes,
+        }
