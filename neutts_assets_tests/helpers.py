@@ -13,7 +13,7 @@ from neutts_assets.core.layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
 from neutts_assets.defs.assets.raw_audio import raw_audio
 from neutts_assets.defs.assets.segments import segments_npz
 from neutts_assets.defs.io_managers import ManifestIOManager
-from neutts_assets.defs.resources import ChannelSettings, SegmentStore, SourceBucket
+from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket
 from neutts_assets.demo import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE
 from neutts_assets.storage.store import ObjectStore
 
@@ -75,6 +75,7 @@ def make_resources(source_url: str, store_url: str, s3_endpoint: str | None = No
         "store": store,
         "channel_settings": ChannelSettings(channel_mapping=mapping or {}),
         "manifest_io_manager": ManifestIOManager(store=store),
+        "hub": HuggingFaceHub(),  # no repo: hf_dataset pushes nothing unless a test says where
     }
 
 
@@ -92,3 +93,43 @@ def asset_metadata(result, asset: str) -> dict:
     """The metadata of `asset`'s materialization in a materialize() result, as plain values."""
     (mat,) = [m for m in result.asset_materializations_for_node(asset)]
     return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+
+
+TEST_CODEC = "test-fixture deterministic codes (random-weights stand-in)"
+
+
+def fake_codes(audio_id: str, num_samples: int) -> "np.ndarray":
+    """Deterministic stand-in codes, 50 per second, that differ per segment (test data, not a codec)."""
+    import zlib
+
+    import numpy as np
+
+    seed = zlib.crc32(audio_id.encode())
+    return ((np.arange(num_samples // 320, dtype=np.int64) * 7919 + seed) % 65536).astype(np.int32)
+
+
+def encode_stage2(store: ObjectStore, channel: str, only=None) -> list[str]:
+    """Writes stage-2 objects (codes filled) for a channel's stage-1 segments: the encoded_segments
+    contract's layout, made here until that asset runs in these tests. Returns the stage-2 keys."""
+    from neutts_assets.core.segment_file import encode_segment, read_segment
+
+    keys = []
+    for o in sorted(store.list(f"stage1/{channel}/"), key=lambda o: o.key):
+        name = o.key.rsplit("/", 1)[1]
+        if not name.endswith(".npz") or o.key.count("/") != 2 or (only is not None and name[:-4] not in only):
+            continue
+        seg = read_segment(store.read_bytes(o.key))
+        seg.codes, seg.codec = fake_codes(seg.audio_id, len(seg.pcm16)), TEST_CODEC
+        keys.append(f"stage2_with_codes/{channel}/{name}")
+        store.write_bytes(keys[-1], encode_segment(seg))
+    return keys
+
+
+def run_dataset(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
+    from neutts_assets.defs.assets.dataset import hf_dataset
+
+    if channel not in instance.get_dynamic_partitions("channels"):
+        instance.add_dynamic_partitions("channels", [channel])
+    run_config = {"ops": {"hf_dataset": {"config": config}}} if config else None
+    return materialize([hf_dataset], partition_key=channel, instance=instance, resources=resources,
+                       run_config=run_config, raise_on_error=raise_on_error)

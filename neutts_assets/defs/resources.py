@@ -89,6 +89,16 @@ class ChannelSettings(ConfigurableResource):
         return ChannelLayout.for_channel(channel, self.channel_mapping)
 
 
+class HuggingFaceHub(ConfigurableResource):
+    """Where hf_dataset pushes (the old --push_to_hub / --hf_repo). No repo: nothing is pushed."""
+
+    repo_id: Optional[str] = Field(default=None, description="Hub dataset repo, e.g. org/arabic-voice-cloning-dataset")
+    token: Optional[str] = Field(default=None, description="set from EnvVar('HF_TOKEN'); never shown or logged")
+    private: bool = Field(default=True, description="create the repo private (only applies when it does not exist yet)")
+    endpoint: Optional[str] = Field(default=None, description="Hub endpoint; unset: HF_ENDPOINT or huggingface.co")
+    title: str = Field(default="NeuTTS voice-cloning dataset", description="the dataset card's title")
+
+
 def _env_or_none(name: str):
     # EnvVar keeps the value out of the UI's resource config; unset variables leave the field
     # empty so the client's own default chain (instance roles, ~/.aws) still works.
@@ -120,4 +130,10 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             gcp_project=os.environ.get("GOOGLE_CLOUD_PROJECT"),
         ),
         "channel_settings": ChannelSettings(channel_mapping=mapping),
+        "hub": HuggingFaceHub(
+            repo_id=os.environ.get("NEUTTS_HF_REPO") or None,
+            token=_env_or_none("HF_TOKEN"),
+            private=os.environ.get("NEUTTS_HF_PRIVATE", "true").lower() not in ("0", "false", "no"),
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
+        ),
     }

@@ -12,11 +12,3 @@ encoded_segments = AssetSpec(
     tags={"machine": "h200", "status": "not-built-yet"},
     description="NOT BUILT YET (issue 3): NeuCodec VQ codes for every segment, in GPU batches, under stage2_with_codes/.",
 )
-
-hf_dataset = AssetSpec(
-    "hf_dataset",
-    deps=["encoded_segments"],
-    partitions_def=channels,
-    tags={"machine": "t4", "status": "not-built-yet"},
-    description="NOT BUILT YET (issue 4): the channel's rows as Parquet shards under data/{channel}/, pushed to the Hub.",
-)

@@ -1,0 +1,146 @@
+import json
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
+from pydantic import Field
+
+from neutts_assets.core.dataset_card import card_body, channel_section
+from neutts_assets.core.dataset_disk import save_channel_to_disk
+from neutts_assets.core.dataset_hub import HubPushError, PushResult, push_channel
+from neutts_assets.core.dataset_rows import RowFilter
+from neutts_assets.core.dataset_sources import Sources, channel_sources
+from neutts_assets.core.dataset_writer import (
+    CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, fetch_shards, publish_channel, read_record, read_records,
+    source_fingerprint,
+)
+from neutts_assets.core.progress import Progress
+from neutts_assets.defs.io_managers import manifest_key
+from neutts_assets.defs.metadata import md_table, reason_counts
+from neutts_assets.defs.partitions import channels
+from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
+
+
+class DatasetConfig(Config):
+    include_segments_without_codes: bool = Field(
+        default=False, description="the old 'no codes, for testing' option: every stage-1 segment, with codes where encoded")
+    min_duration_s: Optional[float] = Field(default=None, description="leave out shorter segments; off by default")
+    max_duration_s: Optional[float] = Field(default=None, description="leave out longer segments; off by default")
+    shard_size_mb: float = Field(default=500, description="target Parquet shard size")
+    save_to_disk: bool = Field(default=False, description="also write the load_from_disk copy under hf_dataset_disk/")
+    push_to_hub: bool = Field(default=True, description="push when the hub resource names a repo")
+    workers: int = Field(default=8, description="segment files read at once")
+    force: bool = Field(default=False, description="rebuild even when no segment changed")
+
+
+@asset(
+    partitions_def=channels,
+    # Both stages are upstream: with codes the rows come from encoded_segments' files, with the
+    # no-codes option from segments_npz's. Their manifests are read from the store, so this asset
+    # runs whichever of the two has been materialized.
+    deps=["segments_npz", "encoded_segments"],
+    io_manager_key="manifest_io_manager",
+    tags={"machine": "t4"},
+    kinds={"parquet", "huggingface"},
+    description="The channel's rows as Parquet shards under hf_dataset/data/{channel}/, written in bounded "
+    "memory, with a dataset card listing one config per channel plus 'all'; optionally a save_to_disk copy, "
+    "and a push to the Hub as one commit.",
+)
+def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub) -> Output[dict]:
+    channel = context.partition_key
+    dst = store.open()
+    sources = channel_sources(
+        dst, channel, config.include_segments_without_codes,
+        stage1_manifest=_manifest(dst, "segments_npz", channel), encoded_manifest=_manifest(dst, "encoded_segments", channel),
+    )
+    row_filter = RowFilter(not config.include_segments_without_codes, config.min_duration_s, config.max_duration_s)
+    previous = read_record(dst, channel)
+    unchanged = (previous is not None and not config.force
+                 and previous["source_fingerprint"] == source_fingerprint(sources.objects, row_filter))
+    context.log.info(f"{channel}: {len(sources.objects)} segments from {sources.description}"
+                     + ("; unchanged since the published build" if unchanged else ""))
+
+    build, removed, disk, push = None, [], None, None
+    with tempfile.TemporaryDirectory(prefix="neutts-dataset-") as tmp:
+        work = Path(tmp)
+        want_push = config.push_to_hub and bool(hub.repo_id)
+        if unchanged:
+            record = previous
+        else:
+            progress = Progress(context.log.info, len(sources.objects), channel)
+            build = build_channel(
+                dst, channel, sources.objects, row_filter, work, source=f"{dst.describe()} {sources.description}",
+                shard_bytes=int(config.shard_size_mb * 1e6), workers=config.workers,
+                keep_local=want_push or config.save_to_disk, progress=lambda n, s: progress.update(n, s),
+            )
+            record = build.record
+            removed = publish_channel(dst, record, hub.title)
+        local = build.local_shards if build else {}
+        if config.save_to_disk:
+            paths = fetch_shards(dst, record, work, have=local)
+            local = {**local, **paths}
+            disk = save_channel_to_disk(dst, record, [paths[s["path"]] for s in record["shards"]], work)
+        if want_push:
+            try:
+                push = push_channel(
+                    record, read_records(dst), hub.repo_id, hub.token, lambda wanted: fetch_shards(dst, record, work, local, wanted),
+                    hub.title, private=hub.private, endpoint=hub.endpoint, log=context.log.warning,
+                )
+            except HubPushError as exc:
+                raise Failure(description=str(exc), metadata={
+                    "dataset_folder": f"{dst.describe()} {DATASET_PREFIX}", "build_id": record["build_id"],
+                    "rows": record["stats"]["rows"], "hub_repo": hub.repo_id,
+                }) from exc
+            context.log.info(f"{channel}: pushed to {hub.repo_id}: {push.commit_url}")
+
+    manifest = {
+        "channel": channel, "build_id": record["build_id"], "rows": record["stats"]["rows"],
+        "dataset_folder": DATASET_PREFIX, "card": CARD_KEY, "shards": record["shards"], "source": record["source"],
+        "hub": {"repo_id": push.repo_id, "commit": push.commit_oid} if push else None,
+    }
+    return Output(manifest, metadata=_metadata(dst, record, sources, build, removed, disk, push, hub.title))
+
+
+def _manifest(dst, asset: str, channel: str) -> Optional[dict]:
+    blob = dst.read_bytes_or_none(manifest_key(asset, channel))
+    return json.loads(blob) if blob is not None else None
+
+
+def _metadata(dst, record: dict, sources: Sources, build: Optional[ChannelBuild], removed: list, disk: Optional[dict],
+              push: Optional[PushResult], title: str) -> dict:
+    stats = record["stats"]
+    failures = sources.missing + (build.failures if build else [])
+    meta = {
+        "dataset_folder": f"{dst.describe()} {DATASET_PREFIX}",
+        "rebuilt": build is not None,
+        "build_id": record["build_id"],
+        "rows": stats["rows"],
+        "segments_seen": record["segments_seen"],
+        "segments_skipped": record["segments_skipped"],
+        "segments_failed": len(failures),
+        "segments_not_encoded_yet": sources.not_encoded,
+        "skip_reasons": reason_counts(reason for _, reason in (build.skipped if build else [])),
+        "failures": md_table(["object", "reason"], sorted(failures), empty="no failures"),
+        "hours": stats["hours"],
+        "speakers": stats["speakers"],
+        "shards": len(record["shards"]),
+        "dataset_bytes": sum(s["bytes"] for s in record["shards"]),
+        "old_shards_removed": len(removed),
+        "codec": ", ".join(stats["codecs"]) or "none (rows without codes)",
+        "channel_card": MetadataValue.md(channel_section(record)),
+        "dataset_card": MetadataValue.md(card_body(list(read_records(dst).values()), title)),
+    }
+    if build is not None:
+        meta["wall_seconds"] = round(build.wall_seconds, 2)
+        meta["rows_per_second"] = round(stats["rows"] / build.wall_seconds, 1) if build.wall_seconds else 0.0
+        meta["mb_read_per_second"] = round(build.bytes_read / 1e6 / build.wall_seconds, 2) if build.wall_seconds else 0.0
+    if disk is not None:
+        meta["save_to_disk_copy"] = f"{dst.describe()} {disk['folder']} ({disk['arrow_files']} Arrow files)"
+    if push is not None:
+        meta["hub_repo"] = push.repo_id
+        meta["hub_commit"] = MetadataValue.url(push.commit_url) if push.commit_url.startswith("http") else push.commit_url
+        meta["hub_files_added"] = len(push.added)
+        meta["hub_files_deleted"] = len(push.deleted)
+        meta["hub_files_already_there"] = len(push.already_on_hub)
+    return meta
