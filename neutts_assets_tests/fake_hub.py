@@ -152,7 +152,7 @@ class FakeHub:
                     repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
                     with hub.lock:
                         if repo_id in hub.repos:
-                            return self._send(409, {"error": "You already created this dataset repo"})
+                            return self._send(409, {"error": "You already created this dataset repo", "url": f"{hub.url}/datasets/{repo_id}"})
                         repo = hub.repos[repo_id] = Repo(private=payload.get("visibility", "public") == "private")
                         content = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
                         repo.files[".gitattributes"] = {"oid": _git_oid(content), "size": len(content), "lfs": None, "content": content}
