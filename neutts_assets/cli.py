@@ -10,6 +10,7 @@ Configuration comes from the same environment variables as the code location (RE
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -67,18 +68,24 @@ def executable_assets() -> list[str]:
 
 
 def materialize(channel: str) -> int:
+    assets = executable_assets()
     cmd = [
         sys.executable, "-m", "dagster", "asset", "materialize",
         "-m", "neutts_assets.definitions",
-        "--select", ",".join(executable_assets()),
+        "--select", ",".join(assets),
         "--partition", channel,
     ]
+    if "hf_dataset" in assets and "encoded_segments" not in assets:
+        # No encoder in this graph yet, so no codes: build the dataset with the old "no codes, for testing" option.
+        cmd += ["--config-json", json.dumps({"ops": {"hf_dataset": {"config": {"include_segments_without_codes": True}}}})]
     print("$ " + " ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd)
     if rc == 0:
         from neutts_assets.defs.resources import resources_from_env
 
-        print(f"\nchannel {channel!r} materialized; segment store: {resources_from_env()['store'].url}\n"
+        store = resources_from_env()["store"].url
+        print(f"\nchannel {channel!r} materialized; segment store: {store}\n"
+              f"dataset: datasets.load_dataset({str(store) + '/hf_dataset'!r}, {channel!r})\n"
               f"see it in the UI: DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '<your DAGSTER_HOME>')} dagster dev")
     return rc
 

@@ -51,3 +51,9 @@ def test_demo_command_runs_the_whole_built_graph(tmp_path):
     store = tmp_path / "dagster_home" / "neutts_store"
     assert len(list((store / "stage1" / "demo_librivox").glob("*.npz"))) > 20
     assert (store / "manifests" / "segments_npz" / "demo_librivox.json").is_file()
+    # The dataset too (no codes until an encoder is in the graph), loadable as the users load it.
+    from datasets import load_dataset
+
+    segments = len(list((store / "stage1" / "demo_librivox").glob("*.npz")))
+    ds = load_dataset(str(store / "hf_dataset"), "demo_librivox", split="train", cache_dir=str(tmp_path / "hf_cache"))
+    assert len(ds) == segments and "datasets.load_dataset(" in proc.stdout

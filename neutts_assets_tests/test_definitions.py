@@ -6,16 +6,22 @@ from neutts_assets.definitions import defs
 from neutts_assets.defs.partitions import channels
 
 
-def test_four_channel_partitioned_assets_two_built():
+def test_four_channel_partitioned_assets_three_built():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {"raw_audio", "segments_npz", "encoded_segments", "hf_dataset"}
     for key in keys:
         assert graph.get(AssetKey(key)).partitions_def == channels
-    assert {k.to_user_string() for k in graph.executable_asset_keys} == {"raw_audio", "segments_npz"}
-    assert graph.get(AssetKey("hf_dataset")).parent_keys == {AssetKey("encoded_segments")}
+    assert {k.to_user_string() for k in graph.executable_asset_keys} == {"raw_audio", "segments_npz", "hf_dataset"}
+    # Rows come from encoded_segments' files, or from segments_npz's with the no-codes option.
+    assert graph.get(AssetKey("hf_dataset")).parent_keys == {AssetKey("encoded_segments"), AssetKey("segments_npz")}
     assert graph.get(AssetKey("encoded_segments")).parent_keys == {AssetKey("segments_npz")}
     assert channels.name == "channels"
+
+
+def test_clean_up_job_is_partitioned_by_channel():
+    job = defs.resolve_job_def("clean_up_segments")
+    assert job.partitions_def == channels
 
 
 def test_machine_tags():
