@@ -226,3 +226,19 @@ def test_dataset_in_an_s3_store(stage1_template, s3_endpoint, s3_bucket, s3_stor
     assert len(ds) == 7 and ds.features == dataset_features()
     record = json.loads(s3_store.read_bytes(record_key(A)))
     assert record["stats"]["rows"] == 7 and record["source"].startswith("s3://")
+
+
+def test_fast_segment_reader_agrees_with_numpy(tmp_path):
+    from neutts_assets.core.dataset_rows import _Npz
+
+    seg = Segment(audio_id="a_seg_3", channel="قناة", text="مرحبا بكم", speaker_id="SPEAKER_01", gender="male",
+                  dialect="gulf", tone="neutral", pcm16=np.arange(-5000, 5000, dtype=np.int16), codes=np.arange(31, dtype=np.int32),
+                  codec="neuphonic/neucodec@abc")
+    data = encode_segment(seg)
+    fast, ref = _Npz(data), np.load(io.BytesIO(data))
+    assert sorted(fast.files) == sorted(ref.files)
+    for key in ref.files:
+        assert fast[key].dtype == ref[key].dtype and np.array_equal(fast[key], ref[key]), key
+    row = read_row(data)
+    assert row.strings["text"] == "مرحبا بكم" and row.codes.tolist() == list(range(31)) and row.codec == seg.codec
+    assert row.duration_sec == len(seg.pcm16) / 16000
