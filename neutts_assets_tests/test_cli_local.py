@@ -57,3 +57,10 @@ def test_demo_command_runs_the_whole_built_graph(tmp_path):
     segments = len(list((store / "stage1" / "demo_librivox").glob("*.npz")))
     ds = load_dataset(str(store / "hf_dataset"), "demo_librivox", split="train", cache_dir=str(tmp_path / "hf_cache"))
     assert len(ds) == segments and "datasets.load_dataset(" in proc.stdout
+
+    # The README's clean-up command: the dataset verifies against every segment, so they go.
+    proc = _run([str(BIN / "dagster"), "job", "execute", "-m", "neutts_assets.definitions", "-j", "clean_up_segments",
+                 "--tags", json.dumps({"dagster/partition": "demo_librivox"})], env, cwd=tmp_path)
+    assert "RUN_SUCCESS" in proc.stdout + proc.stderr
+    assert not list((store / "stage1" / "demo_librivox").glob("*.npz"))
+    assert len(load_dataset(str(store / "hf_dataset"), "demo_librivox", split="train", cache_dir=str(tmp_path / "hf_cache2"))) == segments
