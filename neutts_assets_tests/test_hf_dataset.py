@@ -242,3 +242,23 @@ def test_fast_segment_reader_agrees_with_numpy(tmp_path):
     row = read_row(data)
     assert row.strings["text"] == "مرحبا بكم" and row.codes.tolist() == list(range(31)) and row.codec == seg.codec
     assert row.duration_sec == len(seg.pcm16) / 16000
+
+
+def test_codes_mode_follows_the_encoded_segments_manifest(env):
+    """The contract with encoded_segments: its manifest (recordings[].segments[].key, codec, prefix)
+    says which stage-2 files hold current codes; files it does not list stay out."""
+    resources, instance, store, tmp = env
+    keys = encode_stage2(store, A)
+    for k in keys:  # a configured stage-2 prefix, as EncodeConfig.prefix allows
+        store.write_bytes(k.replace("stage2_with_codes/", "codes_v2/"), store.read_bytes(k))
+        store.delete(k)
+    listed = [k.replace("stage2_with_codes/", "codes_v2/") for k in keys[:4]] + [f"codes_v2/{A}/gone_seg_0.npz"]
+    manifest = {"channel": A, "codec": TEST_CODEC, "test_only_codes": True, "prefix": f"codes_v2/{A}/",
+                "recordings": [{"recording_id": "r", "segments": [{"key": k, "audio_id": k.rsplit("/", 1)[1][:-4]} for k in listed]}]}
+    store.write_bytes(f"manifests/encoded_segments/{A}.json", json.dumps(manifest).encode())
+    meta = asset_metadata(run_dataset(instance, resources, A), "hf_dataset")
+    assert meta["rows"] == 4 and meta["segments_failed"] == 1 and "gone_seg_0" in meta["failures"]
+    assert meta["segments_not_encoded_yet"] == 0  # every stage-1 segment has a stage-2 file under the prefix
+    ds = _load(tmp / "store" / "hf_dataset", A, cache=tmp / "c")
+    assert sorted(ds["audio_id"]) == sorted(k.rsplit("/", 1)[1][:-4] for k in listed[:4])
+    assert "test-only codes" in meta["channel_card"] and "codes_v2/Atheer_-/" in (tmp / "store" / "hf_dataset" / "README.md").read_text()

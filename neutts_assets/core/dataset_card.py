@@ -41,10 +41,15 @@ def _configs_yaml(records: list[dict]):
     return MetadataConfigs(configs), DatasetInfosDict(infos)
 
 
+def _cell(text: str) -> str:
+    # Transcript labels are untrusted: keep them from breaking a Markdown table.
+    return str(text).replace("|", "\\|").replace("\n", " ")[:100]
+
+
 def _mix(counts: dict, total: int) -> str:
     if not counts:
         return "_none_"
-    return ", ".join(f"{k or '(empty)'} {v} ({100 * v / max(total, 1):.0f}%)" for k, v in counts.items())
+    return ", ".join(f"{_cell(k) or '(empty)'} {v} ({100 * v / max(total, 1):.0f}%)" for k, v in counts.items())
 
 
 def _histogram(hist: dict, width: int = 30) -> str:
@@ -57,7 +62,9 @@ def _histogram(hist: dict, width: int = 30) -> str:
 def channel_section(record: dict) -> str:
     """One channel's part of the card; also the Markdown metadata of its materialization."""
     s = record["stats"]
-    codecs = ", ".join(f"`{c}` ({n})" for c, n in s["codecs"].items()) or "none: rows without codes (no-codes option)"
+    codecs = ", ".join(f"`{_cell(c)}` ({n})" for c, n in s["codecs"].items()) or "none: rows without codes (no-codes option)"
+    if any("random-weights" in c for c in s["codecs"]):
+        codecs += " **(random weights: test-only codes, do not train on them)**"
     return "\n".join([
         f"### {record['channel']}",
         "",

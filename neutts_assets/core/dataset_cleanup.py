@@ -36,7 +36,8 @@ def _segment_id(key: str) -> str:
     return os.path.basename(key)[: -len(".npz")]
 
 
-def verify_channel(store: ObjectStore, channel: str, workdir: Path) -> Verification:
+def verify_channel(store: ObjectStore, channel: str, workdir: Path, encoded_prefix: str | None = None) -> Verification:
+    """`encoded_prefix`: the channel's stage-2 folder when not the default stage2_with_codes/{channel}/."""
     v = Verification(channel)
     record = read_record(store, channel)
     if record is None:
@@ -60,7 +61,7 @@ def verify_channel(store: ObjectStore, channel: str, workdir: Path) -> Verificat
     if v.rows != record["stats"]["rows"] and not v.problems:
         v.problems.append(f"the shards hold {v.rows} rows, the build recorded {record['stats']['rows']}")
     stage1 = {_segment_id(k) for k in segment_objects(store, channel_prefix(channel))}
-    stage2 = {_segment_id(k) for k in segment_objects(store, stage2_prefix(channel))}
+    stage2 = {_segment_id(k) for k in segment_objects(store, encoded_prefix or stage2_prefix(channel))}
     v.stage1_segments, v.stage2_segments = len(stage1), len(stage2)
     for name, segs in (("stage-1", stage1), ("stage-2", stage2)):
         if segs and len(segs) != v.rows:
@@ -78,11 +79,13 @@ class CleanupReport:
     bytes_freed: int = 0
 
 
-def clean_channel(store: ObjectStore, channel: str, workdir: Path, workers: int = 8) -> CleanupReport:
-    report = CleanupReport(verify_channel(store, channel, workdir))
+def clean_channel(store: ObjectStore, channel: str, workdir: Path, encoded_prefix: str | None = None, workers: int = 8) -> CleanupReport:
+    report = CleanupReport(verify_channel(store, channel, workdir, encoded_prefix))
     if not report.verification.ok:
         return report
-    doomed = [o for prefix in (channel_prefix(channel), stage2_prefix(channel)) for o in store.list(prefix)]
+    # Everything under both folders goes: segment files, stage-1 indexes, stage-2 markers.
+    prefixes = {channel_prefix(channel), encoded_prefix or stage2_prefix(channel)}
+    doomed = [o for prefix in sorted(prefixes) for o in store.list(prefix)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(lambda o: store.delete(o.key), doomed))
     report.deleted = len(doomed)

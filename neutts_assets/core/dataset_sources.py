@@ -34,9 +34,17 @@ def manifest_keys(manifest: dict | None) -> list[str] | None:
     return [s["key"] for r in manifest.get("recordings", []) for s in r.get("segments", [])]
 
 
+def encoded_prefix(channel: str, encoded_manifest: dict | None) -> str:
+    """Where the channel's stage-2 files are: the encoded_segments manifest says (its prefix is
+    configurable), else the old workflow's stage2_with_codes/{channel}/."""
+    prefix = (encoded_manifest or {}).get("prefix") or stage2_prefix(channel)
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
 def channel_sources(store: ObjectStore, channel: str, include_without_codes: bool,
                     stage1_manifest: dict | None, encoded_manifest: dict | None) -> Sources:
-    stage2 = segment_objects(store, stage2_prefix(channel))
+    prefix = encoded_prefix(channel, encoded_manifest)
+    stage2 = segment_objects(store, prefix)
     stage1_keys = manifest_keys(stage1_manifest)
     encoded_ids = {os.path.basename(k) for k in stage2}
 
@@ -44,14 +52,14 @@ def channel_sources(store: ObjectStore, channel: str, include_without_codes: boo
         keys = manifest_keys(encoded_manifest)
         if keys is None:
             objects, missing = sorted(stage2.values(), key=lambda o: o.key), []
-            where = f"{stage2_prefix(channel)} (listing: no encoded_segments manifest yet)"
+            where = f"{prefix} (listing: no encoded_segments manifest yet)"
         else:
             objects = [stage2[k] for k in keys if k in stage2]
             missing = [(k, "in the encoded_segments manifest but not in the store") for k in keys if k not in stage2]
-            where = f"{stage2_prefix(channel)} (encoded_segments manifest)"
+            where = f"{prefix} (encoded_segments manifest, codec {encoded_manifest.get('codec', '?')})"
         if not objects:
             raise NoSegments(
-                f"channel {channel!r} has no encoded segments under {stage2_prefix(channel)}: materialize "
+                f"channel {channel!r} has no encoded segments under {prefix}: materialize "
                 "encoded_segments first, or set include_segments_without_codes for a dataset without codes"
             )
         not_encoded = sum(os.path.basename(k) not in encoded_ids for k in stage1_keys) if stage1_keys else 0
@@ -66,7 +74,7 @@ def channel_sources(store: ObjectStore, channel: str, include_without_codes: boo
         raise NoSegments(f"channel {channel!r} has no segments under {channel_prefix(channel)}: materialize segments_npz first")
     objects, missing, not_encoded = [], [], 0
     for key in stage1_keys:
-        encoded = stage2_prefix(channel) + os.path.basename(key)
+        encoded = prefix + os.path.basename(key)
         if encoded in stage2:
             objects.append(stage2[encoded])
         elif key in stage1:
@@ -74,4 +82,4 @@ def channel_sources(store: ObjectStore, channel: str, include_without_codes: boo
             not_encoded += 1
         else:
             missing.append((key, "in the segments_npz manifest but not in the store"))
-    return Sources(objects, where + f", with codes from {stage2_prefix(channel)} where encoded", missing, not_encoded)
+    return Sources(objects, where + f", with codes from {prefix} where encoded", missing, not_encoded)

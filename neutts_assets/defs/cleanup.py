@@ -1,12 +1,15 @@
 """The old workflow's "delete after success", as an opt-in job that nothing schedules: it deletes a
 channel's stage-1 and stage-2 segment objects only after its published dataset is verified."""
 
+import json
 import tempfile
 
 from dagster import Config, Failure, OpExecutionContext, Output, job, op
 from pydantic import Field
 
 from neutts_assets.core.dataset_cleanup import clean_channel, verify_channel
+from neutts_assets.core.dataset_sources import encoded_prefix
+from neutts_assets.defs.io_managers import manifest_key
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
 
@@ -20,11 +23,13 @@ class CleanupConfig(Config):
 def delete_channel_segments(context: OpExecutionContext, config: CleanupConfig, store: SegmentStore) -> Output[dict]:
     channel = context.partition_key
     dst = store.open()
+    encoded = dst.read_bytes_or_none(manifest_key("encoded_segments", channel))
+    prefix = encoded_prefix(channel, json.loads(encoded) if encoded is not None else None)
     with tempfile.TemporaryDirectory(prefix="neutts-verify-") as tmp:
         if config.dry_run:
-            verification, deleted, freed = verify_channel(dst, channel, tmp), 0, 0
+            verification, deleted, freed = verify_channel(dst, channel, tmp, prefix), 0, 0
         else:
-            report = clean_channel(dst, channel, tmp)
+            report = clean_channel(dst, channel, tmp, prefix)
             verification, deleted, freed = report.verification, report.deleted, report.bytes_freed
     meta = {
         "verified": verification.ok,
