@@ -262,3 +262,27 @@ def test_codes_mode_follows_the_encoded_segments_manifest(env):
     ds = _load(tmp / "store" / "hf_dataset", A, cache=tmp / "c")
     assert sorted(ds["audio_id"]) == sorted(k.rsplit("/", 1)[1][:-4] for k in listed[:4])
     assert "test-only codes" in meta["channel_card"] and "codes_v2/Atheer_-/" in (tmp / "store" / "hf_dataset" / "README.md").read_text()
+
+
+def test_asset_check_finds_a_missing_shard(env):
+    from dagster import AssetSelection, Definitions, define_asset_job
+
+    from neutts_assets.defs.assets.dataset import hf_dataset
+    from neutts_assets.defs.checks import dataset_shards_present
+
+    resources, instance, store, tmp = env
+    encode_stage2(store, A)
+    run_dataset(instance, resources, A)
+    defs = Definitions(assets=[hf_dataset], asset_checks=[dataset_shards_present], resources=resources,
+                       jobs=[define_asset_job("check_only", selection=AssetSelection.checks(dataset_shards_present))])
+
+    def check():
+        result = defs.resolve_job_def("check_only").execute_in_process(instance=instance, tags={"dagster/partition": A})
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    assert check().passed
+    (shard,) = [o.key for o in store.list(f"hf_dataset/data/{A}/")]
+    store.delete(shard)
+    bad = check()
+    assert not bad.passed and "missing" in bad.metadata["problems"].value

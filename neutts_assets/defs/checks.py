@@ -1,7 +1,9 @@
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
 
+from neutts_assets.core.dataset_writer import DATASET_PREFIX, read_record, shard_prefix
 from neutts_assets.core.inventory import Inventory
 from neutts_assets.core.segment_store import channel_prefix
+from neutts_assets.defs.assets.dataset import hf_dataset
 from neutts_assets.defs.assets.raw_audio import raw_audio
 from neutts_assets.defs.assets.segments import segments_npz
 from neutts_assets.defs.metadata import md_table
@@ -37,4 +39,21 @@ def every_object_paired(context: AssetCheckExecutionContext, raw_audio: dict) ->
         passed=not inventory.unpaired,
         severity=AssetCheckSeverity.WARN,
         metadata={"recordings": len(inventory.entries), **{f"unpaired_{k}": v for k, v in sorted(by_kind.items())}},
+    )
+
+
+@asset_check(asset=hf_dataset, partitions_def=channels,
+             description="Every shard the channel's published build lists is in the store, at its recorded size.")
+def dataset_shards_present(context: AssetCheckExecutionContext, store: SegmentStore) -> AssetCheckResult:
+    dst = store.open()
+    record = read_record(dst, context.partition_key)
+    if record is None:
+        return AssetCheckResult(passed=False, metadata={"problem": "no published build for this channel"})
+    sizes = {o.key: o.size for o in dst.list(shard_prefix(context.partition_key))}
+    wrong = [(s["path"], "missing" if DATASET_PREFIX + s["path"] not in sizes else f"{sizes[DATASET_PREFIX + s['path']]} bytes, "
+              f"recorded {s['bytes']}") for s in record["shards"] if sizes.get(DATASET_PREFIX + s["path"]) != s["bytes"]]
+    return AssetCheckResult(
+        passed=not wrong,
+        metadata={"shards": len(record["shards"]), "build_id": record["build_id"],
+                  "problems": md_table(["shard", "problem"], wrong, empty="every shard present")},
     )
