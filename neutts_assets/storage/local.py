@@ -85,9 +85,9 @@ class LocalStore(ObjectStore):
             raise
 
     def upload(self, path: Path, key: str) -> int:
-        target = self._path(key)
+        target = self._path(key, writing=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:50]}{_TMP_MARK}{os.getpid()}-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:50]}{TEMP_MARK}{os.getpid()}-")
         os.close(fd)
         try:
             shutil.copyfile(path, tmp)
