@@ -286,3 +286,14 @@ def test_asset_check_finds_a_missing_shard(env):
     store.delete(shard)
     bad = check()
     assert not bad.passed and "missing" in bad.metadata["problems"].value
+
+
+def test_a_channel_with_every_segment_filtered_out_does_not_break_loading(env):
+    resources, instance, store, tmp = env
+    encode_stage2(store, A)
+    encode_stage2(store, B)
+    run_dataset(instance, resources, A)
+    meta = asset_metadata(run_dataset(instance, resources, B, {"min_duration_s": 1000.0}), "hf_dataset")
+    assert meta["rows"] == 0 and meta["shards"] == 0
+    ds = _load(tmp / "store" / "hf_dataset", cache=tmp / "c")
+    assert len(ds) == 7 and set(ds["channel"]) == {A}

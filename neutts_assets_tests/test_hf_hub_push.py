@@ -135,3 +135,19 @@ def test_a_wrong_token_is_a_clear_error_without_the_token(env, hub, monkeypatch)
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = str(failure.event_specific_data.error)
     assert "401" in message and REPO in message and "hf_wrongTOKEN_x1" not in message
+
+
+def test_the_loopback_hub_also_takes_upload_folder(hub, tmp_path):
+    """The server is faithful to the client, not only to our code: huggingface_hub's own upload_folder works."""
+    from huggingface_hub import HfApi
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.parquet").write_bytes(b"PAR1" * 1000)
+    (tmp_path / "README.md").write_text("---\npretty_name: t\n---\n# t\n")
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("o/folder", repo_type="dataset")
+    api.upload_folder(folder_path=str(tmp_path), repo_id="o/folder", repo_type="dataset")
+    (commit,) = hub.repos["o/folder"].commits
+    assert commit["lfs_added"] == ["data/x.parquet"] and commit["added"] == ["README.md"]
+    assert hub.file_bytes("o/folder", "data/x.parquet") == b"PAR1" * 1000
+    assert not hub.repos["o/folder"].private

@@ -58,7 +58,7 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     url, tmp_path = dagster_dev
     nodes = gql(url, "{ assetNodes { assetKey { path } isExecutable partitionDefinition { name } } }")["assetNodes"]
     assert {n["assetKey"]["path"][0]: n["isExecutable"] for n in nodes} == {
-        "raw_audio": True, "segments_npz": True, "encoded_segments": False, "hf_dataset": False}
+        "raw_audio": True, "segments_npz": True, "encoded_segments": False, "hf_dataset": True}
     assert all(n["partitionDefinition"]["name"] == "channels" for n in nodes)
 
     repo = {"repositoryLocationName": "neutts_assets", "repositoryName": "__repository__"}
@@ -97,3 +97,32 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     meta = {e["label"]: e.get("intValue") for e in mat["metadataEntries"]}
     assert mat["partition"] == "ui_channel" and meta["files_new"] == 2 and meta["segments_written"] > 0
     assert len(list((tmp_path / "store" / "stage1" / "ui_channel").glob("*.npz"))) == meta["segments_written"]
+
+    # The dataset from the Launchpad, with the no-codes option (no encoder has run): its card is Markdown metadata.
+    launched = gql(url, """mutation($params: ExecutionParams!) {
+        launchPipelineExecution(executionParams: $params) {
+            __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on InvalidSubsetError { message }
+        }
+    }""", params={
+        "selector": {**repo, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["hf_dataset"]}]},
+        "runConfigData": {"ops": {"hf_dataset": {"config": {"include_segments_without_codes": True}}}},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ui_channel"}]},
+        "mode": "default",
+    })["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    deadline = time.monotonic() + 240
+    while True:
+        status = gql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=launched["run"]["runId"])["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        assert time.monotonic() < deadline, f"run still {status}"
+        time.sleep(1)
+    assert status == "SUCCESS"
+    node = gql(url, """{ assetNodeOrError(assetKey: {path: ["hf_dataset"]}) { ... on AssetNode {
+        assetMaterializations(partitions: ["ui_channel"]) { metadataEntries { label ... on IntMetadataEntry { intValue }
+                                                            ... on MarkdownMetadataEntry { mdStr } } }
+    } } }""")["assetNodeOrError"]
+    (mat,) = node["assetMaterializations"]
+    entries = {e["label"]: e for e in mat["metadataEntries"]}
+    assert entries["rows"]["intValue"] == meta["segments_written"]
+    assert "### ui_channel" in entries["channel_card"]["mdStr"] and "## Features" in entries["dataset_card"]["mdStr"]

@@ -30,11 +30,12 @@ def _configs_yaml(records: list[dict]):
                              num_examples=sum(r["stats"]["rows"] for r in recs)))
         infos[name] = DatasetInfo(features=features, splits=splits, config_name=name)
 
-    channels = sorted(r["channel"] for r in records)
-    if ALL_CONFIG in channels:
+    if any(r["channel"] == ALL_CONFIG for r in records):
         raise ValueError(f"a channel named {ALL_CONFIG!r} would clash with the card's all-channels config")
+    # A channel whose every segment was filtered out has no shard: a config with no files would not load.
+    channels = sorted(r["channel"] for r in records if r["shards"])
     by_channel = {r["channel"]: r for r in records}
-    if records:
+    if channels:
         add(ALL_CONFIG, [by_channel[c] for c in channels], default=True)
     for c in channels:
         add(c, [by_channel[c]])
