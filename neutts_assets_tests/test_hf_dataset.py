@@ -293,7 +293,9 @@ def test_a_channel_with_every_segment_filtered_out_does_not_break_loading(env):
     encode_stage2(store, A)
     encode_stage2(store, B)
     run_dataset(instance, resources, A)
-    meta = asset_metadata(run_dataset(instance, resources, B, {"min_duration_s": 1000.0}), "hf_dataset")
+    meta = asset_metadata(run_dataset(instance, resources, B, {"min_duration_s": 1000.0, "save_to_disk": True}), "hf_dataset")
     assert meta["rows"] == 0 and meta["shards"] == 0
     ds = _load(tmp / "store" / "hf_dataset", cache=tmp / "c")
     assert len(ds) == 7 and set(ds["channel"]) == {A}
+    empty = load_from_disk(str(tmp / "store" / "hf_dataset_disk" / B))
+    assert len(empty) == 0 and empty.features == dataset_features()

@@ -24,6 +24,15 @@ DISK_PREFIX = "hf_dataset_disk/"
 STATE, INFO = "state.json", "dataset_info.json"
 
 
+def disk_copy_current(store: ObjectStore, record: dict) -> bool:
+    """Whether the channel's save_to_disk copy is already the one of this build."""
+    blob = store.read_bytes_or_none(f"{DISK_PREFIX}{record['channel']}/{STATE}")
+    if blob is None:
+        return False
+    files = json.loads(blob)["_data_files"]
+    return bool(files) and all(f["filename"].startswith(record["build_id"] + "/") for f in files)
+
+
 def save_channel_to_disk(store: ObjectStore, record: dict, shards: list[Path], workdir: Path) -> dict:
     """Converts the channel's shards (local Parquet files, in record order) with `datasets` itself:
     `Dataset.from_parquet` streams them into memory-mapped Arrow, `save_to_disk` writes the copy."""
@@ -37,8 +46,10 @@ def save_channel_to_disk(store: ObjectStore, record: dict, shards: list[Path], w
     if shards:
         ds = Dataset.from_parquet([str(p) for p in shards], features=dataset_features(), cache_dir=str(workdir / "hf_cache"))
     else:
-        ds = Dataset.from_dict({}, features=dataset_features())
-    ds.save_to_disk(str(out), max_shard_size="500MB")
+        features = dataset_features()
+        ds = Dataset.from_dict({name: [] for name in features}, features=features)
+    # An empty dataset still needs one Arrow file: load_from_disk cannot concatenate none.
+    ds.save_to_disk(str(out), **({"max_shard_size": "500MB"} if len(ds) else {"num_shards": 1}))
     del ds
 
     state = json.loads((out / STATE).read_text())

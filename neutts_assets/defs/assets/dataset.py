@@ -7,10 +7,10 @@ from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Outpu
 from pydantic import Field
 
 from neutts_assets.core.dataset_card import card_body, channel_section
-from neutts_assets.core.dataset_disk import save_channel_to_disk
+from neutts_assets.core.dataset_disk import disk_copy_current, save_channel_to_disk
 from neutts_assets.core.dataset_hub import HubPushError, PushResult, push_channel
 from neutts_assets.core.dataset_rows import RowFilter
-from neutts_assets.core.dataset_sources import Sources, channel_sources
+from neutts_assets.core.dataset_sources import NoSegments, Sources, channel_sources
 from neutts_assets.core.dataset_writer import (
     CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, fetch_shards, publish_channel, read_record, read_records,
     source_fingerprint,
@@ -50,10 +50,13 @@ class DatasetConfig(Config):
 def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub) -> Output[dict]:
     channel = context.partition_key
     dst = store.open()
-    sources = channel_sources(
-        dst, channel, config.include_segments_without_codes,
-        stage1_manifest=_manifest(dst, "segments_npz", channel), encoded_manifest=_manifest(dst, "encoded_segments", channel),
-    )
+    try:
+        sources = channel_sources(
+            dst, channel, config.include_segments_without_codes,
+            stage1_manifest=_manifest(dst, "segments_npz", channel), encoded_manifest=_manifest(dst, "encoded_segments", channel),
+        )
+    except NoSegments as exc:
+        raise Failure(description=str(exc)) from exc
     row_filter = RowFilter(not config.include_segments_without_codes, config.min_duration_s, config.max_duration_s)
     previous = read_record(dst, channel)
     unchanged = (previous is not None and not config.force
@@ -62,6 +65,7 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
                      + ("; unchanged since the published build" if unchanged else ""))
 
     build, removed, disk, push = None, [], None, None
+    # Shards stay here until pushed (a channel's size on local disk when pushing; TMPDIR chooses where).
     with tempfile.TemporaryDirectory(prefix="neutts-dataset-") as tmp:
         work = Path(tmp)
         want_push = config.push_to_hub and bool(hub.repo_id)
@@ -77,7 +81,7 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
             record = build.record
             removed = publish_channel(dst, record, hub.title)
         local = build.local_shards if build else {}
-        if config.save_to_disk:
+        if config.save_to_disk and not disk_copy_current(dst, record):
             paths = fetch_shards(dst, record, work, have=local)
             local = {**local, **paths}
             disk = save_channel_to_disk(dst, record, [paths[s["path"]] for s in record["shards"]], work)
