@@ -151,3 +151,22 @@ def test_the_loopback_hub_also_takes_upload_folder(hub, tmp_path):
     assert commit["lfs_added"] == ["data/x.parquet"] and commit["added"] == ["README.md"]
     assert hub.file_bytes("o/folder", "data/x.parquet") == b"PAR1" * 1000
     assert not hub.repos["o/folder"].private
+
+
+def test_a_channel_pushed_from_another_store_keeps_its_config(env, hub, stage1_template, tmp_path):  # noqa: F811
+    resources, instance, store = env
+    run_dataset(instance, resources, A)
+    # A second deployment with its own store pushes B to the same repo; it has no record of A.
+    shutil.copytree(stage1_template / "store", tmp_path / "store2")
+    encode_stage2(LocalStore(tmp_path / "store2"), B)
+    other = make_resources(str(stage1_template / "source"), str(tmp_path / "store2"))
+    other["hub"] = resources["hub"]
+    meta = asset_metadata(run_dataset(DagsterInstance.ephemeral(), other, B), "hf_dataset")
+    assert meta["hub_files_deleted"] == 0
+    repo = hub.repos[REPO]
+    configs = _configs(hub)
+    a_files = [p for p in repo.files if p.startswith(f"data/{A}/")]
+    assert set(configs[A]) == set(a_files) and set(configs["all"]) == set(a_files) | set(configs[B])
+    infos = {i["config_name"]: i["splits"][0]["num_examples"] for i in _hub_card(hub)["dataset_info"]}
+    assert infos[A] == 7 and infos["all"] == 7 + infos[B]
+    assert "pushed from another store" in hub.file_bytes(REPO, "README.md").decode()

@@ -12,7 +12,7 @@ ALL_CONFIG = "all"
 SPLIT = "train"
 
 
-def _configs_yaml(records: list[dict]):
+def _configs_yaml(records: list[dict], foreign: dict[str, dict]):
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
@@ -22,24 +22,54 @@ def _configs_yaml(records: list[dict]):
     features = dataset_features()
     configs, infos = {}, {}
 
-    def add(name: str, recs: list[dict], default: bool = False) -> None:
-        paths = [s["path"] for r in recs for s in r["shards"]]
-        configs[name] = {"data_files": [{"split": SPLIT, "path": paths}], **({"default": True} if default else {})}
-        splits = SplitDict()
-        splits.add(SplitInfo(SPLIT, num_bytes=sum(s["bytes"] for r in recs for s in r["shards"]),
-                             num_examples=sum(r["stats"]["rows"] for r in recs)))
+    def add(name: str, parts: list[dict], default: bool = False) -> None:
+        """parts: {"paths", "num_examples", "num_bytes"}; split sizes only when every part knows them."""
+        configs[name] = {"data_files": [{"split": SPLIT, "path": [p for part in parts for p in part["paths"]]}],
+                         **({"default": True} if default else {})}
+        splits = None
+        if all(part.get("num_examples") is not None for part in parts):
+            splits = SplitDict()
+            splits.add(SplitInfo(SPLIT, num_bytes=sum(part.get("num_bytes") or 0 for part in parts),
+                                 num_examples=sum(part["num_examples"] for part in parts)))
         infos[name] = DatasetInfo(features=features, splits=splits, config_name=name)
 
     if any(r["channel"] == ALL_CONFIG for r in records):
         raise ValueError(f"a channel named {ALL_CONFIG!r} would clash with the card's all-channels config")
+    parts = {r["channel"]: {"paths": [s["path"] for s in r["shards"]], "num_examples": r["stats"]["rows"],
+                            "num_bytes": sum(s["bytes"] for s in r["shards"])} for r in records}
+    parts.update({name: part for name, part in foreign.items() if name not in parts and name != ALL_CONFIG})
     # A channel whose every segment was filtered out has no shard: a config with no files would not load.
-    channels = sorted(r["channel"] for r in records if r["shards"])
-    by_channel = {r["channel"]: r for r in records}
+    channels = sorted(name for name, part in parts.items() if part["paths"])
     if channels:
-        add(ALL_CONFIG, [by_channel[c] for c in channels], default=True)
+        add(ALL_CONFIG, [parts[c] for c in channels], default=True)
     for c in channels:
-        add(c, [by_channel[c]])
+        add(c, [parts[c]])
     return MetadataConfigs(configs), DatasetInfosDict(infos)
+
+
+def foreign_configs(card_text: str, known: set[str], present: set[str]) -> dict[str, dict]:
+    """The per-channel configs of an existing card (the Hub's) for channels this store does not know
+    (pushed from another store), kept when all their files are still there."""
+    from huggingface_hub import DatasetCard
+
+    data = DatasetCard(card_text).data.to_dict()
+    sizes = {}
+    infos = data.get("dataset_info") or []
+    for info in [infos] if isinstance(infos, dict) else infos:
+        split = next((x for x in info.get("splits") or [] if x.get("name") == SPLIT), None)
+        if split:
+            sizes[info.get("config_name")] = (split.get("num_examples"), split.get("num_bytes"))
+    out = {}
+    for config in data.get("configs") or []:
+        name = config.get("config_name")
+        if name in known or name == ALL_CONFIG or not config.get("data_files"):
+            continue
+        paths = config["data_files"][0].get("path")
+        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        if paths and all(p in present for p in paths):
+            examples, nbytes = sizes.get(name, (None, None))
+            out[name] = {"paths": paths, "num_examples": examples, "num_bytes": nbytes}
+    return out
 
 
 def _cell(text: str) -> str:
@@ -134,11 +164,17 @@ def card_body(records: list[dict], title: str) -> str:
     ])
 
 
-def render_card(records: list[dict], title: str) -> str:
+def render_card(records: list[dict], title: str, foreign: dict[str, dict] | None = None) -> str:
+    """`foreign`: configs of channels pushed to the same Hub repo from another store, kept as they were."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
+    foreign = foreign or {}
     data = DatasetCardData(pretty_name=title, task_categories=["text-to-speech"])
-    configs, infos = _configs_yaml(records)
+    configs, infos = _configs_yaml(records, foreign)
     configs.to_dataset_card_data(data)
     infos.to_dataset_card_data(data)
-    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{card_body(records, title)}"))
+    body = card_body(records, title)
+    if foreign:
+        body += ("\n## Other channels\n\nAlso in this repo, pushed from another store (their figures are in that "
+                 f"store's card): {', '.join(sorted(foreign))}.\n")
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from neutts_assets.core.dataset_card import render_card
+from neutts_assets.core.dataset_card import foreign_configs, render_card
 from neutts_assets.core.dataset_writer import data_folder
 
 REPO_TYPE = "dataset"
@@ -70,10 +70,15 @@ def push_channel(
             present = set(on_hub) - set(stale) | set(ours)
             hub_records = [r for c, r in all_records.items() if c != channel and all(s["path"] in present for s in r["shards"])]
             hub_records.append(record)
+            # Channels pushed here from another store keep their configs: this store has no record of them.
+            foreign = {}
+            if "README.md" in on_hub:
+                foreign = foreign_configs(_read_text(api, repo_id, token), set(all_records) | {channel}, present)
             files = local_shard(missing)
             operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(files[p])) for p in missing]
             operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
-            operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=render_card(hub_records, title).encode()))
+            card = render_card(hub_records, title, foreign)
+            operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
             info = api.create_commit(
                 repo_id, operations, repo_type=REPO_TYPE,
                 commit_message=f"hf_dataset: channel {channel}, build {record['build_id']} ({record['stats']['rows']} rows)",
@@ -82,7 +87,7 @@ def push_channel(
             result.commit_url, result.commit_oid = info.commit_url, info.oid
             result.added, result.deleted = missing, stale
             result.already_on_hub = sorted(set(ours) - set(missing))
-            result.channels_on_hub = sorted(r["channel"] for r in hub_records)
+            result.channels_on_hub = sorted([r["channel"] for r in hub_records] + list(foreign))
             return result
         except Exception as exc:  # HTTP, network and validation errors alike: retried, then reported
             last_error = exc
@@ -94,6 +99,16 @@ def push_channel(
         f"{_describe(last_error)}. The dataset in the store is intact and published; materialize hf_dataset "
         f"for {channel!r} again to push what is missing."
     ) from last_error
+
+
+def _read_text(api, repo_id: str, token: str | None) -> str:
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    response = get_session().get(hf_hub_url(repo_id, "README.md", repo_type=REPO_TYPE, endpoint=api.endpoint),
+                                 headers=build_hf_headers(token=token), follow_redirects=True)
+    hf_raise_for_status(response)
+    return response.content.decode("utf-8", errors="replace")
 
 
 def _describe(exc: Exception | None) -> str:
