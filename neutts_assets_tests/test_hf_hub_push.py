@@ -42,7 +42,7 @@ def env(stage1_template, tmp_path, hub, monkeypatch):  # noqa: F811
     from dagster import EnvVar
 
     resources = make_resources(str(stage1_template / "source"), str(tmp_path / "store"))
-    resources["hub"] = HuggingFaceHub(repo_id=REPO, token=EnvVar("HF_TOKEN"), endpoint=hub.url)
+    resources["hub"] = HuggingFaceHub(hf_repo=REPO, token=EnvVar("HF_TOKEN"), endpoint=hub.url)
     return resources, DagsterInstance.ephemeral(), store
 
 
@@ -130,7 +130,7 @@ def test_failed_push_leaves_the_dataset_intact_and_a_retry_pushes_what_is_missin
 
 def test_a_wrong_token_is_a_clear_error_without_the_token(env, hub, monkeypatch):
     resources, instance, store = env
-    resources["hub"] = HuggingFaceHub(repo_id=REPO, token="hf_wrongTOKEN_x1", endpoint=hub.url)
+    resources["hub"] = HuggingFaceHub(hf_repo=REPO, token="hf_wrongTOKEN_x1", endpoint=hub.url)
     result = run_dataset(instance, resources, A, raise_on_error=False)
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = str(failure.event_specific_data.error)

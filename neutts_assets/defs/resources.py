@@ -92,7 +92,7 @@ class ChannelSettings(ConfigurableResource):
 class HuggingFaceHub(ConfigurableResource):
     """Where hf_dataset pushes (the old --push_to_hub / --hf_repo). No repo: nothing is pushed."""
 
-    repo_id: Optional[str] = Field(default=None, description="Hub dataset repo, e.g. org/arabic-voice-cloning-dataset")
+    hf_repo: Optional[str] = Field(default=None, description="(the old --hf_repo) Hub dataset repo, e.g. org/arabic-voice-cloning-dataset")
     token: Optional[str] = Field(default=None, description="set from EnvVar('HF_TOKEN'); never shown or logged")
     private: bool = Field(default=True, description="create the repo private (only applies when it does not exist yet)")
     endpoint: Optional[str] = Field(default=None, description="Hub endpoint; unset: HF_ENDPOINT or huggingface.co")
@@ -131,7 +131,7 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
         ),
         "channel_settings": ChannelSettings(channel_mapping=mapping),
         "hub": HuggingFaceHub(
-            repo_id=os.environ.get("NEUTTS_HF_REPO") or None,
+            hf_repo=os.environ.get("NEUTTS_HF_REPO") or None,
             token=_env_or_none("HF_TOKEN"),
             private=os.environ.get("NEUTTS_HF_PRIVATE", "true").lower() not in ("0", "false", "no"),
             endpoint=os.environ.get("HF_ENDPOINT") or None,

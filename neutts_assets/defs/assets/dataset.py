@@ -68,7 +68,7 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
     # Shards stay here until pushed (a channel's size on local disk when pushing; TMPDIR chooses where).
     with tempfile.TemporaryDirectory(prefix="neutts-dataset-") as tmp:
         work = Path(tmp)
-        want_push = config.push_to_hub and bool(hub.repo_id)
+        want_push = config.push_to_hub and bool(hub.hf_repo)
         if unchanged:
             record = previous
         else:
@@ -88,15 +88,15 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
         if want_push:
             try:
                 push = push_channel(
-                    record, read_records(dst), hub.repo_id, hub.token, lambda wanted: fetch_shards(dst, record, work, local, wanted),
+                    record, read_records(dst), hub.hf_repo, hub.token, lambda wanted: fetch_shards(dst, record, work, local, wanted),
                     hub.title, private=hub.private, endpoint=hub.endpoint, log=context.log.warning,
                 )
             except HubPushError as exc:
                 raise Failure(description=str(exc), metadata={
                     "dataset_folder": f"{dst.describe()} {DATASET_PREFIX}", "build_id": record["build_id"],
-                    "rows": record["stats"]["rows"], "hub_repo": hub.repo_id,
+                    "rows": record["stats"]["rows"], "hub_repo": hub.hf_repo,
                 }) from exc
-            context.log.info(f"{channel}: pushed to {hub.repo_id}: {push.commit_url}")
+            context.log.info(f"{channel}: pushed to {hub.hf_repo}: {push.commit_url}")
 
     manifest = {
         "channel": channel, "build_id": record["build_id"], "rows": record["stats"]["rows"],
