@@ -3,7 +3,7 @@
 from dagster import Definitions
 
 from neutts_assets.defs.assets.dataset import hf_dataset
-from neutts_assets.defs.assets.later_stages import encoded_segments
+from neutts_assets.defs.assets.encoded import encoded_segments
 from neutts_assets.defs.assets.raw_audio import raw_audio
 from neutts_assets.defs.assets.segments import segments_npz
 from neutts_assets.defs.checks import dataset_shards_present, every_object_paired, segments_present_in_store

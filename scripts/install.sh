@@ -23,6 +23,21 @@ fi
 # Reinstall only when pyproject.toml changed since the last successful install.
 stamp=.venv/.neutts-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[codec,test]'
   touch "$stamp"
 fi
+
+# PyPI's torchaudio wheels are CUDA builds whose C++ extension needs libc10_cuda.so, so with the CPU
+# torch `import torchaudio` (and so `import neucodec`) fails. neucodec uses only torchaudio's
+# pure-PyTorch parts (transforms.Resample, for file input we never use), and torchaudio imports
+# without its extension when the library files are absent. So on a CPU-only torch, remove them.
+.venv/bin/python - <<'EOF'
+import importlib.util, pathlib, sys
+import torch
+spec = importlib.util.find_spec("torchaudio")
+if spec is not None and torch.version.cuda is None:
+    for lib in (pathlib.Path(spec.origin).parent / "lib").glob("*.so"):
+        lib.unlink()
+        print(f"removed {lib.name}: a CUDA extension unusable with the CPU torch", file=sys.stderr)
+import neucodec  # noqa: F401  fails here, not in the first test, when the codec stack is broken
+EOF

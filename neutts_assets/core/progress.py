@@ -7,18 +7,18 @@ from typing import Callable
 
 
 class Progress:
-    def __init__(self, log: Callable[[str], None], total: int, label: str, every_s: float = 10.0):
-        self.log, self.total, self.label, self.every_s = log, total, label, every_s
+    def __init__(self, log: Callable[[str], None], total: int, label: str, every_s: float = 10.0, unit: str = "files"):
+        self.log, self.total, self.label, self.every_s, self.unit = log, total, label, every_s, unit
         self.done = self.segments = 0
         self.audio_seconds = 0.0
         self.start = self._last = time.monotonic()
 
-    def update(self, segments: int, audio_seconds: float) -> None:
-        self.done += 1
+    def update(self, segments: int, audio_seconds: float, done: int = 1) -> None:
+        self.done += done
         self.segments += segments
         self.audio_seconds += audio_seconds
         now = time.monotonic()
-        if now - self._last >= self.every_s or self.done == self.total:
+        if now - self._last >= self.every_s or self.done >= self.total:
             self._last = now
             self.log(self.line(now))
 
@@ -27,8 +27,8 @@ class Progress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         return (
-            f"{self.label}: files {self.done}/{self.total}, segments {self.segments}, "
-            f"{self.audio_seconds / elapsed:.1f} audio-s/s, {rate * 60:.1f} files/min, "
+            f"{self.label}: {self.unit} {self.done}/{self.total}, segments {self.segments}, "
+            f"{self.audio_seconds / elapsed:.1f} audio-s/s, {rate * 60:.1f} {self.unit}/min, "
             f"ETA {_duration(eta)}"
         )
 

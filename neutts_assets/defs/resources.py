@@ -20,6 +20,7 @@ from dagster_gcp import GCSResource
 from pydantic import Field
 
 from neutts_assets.core.layout import ChannelLayout
+from neutts_assets.defs.codec import codec_from_env
 from neutts_assets.demo import DEMO_CHANNEL_MAPPING, DEMO_SOURCE
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.local import LocalStore
@@ -136,4 +137,5 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             private=os.environ.get("NEUTTS_HF_PRIVATE", "true").lower() not in ("0", "false", "no"),
             endpoint=os.environ.get("HF_ENDPOINT") or None,
         ),
+        "codec": codec_from_env(),
     }

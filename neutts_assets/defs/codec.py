@@ -1,0 +1,75 @@
+"""The codec as a ConfigurableResource, and how the deployment picks it from the environment.
+
+    NEUTTS_CODEC            pretrained (default) | random | random-full   (random: test-only codes)
+    NEUTTS_CODEC_MODEL      neuphonic/neucodec (default) | neuphonic/distill-neucodec
+    NEUTTS_CODEC_REVISION   a Hub branch, tag or commit (default: main)
+    NEUTTS_CODEC_DEVICE     auto (default: cuda when present) | cuda | cpu
+    NEUTTS_CODEC_DTYPE      float32 (default) | tf32 | bfloat16 | float16
+    NEUTTS_CODEC_BATCH_SECONDS, NEUTTS_CODEC_DISK_BUDGET_GB
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from neutts_assets.core.codec import Codec, CodecSettings, load_codec
+from neutts_assets.core.stage2 import StreamSettings
+
+
+class NeuCodecResource(ConfigurableResource):
+    model_id: str = Field(default="neuphonic/neucodec", description="neuphonic/neucodec or neuphonic/distill-neucodec")
+    revision: Optional[str] = Field(default=None, description="Hub branch, tag or commit of the weights; None = main")
+    weights: str = Field(
+        default="pretrained",
+        description="pretrained (from_pretrained: Hub or HF_HOME cache), or random / random-full: the real "
+        "architecture with seeded random weights, built offline; their codes are labelled test-only",
+    )
+    device: str = Field(default="auto", description="cuda, cpu, or auto (cuda when present)")
+    dtype: str = Field(default="float32", description="float32; tf32, bfloat16 or float16 trade exact codes for speed")
+    batch_seconds: float = Field(default=120.0, description="audio seconds per codec call (segments of one code count)")
+    disk_budget_gb: float = Field(
+        default=2.0,
+        description="most segment bytes held locally between download and upload. Nothing is staged on disk "
+        "(segments stream through memory), so this bounds memory too",
+    )
+    cache_dir: Optional[str] = Field(default=None, description="Hugging Face cache holding the weights; default HF_HOME's")
+    download_workers: int = Field(default=8, description="segments downloaded at once")
+    upload_workers: int = Field(default=8, description="segment files uploaded at once")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def settings(self) -> CodecSettings:
+        return CodecSettings(self.model_id, self.revision, self.weights, self.resolved_device(), self.dtype)
+
+    def load(self) -> Codec:
+        return load_codec(self.settings(), self.cache_dir)
+
+    def stream_settings(self) -> StreamSettings:
+        return StreamSettings(
+            batch_seconds=self.batch_seconds,
+            budget_bytes=int(self.disk_budget_gb * 1024**3),
+            download_workers=self.download_workers,
+            upload_workers=self.upload_workers,
+        )
+
+
+def codec_from_env() -> NeuCodecResource:
+    env = os.environ.get
+    return NeuCodecResource(
+        model_id=env("NEUTTS_CODEC_MODEL") or "neuphonic/neucodec",
+        revision=env("NEUTTS_CODEC_REVISION") or None,
+        weights=env("NEUTTS_CODEC") or "pretrained",
+        device=env("NEUTTS_CODEC_DEVICE") or "auto",
+        dtype=env("NEUTTS_CODEC_DTYPE") or "float32",
+        batch_seconds=float(env("NEUTTS_CODEC_BATCH_SECONDS") or 120.0),
+        disk_budget_gb=float(env("NEUTTS_CODEC_DISK_BUDGET_GB") or 2.0),
+    )
