@@ -90,6 +90,33 @@ def materialize(channel: str) -> int:
     return rc
 
 
+def choose_demo_codec() -> None:
+    """The demo runs the whole graph in one command: where the pretrained NeuCodec weights cannot be
+    had, it says so before encoding and uses the random-weight codec (test-only codes) instead.
+    An explicit NEUTTS_CODEC is always obeyed; production never falls back on its own."""
+    choice = os.environ.get("NEUTTS_CODEC")
+    if choice:
+        print(f"codec: NEUTTS_CODEC={choice}", flush=True)
+        return
+    from neutts_assets.core.codec import pretrained_reachable
+
+    model = os.environ.get("NEUTTS_CODEC_MODEL") or "neuphonic/neucodec"
+    ok, why = pretrained_reachable(model)
+    if ok:
+        print(f"codec: pretrained {model} (Hugging Face Hub or HF_HOME cache)", flush=True)
+        return
+    print(
+        f"\nNOTE: the pretrained NeuCodec weights ({model}) cannot be loaded: the Hugging Face Hub cannot be reached "
+        f"and the HF_HOME cache does not hold them ({why}).\n"
+        f"The demo encodes with the random-weight codec instead: the documented switch NEUTTS_CODEC=random "
+        f"(the real NeuCodec architecture with random weights). Its codes are TEST-ONLY and labelled so in the "
+        f"metadata. Set NEUTTS_CODEC=pretrained to require the real weights, with HF_HOME pointing at a cache "
+        f"that holds them.\n",
+        flush=True,
+    )
+    os.environ["NEUTTS_CODEC"] = "random"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="neutts-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         from neutts_assets.demo import DEMO_CHANNEL
 
         channel = DEMO_CHANNEL if args.command == "demo" else args.channel
+        if args.command == "demo":
+            choose_demo_codec()
         return add_channels([channel]) or materialize(channel)
     return 2
 

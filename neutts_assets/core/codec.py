@@ -269,3 +269,27 @@ def load_codec(settings: CodecSettings, cache_dir: str | None = None) -> Codec:
     if settings.dtype != "float32":
         label += f"+{settings.dtype}"  # reduced precision gives (slightly) different codes: a different codec
     return Codec(model, label, settings)
+
+
+def pretrained_reachable(model_id: str = "neuphonic/neucodec", timeout_s: float = 5.0) -> tuple[bool, str]:
+    """Whether from_pretrained can get the weights: the Hub answers, or the cache (HF_HOME) holds
+    the model and its semantic model. Returns (yes, why not)."""
+    import urllib.request
+
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = all(
+        isinstance(try_to_load_from_cache(repo, name), str)
+        for repo, name in ((model_id, "pytorch_model.bin"), (SEMANTIC_MODELS[model_id], "config.json"))
+    )
+    if cached:
+        return True, ""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False, "HF_HUB_OFFLINE is set and the cache (HF_HOME) does not hold the weights"
+    url = f"{hub_endpoint().rstrip('/')}/api/models/{model_id}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            response.read(1)
+        return True, ""
+    except Exception as exc:
+        return False, f"{url}: {type(exc).__name__}: {str(exc)[:200]}"

@@ -5,7 +5,7 @@
     NEUTTS_CODEC_REVISION   a Hub branch, tag or commit (default: main)
     NEUTTS_CODEC_DEVICE     auto (default: cuda when present) | cuda | cpu
     NEUTTS_CODEC_DTYPE      float32 (default) | tf32 | bfloat16 | float16
-    NEUTTS_CODEC_BATCH_SECONDS, NEUTTS_CODEC_DISK_BUDGET_GB
+    NEUTTS_CODEC_BATCH_SECONDS, NEUTTS_CODEC_DISK_BUDGET_GB, NEUTTS_CODEC_SEED (random weights)
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class NeuCodecResource(ConfigurableResource):
         description="pretrained (from_pretrained: Hub or HF_HOME cache), or random / random-full: the real "
         "architecture with seeded random weights, built offline; their codes are labelled test-only",
     )
+    seed: int = Field(default=0, description="seed of the random weights (random / random-full only)")
     device: str = Field(default="auto", description="cuda, cpu, or auto (cuda when present)")
     dtype: str = Field(default="float32", description="float32; tf32, bfloat16 or float16 trade exact codes for speed")
     batch_seconds: float = Field(default=120.0, description="audio seconds per codec call (segments of one code count)")
@@ -48,7 +49,7 @@ class NeuCodecResource(ConfigurableResource):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def settings(self) -> CodecSettings:
-        return CodecSettings(self.model_id, self.revision, self.weights, self.resolved_device(), self.dtype)
+        return CodecSettings(self.model_id, self.revision, self.weights, self.resolved_device(), self.dtype, self.seed)
 
     def load(self) -> Codec:
         return load_codec(self.settings(), self.cache_dir)
@@ -68,6 +69,7 @@ def codec_from_env() -> NeuCodecResource:
         model_id=env("NEUTTS_CODEC_MODEL") or "neuphonic/neucodec",
         revision=env("NEUTTS_CODEC_REVISION") or None,
         weights=env("NEUTTS_CODEC") or "pretrained",
+        seed=int(env("NEUTTS_CODEC_SEED") or 0),
         device=env("NEUTTS_CODEC_DEVICE") or "auto",
         dtype=env("NEUTTS_CODEC_DTYPE") or "float32",
         batch_seconds=float(env("NEUTTS_CODEC_BATCH_SECONDS") or 120.0),
