@@ -10,7 +10,7 @@ from pathlib import Path
 from neutts_assets import read_segment
 from neutts_assets.storage.local import LocalStore
 
-from neutts_assets_tests.helpers import DEMO_IDS, clean_env, populate_source
+from neutts_assets_tests.helpers import DEMO_IDS, clean_env, free_port, populate_source
 
 BIN = Path(sys.executable).parent
 
@@ -45,18 +45,31 @@ def test_add_channel_refuses_unsafe_names(tmp_path):
 
 
 def test_demo_command_runs_the_whole_built_graph(tmp_path):
-    env = _env(tmp_path)
+    # No Hub here (a closed port stands in for it): the demo must say so before encoding and
+    # name the switch it takes, then still run the whole graph.
+    env = _env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HOME=str(tmp_path / "hf"))
     proc = _run([str(BIN / "neutts-assets"), "demo"], env, cwd=tmp_path)
-    assert "RUN_SUCCESS" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "RUN_SUCCESS" in out
+    notice = out.find("NEUTTS_CODEC=random")
+    assert "Hugging Face Hub cannot be reached" in out and 0 <= notice < out.find("segments to encode")
     store = tmp_path / "dagster_home" / "neutts_store"
-    assert len(list((store / "stage1" / "demo_librivox").glob("*.npz"))) > 20
+    stage1 = sorted(p.name for p in (store / "stage1" / "demo_librivox").glob("*.npz"))
+    assert len(stage1) > 20
     assert (store / "manifests" / "segments_npz" / "demo_librivox.json").is_file()
-    # The dataset too (no codes until an encoder is in the graph), loadable as the users load it.
+    manifest = json.loads((store / "manifests" / "encoded_segments" / "demo_librivox.json").read_text())
+    assert manifest["test_only_codes"] is True and "random-weights" in manifest["codec"]
+    assert manifest["segment_count"] == len(stage1)
+    for name in stage1:
+        seg = read_segment(store / "stage2_with_codes" / "demo_librivox" / name)
+        assert seg.codec == manifest["codec"] and len(seg.codes) == len(seg.pcm16) // 320
+    # The dataset too, with the codes, loadable as the users load it.
     from datasets import load_dataset
 
     segments = len(list((store / "stage1" / "demo_librivox").glob("*.npz")))
     ds = load_dataset(str(store / "hf_dataset"), "demo_librivox", split="train", cache_dir=str(tmp_path / "hf_cache"))
     assert len(ds) == segments and "datasets.load_dataset(" in proc.stdout
+    assert all(len(codes) > 0 for codes in ds["codes"])  # rows carry encoded_segments' codes
 
     # The README's clean-up command: the dataset verifies against every segment, so they go.
     proc = _run([str(BIN / "dagster"), "job", "execute", "-m", "neutts_assets.definitions", "-j", "clean_up_segments",

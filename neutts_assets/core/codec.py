@@ -109,7 +109,7 @@ def build_random_neucodec(size: str = "random", seed: int = 0):
     "random-full" has the released sizes (w2v-BERT 2.0: 1024 wide, 24 layers; CodecEncoder and
     decoder at their defaults): about 630 M parameters, 10 s to build and 2 CPU-seconds per audio
     second, which is for benchmarks. "random" keeps every class and the code path but narrows the
-    layers (w2v-BERT 64 wide with 17 layers, so hidden_states[16] and the trim both exist), so CI
+    layers (w2v-BERT 32 wide with 17 layers, so hidden_states[16] and the trim both exist), so CI
     encodes a minute of audio in seconds.
     """
     import torch
@@ -119,10 +119,10 @@ def build_random_neucodec(size: str = "random", seed: int = 0):
         model = _assemble_neucodec({}, {}, {}, 1024, 1024)
     elif size == "random":
         model = _assemble_neucodec(
-            dict(hidden_size=64, num_hidden_layers=17, num_attention_heads=2, intermediate_size=128, output_hidden_size=64),
-            dict(ngf=4, hidden_dim=64),
+            dict(hidden_size=32, num_hidden_layers=17, num_attention_heads=2, intermediate_size=64, output_hidden_size=32),
+            dict(ngf=2, hidden_dim=32),
             dict(hidden_dim=32, depth=1, heads=2),
-            64, 64,
+            32, 32,
         )
     else:
         raise ValueError(f"unknown random codec size {size!r}")
