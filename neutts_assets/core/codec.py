@@ -162,6 +162,11 @@ def _load_pretrained(settings: CodecSettings, cache_dir: str | None):
     return model.eval(), f"{settings.model_id}@{commit}"
 
 
+def random_label(settings: CodecSettings) -> str:
+    size = "small" if settings.weights == "random" else "full"
+    return f"{settings.model_id}@{RANDOM_LABEL}-{size}-seed{settings.seed}"
+
+
 def trim_unused_layers(model) -> int:
     """Drops the w2v-BERT layers after the one encode_code reads: they change no code. Returns how many."""
     semantic = getattr(model, "semantic_model", None)
@@ -265,7 +270,7 @@ def load_codec(settings: CodecSettings, cache_dir: str | None = None) -> Codec:
         model, label = _load_pretrained(settings, cache_dir)
     else:
         model = build_random_neucodec(settings.weights, settings.seed)
-        label = f"{settings.model_id}@{RANDOM_LABEL}-{'small' if settings.weights == 'random' else 'full'}-seed{settings.seed}"
+        label = random_label(settings)
     if settings.dtype != "float32":
         label += f"+{settings.dtype}"  # reduced precision gives (slightly) different codes: a different codec
     return Codec(model, label, settings)

@@ -1,0 +1,33 @@
+"""On a CUDA machine (the `device` machine): the full-size random-weight NeuCodec on the GPU gives
+the single-clip float32 codes in batches of one code count, and naive padding does not.
+Skipped, and reported as skipped (pytest -ra), where CUDA is absent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neutts_assets.core.codec import CodecSettings, batch_key, load_codec
+
+from neutts_assets_tests.codec_corpus import mixed_length_clips
+from neutts_assets_tests.test_codec import OVERALL, PER_SEGMENT, agreement, naive_batches, single_codes
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
+
+
+def test_full_size_codec_on_gpu_batches_agree_with_single_clips():
+    codec = load_codec(CodecSettings(weights="random-full", device="cuda"))
+    assert codec.device.type == "cuda" and codec.layers_trimmed == 8
+    clips = mixed_length_clips(groups=6, per_group=4, seed=11)
+    single = single_codes(codec, clips)
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(clips):
+        groups.setdefault(batch_key(len(c)), []).append(i)
+    batched: list = [None] * len(clips)
+    for idx in groups.values():
+        for i, codes in zip(idx, codec.encode_batch([clips[i] for i in idx])):
+            batched[i] = codes
+    overall, worst = agreement(batched, single)
+    assert overall >= OVERALL and worst >= PER_SEGMENT, (overall, worst)
+    n_overall, n_worst = agreement(naive_batches(codec, clips), single)
+    assert not (n_overall >= OVERALL and n_worst >= PER_SEGMENT), (n_overall, n_worst)
