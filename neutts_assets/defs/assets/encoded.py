@@ -43,6 +43,7 @@ def encoded_segments(
         context.log.warning(f"{model.label}: random weights, the codes are for tests only")
 
     dst = store.open()
+    orphan_temporaries = dst.remove_orphan_temporaries()  # what writers killed mid-write left
     sources = {o.key: (o.version, o.size) for o in dst.list(channel_prefix(channel)) if o.key.endswith(".npz")}
     stage2_keys = {o.key for o in dst.list(layout.channel_prefix)}
     plan = plan_encoding(segments_npz, layout, model.label, sources, stage2_keys, MIN_SAMPLES)
@@ -60,10 +61,10 @@ def encoded_segments(
     with_codes = set(plan.done) | {item.audio_id for item, _ in tally.encoded} | {item.audio_id for item in tally.kept}
     failed = [(key, reason) for key, reason in plan.missing_source] + tally.failed
     manifest = encoded_manifest(segments_npz, layout, model.label, model.test_only, with_codes, plan.too_short, failed)
-    return Output(manifest, metadata=_metadata(model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}"))
+    return Output(manifest, metadata=_metadata(model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}", orphan_temporaries))
 
 
-def _metadata(model: Codec, plan: EncodePlan, tally: EncodeTally, manifest: dict, failed: list, where: str) -> dict:
+def _metadata(model: Codec, plan: EncodePlan, tally: EncodeTally, manifest: dict, failed: list, where: str, orphans: int) -> dict:
     wall = tally.wall_seconds
     sizes = tally.batch_sizes or [0]
     return {
@@ -85,6 +86,7 @@ def _metadata(model: Codec, plan: EncodePlan, tally: EncodeTally, manifest: dict
         "skipped_segments": md_table(["segment", "reason"], plan.too_short, empty="nothing skipped"),
         "failures": md_table(["segment or object", "reason"], sorted(failed), empty="no failures"),
         "stage2_objects_removed": len(plan.orphans),
+        "orphan_temporaries_removed": orphans,
         "audio_hours_encoded": round(tally.audio_seconds / 3600, 4),
         "codes_in_channel": manifest["code_count"],
         "segments_per_second": round(len(tally.encoded) / wall, 2) if wall else 0.0,
