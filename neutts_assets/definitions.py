@@ -6,7 +6,7 @@ from neutts_assets.defs.assets.dataset import hf_dataset
 from neutts_assets.defs.assets.encoded import encoded_segments
 from neutts_assets.defs.assets.raw_audio import raw_audio
 from neutts_assets.defs.assets.segments import segments_npz
-from neutts_assets.defs.checks import dataset_shards_present, every_object_paired, segments_present_in_store
+from neutts_assets.defs.checks import dataset_shards_present, encoded_segments_present, every_object_paired, segments_present_in_store
 from neutts_assets.defs.io_managers import ManifestIOManager
 from neutts_assets.defs.cleanup import clean_up_segments
 from neutts_assets.defs.jobs import stage1_job
@@ -16,7 +16,7 @@ _resources = resources_from_env()
 
 defs = Definitions(
     assets=[raw_audio, segments_npz, encoded_segments, hf_dataset],
-    asset_checks=[every_object_paired, segments_present_in_store, dataset_shards_present],
+    asset_checks=[every_object_paired, segments_present_in_store, encoded_segments_present, dataset_shards_present],
     jobs=[stage1_job, clean_up_segments],
     resources={**_resources, "manifest_io_manager": ManifestIOManager(store=_resources["store"])},
 )

@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from dagster import DagsterInstance, materialize
+from dagster import AssetSelection, DagsterInstance, materialize
 
 from neutts_assets.core.segment_file import read_segment
 from neutts_assets.core.stage2_store import Stage2Layout
 from neutts_assets.defs.assets.encoded import encoded_segments
 from neutts_assets.defs.assets.raw_audio import raw_audio
 from neutts_assets.defs.assets.segments import segments_npz
+from neutts_assets.defs.checks import encoded_segments_present
 from neutts_assets.defs.codec import NeuCodecResource
 from neutts_assets.storage.local import LocalStore
 
@@ -33,7 +34,8 @@ BIN = Path(sys.executable).parent
 
 def run_encode(instance, resources: dict, channel: str, codec: NeuCodecResource | None = None, raise_on_error: bool = True):
     return materialize(
-        [raw_audio, segments_npz, encoded_segments], selection=[encoded_segments], partition_key=channel, instance=instance,
+        [raw_audio, segments_npz, encoded_segments, encoded_segments_present], selection=AssetSelection.assets(encoded_segments),
+        partition_key=channel, instance=instance,
         resources={**resources, "codec": codec or NeuCodecResource(weights="random", device="cpu", batch_seconds=8.0)},
         raise_on_error=raise_on_error,
     )
@@ -56,6 +58,8 @@ def test_encoded_segments_on_s3_resume_and_codec_change(s3_endpoint, s3_bucket, 
     for key in ("audio_hours_encoded", "segments_per_second", "audio_seconds_per_second", "download_seconds",
                 "encode_seconds", "upload_seconds", "batch_segments_mean", "peak_inflight_mb"):
         assert md[key] > 0, key
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["segments_expected"].value == 7
     layout, store = Stage2Layout(channel), resources["store"].open()
     segments = [s for r in manifest["recordings"] for s in r["segments"]]
     assert len(segments) == manifest["segment_count"] == 7

@@ -140,8 +140,8 @@ def unavailable_message(model_id: str, reason: object) -> str:
         f"cannot load the NeuCodec weights {model_id!r}: the Hugging Face Hub ({hub_endpoint()}) cannot be "
         f"reached and no local copy was found ({reason}). Point at a local copy: on a machine with Hub access run "
         f"`hf download {model_id}` and `hf download {SEMANTIC_MODELS[model_id]}`, copy that cache here and set "
-        f"HF_HOME to it (HF_HUB_OFFLINE=1 keeps it from trying the network), or pass a cache folder as the "
-        f"codec's cache_dir. For test-only codes without weights, use the random-weight codec (NEUTTS_CODEC=random)."
+        f"HF_HOME to it (HF_HUB_OFFLINE=1 keeps it from trying the network). For test-only codes without "
+        f"weights, use the random-weight codec (NEUTTS_CODEC=random)."
     )
 
 
@@ -149,6 +149,10 @@ def _load_pretrained(settings: CodecSettings, cache_dir: str | None):
     """from_pretrained, with the Hub's and transformers' many failure types turned into one clear error."""
     from huggingface_hub import hf_hub_download
 
+    # A quick look first: the Hub client retries an unreachable endpoint for half a minute.
+    reachable, why = pretrained_reachable(settings.model_id, cache_dir=cache_dir)
+    if not reachable:
+        raise CodecUnavailable(unavailable_message(settings.model_id, why))
     try:
         from neucodec import DistillNeuCodec, NeuCodec
 
@@ -276,7 +280,7 @@ def load_codec(settings: CodecSettings, cache_dir: str | None = None) -> Codec:
     return Codec(model, label, settings)
 
 
-def pretrained_reachable(model_id: str = "neuphonic/neucodec", timeout_s: float = 5.0) -> tuple[bool, str]:
+def pretrained_reachable(model_id: str = "neuphonic/neucodec", timeout_s: float = 5.0, cache_dir: str | None = None) -> tuple[bool, str]:
     """Whether from_pretrained can get the weights: the Hub answers, or the cache (HF_HOME) holds
     the model and its semantic model. Returns (yes, why not)."""
     import urllib.request
@@ -284,7 +288,7 @@ def pretrained_reachable(model_id: str = "neuphonic/neucodec", timeout_s: float 
     from huggingface_hub import try_to_load_from_cache
 
     cached = all(
-        isinstance(try_to_load_from_cache(repo, name), str)
+        isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str)
         for repo, name in ((model_id, "pytorch_model.bin"), (SEMANTIC_MODELS[model_id], "config.json"))
     )
     if cached:

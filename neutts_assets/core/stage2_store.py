@@ -43,8 +43,11 @@ class Stage2Layout:
     def segment_key(self, audio_id: str) -> str:
         return f"{self.channel_prefix}{audio_id}.npz"
 
+    def codec_marker_prefix(self, codec_label: str) -> str:
+        return f"{self.marker_prefix}{_short_hash(codec_label, 16)}/"
+
     def marker_key(self, codec_label: str, audio_id: str, source_version: str) -> str:
-        return f"{self.marker_prefix}{_short_hash(codec_label, 16)}/{audio_id}@{_short_hash(source_version, 12)}"
+        return f"{self.codec_marker_prefix(codec_label)}{audio_id}@{_short_hash(source_version, 12)}"
 
     def parse_marker(self, key: str) -> tuple[str, str] | None:
         """(audio_id, marker key) of a marker key, None for anything else."""
@@ -143,6 +146,7 @@ def encoded_manifest(stage1: dict, layout: Stage2Layout, codec_label: str, test_
         "codec": codec_label,
         "test_only_codes": test_only,
         "prefix": layout.channel_prefix,
+        "stage2_prefix": layout.prefix,
         "format_version": stage1.get("format_version"),
         "recordings": recordings,
         "segment_count": sum(len(r["segments"]) for r in recordings),

@@ -3,7 +3,9 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeve
 from neutts_assets.core.dataset_writer import DATASET_PREFIX, read_record, shard_prefix
 from neutts_assets.core.inventory import Inventory
 from neutts_assets.core.segment_store import channel_prefix
+from neutts_assets.core.stage2_store import Stage2Layout
 from neutts_assets.defs.assets.dataset import hf_dataset
+from neutts_assets.defs.assets.encoded import encoded_segments
 from neutts_assets.defs.assets.raw_audio import raw_audio
 from neutts_assets.defs.assets.segments import segments_npz
 from neutts_assets.defs.metadata import md_table
@@ -24,6 +26,26 @@ def segments_present_in_store(context: AssetCheckExecutionContext, segments_npz:
             # Present but not in the manifest: cuts of recordings that left the source. Not an error.
             "segments_not_in_manifest": len(listed - expected),
             "missing": md_table(["key"], [(k,) for k in missing], empty="none missing"),
+        },
+    )
+
+
+@asset_check(asset=encoded_segments, partitions_def=channels,
+             description="Every segment in the manifest has its stage-2 file and the marker of the manifest's codec.")
+def encoded_segments_present(context: AssetCheckExecutionContext, encoded_segments: dict, store: SegmentStore) -> AssetCheckResult:
+    layout = Stage2Layout(context.partition_key, encoded_segments["stage2_prefix"])
+    listed = {o.key for o in store.open().list(layout.channel_prefix)}
+    marker_folder = layout.codec_marker_prefix(encoded_segments["codec"])
+    marked = {k[len(marker_folder):].rpartition("@")[0] for k in listed if k.startswith(marker_folder)}
+    segments = [s for r in encoded_segments["recordings"] for s in r["segments"]]
+    missing = sorted(s["key"] for s in segments if s["key"] not in listed or s["audio_id"] not in marked)
+    return AssetCheckResult(
+        passed=not missing,
+        metadata={
+            "segments_expected": len(segments),
+            "codec": encoded_segments["codec"],
+            "test_only_codes": bool(encoded_segments.get("test_only_codes")),
+            "missing_or_unmarked": md_table(["key"], [(k,) for k in missing], empty="none missing"),
         },
     )
 

@@ -37,7 +37,6 @@ class NeuCodecResource(ConfigurableResource):
         description="most segment bytes held locally between download and upload. Nothing is staged on disk "
         "(segments stream through memory), so this bounds memory too",
     )
-    cache_dir: Optional[str] = Field(default=None, description="Hugging Face cache holding the weights; default HF_HOME's")
     download_workers: int = Field(default=8, description="segments downloaded at once")
     upload_workers: int = Field(default=8, description="segment files uploaded at once")
 
@@ -52,7 +51,8 @@ class NeuCodecResource(ConfigurableResource):
         return CodecSettings(self.model_id, self.revision, self.weights, self.resolved_device(), self.dtype, self.seed)
 
     def load(self) -> Codec:
-        return load_codec(self.settings(), self.cache_dir)
+        # The weights come from HF_HOME's cache (NeuCodec's own loader reads w2v-BERT from there too).
+        return load_codec(self.settings())
 
     def stream_settings(self) -> StreamSettings:
         return StreamSettings(
