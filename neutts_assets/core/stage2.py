@@ -75,9 +75,9 @@ class ByteBudget:
             self.held -= n
             self._cond.notify_all()
 
-    def wait_for_release(self, timeout: float = 1.0) -> None:
+    def wait_for_room(self, n: int, timeout: float = 5.0) -> None:
         with self._cond:
-            self._cond.wait(timeout)
+            self._cond.wait_for(lambda: not self.held or self.held + n <= self.limit, timeout)
 
 
 def item_cost(item: EncodeItem) -> int:
@@ -194,7 +194,7 @@ def encode_stream(
             fill()
             if not window:  # the budget is held by the open batch and by uploads in progress
                 flush()
-                budget.wait_for_release()
+                budget.wait_for_room(item_cost(todo[0]))
                 continue
             got = window.popleft().result()
             if got.error:
