@@ -11,7 +11,7 @@ from neutts_assets.core.codec import (
     MIN_SAMPLES, CodecSettings, CodecUnavailable, batch_key, build_random_neucodec, load_codec, n_codes, pad_batch,
 )
 from neutts_assets.core.segment_file import Segment, encode_segment, read_segment
-from neutts_assets.core.stage2 import StreamSettings, encode_stream
+from neutts_assets.core.stage2 import StreamSettings, encode_stream, item_cost
 from neutts_assets.core.stage2_store import Stage2Layout, plan_encoding
 from neutts_assets.storage.local import LocalStore
 
@@ -95,6 +95,22 @@ def test_trimming_unused_w2v_bert_layers_keeps_codes_identical():
             assert np.array_equal(a, b)
 
 
+def test_features_computed_beforehand_give_encode_codes_exactly():
+    """The stream computes w2v-BERT's features in its download threads and runs the model's steps
+    itself: the codes must be encode_code's, bit for bit, on a batch of one code count."""
+    codec = small_random_codec()
+    clips = [c for c in mixed_length_clips(groups=2, per_group=3, seed=9)]
+    by_key: dict[int, list] = {}
+    for c in clips:
+        by_key.setdefault(batch_key(len(c)), []).append(c)
+    for group in by_key.values():
+        with torch.inference_mode():
+            whole = codec.model.encode_code(torch.from_numpy(pad_batch(group)))[:, 0].numpy()
+        split = codec.encode_batch(group, [codec.features(c) for c in group])
+        for w, s, c in zip(whole, split, group):
+            assert np.array_equal(w[: n_codes(len(c))], s)
+
+
 def test_encode_batch_refuses_mixed_code_counts_and_too_short_clips():
     codec = small_random_codec()
     with pytest.raises(ValueError, match="one code count"):
@@ -145,7 +161,7 @@ def test_stream_on_a_store_writes_single_clip_codes_within_its_budget(tmp_path):
     budget = 200_000  # a few segments at a time: forces the stream to wait for uploads
     tally = encode_stream(plan.todo, codec, store, StreamSettings(batch_seconds=3.0, budget_bytes=budget, download_workers=2, upload_workers=2))
     assert not tally.failed and len(tally.encoded) == len(clips)
-    assert tally.peak_inflight_bytes <= budget + max(2 * i.source_bytes + 2 * i.num_samples for i in plan.todo)
+    assert tally.peak_inflight_bytes <= budget + max(item_cost(i) for i in plan.todo)
     assert max(tally.batch_seconds) <= 3.0 or max(tally.batch_sizes) == 1
     single = single_codes(codec, clips)
     for i, clip in enumerate(clips):

@@ -204,11 +204,24 @@ class Codec:
             return torch.autocast(self.device.type, dtype=getattr(torch, self.settings.dtype))
         return contextlib.nullcontext()
 
-    def encode_batch(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def features(self, clip: np.ndarray):
+        """w2v-BERT's input features for one clip, computed exactly as encode_code computes them
+        (on the clip zero-padded to its model input length), or None where encode_code is used
+        whole (DistillNeuCodec). The feature extractor runs on the CPU in numpy: the stream calls
+        this in its download threads, so a GPU never waits for it."""
+        import torch
+
+        if type(self.model).__name__ != "NeuCodec":
+            return None
+        y = torch.from_numpy(model_input(clip))
+        return self.model.feature_extractor(y[None], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+
+    def encode_batch(self, clips: Sequence[np.ndarray], features: Sequence | None = None) -> list[np.ndarray]:
         """Codes for clips that share one batch key; each result has n_codes(len(clip)) int32 codes.
 
-        Rows are zero-padded to the longest clip; encode_code then pads every row to the same
-        multiple of 320, which is exactly the input each clip gets when encoded alone.
+        Every row is the clip zero-padded to the batch's one model input length, which is exactly
+        the input encode_code gives each clip alone. With `features` (from `features()`), the
+        model's steps run here on them; without, encode_code runs whole.
         """
         import torch
 
@@ -222,7 +235,12 @@ class Codec:
             raise ValueError(f"clips shorter than {MIN_SAMPLES} samples cannot be encoded: {short}")
         x = pad_batch(clips)
         with torch.inference_mode(), self._precision():
-            codes = self.model.encode_code(torch.from_numpy(x)).cpu().numpy()
+            if features is None or any(f is None for f in features):
+                codes = self.model.encode_code(torch.from_numpy(x))
+            else:
+                y = torch.from_numpy(np.stack([model_input(c) for c in clips])[:, None, :])
+                codes = _neucodec_encode(self.model, y, torch.vstack(list(features)), self.device)
+        codes = codes.cpu().numpy()
         return [check_codes(codes[i, 0, : n_codes(len(c))], len(c)) for i, c in enumerate(clips)]
 
     def encode_one(self, clip: np.ndarray) -> np.ndarray:
@@ -234,6 +252,29 @@ def as_float(clip: np.ndarray) -> np.ndarray:
     if clip.dtype == np.int16:
         return clip.astype(np.float32) / 32768.0
     return clip.astype(np.float32, copy=False)
+
+
+def model_input(clip: np.ndarray) -> np.ndarray:
+    """The clip as encode_code feeds it to the model: float32, zero-padded by 320 - T % 320 samples."""
+    x = as_float(clip)
+    return np.concatenate([x, np.zeros(HOP - len(x) % HOP, dtype=np.float32)])
+
+
+def _neucodec_encode(model, y, semantic_features, device):
+    """NeuCodec.encode_code (neucodec 0.0.6) after its input preparation: the same modules in the
+    same order on the same tensors, with the features computed beforehand."""
+    import torch
+
+    acoustic_emb = model.CodecEnc(y.to(device)).transpose(1, 2)
+    semantic_output = model.semantic_model(semantic_features.to(device)).hidden_states[SEMANTIC_LAYER].transpose(1, 2)
+    semantic_encoded = model.SemanticEncoder_module(semantic_output)
+    if acoustic_emb.shape[-1] != semantic_encoded.shape[-1]:
+        min_len = min(acoustic_emb.shape[-1], semantic_encoded.shape[-1])
+        acoustic_emb, semantic_encoded = acoustic_emb[:, :, :min_len], semantic_encoded[:, :, :min_len]
+    concat_emb = torch.cat([semantic_encoded, acoustic_emb], dim=1)
+    concat_emb = model.fc_prior(concat_emb.transpose(1, 2)).transpose(1, 2)
+    _, fsq_codes, _ = model.generator(concat_emb, vq=True)
+    return fsq_codes
 
 
 def pad_batch(clips: Sequence[np.ndarray]) -> np.ndarray:

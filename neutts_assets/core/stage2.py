@@ -81,14 +81,16 @@ class ByteBudget:
 
 
 def item_cost(item: EncodeItem) -> int:
-    # the stage-1 file, its decoded int16 samples, and the stage-2 file (about the same size again)
-    return 2 * item.source_bytes + 2 * item.num_samples
+    # the stage-1 file and the stage-2 file (about the same size), the int16 samples, and the
+    # codec's input features (160 float32 per 320 samples: 2 bytes a sample)
+    return 2 * item.source_bytes + 4 * item.num_samples
 
 
 @dataclass
 class _Fetched:
     item: EncodeItem
     segment: Segment | None = None
+    features: object = None  # the codec's input features, computed here rather than on the encoding thread
     error: str = ""
     kept: bool = False  # the stage-2 file already holds this codec's codes for this audio
 
@@ -118,6 +120,8 @@ def encode_stream(
                 nbytes += extra
             if len(got.segment.pcm16) != item.num_samples:
                 raise ValueError(f"holds {len(got.segment.pcm16)} samples, the manifest says {item.num_samples}")
+            if not got.kept:
+                got.features = codec.features(got.segment.pcm16)
         except FileNotFoundError:
             got.error, nbytes = "stage-1 segment file disappeared from the store", 0
         except Exception as exc:  # a corrupt file must not stop the channel
@@ -174,7 +178,7 @@ def encode_stream(
                 return
             clips = [g.segment.pcm16 for g in batch]
             t0 = time.perf_counter()
-            results = _encode_or_split(codec, clips)
+            results = _encode_or_split(codec, clips, [g.features for g in batch])
             dt = time.perf_counter() - t0
             tally.encode_seconds += dt
             tally.batch_sizes.append(len(batch))
@@ -216,17 +220,18 @@ def encode_stream(
     return tally
 
 
-def _encode_or_split(codec: Codec, clips: list[np.ndarray]) -> list:
+def _encode_or_split(codec: Codec, clips: list[np.ndarray], features: list) -> list:
     """Codes per clip, or a reason string for a clip that could not be encoded. A failing batch
     (out of memory, a bad clip) is split in halves down to single clips, so one bad clip fails alone."""
     try:
-        return codec.encode_batch(clips)
+        return codec.encode_batch(clips, features)
     except Exception as exc:
         if len(clips) == 1:
             return [f"encoding failed: {type(exc).__name__}: {str(exc)[:300]}"]
         _free_device_memory()
         mid = len(clips) // 2
-        return _encode_or_split(codec, clips[:mid]) + _encode_or_split(codec, clips[mid:])
+        return (_encode_or_split(codec, clips[:mid], features[:mid])
+                + _encode_or_split(codec, clips[mid:], features[mid:]))
 
 
 def _free_device_memory() -> None:
