@@ -4,6 +4,7 @@ location, add a channel partition, launch raw_audio + segments_npz for it, see i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,8 +43,14 @@ def dagster_dev(tmp_path):
             raise RuntimeError("dagster dev did not start: " + (tmp_path / "dagster-dev.log").read_text()[-2000:])
         time.sleep(0.5)
     yield url, tmp_path
-    os.killpg(proc.pid, 15)
-    proc.wait(30)
+    # Ctrl-C is how a person stops `dagster dev`; on a loaded machine it sometimes does not finish
+    # shutting down its children, so the whole process group is killed after a grace period.
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def gql(url, query, **variables):
