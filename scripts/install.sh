@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine, idempotently:
-# system packages (ffmpeg) and a virtual environment in .venv with the project and its test tools.
+# system packages (ffmpeg; redis-server, postgresql and chromium for the orchestration and UI tests)
+# and a virtual environment in .venv with the project and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# Celery's broker and the shared instance storage, started on loopback by the tests.
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# The UI test drives Debian's browser through Playwright; Playwright's own browser download does not work here.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # Debian's python3 makes venvs only with python3-venv (ensurepip) installed.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

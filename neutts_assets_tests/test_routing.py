@@ -1,0 +1,29 @@
+"""The routing rule alone, and the code location's jobs and sensor carrying it."""
+
+import pytest
+
+from neutts_assets.core.routing import MIXED_TAG, QUEUE_TAG, ROUTED_BY_TAG, UnknownMachineError, job_tags, machine_for, routing_tags
+from neutts_assets.defs.jobs import stage1_job
+
+
+def test_selection_decides_when_the_run_names_no_machine():
+    assert routing_tags({}, ["t4"]) == {"machine": "t4", QUEUE_TAG: "t4", ROUTED_BY_TAG: "selection"}
+    assert routing_tags({}, ["h200"])["machine"] == "h200"
+    assert routing_tags({}, [])[ROUTED_BY_TAG] == "default" and routing_tags({}, [])["machine"] == "t4"
+
+
+def test_an_explicit_machine_tag_wins_and_the_queue_follows_it():
+    tags = routing_tags({"machine": "h200", QUEUE_TAG: "t4"}, ["t4"])
+    assert tags == {QUEUE_TAG: "h200", ROUTED_BY_TAG: "run tag"}
+    with pytest.raises(UnknownMachineError, match="'a100'"):
+        routing_tags({"machine": "a100"}, ["t4"])
+
+
+def test_a_mixed_selection_goes_to_the_gpu_machine_never_the_t4():
+    tags = routing_tags({}, ["t4", "h200", "t4"])
+    assert tags["machine"] == "h200" and tags[QUEUE_TAG] == "h200" and tags[MIXED_TAG] == "t4,h200"
+    assert machine_for(["h200", "t4"]) == "h200"
+
+
+def test_stage1_job_is_tagged_from_its_assets():
+    assert stage1_job.tags == {"machine": "t4"} == job_tags(["t4", "t4"])
