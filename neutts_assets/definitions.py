@@ -10,13 +10,14 @@ from neutts_assets.defs.checks import dataset_shards_present, encoded_segments_p
 from neutts_assets.defs.io_managers import ManifestIOManager
 from neutts_assets.defs.cleanup import clean_up_segments
 from neutts_assets.defs.jobs import stage1_job
+from neutts_assets.defs.orchestration.backfills import split_backfills_by_machine
 from neutts_assets.defs.orchestration.sensors import new_audio_sensor, watch_settings_from_env
 from neutts_assets.defs.resources import resources_from_env
 
 _resources = resources_from_env()
 
 defs = Definitions(
-    assets=[raw_audio, segments_npz, encoded_segments, hf_dataset],
+    assets=split_backfills_by_machine([raw_audio, segments_npz, encoded_segments, hf_dataset]),
     asset_checks=[every_object_paired, segments_present_in_store, encoded_segments_present, dataset_shards_present],
     jobs=[stage1_job, clean_up_segments],
     sensors=[new_audio_sensor],

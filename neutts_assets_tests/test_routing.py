@@ -27,3 +27,27 @@ def test_a_mixed_selection_goes_to_the_gpu_machine_never_the_t4():
 
 def test_stage1_job_is_tagged_from_its_assets():
     assert stage1_job.tags == {"machine": "t4"} == job_tags(["t4", "t4"])
+
+
+def test_h200_assets_get_a_backfill_policy_of_their_own():
+    from dagster import AssetKey, BackfillPolicy, Definitions, asset
+
+    from neutts_assets.defs.orchestration.backfills import H200_BACKFILL_POLICY, split_backfills_by_machine
+    from neutts_assets.defs.partitions import channels
+
+    @asset(tags={"machine": "h200"}, partitions_def=channels)
+    def gpu(): ...
+
+    @asset(tags={"machine": "t4"}, deps=[gpu], partitions_def=channels)
+    def cpu(): ...
+
+    split = split_backfills_by_machine([gpu, cpu])
+    graph = Definitions(assets=split).resolve_asset_graph()
+    assert graph.get(AssetKey("gpu")).backfill_policy == H200_BACKFILL_POLICY
+    assert graph.get(AssetKey("cpu")).backfill_policy != H200_BACKFILL_POLICY
+
+    @asset(tags={"machine": "t4"}, backfill_policy=BackfillPolicy.multi_run(1), partitions_def=channels)
+    def would_group_with_gpu(): ...
+
+    with pytest.raises(ValueError, match="would_group_with_gpu"):
+        split_backfills_by_machine([would_group_with_gpu])
