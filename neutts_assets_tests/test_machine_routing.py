@@ -29,6 +29,7 @@ assert set(REC) <= set(DEMO_IDS)
 REPO_SELECTOR = {"repositoryLocationName": "neutts_assets", "repositoryName": "__repository__"}
 STAGE1 = ["raw_audio", "segments_npz"]
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
+SENSED = "sensed_channel"
 
 
 class Deployment:
@@ -124,6 +125,8 @@ def deployment(tmp_path_factory, gcs_endpoint, s3_endpoint):
             NEUTTS_H200_CONCURRENT_RUNS="1", NEUTTS_T4_CONCURRENT_RUNS="2",
             NEUTTS_SOURCE="gs://routing-source", NEUTTS_STORE="s3://routing-store/neutts_segments",
             S3_ENDPOINT_URL=s3_endpoint, S3_ACCESS_KEY=S3_ACCESS, S3_SECRET_KEY=S3_SECRET, S3_REGION="us-east-1",
+            # the new-audio sensor runs in the daemon, watching one channel so other tests' channels start nothing
+            NEUTTS_WATCH_ENABLED="1", NEUTTS_WATCH_INTERVAL_S="5", NEUTTS_WATCH_CHANNELS=SENSED,
         )
         workspace = tmp / "workspace.yaml"
         workspace.write_text("load_from:\n  - python_module:\n      module_name: neutts_assets_tests.routing_location\n"
@@ -167,7 +170,9 @@ def deployment(tmp_path_factory, gcs_endpoint, s3_endpoint):
             wait_for(lambda: {n.split("@")[0] for r in app.control.ping(timeout=1.0) for n in r} >= set(workers),
                      "the Celery workers", 240)
             assert daemon.poll() is None, daemon_log.read_text()[-3000:]
-            yield Deployment(url, base, GCSStore(gcs_client, "routing-source"), S3Store(s3_client, "routing-store", "neutts_segments"), redis_url)
+            deployment = Deployment(url, base, GCSStore(gcs_client, "routing-source"), S3Store(s3_client, "routing-store", "neutts_segments"), redis_url)
+            deployment.workspace, deployment.server_env = workspace, server_env
+            yield deployment
         finally:
             procs.stop()
 
@@ -194,6 +199,18 @@ def test_stage1_launched_from_the_ui_runs_on_the_t4_worker(deployment):
     assert executed_on(run) == "t4" and run["tags"]["neutts/worker"].startswith("t4-worker@")
     assert run["tags"]["neutts/worker-dagster-home"].endswith("home_t4-worker")
     assert "ch_a" in deployment.partition_status("segments_npz")["materializedPartitions"]
+
+
+def test_the_sensor_adds_a_new_channel_and_its_run_goes_to_the_t4(deployment):
+    populate_source(deployment.source, SENSED, ids=REC)
+    sensed = lambda: deployment.runs_with_tag("dagster/sensor_name", "new_audio_sensor")  # noqa: E731
+    (run,) = wait_for(lambda: (rs := sensed()) and all(r["status"] in TERMINAL for r in rs) and rs, "the sensor's run", 300)
+    assert run["status"] == "SUCCESS" and run["tags"]["dagster/partition"] == SENSED
+    assert run["tags"]["machine"] == "t4" and executed_on(run) == "t4"
+    assert "new channel" in run["tags"]["neutts/sensor-found"]
+    assert SENSED in deployment.partition_status("segments_npz")["materializedPartitions"]
+    time.sleep(12)  # two more ticks: nothing changed, so no second run
+    assert len(sensed()) == 1
 
 
 def test_a_whole_job_with_a_process_per_step_runs_on_the_t4_worker(deployment):
@@ -228,47 +245,53 @@ def test_a_run_over_both_classes_goes_to_the_h200_never_the_t4(deployment):
     assert executed_on(run) == "h200"
 
 
-def test_three_channel_backfill_runs_each_stage_on_its_machine(deployment):
+def test_three_channel_backfill_runs_each_stage_on_its_machine_and_resumes_after_a_failed_channel(deployment):
     channels = ["bf_1", "bf_2", "bf_3"]
     for c in channels:
         deployment.add_channel(c)
-    backfill_id = deployment.backfill([*STAGE1, "h200_probe"], channels)
-    assert deployment.wait_backfill(backfill_id) in ("COMPLETED", "COMPLETED_SUCCESS")
+    deployment.store.write_bytes(FAIL_PREFIX + "bf_3", b"fail")  # bf_3's H200 stage fails
+    first = deployment.backfill([*STAGE1, "h200_probe"], channels)
+    assert deployment.wait_backfill(first) in ("COMPLETED_FAILED", "FAILED")
 
-    runs = deployment.runs_with_tag("dagster/backfill", backfill_id)
+    # one run per channel and machine class, each on its machine (the failed one too)
+    runs = deployment.runs_with_tag("dagster/backfill", first)
     by_stage = {(partition(r), tuple(r["assets"])): r for r in runs}
-    assert set(by_stage) == {(c, a) for c in channels for a in (tuple(STAGE1), ("h200_probe",))}, by_stage.keys()
+    assert len(runs) == 6 and set(by_stage) == {(c, a) for c in channels for a in (tuple(STAGE1), ("h200_probe",))}, by_stage.keys()
     for (channel, assets), run in by_stage.items():
         want = "h200" if assets == ("h200_probe",) else "t4"
-        assert run["status"] == "SUCCESS" and run["tags"]["machine"] == want and executed_on(run) == want, (channel, run)
-    for asset in (*STAGE1, "h200_probe"):
-        assert set(channels) <= set(deployment.partition_status(asset)["materializedPartitions"])
+        assert run["tags"]["machine"] == want and executed_on(run) == want, (channel, run["tags"])
+        assert run["status"] == ("FAILURE" if (channel, assets) == ("bf_3", ("h200_probe",)) else "SUCCESS"), (channel, assets)
 
-
-def test_backfill_resumes_after_a_failed_channel_without_redoing_finished_ones(deployment):
-    channels = ["rs_ok", "rs_bad"]
-    for c in channels:
-        deployment.add_channel(c)
-    deployment.store.write_bytes(FAIL_PREFIX + "rs_bad", b"fail")
-    first = deployment.backfill([*STAGE1, "h200_probe"], channels)
-    assert deployment.wait_backfill(first) in ("COMPLETED_FAILED", "FAILED", "COMPLETED")
     # the per-channel status shows which channel failed at which stage
     probe = deployment.partition_status("h200_probe")
-    assert "rs_bad" in probe["failedPartitions"] and "rs_ok" in probe["materializedPartitions"]
-    assert {"rs_ok", "rs_bad"} <= set(deployment.partition_status("segments_npz")["materializedPartitions"])
-    first_runs = deployment.runs_with_tag("dagster/backfill", first)
+    assert "bf_3" in probe["failedPartitions"] and {"bf_1", "bf_2"} <= set(probe["materializedPartitions"])
+    assert set(channels) <= set(deployment.partition_status("segments_npz")["materializedPartitions"])
 
-    deployment.store.delete(FAIL_PREFIX + "rs_bad")
+    # resume: Re-execute from failure on the backfill page
+    deployment.store.delete(FAIL_PREFIX + "bf_3")
     out = deployment.gql("""mutation($id: String!) { reexecutePartitionBackfill(reexecutionParams: {parentRunId: $id, strategy: FROM_FAILURE}) {
         __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""", id=first)["reexecutePartitionBackfill"]
     assert out["__typename"] == "LaunchBackfillSuccess", out
     assert deployment.wait_backfill(out["backfillId"]) in ("COMPLETED", "COMPLETED_SUCCESS")
     resumed = deployment.runs_with_tag("dagster/backfill", out["backfillId"])
-    # only the failed channel's failed stage ran again, on its machine
-    assert [(partition(r), r["assets"], executed_on(r)) for r in resumed] == [("rs_bad", ["h200_probe"], "h200")]
-    assert all(r["status"] == "SUCCESS" for r in resumed)
-    assert "rs_bad" in deployment.partition_status("h200_probe")["materializedPartitions"]
-    assert len(first_runs) == 4
+    # only the failed channel's failed stage ran again, on its machine; nothing finished was redone
+    assert [(partition(r), r["assets"], executed_on(r), r["status"]) for r in resumed] == [("bf_3", ["h200_probe"], "h200", "SUCCESS")]
+    assert set(channels) <= set(deployment.partition_status("h200_probe")["materializedPartitions"])
+
+
+def test_a_backfill_from_the_cli_runs_on_the_t4(deployment, tmp_path):
+    channels = ["cli_1", "cli_2"]
+    for c in channels:
+        deployment.add_channel(c)
+    import subprocess
+
+    out = subprocess.run([str(BIN / "dagster"), "job", "backfill", "-w", str(deployment.workspace), "-j", "stage1",
+                          "--partitions", ",".join(channels), "--noprompt"],
+                         env=deployment.server_env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    runs = wait_for(lambda: (rs := [r for c in channels for r in deployment.runs_with_tag("dagster/partition", c)])
+                    and len(rs) == 2 and all(r["status"] in TERMINAL for r in rs) and rs, "the CLI backfill's runs", 300)
+    assert all(r["status"] == "SUCCESS" and "dagster/backfill" in r["tags"] and executed_on(r) == "t4" for r in runs), runs
 
 
 def test_h200_runs_one_at_a_time_while_the_t4_keeps_working(deployment):

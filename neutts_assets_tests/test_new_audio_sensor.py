@@ -162,3 +162,14 @@ def test_audio_in_a_shared_folder_belongs_to_every_channel_that_maps_to_it():
         channels=["a", "b"], known_partitions=["a", "b"], mapping={"a": "shared", "b": "shared"},
     )
     assert [c.channel for c in report.changes] == ["a", "b"] and report.ignored == 1
+
+
+def test_the_code_location_has_the_sensor_off_by_default():
+    from dagster import DefaultSensorStatus
+
+    from neutts_assets.definitions import defs
+
+    sensor_def = defs.get_sensor_def("new_audio_sensor")
+    assert sensor_def.default_status == DefaultSensorStatus.STOPPED  # NEUTTS_WATCH_ENABLED=1 turns it on
+    assert sensor_def.minimum_interval_seconds == 120
+    assert "watch" in sensor_def.required_resource_keys
