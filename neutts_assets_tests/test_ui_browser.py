@@ -66,13 +66,18 @@ def test_add_a_channel_and_materialize_it_in_the_browser(webserver):
                 skip.click()
             page.screenshot(path=str(shots / "1-asset-graph.png"))
 
-            # 2. add the channel partition, from the launch dialog of the two buildable assets
-            page.get_by_role("button", name="Materialize all (2)…").click()
+            # 2. select raw_audio and segments_npz on the graph; add the channel partition in the launch dialog
+            page.get_by_text("raw_audio", exact=True).last.click()
+            page.keyboard.down("Shift")
+            page.get_by_text("segments_npz", exact=True).last.click()
+            page.keyboard.up("Shift")
+            page.get_by_role("button", name="Materialize selected (2)…").click()
             dialog = page.get_by_role("dialog")
             dialog.get_by_text("Add a partition").click()
             page.get_by_placeholder("name").fill(CHANNEL)
             page.get_by_role("button", name="Save").click()
             dialog.get_by_text("1 partition", exact=True).wait_for()
+            assert "materialize 2 assets" in dialog.inner_text()
             page.screenshot(path=str(shots / "2-partition-added.png"))
 
             # 3. launch raw_audio + segments_npz for it
