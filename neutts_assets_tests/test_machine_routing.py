@@ -237,6 +237,15 @@ def test_an_explicit_machine_tag_wins(deployment):
     assert executed_on(run) == "h200"
 
 
+def test_an_unknown_machine_tag_fails_the_run_with_the_reason_instead_of_guessing(deployment):
+    deployment.add_channel("ch_u")
+    run = deployment.wait(deployment.launch(STAGE1, "ch_u", tags={"machine": "a100"}), timeout=60)
+    assert run["status"] == "FAILURE" and "neutts/worker" not in run["tags"]
+    messages = deployment.gql("""query($id: ID!) { runOrError(runId: $id) { ... on Run { eventConnection { events {
+        __typename ... on MessageEvent { message } } } } } }""", id=run["runId"])["runOrError"]["eventConnection"]["events"]
+    assert any("Cannot route this run" in (e.get("message") or "") and "'a100'" in e["message"] for e in messages), messages
+
+
 def test_a_run_over_both_classes_goes_to_the_h200_never_the_t4(deployment):
     deployment.add_channel("ch_m")
     run = deployment.wait(deployment.launch([*STAGE1, "h200_probe"], "ch_m"))
