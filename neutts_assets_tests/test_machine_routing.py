@@ -288,7 +288,7 @@ def test_three_channel_backfill_runs_each_stage_on_its_machine_and_resumes_after
     assert set(channels) <= set(deployment.partition_status("h200_probe")["materializedPartitions"])
 
 
-def test_a_backfill_from_the_cli_runs_on_the_t4(deployment, tmp_path):
+def test_a_backfill_from_the_cli_runs_on_the_t4(deployment):
     channels = ["cli_1", "cli_2"]
     for c in channels:
         deployment.add_channel(c)

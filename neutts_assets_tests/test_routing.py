@@ -51,3 +51,16 @@ def test_h200_assets_get_a_backfill_policy_of_their_own():
 
     with pytest.raises(ValueError, match="would_group_with_gpu"):
         split_backfills_by_machine([would_group_with_gpu])
+
+
+def test_the_run_queue_holds_the_h200_to_one_run_unless_configured():
+    from neutts_assets.defs.orchestration.run_coordinator import MachineRoutingRunCoordinator
+
+    def limits(**config):
+        return MachineRoutingRunCoordinator.from_config_value(None, config).get_run_queue_config().tag_concurrency_limits
+
+    assert limits() == [{"key": "machine", "value": "h200", "limit": 1}]
+    assert {"key": "machine", "value": "h200", "limit": 2} in limits(machine_limits={"h200": 2, "t4": 3})
+    assert {"key": "machine", "value": "t4", "limit": 3} in limits(machine_limits={"h200": 2, "t4": 3})
+    with pytest.raises(UnknownMachineError):
+        limits(machine_limits={"a100": 1})

@@ -11,7 +11,7 @@ dagster.yaml:
       module: neutts_assets.defs.orchestration.run_coordinator
       class: MachineRoutingRunCoordinator
       config:
-        machine_limits: {h200: 1, t4: 2}   # concurrent runs per machine class
+        machine_limits: {h200: 1, t4: 2}   # concurrent runs per machine class (h200 defaults to 1)
         ...every QueuedRunCoordinator option...
 """
 
@@ -27,6 +27,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from neutts_assets.core.routing import DEFAULT_MACHINE, MACHINE_RANK, MACHINE_TAG, UnknownMachineError, check_machine, routing_tags
 
 log = logging.getLogger(__name__)
+DEFAULT_MACHINE_LIMITS = {"h200": 1}
 
 
 def selected_asset_keys(run: DagsterRun, asset_graph) -> set[AssetKey]:
@@ -46,7 +47,9 @@ def machine_classes(keys, asset_graph) -> set[str]:
 
 class MachineRoutingRunCoordinator(QueuedRunCoordinator):
     def __init__(self, machine_limits: Mapping[str, int] | None = None, default_machine: str = DEFAULT_MACHINE, **kwargs: Any):
-        self._machine_limits = {check_machine(m, "machine_limits"): int(n) for m, n in (machine_limits or {}).items()}
+        # One encoding run owns the GPU unless the configuration says otherwise.
+        limits_by_machine = {**DEFAULT_MACHINE_LIMITS, **(machine_limits or {})}
+        self._machine_limits = {check_machine(m, "machine_limits"): int(n) for m, n in limits_by_machine.items()}
         self._default_machine = check_machine(default_machine, "default_machine")
         limits = list(kwargs.pop("tag_concurrency_limits", None) or [])
         limits += [{"key": MACHINE_TAG, "value": m, "limit": n} for m, n in self._machine_limits.items()]
@@ -59,7 +62,7 @@ class MachineRoutingRunCoordinator(QueuedRunCoordinator):
             "machine_limits": Field(
                 Permissive({m: Field(IntSource, is_required=False) for m in MACHINE_RANK}),
                 is_required=False,
-                description="Concurrent runs per machine class, e.g. {h200: 1, t4: 2}. Unset: no limit of its own.",
+                description="Concurrent runs per machine class, e.g. {h200: 1, t4: 2}. Defaults: h200 1, t4 no limit of its own.",
             ),
             "default_machine": Field(StringSource, is_required=False, default_value=DEFAULT_MACHINE,
                                      description="Where a run that selects no tagged asset goes."),
