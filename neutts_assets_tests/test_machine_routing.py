@@ -127,6 +127,8 @@ def deployment(tmp_path_factory, gcs_endpoint, s3_endpoint):
             S3_ENDPOINT_URL=s3_endpoint, S3_ACCESS_KEY=S3_ACCESS, S3_SECRET_KEY=S3_SECRET, S3_REGION="us-east-1",
             # the new-audio sensor runs in the daemon, watching one channel so other tests' channels start nothing
             NEUTTS_WATCH_ENABLED="1", NEUTTS_WATCH_INTERVAL_S="5", NEUTTS_WATCH_CHANNELS=SENSED,
+            # encoded_segments with the real NeuCodec architecture, small and random-weight (no Hub here)
+            NEUTTS_CODEC="random", NEUTTS_CODEC_DEVICE="cpu",
         )
         workspace = tmp / "workspace.yaml"
         workspace.write_text("load_from:\n  - python_module:\n      module_name: neutts_assets_tests.routing_location\n"
@@ -218,6 +220,15 @@ def test_a_whole_job_with_a_process_per_step_runs_on_the_t4_worker(deployment):
     deployment.add_channel("ch_j")
     run = deployment.wait(deployment.launch([], "ch_j", job="stage1_multiprocess"))
     assert run["status"] == "SUCCESS" and run["tags"]["machine"] == "t4" and executed_on(run) == "t4"
+
+
+def test_encoded_segments_runs_on_the_h200_worker(deployment):
+    # ch_a was cut by the first test; its encoding run must go to the GPU machine
+    run = deployment.wait(deployment.launch(["encoded_segments"], "ch_a"), timeout=600)
+    assert run["status"] == "SUCCESS", run
+    assert run["tags"]["machine"] == "h200" and run["tags"]["dagster-celery/queue"] == "h200"
+    assert executed_on(run) == "h200" and run["tags"]["neutts/worker"].startswith("h200-worker-")
+    assert "ch_a" in deployment.partition_status("encoded_segments")["materializedPartitions"]
 
 
 def test_an_h200_asset_runs_on_the_h200_worker(deployment):
