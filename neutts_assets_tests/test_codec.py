@@ -32,6 +32,23 @@ def agreement(batched, single):
     return overall, min(per)
 
 
+def code_count_groups(clips) -> list[list[int]]:
+    """Clip indices grouped as the stream forms batches: by code count, mixed sample lengths inside."""
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(clips):
+        groups.setdefault(batch_key(len(c)), []).append(i)
+    return list(groups.values())
+
+
+def batched_codes(codec, clips, groups):
+    """Our method: one encode_batch call per group, codes put back in clip order."""
+    batched: list = [None] * len(clips)
+    for idx in groups:
+        for i, codes in zip(idx, codec.encode_batch([clips[i] for i in idx])):
+            batched[i] = codes
+    return batched
+
+
 def naive_batches(codec, clips, size=8):
     """Zero-pad clips of any length into one tensor, encode, cut each row to its own code count."""
     out = []
@@ -65,15 +82,9 @@ def test_batches_of_one_code_count_agree_with_single_clips_and_naive_padding_doe
     single = single_codes(codec, clips)
 
     # Ours, as the stream forms batches: by code count, mixed sample lengths inside each batch.
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(clips):
-        groups.setdefault(batch_key(len(c)), []).append(i)
-    assert all(len(g) >= 2 and len({len(clips[i]) for i in g}) == len(g) for g in groups.values())
-    batched: list = [None] * len(clips)
-    for idx in groups.values():
-        for i, codes in zip(idx, codec.encode_batch([clips[i] for i in idx])):
-            batched[i] = codes
-    overall, worst = agreement(batched, single)
+    groups = code_count_groups(clips)
+    assert all(len(g) >= 2 and len({len(clips[i]) for i in g}) == len(g) for g in groups)
+    overall, worst = agreement(batched_codes(codec, clips, groups), single)
     assert overall >= OVERALL and worst >= PER_SEGMENT, (overall, worst)
 
     # Naive: the same clips zero-padded into batches of 8 regardless of length.
@@ -99,11 +110,9 @@ def test_features_computed_beforehand_give_encode_codes_exactly():
     """The stream computes w2v-BERT's features in its download threads and runs the model's steps
     itself: the codes must be encode_code's, bit for bit, on a batch of one code count."""
     codec = small_random_codec()
-    clips = [c for c in mixed_length_clips(groups=2, per_group=3, seed=9)]
-    by_key: dict[int, list] = {}
-    for c in clips:
-        by_key.setdefault(batch_key(len(c)), []).append(c)
-    for group in by_key.values():
+    clips = mixed_length_clips(groups=2, per_group=3, seed=9)
+    for idx in code_count_groups(clips):
+        group = [clips[i] for i in idx]
         with torch.inference_mode():
             whole = codec.model.encode_code(torch.from_numpy(pad_batch(group)))[:, 0].numpy()
         split = codec.encode_batch(group, [codec.features(c) for c in group])

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neutts_assets.core.codec import CodecSettings, batch_key, load_codec
+from neutts_assets.core.codec import CodecSettings, load_codec
 
 from neutts_assets_tests.codec_corpus import mixed_length_clips
-from neutts_assets_tests.test_codec import OVERALL, PER_SEGMENT, agreement, naive_batches, single_codes
+from neutts_assets_tests.test_codec import (
+    OVERALL, PER_SEGMENT, agreement, batched_codes, code_count_groups, naive_batches, single_codes,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")
 
@@ -20,14 +22,7 @@ def test_full_size_codec_on_gpu_batches_agree_with_single_clips():
     assert codec.device.type == "cuda" and codec.layers_trimmed == 8
     clips = mixed_length_clips(groups=6, per_group=4, seed=11)
     single = single_codes(codec, clips)
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(clips):
-        groups.setdefault(batch_key(len(c)), []).append(i)
-    batched: list = [None] * len(clips)
-    for idx in groups.values():
-        for i, codes in zip(idx, codec.encode_batch([clips[i] for i in idx])):
-            batched[i] = codes
-    overall, worst = agreement(batched, single)
+    overall, worst = agreement(batched_codes(codec, clips, code_count_groups(clips)), single)
     assert overall >= OVERALL and worst >= PER_SEGMENT, (overall, worst)
     n_overall, n_worst = agreement(naive_batches(codec, clips), single)
     assert not (n_overall >= OVERALL and n_worst >= PER_SEGMENT), (n_overall, n_worst)

@@ -61,6 +61,17 @@ def gql(url, query, **variables):
     return body["data"]
 
 
+def wait_for_run(url, run_id, timeout=240) -> str:
+    """Polls the run's status as the UI does until it ends; returns the final status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = gql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=run_id)["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        assert time.monotonic() < deadline, f"run still {status}"
+        time.sleep(1)
+
+
 def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     url, tmp_path = dagster_dev
     nodes = gql(url, "{ assetNodes { assetKey { path } isExecutable partitionDefinition { name } } }")["assetNodes"]
@@ -86,14 +97,7 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
 
-    deadline = time.monotonic() + 240
-    while True:
-        status = gql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=run_id)["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        assert time.monotonic() < deadline, f"run still {status}"
-        time.sleep(1)
-    assert status == "SUCCESS"
+    assert wait_for_run(url, run_id) == "SUCCESS"
 
     node = gql(url, """{ assetNodeOrError(assetKey: {path: ["segments_npz"]}) { ... on AssetNode {
         partitionStats { numMaterialized }
@@ -117,14 +121,7 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
         "mode": "default",
     })["launchPipelineExecution"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
-    deadline = time.monotonic() + 240
-    while True:
-        status = gql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=launched["run"]["runId"])["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        assert time.monotonic() < deadline, f"run still {status}"
-        time.sleep(1)
-    assert status == "SUCCESS"
+    assert wait_for_run(url, launched["run"]["runId"]) == "SUCCESS"
     node = gql(url, """{ assetNodeOrError(assetKey: {path: ["hf_dataset"]}) { ... on AssetNode {
         assetMaterializations(partitions: ["ui_channel"]) { metadataEntries { label ... on IntMetadataEntry { intValue }
                                                             ... on MarkdownMetadataEntry { mdStr } } }
