@@ -21,9 +21,8 @@ from dagster import (
 from pydantic import Field
 
 from neutts_assets.core.layout import UnsafeNameError
-from neutts_assets.core.routing import job_tags
 from neutts_assets.core.source_watch import TRANSCRIPTS_ROOT, WatchCursor, changed_channels, channels_in, new_objects
-from neutts_assets.defs.jobs import stage1_job, stage1_machine_classes
+from neutts_assets.defs.jobs import stage1_job
 from neutts_assets.defs.partitions import channels as channels_partitions
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
 
@@ -83,7 +82,7 @@ def new_audio_sensor(
     context.log.info(report.describe())
 
     new_channels = [c.channel for c in report.changes if c.is_new_channel]
-    tags = job_tags(stage1_machine_classes())
+    tags = dict(stage1_job.tags)  # the job's machine tags, computed once where the job is defined
     requests = [
         RunRequest(run_key=c.run_key(), partition_key=c.channel, tags={**tags, FOUND_TAG: c.summary()[:250]})
         for c in report.changes
