@@ -183,9 +183,9 @@ def test_a_new_bad_upload_never_hides_good_segments(gcs_store, gcs_bucket, s3_st
 
 
 def test_a_killed_decoder_is_retried_not_recorded_as_bad_audio(tmp_path, monkeypatch):
-    """ffmpeg killed by the kernel (here: SIGXFSZ, past a file-size limit, as on a full disk) says
-    nothing about the audio. The run fails naming the object, the other recordings are published,
-    and the next run cuts it."""
+    """ffmpeg killed by the kernel halfway through the stream (here: SIGKILL after 0.5 MB of
+    samples, as the OOM killer does) says nothing about the audio. The run fails naming the object,
+    the other recordings are published, and the next run cuts it."""
     from dagster import DagsterInstance
 
     from neutts_assets.storage.local import LocalStore
@@ -194,7 +194,9 @@ def test_a_killed_decoder_is_retried_not_recorded_as_bad_audio(tmp_path, monkeyp
     real = shutil.which("ffmpeg")
     limited = tmp_path / "bin"
     limited.mkdir()
-    (limited / "ffmpeg").write_text(f'#!/bin/sh\n# 1 MiB of output at most (512-byte blocks)\nulimit -f 2048\nexec "{real}" "$@"\n')
+    # mp3 input (sonnet001) only: the samples stop after 0.5 MB and the decoder dies by SIGKILL.
+    (limited / "ffmpeg").write_text(
+        f'#!/bin/sh\ncase "$*" in *audio.mp3*) "{real}" "$@" | head -c 500000; kill -KILL $$;; esac\nexec "{real}" "$@"\n')
     (limited / "ffmpeg").chmod(0o755)
     resources = make_resources(str(tmp_path / "source"), str(tmp_path / "store"))
     instance = DagsterInstance.ephemeral()
@@ -204,7 +206,6 @@ def test_a_killed_decoder_is_retried_not_recorded_as_bad_audio(tmp_path, monkeyp
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and e.step_key == "segments_npz")
     text = failure.event_specific_data.error.message
-    # sonnet001 (53 s: 1.7 MB of 16 kHz samples) is past the limit; austen_0870 (7 s: 0.2 MB) is not.
     assert "sonnet001.mp3" in text and "ffmpeg failed" in text and "rerun to retry" in text, text
     store = LocalStore(tmp_path / "store")
     assert store.read_bytes_or_none(f"stage1/{CHANNEL}/_index/austen_0870.json") is not None

@@ -202,26 +202,3 @@ def test_channel_names_are_checked():
         ChannelLayout.for_channel("../other")
     with pytest.raises(UnsafeNameError):
         ChannelLayout.for_channel("ok", {"ok": "../../etc"})
-
-
-def _rss_anon_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
-
-
-def test_a_long_recording_is_not_held_in_process_memory(tmp_path):
-    """Two hours of audio (230 MB as int16) decode into a memory-mapped file, not the heap."""
-    import subprocess
-
-    path = tmp_path / "long.flac"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=300:sample_rate=16000:duration=7200",
-                    "-c:a", "flac", str(path)], check=True)
-    before = _rss_anon_mb()
-    pcm = decode_pcm16(path, workdir=tmp_path)
-    assert len(pcm) == 7200 * 16000
-    peak = int(np.abs(pcm[::1000]).max())  # touch the whole mapping
-    assert peak > 1000
-    assert _rss_anon_mb() - before < 50
-    assert list(tmp_path.iterdir()) == [path]  # the sample file is already unlinked

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 from neutts_assets.core.layout import ChannelLayout, UnsafeNameError, audio_preference
+from neutts_assets.core.transcripts import MAX_TRANSCRIPT_BYTES
 from neutts_assets.storage.store import ObjectInfo
 
 
@@ -97,14 +98,18 @@ def build_inventory(
             inv.unpaired.append(Unpaired(other.key, f"another file of recording {rec_id} is used: {chosen.key}", "duplicate_audio"))
         pairs.append((rec_id, obj, chosen, ext, partial))
 
-    def digest(key: str) -> str | None:
+    def digest(obj: ObjectInfo) -> str | None:
+        if obj.size > MAX_TRANSCRIPT_BYTES:
+            # Never read: stage 1 refuses it by its listed size, naming it. Its version stands in
+            # for the content hash, so a replacement is still seen as a change.
+            return f"not read, {obj.size} bytes, version {obj.version}"
         try:
-            return hashlib.sha256(read(key)).hexdigest()
+            return hashlib.sha256(read(obj.key)).hexdigest()
         except FileNotFoundError:
             return None  # deleted between listing and reading
 
     with ThreadPoolExecutor(max_workers=read_workers) as pool:
-        digests = pool.map(digest, [p[1].key for p in pairs])
+        digests = pool.map(digest, [p[1] for p in pairs])
         for (rec_id, obj, chosen, ext, partial), digest_ in zip(pairs, digests):
             if digest_ is None:
                 inv.unpaired.append(Unpaired(obj.key, "transcript disappeared while the inventory was taken", "vanished"))

@@ -71,6 +71,15 @@ class SkipEntry:
 
 
 @dataclass
+class NoteEntry:
+    """Input that was used, but not exactly as given: a segment's text cleaned, audio whose
+    extension misnames its content."""
+
+    object: str  # a segment ID or an object key
+    note: str
+
+
+@dataclass
 class RecordingIndex:
     recording_id: str
     status: str  # "ok" or "failed"
@@ -82,6 +91,7 @@ class RecordingIndex:
     # On a good cut: the fingerprint of a later upload that could not be cut (with `error`), so an
     # unchanged bad replacement is neither downloaded again nor allowed to hide the good segments.
     failed_fingerprint: dict = field(default_factory=dict)
+    notes: list[NoteEntry] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
@@ -98,6 +108,7 @@ class RecordingIndex:
             error=d.get("error", ""),
             audio_seconds=d.get("audio_seconds", 0.0),
             failed_fingerprint=d.get("failed_fingerprint", {}),
+            notes=[NoteEntry(**n) for n in d.get("notes", [])],
         )
 
 

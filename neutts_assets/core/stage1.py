@@ -1,6 +1,6 @@
-"""Stage 1 for one recording: download once, decode once to 16 kHz mono, cut every transcript
-segment, write one segment file each, drop the segments a new transcript no longer has, and
-publish the recording's index last.
+"""Stage 1 for one recording: download once, decode once to 16 kHz mono as a stream, cut every
+transcript segment as the stream passes it and write one segment file each, drop the segments a
+new transcript no longer has, and publish the recording's index last.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neutts_assets.core.audio import SAMPLE_RATE, AudioDecodeError, decode_pcm16
-from neutts_assets.core.cutting import CutRules, plan_cuts
+from neutts_assets.core.audio import SAMPLE_RATE, AudioDecodeError, PcmStream
+from neutts_assets.core.cutting import Cut, CutRules, StreamCutter
 from neutts_assets.core.inventory import InventoryEntry
 from neutts_assets.core.layout import segment_id
 from neutts_assets.core.segment_file import FORMAT_VERSION, Segment, encode_segment
-from neutts_assets.core.segment_store import RecordingIndex, SegmentEntry, SkipEntry, index_key, segment_key
-from neutts_assets.core.transcripts import TranscriptError, parse_transcript
+from neutts_assets.core.segment_store import NoteEntry, RecordingIndex, SegmentEntry, SkipEntry, index_key, segment_key
+from neutts_assets.core.transcripts import MAX_TRANSCRIPT_BYTES, TranscriptError, parse_transcript, too_large
 from neutts_assets.storage.store import ObjectStore
 
 
@@ -66,22 +66,28 @@ def cut_recording(
     fp = fingerprint(entry, rules)
     result = RecordingResult(entry.recording_id, None)
 
-    def failed(obj: str, reason: str) -> RecordingResult:
+    def failed(obj: str, reason: str, written: set[str] = frozenset()) -> RecordingResult:
         """A deterministic failure (bad transcript, undecodable audio). A bad new upload never hides
         the segments already made: the good index stays, and only notes the bad version, so that an
-        unchanged bad file is not downloaded again on every run."""
+        unchanged bad file is not downloaded again on every run. `written`: segment objects this
+        attempt wrote before the audio failed; those no good index lists are removed."""
         result.error, result.error_object = reason, obj
         if previous is not None and previous.status == "ok":
+            for key in sorted(written - {s.key for s in previous.segments}):
+                store.delete(key)
+                result.removed_keys.append(key)
             previous.failed_fingerprint, previous.error = fp, reason
             store.write_bytes(index_key(channel, entry.recording_id), previous.to_json())
         else:
-            for key in sorted(stored_keys):
+            for key in sorted(set(stored_keys) | written):
                 store.delete(key)
                 result.removed_keys.append(key)
             result.index = RecordingIndex(entry.recording_id, "failed", fp, error=reason)
             store.write_bytes(index_key(channel, entry.recording_id), result.index.to_json())
         return result
 
+    if entry.transcript_size > MAX_TRANSCRIPT_BYTES:
+        return failed(entry.transcript_key, too_large(entry.transcript_size))
     try:
         transcript = source.read_bytes(entry.transcript_key)
     except FileNotFoundError:
@@ -93,7 +99,9 @@ def cut_recording(
         return failed(entry.transcript_key, str(exc))
     except Exception as exc:  # parsing is pure: whatever it raises, the transcript will raise again
         return failed(entry.transcript_key, f"unreadable transcript ({type(exc).__name__}: {str(exc)[:200]})")
+    del transcript
 
+    index = RecordingIndex(entry.recording_id, "ok", fp)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="neutts-") as tmp:
         local = Path(tmp) / f"audio{entry.audio_ext or '.bin'}"
         try:
@@ -101,37 +109,36 @@ def cut_recording(
         except FileNotFoundError:
             result.error, result.error_object = "audio disappeared from the source", entry.audio_key
             return result
+        # A good cut of other audio must survive this audio turning out undecodable halfway: its
+        # segments are then held on local disk until the decode has succeeded. New recordings, and
+        # new transcripts of audio that decoded before, are written as they are cut.
+        replacing = (previous is not None and previous.status == "ok"
+                     and any(previous.fingerprint.get(k) != fp[k] for k in ("audio_key", "audio_version", "audio_size")))
+        sink = _SegmentSink(store, Path(tmp) / "held" if replacing else None)
+        notes: list[tuple[int, NoteEntry]] = []
         t0 = time.perf_counter()
+        # Any other error (the store, a killed decoder) propagates: what this attempt wrote is in
+        # no index, and the next run's `stored_keys` has it cleaned up or overwritten.
         try:
-            pcm = decode_pcm16(local, name=entry.audio_key, workdir=tmp)
+            cutter = StreamCutter(segments, SAMPLE_RATE, rules)
+            with PcmStream(local, name=entry.audio_key) as stream:
+                for block in stream.blocks():
+                    for cut, pcm in cutter.feed(block):
+                        _write_cut(cut, pcm, entry, channel, sink, index, notes)
+                for cut, pcm in cutter.finish():
+                    _write_cut(cut, pcm, entry, channel, sink, index, notes)
         except AudioDecodeError as exc:
-            return failed(entry.audio_key, str(exc))
-        result.decode_seconds = time.perf_counter() - t0
+            return failed(entry.audio_key, str(exc), sink.in_store())
+        sink.commit()
+        result.written_bytes, result.write_seconds = sink.bytes, sink.seconds
+        result.decode_seconds = time.perf_counter() - t0 - sink.seconds
 
-    try:
-        cuts, skips = plan_cuts(segments, len(pcm), SAMPLE_RATE, rules)
-    except Exception as exc:  # pure as well: a deterministic property of this transcript and audio
-        return failed(entry.transcript_key, f"cannot cut ({type(exc).__name__}: {str(exc)[:200]})")
-    index = RecordingIndex(
-        entry.recording_id, "ok", fp,
-        skipped=[SkipEntry(p.index, "malformed segment", p.reason) for p in problems]
-        + [SkipEntry(s.index, s.reason, s.detail) for s in skips],
-        audio_seconds=len(pcm) / SAMPLE_RATE,
-    )
-    t0 = time.perf_counter()
-    for cut in cuts:
-        seg = cut.segment
-        sid = segment_id(entry.recording_id, seg.index)
-        data = encode_segment(Segment(
-            audio_id=sid, channel=channel, text=seg.text, speaker_id=seg.speaker_id, gender=seg.gender,
-            dialect=seg.dialect, tone=seg.tone, pcm16=pcm[cut.start:cut.end],
-            source_key=entry.audio_key, start_ms=seg.start_ms, end_ms=seg.end_ms,
-        ))
-        key = segment_key(channel, sid)
-        store.write_bytes(key, data)
-        result.written_bytes += len(data)
-        index.segments.append(SegmentEntry(key, sid, seg.index, cut.num_samples / SAMPLE_RATE, len(data), seg.speaker_id, cut.clipped))
-    result.write_seconds = time.perf_counter() - t0
+    index.segments.sort(key=lambda s: s.index)
+    index.skipped = ([SkipEntry(p.index, p.kind, p.reason) for p in problems]
+                     + [SkipEntry(s.index, s.reason, s.detail) for s in cutter.skips])
+    index.audio_seconds = cutter.pos / SAMPLE_RATE
+    mismatch = stream.container_mismatch(entry.audio_ext)
+    index.notes = ([NoteEntry(entry.audio_key, mismatch)] if mismatch else []) + [n for _, n in sorted(notes, key=lambda n: n[0])]
 
     # Segments of the previous cut that the new transcript no longer yields (the old tool needed `rm`).
     keep = {s.key for s in index.segments}
@@ -145,6 +152,55 @@ def cut_recording(
     store.write_bytes(index_key(channel, entry.recording_id), index.to_json())
     result.index = index
     return result
+
+
+def _write_cut(cut: Cut, pcm, entry: InventoryEntry, channel: str, sink: "_SegmentSink", index: RecordingIndex,
+               notes: list[tuple[int, NoteEntry]]) -> None:
+    seg = cut.segment
+    sid = segment_id(entry.recording_id, seg.index)
+    notes += [(seg.index, NoteEntry(sid, note)) for note in seg.notes]
+    data = encode_segment(Segment(
+        audio_id=sid, channel=channel, text=seg.text, speaker_id=seg.speaker_id, gender=seg.gender,
+        dialect=seg.dialect, tone=seg.tone, pcm16=pcm,
+        source_key=entry.audio_key, start_ms=seg.start_ms, end_ms=seg.end_ms,
+    ))
+    key = segment_key(channel, sid)
+    sink.write(key, data)
+    index.segments.append(SegmentEntry(key, sid, seg.index, cut.num_samples / SAMPLE_RATE, len(data), seg.speaker_id, cut.clipped))
+
+
+class _SegmentSink:
+    """Where a recording's segment files go while its audio streams past: straight to the store,
+    or, with `hold`, to a local folder first and to the store only on commit()."""
+
+    def __init__(self, store: ObjectStore, hold: Path | None):
+        self.store, self.hold = store, hold
+        self.written: list[str] = []  # keys, in the order written
+        self.bytes, self.seconds = 0, 0.0
+        if hold is not None:
+            hold.mkdir()
+
+    def write(self, key: str, data: bytes) -> None:
+        t0 = time.perf_counter()
+        if self.hold is None:
+            self.store.write_bytes(key, data)
+        else:
+            (self.hold / str(len(self.written))).write_bytes(data)
+        self.written.append(key)
+        self.bytes += len(data)
+        self.seconds += time.perf_counter() - t0
+
+    def commit(self) -> None:
+        if self.hold is None:
+            return
+        t0 = time.perf_counter()
+        for i, key in enumerate(self.written):
+            self.store.upload(self.hold / str(i), key)
+        self.seconds += time.perf_counter() - t0
+
+    def in_store(self) -> set[str]:
+        """The keys this sink has put in the store so far (none while holding)."""
+        return set() if self.hold is not None else set(self.written)
 
 
 @dataclass
@@ -227,6 +283,7 @@ class ChannelTally:
 
     failures: list[tuple[str, str]] = field(default_factory=list)  # (object, reason)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (segment id, reason, detail)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (segment id or object, note)
     removed: list[str] = field(default_factory=list)
     segments_written: int = 0
     audio_seconds: float = 0.0
@@ -241,6 +298,7 @@ class ChannelTally:
         if r.index is not None and r.index.status == "ok":
             self.segments_written += len(r.index.segments)
             self.skipped += [(segment_id(r.recording_id, s.index), s.reason, s.detail) for s in r.index.skipped]
+            self.notes += [(n.object, n.note) for n in r.index.notes]
             self.audio_seconds += r.index.audio_seconds
         self.removed += r.removed_keys
         self.downloaded_bytes += r.downloaded_bytes

@@ -104,6 +104,8 @@ def _metadata(tally: ChannelTally, plan: ChannelPlan, manifest: dict, inventory:
         "skip_reasons": reason_counts(reason for _, reason, _ in tally.skipped),
         "skipped_segments": md_table(["segment", "reason", "detail"], sorted(tally.skipped), empty="nothing skipped"),
         "failures": md_table(["object", "reason"], sorted(tally.failures), empty="no failures"),
+        # Input used, but not exactly as given (text cleaned, audio misnamed): nothing was lost but what it says.
+        "input_notes": md_table(["segment or object", "note"], tally.notes, empty="none"),
         "audio_hours_processed": round(tally.audio_seconds / 3600, 4),
         "segment_hours_in_channel": round(manifest["segment_seconds"] / 3600, 4),
         "bytes_downloaded": tally.downloaded_bytes,
