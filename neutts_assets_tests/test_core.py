@@ -16,7 +16,7 @@ from neutts_assets.core.cutting import CutRules, ms_to_sample, plan_cuts
 from neutts_assets.core.inventory import build_inventory
 from neutts_assets.core.layout import ChannelLayout, UnsafeNameError, check_name
 from neutts_assets.core.segment_file import Segment, encode_segment
-from neutts_assets.core.transcripts import TranscriptError, TranscriptSegment, parse_transcript
+from neutts_assets.core.transcripts import SegmentProblem, TranscriptError, TranscriptSegment, parse_transcript
 from neutts_assets.storage.store import ObjectInfo
 
 from neutts_assets_tests.helpers import DEMO_IDS, convert, demo_audio
@@ -202,3 +202,59 @@ def test_channel_names_are_checked():
         ChannelLayout.for_channel("../other")
     with pytest.raises(UnsafeNameError):
         ChannelLayout.for_channel("ok", {"ok": "../../etc"})
+
+
+# streamed cutting ----------------------------------------------------------------------------
+
+def test_the_streamed_cut_equals_cutting_the_whole_audio():
+    """Random transcripts (overlaps, reversed, empty, past the end, too long for max_duration)
+    against random audio arriving in random block sizes: the same decisions as plan_cuts, and
+    samples equal to the slice of the whole, with only a bounded window held."""
+    from neutts_assets.core.cutting import StreamCutter
+
+    rng = np.random.default_rng(1)
+    audio = rng.integers(-32768, 32767, size=16000 * 20, dtype=np.int16)
+    for trial in range(60):
+        segs = []
+        for i in range(30):
+            a = float(rng.uniform(-500, 22_000))
+            segs.append(_seg(i, round(a, 1), round(a + float(rng.uniform(-200, 8000)), 1), "x" if rng.random() > 0.1 else ""))
+        rules = CutRules(max_duration_s=(None, 3.0)[trial % 2])
+        cuts, skips = plan_cuts(segs, len(audio), 16000, rules)
+        cutter, got, pos, held = StreamCutter(segs, 16000, rules), [], 0, 0
+        while pos < len(audio):
+            n = int(rng.integers(1, 40_000))
+            got += cutter.feed(audio[pos:pos + n])
+            pos += n
+            held = max(held, cutter.held_samples)
+        got += cutter.finish()
+        assert sorted((c.segment.index, c.start, c.end, c.clipped) for c, _ in got) == [(c.segment.index, c.start, c.end, c.clipped) for c in cuts]
+        assert cutter.skips == skips
+        for c, pcm in got:
+            assert np.array_equal(pcm, audio[c.start:c.end])
+        if rules.max_duration_s:  # the window: the longest segment plus the last block
+            assert held <= 3.0 * 16000 + 40_000
+
+
+def test_segments_over_the_ceiling_are_skipped_without_holding_audio():
+    from neutts_assets.core.cutting import MAX_SEGMENT_S, StreamCutter
+
+    cutter = StreamCutter([_seg(0, 0, (MAX_SEGMENT_S + 1) * 1000), _seg(1, 1000, 2000)], 16000, CutRules())
+    for _ in range(10):
+        cutter.feed(np.zeros(160_000, np.int16))
+        assert cutter.held_samples <= 160_000
+    assert [c.segment.index for c, _ in cutter.finish()] == [] and cutter.skips[0].reason == f"longer than {MAX_SEGMENT_S:g} s"
+
+
+def test_times_in_seconds_are_refused_but_one_short_segment_is_not():
+    with pytest.raises(TranscriptError, match="times look like seconds"):
+        parse_transcript(json.dumps([{"start_ms": 0.5, "end_ms": 3.2, "text": "a"}, {"start_ms": 3.4, "end_ms": 9.9, "text": "b"}]).encode(), "t")
+    segs, _ = parse_transcript(json.dumps([{"start_ms": 0, "end_ms": 50, "text": "a"}, {"start_ms": 100, "end_ms": 2000, "text": "b"}]).encode(), "t")
+    assert len(segs) == 2
+
+
+def test_duplicates_are_problems_naming_the_first():
+    doc = [{"start_ms": 0, "end_ms": 900, "text": "a"}, {"start_ms": 0, "end_ms": 900, "text": "b"}, {"start_ms": 0, "end_ms": 900, "text": " a "}]
+    segs, problems = parse_transcript(json.dumps(doc).encode(), "t")
+    assert [s.index for s in segs] == [0, 1]
+    assert problems == [SegmentProblem(2, "same times and text as segment 0", "duplicate segment")]

@@ -159,6 +159,9 @@ def _write_cut(cut: Cut, pcm, entry: InventoryEntry, channel: str, sink: "_Segme
     seg = cut.segment
     sid = segment_id(entry.recording_id, seg.index)
     notes += [(seg.index, NoteEntry(sid, note)) for note in seg.notes]
+    if cut.clipped:  # only the stream's end clips, so cut.end is the audio's length
+        notes.append((seg.index, NoteEntry(sid, f"clipped: the transcript runs to {seg.end_ms:.0f} ms, "
+                                                f"the audio ends at {cut.end * 1000 / SAMPLE_RATE:.0f} ms")))
     data = encode_segment(Segment(
         audio_id=sid, channel=channel, text=seg.text, speaker_id=seg.speaker_id, gender=seg.gender,
         dialect=seg.dialect, tone=seg.tone, pcm16=pcm,
