@@ -14,7 +14,7 @@ from dagster import DagsterInstance
 from neutts_assets import read_segment
 
 from neutts_assets_tests.helpers import (
-    DEMO_TRANSCRIPTS, asset_metadata, audio_key, demo_audio, make_resources, populate_source, run_stage1, transcript_key,
+    DEMO_TRANSCRIPTS, asset_metadata, audio_key, convert, demo_audio, make_resources, populate_source, run_stage1, transcript_key,
 )
 
 CHANNEL = "bad_channel"
@@ -214,3 +214,38 @@ def test_a_killed_decoder_is_retried_not_recorded_as_bad_audio(tmp_path, monkeyp
     monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
     meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
     assert meta["files_new"] == 1 and meta["files_unchanged"] == 1 and meta["files_failed"] == 0
+
+
+def test_audio_failing_halfway_through_the_stream(tmp_path, monkeypatch):
+    """Segments are written as the audio streams past, so a decode that fails after some of them
+    (ffmpeg stops with an error midway) must leave nothing of a new recording behind, and must
+    not touch the segments of an earlier good cut when it is the replacement audio that fails:
+    those of a replacement are held locally until the decode has succeeded."""
+    from neutts_assets.storage.local import LocalStore
+
+    source, store = LocalStore(tmp_path / "source"), LocalStore(tmp_path / "store")
+    populate_source(source, CHANNEL, ids=["austen_0870"])
+    resources = make_resources(str(tmp_path / "source"), str(tmp_path / "store"))
+    instance = DagsterInstance.ephemeral()
+    run_stage1(instance, resources, CHANNEL)
+    good = {o.key: store.read_bytes(o.key) for o in store.list(f"stage1/{CHANNEL}/austen_0870_seg_")}
+    assert len(good) == 3
+
+    quieter = convert(demo_audio("austen_0870"), tmp_path / "quieter.wav", "-af", "volume=0.5")  # other samples
+    real = shutil.which("ffmpeg")
+    failing = tmp_path / "bin"
+    failing.mkdir()
+    # 3.5 s of samples (enough for the first segments to be cut), then a decoding error.
+    (failing / "ffmpeg").write_text(
+        f'#!/bin/sh\n"{real}" "$@" | head -c 112000\necho "[error] Invalid data found when processing input" >&2\nexit 1\n')
+    (failing / "ffmpeg").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{failing}{os.pathsep}{os.environ['PATH']}")
+    # A new recording, and new audio for the good one (another file: a new version).
+    populate_source(source, CHANNEL, ids=["austen_0930"])
+    (source.root / audio_key(CHANNEL, "austen_0870.wav")).write_bytes(quieter.read_bytes())
+    meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
+
+    assert meta["files_failed"] == 2 and meta["failures"].count("Invalid data found") == 2, meta["failures"]
+    assert {o.key: store.read_bytes(o.key) for o in store.list(f"stage1/{CHANNEL}/austen_0870_seg_")} == good
+    assert not list(store.list(f"stage1/{CHANNEL}/austen_0930_seg_"))  # what it had written is removed
+    assert meta["segments_in_channel"] == 3

@@ -100,6 +100,10 @@ def cut_recording(
     except Exception as exc:  # parsing is pure: whatever it raises, the transcript will raise again
         return failed(entry.transcript_key, f"unreadable transcript ({type(exc).__name__}: {str(exc)[:200]})")
     del transcript
+    try:
+        cutter = StreamCutter(segments, SAMPLE_RATE, rules)
+    except Exception as exc:  # pure as well: a deterministic property of this transcript
+        return failed(entry.transcript_key, f"cannot cut ({type(exc).__name__}: {str(exc)[:200]})")
 
     index = RecordingIndex(entry.recording_id, "ok", fp)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="neutts-") as tmp:
@@ -120,7 +124,6 @@ def cut_recording(
         # Any other error (the store, a killed decoder) propagates: what this attempt wrote is in
         # no index, and the next run's `stored_keys` has it cleaned up or overwritten.
         try:
-            cutter = StreamCutter(segments, SAMPLE_RATE, rules)
             with PcmStream(local, name=entry.audio_key) as stream:
                 for block in stream.blocks():
                     for cut, pcm in cutter.feed(block):
