@@ -144,6 +144,7 @@ class Outcome:
     def verify(self, run: Run) -> None:
         if self.verb == "failed":
             _row(run.stage1["failures"], self.target, *self.words)
+            assert not list(run.store.list(f"stage1/{CHANNEL}/{_recording_of(self.target)}_seg_"))
         elif self.verb == "refused":
             _row(run.inventory["unpaired"], self.target, *self.words)
         elif self.verb == "skipped":
@@ -164,6 +165,11 @@ class Outcome:
 
     def __str__(self) -> str:
         return f"{self.verb}: {' / '.join(self.words) or self.target}" if self.verb != "cut" else f"cut: {self.target}"
+
+
+def _recording_of(key: str) -> str:
+    name = key.rsplit("/", 1)[1]
+    return name[len("audio_"):-len(".json")] if key.startswith(PREFIX_T) else name.split(".", 1)[0]
 
 
 def failed(key, *words, check=None): return Outcome("failed", key, words, check)

@@ -13,6 +13,7 @@ stage 1 cuts segments as the stream passes (core/cutting.StreamCutter), so a ten
 from __future__ import annotations
 
 import collections
+import fcntl
 import re
 import subprocess
 import threading
@@ -23,6 +24,7 @@ import numpy as np
 
 SAMPLE_RATE = 16_000
 BLOCK_SAMPLES = 65_536  # per read from the pipe: 128 KiB, 4 s of audio
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python < 3.10 lacks the name
 
 
 class AudioDecodeError(ValueError):
@@ -91,6 +93,10 @@ class PcmStream:
             "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
         ]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:  # a 1 MiB pipe (32 s of samples) lets ffmpeg decode on while a segment is uploaded
+            fcntl.fcntl(self._proc.stdout.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass  # over the system's pipe-max-size: the default 64 KiB works, with less overlap
         # stderr is drained beside stdout: a corrupt file can log thousands of lines, and a full
         # stderr pipe would stall ffmpeg while we wait on stdout.
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
