@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 SAMPLE_RATE = 16_000
-BLOCK_SAMPLES = 65_536  # per read from the pipe: 128 KiB, 4 s of audio
+BLOCK_SAMPLES = 262_144  # per read from the pipe: 512 KiB, 16 s of audio
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python < 3.10 lacks the name
 
 
