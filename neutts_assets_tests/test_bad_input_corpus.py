@@ -473,7 +473,10 @@ def test_a_ten_hour_recording_is_streamed_in_bounded_memory(tmp_path):
                           "segments": [s.audio_id for s in r.index.segments],
                           "skipped": [[s.index, s.reason] for s in r.index.skipped], "notes": [n.note for n in r.index.notes]}}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ}, timeout=300)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ}, timeout=300)
+    finally:
+        audio.unlink()  # 288 MB: pytest keeps the last runs' folders
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(out)
