@@ -1,5 +1,8 @@
 """The routing rule alone, and the code location's jobs and sensor carrying it."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from neutts_assets.core.routing import MIXED_TAG, QUEUE_TAG, ROUTED_BY_TAG, UnknownMachineError, job_tags, machine_for, routing_tags
@@ -64,3 +67,29 @@ def test_the_run_queue_holds_the_h200_to_one_run_unless_configured():
     assert {"key": "machine", "value": "t4", "limit": 3} in limits(machine_limits={"h200": 2, "t4": 3})
     with pytest.raises(UnknownMachineError):
         limits(machine_limits={"a100": 1})
+
+
+def test_a_run_is_tagged_with_its_one_channel_whichever_partition_tag_it_carries():
+    from neutts_assets.core.routing import channel_of
+
+    assert channel_of({"dagster/partition": "ch"}) == "ch"  # UI, sensor, CLI launches
+    # a backfill run of an asset with a backfill policy (the H200 assets): a range of one channel
+    assert channel_of({"dagster/asset_partition_range_start": "ch", "dagster/asset_partition_range_end": "ch"}) == "ch"
+    assert channel_of({"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "b"}) is None
+    assert channel_of({}) is None
+
+
+@pytest.mark.parametrize("path", ["dagster.yaml", "deploy/dagster.yaml"])
+def test_both_instances_queue_one_run_per_channel(path, monkeypatch):
+    import yaml
+
+    from neutts_assets.defs.orchestration.run_coordinator import MachineRoutingRunCoordinator
+
+    monkeypatch.setenv("NEUTTS_H200_CONCURRENT_RUNS", "1")
+    monkeypatch.setenv("NEUTTS_T4_CONCURRENT_RUNS", "2")
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / path).read_text())["run_coordinator"]["config"]
+    config = {k: int(os.environ[v["env"]]) if isinstance(v, dict) and "env" in v else v for k, v in config.items()}
+    config["machine_limits"] = {m: int(os.environ[v["env"]]) if isinstance(v, dict) else v
+                                for m, v in (config.get("machine_limits") or {}).items()}
+    limits = MachineRoutingRunCoordinator.from_config_value(None, config).get_run_queue_config().tag_concurrency_limits
+    assert {"key": "neutts/channel", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits

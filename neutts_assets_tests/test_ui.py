@@ -1,5 +1,6 @@
 """The UI path, through the same GraphQL API the Dagster UI uses: `dagster dev` on the code
-location, add a channel partition, launch raw_audio + segments_npz for it, see it materialized."""
+location, add a channel partition, launch raw_audio + segments_npz for it, see it materialized. The
+same `dagster dev` (its daemon runs the queue) then shows one channel's runs kept apart."""
 
 from __future__ import annotations
 
@@ -20,12 +21,19 @@ from neutts_assets_tests.helpers import DEMO_IDS, clean_env, free_port, populate
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def dagster_dev(tmp_path):
+QUEUE_A, QUEUE_B = "queue_a", "queue_b"  # the run-queue test's channels
+REPO_SELECTOR = {"repositoryLocationName": "neutts_assets", "repositoryName": "__repository__"}
+
+
+@pytest.fixture(scope="module")  # one `dagster dev` for the module: each start costs most of a minute here
+def dagster_dev(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("ui")
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     populate_source(LocalStore(tmp_path / "bucket"), "ui_channel", ids=DEMO_IDS[:2])
+    for channel in (QUEUE_A, QUEUE_B):
+        populate_source(LocalStore(tmp_path / "bucket"), channel, ids=DEMO_IDS[1:2])
     env = clean_env(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "store"))
     port = free_port()
     log = open(tmp_path / "dagster-dev.log", "wb")
@@ -130,3 +138,34 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     entries = {e["label"]: e for e in mat["metadataEntries"]}
     assert entries["rows"]["intValue"] == meta["segments_written"]
     assert "### ui_channel" in entries["channel_card"]["mdStr"] and "## Features" in entries["dataset_card"]["mdStr"]
+
+
+def launch(url, assets: list[str], channel: str) -> str:
+    """A launch as the UI's Materialize button makes it: the implicit asset job, a partition tag."""
+    out = gql(url, """mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
+        __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+              p={"selector": {**REPO_SELECTOR, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
+                 "executionMetadata": {"tags": [{"key": "dagster/partition", "value": channel}]}, "mode": "default"})
+    assert out["launchPipelineExecution"]["__typename"] == "LaunchRunSuccess", out
+    return out["launchPipelineExecution"]["run"]["runId"]
+
+
+def test_the_run_queue_starts_a_channels_second_run_only_after_its_first(dagster_dev):
+    """dagster.yaml's one-run-per-channel limit, with the real daemon: channel A's second run waits
+    for its first; channel B's run, queued behind both, does not wait for channel A."""
+    url, _ = dagster_dev
+    for channel in (QUEUE_A, QUEUE_B):
+        out = gql(url, """mutation($repo: RepositorySelector!, $key: String!) { addDynamicPartition(
+            repositorySelector: $repo, partitionsDefName: "channels", partitionKey: $key) { __typename } }""", repo=REPO_SELECTOR, key=channel)
+        assert out["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", out
+    ids = [launch(url, ["raw_audio", "segments_npz"], c) for c in (QUEUE_A, QUEUE_A, QUEUE_B)]
+    for run_id in ids:
+        assert wait_for_run(url, run_id, timeout=300) == "SUCCESS"
+    runs = []
+    for run_id in ids:
+        r = gql(url, """query($id: ID!) { runOrError(runId: $id) { ... on Run { startTime endTime tags { key value } } } }""", id=run_id)["runOrError"]
+        runs.append({**r, "tags": {t["key"]: t["value"] for t in r["tags"]}})
+    assert [r["tags"]["neutts/channel"] for r in runs] == [QUEUE_A, QUEUE_A, QUEUE_B]
+    a1, a2, b = runs
+    assert a2["startTime"] >= a1["endTime"], runs  # the channel's second run waited for its first
+    assert b["startTime"] < a2["startTime"], runs  # another channel's run, queued after it, went first

@@ -58,6 +58,22 @@ def routing_tags(run_tags: Mapping[str, str], asset_classes: Iterable[str], defa
     return {k: v for k, v in added.items() if run_tags.get(k) != v}
 
 
+# Which channel a run writes, for the run queue's one-run-per-channel limit. A run launched for one
+# partition carries `dagster/partition`; a backfill run of an asset with a backfill policy (the
+# H200 assets: one channel per run) carries a partition range instead, start == end.
+CHANNEL_TAG = "neutts/channel"
+PARTITION_TAG = "dagster/partition"
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+def channel_of(run_tags: Mapping[str, str]) -> str | None:
+    """The one channel a run is for, or None (unpartitioned, or a range of several channels)."""
+    if run_tags.get(PARTITION_TAG):
+        return run_tags[PARTITION_TAG]
+    start, end = (run_tags.get(t) for t in RANGE_TAGS)
+    return start if start and start == end else None
+
+
 def job_tags(asset_classes: Iterable[str]) -> dict[str, str]:
     """Tags for a job or a sensor's run request that selects assets of these classes. Only the
     machine tag: a user's own `machine` tag in the launchpad replaces it, and the queue follows."""

@@ -82,6 +82,35 @@ class GCSStore(ObjectStore):
         except gexc.GoogleAPIError as exc:
             raise StoreError(f"cannot delete {key!r} from {self.describe()}: {exc}") from exc
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            blob = self.bucket.get_blob(self.prefix + check_key(key))
+            if blob is None:
+                return None
+            # Pinned to the generation just read, so the bytes and the version belong together.
+            return blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation)
+        except (gexc.NotFound, gexc.PreconditionFailed):
+            return None
+        except gexc.GoogleAPIError as exc:
+            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
+
+    def _conditional_upload(self, key: str, data: bytes, generation: int) -> str | None:
+        blob = self._blob(key)
+        try:
+            # if_generation_match=0: only if absent. The client retries a conditional upload safely.
+            blob.upload_from_string(data, if_generation_match=generation)
+            return str(blob.generation)
+        except (gexc.PreconditionFailed, gexc.NotFound):
+            return None
+        except gexc.GoogleAPIError as exc:
+            raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
+
+    def create_if_absent(self, key: str, data: bytes) -> str | None:
+        return self._conditional_upload(key, data, 0)
+
+    def replace_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        return self._conditional_upload(key, data, int(version))
+
     def check(self, write: bool = False) -> None:
         endpoint = getattr(self.client, "_connection", None)
         endpoint = getattr(endpoint, "API_BASE_URL", "the GCS endpoint")

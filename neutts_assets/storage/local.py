@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -99,6 +102,56 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key, writing=True).unlink(missing_ok=True)
+
+    # Conditional writes. The version is the content's hash (a lease's content is unique: it holds a
+    # nonce and times), and check-then-replace runs under an exclusive flock on the object's folder,
+    # which the kernel drops when its holder dies, so a killed process never leaves it locked.
+
+    @contextmanager
+    def _folder_locked(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def _version(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return data, self._version(data)
+
+    def create_if_absent(self, key: str, data: bytes) -> str | None:
+        path = self._path(key, writing=True)
+        with self._folder_locked(path):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}{TEMP_MARK}{os.getpid()}-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, path)  # fails if the name exists: the complete file appears at once, or not at all
+            except FileExistsError:
+                return None
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        return self._version(data)
+
+    def replace_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        path = self._path(key, writing=True)
+        with self._folder_locked(path):
+            current = self.read_versioned(key)
+            if current is None or current[1] != version:
+                return None
+            self.write_bytes(key, data)
+        return self._version(data)
 
     def check(self, write: bool = False) -> None:
         if not self.root.is_dir():

@@ -9,6 +9,10 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from neutts_assets.storage.store import PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
 
+# A condition that did not hold: the object exists (If-None-Match), changed (If-Match), or another
+# conditional write to the key was in flight (409, which S3 asks the caller to retry).
+_LOST_RACE_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}
+
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AccessDenied", "403"}
 
 
@@ -76,6 +80,31 @@ class S3Store(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot delete {key!r} from {self.describe()}: {exc}") from exc
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return response["Body"].read(), response["ETag"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
+
+    def _conditional_put(self, key: str, data: bytes, **condition) -> str | None:
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)["ETag"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _LOST_RACE_CODES:
+                return None
+            raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
+
+    def create_if_absent(self, key: str, data: bytes) -> str | None:
+        return self._conditional_put(key, data, IfNoneMatch="*")
+
+    def replace_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        return self._conditional_put(key, data, IfMatch=version)
 
     def check(self, write: bool = False) -> None:
         endpoint = self.client.meta.endpoint_url

@@ -103,6 +103,23 @@ class ObjectStore(abc.ABC):
         """
         return 0
 
+    # Conditional writes: the one primitive each backend has for "only if nobody got there first"
+    # (a link or a lock on a folder, S3 If-None-Match / If-Match, GCS generation preconditions).
+    # Leases (core/lease.py) are built on them. A version here is opaque and only compared.
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and the version a conditional write compares against, or None if absent."""
+        raise NotImplementedError(f"{type(self).__name__} has no conditional writes")
+
+    def create_if_absent(self, key: str, data: bytes) -> str | None:
+        """Writes the object only if no object has that key; its new version, or None if one exists."""
+        raise NotImplementedError(f"{type(self).__name__} has no conditional writes")
+
+    def replace_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        """Overwrites the object only if it is still at `version`; the new version, or None if it
+        changed or is gone."""
+        raise NotImplementedError(f"{type(self).__name__} has no conditional writes")
+
     def exists(self, key: str) -> bool:
         try:
             self.read_bytes(key)

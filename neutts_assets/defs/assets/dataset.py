@@ -17,6 +17,7 @@ from neutts_assets.core.dataset_writer import (
 )
 from neutts_assets.core.progress import Progress
 from neutts_assets.defs.io_managers import manifest_key
+from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.metadata import md_table, reason_counts
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
@@ -48,6 +49,12 @@ class DatasetConfig(Config):
     "and a push to the Hub as one commit.",
 )
 def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub) -> Output[dict]:
+    # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
+    with channel_lease(context, store.open(), "hf_dataset"):
+        return _build_dataset(context, config, store, hub)
+
+
+def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub) -> Output[dict]:
     channel = context.partition_key
     dst = store.open()
     try:

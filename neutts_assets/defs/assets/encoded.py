@@ -9,6 +9,7 @@ from neutts_assets.core.segment_store import channel_prefix
 from neutts_assets.core.stage2 import EncodeTally, encode_stream
 from neutts_assets.core.stage2_store import STAGE2_PREFIX, EncodePlan, Stage2Layout, encoded_manifest, plan_encoding
 from neutts_assets.defs.codec import NeuCodecResource
+from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.metadata import md_table, reason_counts
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
@@ -29,6 +30,14 @@ class EncodeConfig(Config):
     "Value: the manifest of the channel's encoded segments.",
 )
 def encoded_segments(
+    context: AssetExecutionContext, config: EncodeConfig, segments_npz: dict, codec: NeuCodecResource, store: SegmentStore
+) -> Output[dict]:
+    # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
+    with channel_lease(context, store.open(), "encoded_segments"):
+        return _encode_channel(context, config, segments_npz, codec, store)
+
+
+def _encode_channel(
     context: AssetExecutionContext, config: EncodeConfig, segments_npz: dict, codec: NeuCodecResource, store: SegmentStore
 ) -> Output[dict]:
     channel = context.partition_key

@@ -10,6 +10,7 @@ from neutts_assets.core.inventory import Inventory
 from neutts_assets.core.progress import Progress
 from neutts_assets.core.segment_store import channel_prefix, keys_by_recording, load_indexes
 from neutts_assets.core.stage1 import ChannelPlan, ChannelTally, channel_manifest, cut_recording, manifest_version, plan_channel
+from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.metadata import md_table, reason_counts
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
@@ -33,6 +34,14 @@ class SegmentsConfig(Config):
     "nothing; segments a new transcript no longer has are removed. Value: the segment manifest.",
 )
 def segments_npz(
+    context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore
+) -> Output[dict]:
+    # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
+    with channel_lease(context, store.open(), "segments_npz"):
+        return _cut_channel(context, config, raw_audio, source, store)
+
+
+def _cut_channel(
     context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore
 ) -> Output[dict]:
     channel = context.partition_key

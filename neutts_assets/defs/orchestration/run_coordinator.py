@@ -12,6 +12,8 @@ dagster.yaml:
       class: MachineRoutingRunCoordinator
       config:
         machine_limits: {h200: 1, t4: 2}   # concurrent runs per machine class (h200 defaults to 1)
+        tag_concurrency_limits:            # one run at a time per channel (the tag this class sets)
+          - {key: neutts/channel, value: {applyLimitPerUniqueValue: true}, limit: 1}
         ...every QueuedRunCoordinator option...
 """
 
@@ -24,7 +26,9 @@ from dagster import AssetKey, Field, IntSource, Permissive, StringSource
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
 
-from neutts_assets.core.routing import DEFAULT_MACHINE, MACHINE_RANK, MACHINE_TAG, UnknownMachineError, check_machine, routing_tags
+from neutts_assets.core.routing import (
+    CHANNEL_TAG, DEFAULT_MACHINE, MACHINE_RANK, MACHINE_TAG, UnknownMachineError, channel_of, check_machine, routing_tags,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_MACHINE_LIMITS = {"h200": 1}
@@ -84,6 +88,11 @@ class MachineRoutingRunCoordinator(QueuedRunCoordinator):
             graph = context.workspace.asset_graph
             classes = machine_classes(selected_asset_keys(run, graph), graph)
             tags = routing_tags(run.tags, classes, self._default_machine)
+            # The channel in a tag of its own, whichever partition tag the launcher used: the queue's
+            # per-channel limit (dagster.yaml: tag_concurrency_limits on neutts/channel) reads it.
+            channel = channel_of(run.tags)
+            if channel and run.tags.get(CHANNEL_TAG) != channel:
+                tags[CHANNEL_TAG] = channel
         except UnknownMachineError as exc:
             # Failing loudly beats guessing a machine: the run page shows why.
             self._instance.report_run_failed(run, f"Cannot route this run: {exc}")

@@ -1,0 +1,314 @@
+"""Runs at once on the three stores (a local folder, the S3 server, the GCS emulator): the store
+lease that keeps two runs of one asset and channel apart (core/lease.py), its take-over when the
+holder is dead, and the dataset card when two channels publish at the same moment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInstance, materialize
+
+from neutts_assets.core.dataset_rows import RowFilter
+from neutts_assets.core.dataset_writer import CARD_KEY, build_channel, publish_channel, record_key, segment_objects, shard_prefix
+from neutts_assets.core.lease import LeaseHeld, LeaseLost, LeaseRecord, acquire, lease_key
+from neutts_assets.core.segment_file import read_segment
+from neutts_assets.core.segment_store import channel_prefix
+from neutts_assets.defs.assets.raw_audio import raw_audio
+from neutts_assets.defs.assets.segments import segments_npz
+from neutts_assets.storage.gcs import GCSStore
+from neutts_assets.storage.local import LocalStore
+from neutts_assets.storage.s3 import S3Store
+from neutts_assets.storage.store import ObjectStore
+
+from neutts_assets_tests.helpers import (
+    DEMO_AUDIO, DEMO_TRANSCRIPTS, S3_ACCESS, S3_SECRET, asset_metadata, audio_key, make_resources, run_stage1, transcript_key,
+)
+
+CHANNEL = "concurrent_ch"
+# Ten copies of the 53 s sonnet (150 segments): enough work, cut by one worker, for a second run to
+# start while the first one holds the lease.
+COPIES = [f"sonnet001_copy{i}" for i in range(10)]
+
+
+@dataclass
+class Target:
+    kind: str
+    store: ObjectStore
+    url: str
+    endpoint: str | None
+    bucket: str | None
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def target(request, tmp_path) -> Target:
+    if request.param == "local":
+        return Target("local", LocalStore(tmp_path / "store"), str(tmp_path / "store"), None, None)
+    if request.param == "s3":
+        client, bucket, endpoint = (request.getfixturevalue(f) for f in ("s3_client", "s3_bucket", "s3_endpoint"))
+        return Target("s3", S3Store(client, bucket, "segs"), f"s3://{bucket}/segs", endpoint, bucket)
+    client, bucket = request.getfixturevalue("gcs_client"), request.getfixturevalue("gcs_bucket")
+    return Target("gcs", GCSStore(client, bucket, "segs"), f"gs://{bucket}/segs", None, bucket)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("source")
+    bucket = LocalStore(root)
+    transcript = (DEMO_TRANSCRIPTS / "audio_sonnet001.json").read_bytes()
+    audio = (DEMO_AUDIO / "sonnet001.mp3").read_bytes()
+    for rec in COPIES:
+        bucket.write_bytes(transcript_key(CHANNEL, rec), transcript)
+        bucket.write_bytes(audio_key(CHANNEL, f"{rec}.mp3"), audio)
+    return root
+
+
+@pytest.fixture(scope="module")
+def single_run(source, tmp_path_factory) -> LocalStore:
+    """What one run alone leaves in a store: the reference for the concurrent runs."""
+    store = tmp_path_factory.mktemp("single") / "store"
+    run_stage1(DagsterInstance.ephemeral(), make_resources(str(source), str(store)), CHANNEL)
+    return LocalStore(store)
+
+
+def _released(store: ObjectStore, asset: str) -> bool:
+    current = store.read_versioned(lease_key(asset, CHANNEL))
+    return current is not None and LeaseRecord.from_json(current[0]).released_at > 0
+
+
+def _race(n: int, fn) -> list:
+    """Runs fn(i) in n threads released together; returns each result or exception."""
+    barrier, results = threading.Barrier(n), [None] * n
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+# ---- the backends' conditional writes ------------------------------------------------------------
+
+def test_conditional_writes(target):
+    store = target.store
+    v1 = store.create_if_absent("_leases/x/a.json", b"one")
+    assert v1 and store.create_if_absent("_leases/x/a.json", b"two") is None
+    assert store.read_versioned("_leases/x/a.json") == (b"one", v1)
+    assert store.replace_if_version("_leases/x/a.json", b"three", "0" if target.kind == "gcs" else "stale") is None
+    v2 = store.replace_if_version("_leases/x/a.json", b"two", v1)
+    assert v2 and v2 != v1 and store.read_bytes("_leases/x/a.json") == b"two"
+    assert store.replace_if_version("_leases/x/a.json", b"four", v1) is None  # v1 is gone: a taker that read it loses
+    store.delete("_leases/x/a.json")
+    assert store.replace_if_version("_leases/x/a.json", b"five", v2) is None  # gone: nothing to replace
+
+
+# ---- the lease -----------------------------------------------------------------------------------
+
+def test_runs_started_at_once_exactly_one_gets_the_lease(target):
+    results = _race(6, lambda i: acquire(target.store, "segments_npz", CHANNEL, f"run-{i}"))
+    (winner,) = [r for r in results if not isinstance(r, Exception)]
+    losers = [r for r in results if isinstance(r, Exception)]
+    assert len(losers) == 5 and all(isinstance(e, LeaseHeld) for e in losers), losers
+    for exc in losers:
+        assert str(exc).startswith(f"segments_npz for channel {CHANNEL!r} is already being materialized by run {winner.record.run_id} ")
+        assert f"pid {os.getpid()}" in str(exc) and "stopped before writing anything" in str(exc)
+    with winner:
+        pass
+    assert _released(target.store, "segments_npz")
+    nxt = acquire(target.store, "segments_npz", CHANNEL, "next-run")  # free for the next run, which is no take-over
+    assert not nxt.taken_over_from
+    nxt.release()
+
+
+_HOLDER = """
+import sys, time
+kind, where, bucket = sys.argv[1:4]
+if kind == "local":
+    from neutts_assets.storage.local import LocalStore
+    store = LocalStore(where)
+elif kind == "s3":
+    import boto3
+    from neutts_assets.storage.s3 import S3Store
+    store = S3Store(boto3.client("s3", endpoint_url=where, aws_access_key_id=sys.argv[4], aws_secret_access_key=sys.argv[5],
+                                 region_name="us-east-1"), bucket, "segs")
+else:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    from neutts_assets.storage.gcs import GCSStore
+    store = GCSStore(storage.Client(project="test", credentials=AnonymousCredentials()), bucket, "segs")
+from neutts_assets.core.lease import acquire
+acquire(store, "segments_npz", sys.argv[6], "run-killed-by-sigkill").__enter__()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_lease_of_a_sigkilled_run_is_taken_over_at_once(target, source):
+    where = target.endpoint if target.kind == "s3" else target.url
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, target.kind, where, target.bucket or "", S3_ACCESS, S3_SECRET, CHANNEL],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match="run-killed-by-sigkill"):  # alive: held
+            acquire(target.store, "segments_npz", CHANNEL, "too-early")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    stale = LeaseRecord.from_json(target.store.read_bytes(lease_key("segments_npz", CHANNEL)))
+    assert stale.pid == proc.pid and stale.expires_at > time.time() + 60  # not expired: the dead pid is the reason
+
+    # The restart takes it over at once and runs, through Dagster, saying so in its metadata.
+    resources = make_resources(str(source), target.url, target.endpoint)
+    result = run_stage1(DagsterInstance.ephemeral(), resources, CHANNEL)
+    taken = asset_metadata(result, "segments_npz")["lease_taken_over_from"]
+    assert taken == f"run run-killed-by-sigkill (its process {proc.pid} on this host is gone)"
+    assert _released(target.store, "segments_npz")
+
+
+def test_expired_lease_from_another_host_is_taken_over_by_one_taker(target):
+    key = lease_key("hf_dataset", CHANNEL)
+    now = time.time()
+    other = LeaseRecord(asset="hf_dataset", channel=CHANNEL, run_id="run-on-t4-2", host="t4-2", boot_id="b", pid=1, pid_started="",
+                        acquired_at=now - 50, heartbeat_at=now - 5, expires_at=now + 60, nonce="n")
+    target.store.write_bytes(key, other.to_json())
+    with pytest.raises(LeaseHeld, match=r"run run-on-t4-2 \(host t4-2, pid 1,"):  # live elsewhere: its pid means nothing here
+        acquire(target.store, "hf_dataset", CHANNEL, "mine")
+
+    other.heartbeat_at, other.expires_at = now - 200, now - 80  # that machine died 3 minutes ago
+    target.store.write_bytes(key, other.to_json())
+    results = _race(4, lambda i: acquire(target.store, "hf_dataset", CHANNEL, f"taker-{i}"))
+    (winner,) = [r for r in results if not isinstance(r, Exception)]
+    assert all(isinstance(r, LeaseHeld) and winner.record.run_id in str(r) for r in results if r is not winner), results
+    assert winner.taken_over_from["run_id"] == "run-on-t4-2" and "heartbeat expired" in winner.taken_over_from["reason"]
+    winner.release()
+
+
+def test_heartbeat_renews_and_a_holder_that_was_taken_over_knows_it(target):
+    lease = acquire(target.store, "encoded_segments", CHANNEL, "slow-run", ttl_s=1.2)  # renewed every 0.2 s
+    with lease:
+        first = lease.record.expires_at
+        time.sleep(1.5)  # past the first expiry: only the renewals keep it
+        assert lease.record.expires_at > first and not lease.lost
+        with pytest.raises(LeaseHeld, match="slow-run"):
+            acquire(target.store, "encoded_segments", CHANNEL, "other")
+    assert _released(target.store, "encoded_segments")
+
+    # A holder that stalled past its expiry was taken over: it must not release the new holder's lease,
+    # and leaving its block says it lost.
+    stalled = acquire(target.store, "encoded_segments", CHANNEL, "stalled-run", ttl_s=0.5)
+    time.sleep(0.7)
+    taker = acquire(target.store, "encoded_segments", CHANNEL, "taker")
+    assert taker.taken_over_from["run_id"] == "stalled-run"
+    with pytest.raises(LeaseLost, match="stalled-run lost its lease"):
+        with stalled:
+            time.sleep(0.3)  # its next renewal finds the lease replaced
+    assert LeaseRecord.from_json(target.store.read_bytes(lease_key("encoded_segments", CHANNEL))).run_id == "taker"
+    taker.release()
+
+
+def test_a_failed_run_releases_its_lease(target):
+    with pytest.raises(ValueError):
+        with acquire(target.store, "segments_npz", CHANNEL, "failing"):
+            raise ValueError("a bad recording")
+    assert _released(target.store, "segments_npz")
+
+
+# ---- two runs of segments_npz for one channel, through Dagster -----------------------------------
+
+def _stage1_state(store: ObjectStore) -> dict:
+    """Keys and decoded contents of a channel's stage-1 output (npz archives carry write times)."""
+    state = {}
+    for o in store.list(channel_prefix(CHANNEL)):
+        data = store.read_bytes(o.key)
+        if o.key.endswith(".npz"):
+            seg = read_segment(data)
+            state[o.key] = (seg.pcm16.tobytes(), seg.text, seg.speaker_id, seg.duration_sec)
+        else:
+            index = json.loads(data)
+            state[o.key] = (index["status"], [s["key"] for s in index["segments"]])
+    return state
+
+
+def test_two_segments_npz_runs_at_once(target, source, single_run):
+    resources = make_resources(str(source), target.url, target.endpoint)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("channels", [CHANNEL])
+    materialize([raw_audio], partition_key=CHANNEL, instance=instance, resources=resources)
+    results = {}
+
+    def run(name):
+        results[name] = materialize([raw_audio, segments_npz], selection=[segments_npz], partition_key=CHANNEL, instance=instance,
+                                    resources=resources, raise_on_error=False, tags={"which": name},
+                                    run_config={"ops": {"segments_npz": {"config": {"workers": 1}}}})
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    key = lease_key("segments_npz", CHANNEL)
+    deadline = time.monotonic() + 60
+    while target.store.read_versioned(key) is None:  # the first run holds the lease: start the second now
+        assert time.monotonic() < deadline and first.is_alive(), "the first run never took the lease"
+        time.sleep(0.01)
+    run("second")
+    second_done = time.time()
+    first.join(120)
+
+    assert results["first"].success, results["first"].all_events
+    second = results["second"]
+    assert not second.success
+    (failure,) = [e for e in second.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.message
+    holder = results["first"].run_id
+    assert f"segments_npz for channel {CHANNEL!r} is already being materialized by run {holder} " in message
+    assert "This run stopped before writing anything" in message
+    assert failure.step_failure_data.user_failure_data.metadata["holding_run"].value == holder
+    first_end = instance.get_run_stats(holder).end_time
+    print(f"overlap margin {first_end - second_done:.2f} s")
+    assert first_end > second_done  # they did overlap
+    # The store is what one run alone leaves, and the lease is gone.
+    assert _stage1_state(target.store) == _stage1_state(single_run)
+    assert len([k for k in _stage1_state(target.store) if k.endswith(".npz")]) == 150
+    assert _released(target.store, "segments_npz")
+
+
+# ---- two channels publish the dataset card at the same moment ------------------------------------
+
+def test_two_channels_publishing_at_once_both_stay_on_the_card(target, single_run, tmp_path):
+    # Build two channels' shards from the same stage-1 segments (copied into this store).
+    for o in single_run.list(channel_prefix(CHANNEL)):
+        if o.key.endswith(".npz") and "sonnet001_copy0_" in o.key:
+            target.store.write_bytes(o.key, single_run.read_bytes(o.key))
+    objects = list(segment_objects(target.store, channel_prefix(CHANNEL)).values())
+    records = {}
+    for channel in ("chan_a", "chan_b"):
+        (tmp_path / channel).mkdir()
+        records[channel] = build_channel(target.store, channel, objects, RowFilter(require_codes=False), tmp_path / channel,
+                                         source="test").record
+    lost = 0
+    for round_ in range(8):
+        for channel in records:  # each round starts from a store with neither channel published
+            target.store.delete(record_key(channel))
+        target.store.delete(CARD_KEY)
+        _race(2, lambda i: publish_channel(target.store, records[["chan_a", "chan_b"][i]], "T"))
+        card = yaml.safe_load(target.store.read_bytes(CARD_KEY).decode().split("---")[1])
+        configs = {c["config_name"] for c in card["configs"]}
+        lost += configs != {"all", "chan_a", "chan_b"}
+    assert lost == 0, f"{lost} of 8 rounds left a channel off the card"
+    for channel, record in records.items():  # and neither publish deleted the other's shards
+        assert sorted(o.key for o in target.store.list(shard_prefix(channel))) == sorted(f"hf_dataset/{s['path']}" for s in record["shards"])
