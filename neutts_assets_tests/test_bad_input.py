@@ -138,7 +138,7 @@ def test_bad_input_on_gcs_and_s3(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_
     assert written == ["bad_segments_seg_0.npz", "bad_segments_seg_6.npz"]
     # every object the run wrote stays under the store's prefix
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert all(k.startswith(f"neutts_segments/stage1/{CHANNEL}/") or k.startswith("neutts_segments/manifests/") for k in keys)
+    assert all(k.startswith((f"neutts_segments/stage1/{CHANNEL}/", "neutts_segments/manifests/", "neutts_segments/_leases/")) for k in keys)
 
     # A second run does not download the deterministic failures again, and still reports them.
     meta2 = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")

@@ -312,3 +312,39 @@ def test_two_channels_publishing_at_once_both_stay_on_the_card(target, single_ru
     assert lost == 0, f"{lost} of 8 rounds left a channel off the card"
     for channel, record in records.items():  # and neither publish deleted the other's shards
         assert sorted(o.key for o in target.store.list(shard_prefix(channel))) == sorted(f"hf_dataset/{s['path']}" for s in record["shards"])
+
+
+# ---- clean-up of orphan temporaries beside live writers ------------------------------------------
+
+def test_orphan_clean_up_spares_live_writers_of_this_and_other_hosts(tmp_path):
+    from neutts_assets.storage.local import _temp_prefix
+
+    store = LocalStore(tmp_path / "store")
+    folder = tmp_path / "store" / "stage1" / "other_channel"
+    folder.mkdir(parents=True)
+    live = subprocess.Popen(["sleep", "60"])  # another run on this host, mid-write
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        mine = _temp_prefix(folder / "a.npz")
+        host_tag, pid = mine.split(".neutts-tmp-")[1].rstrip("-").split(".")
+        assert pid == str(os.getpid())
+        names = {
+            "live": f".a.npz.neutts-tmp-{host_tag}.{live.pid}-x",
+            "dead": f".b.npz.neutts-tmp-{host_tag}.{dead.pid}-x",
+            # another machine writing into a shared folder: its pid means nothing here
+            "other_host_fresh": f".c.npz.neutts-tmp-0badc0de.{dead.pid}-x",
+            "other_host_old": f".d.npz.neutts-tmp-0badc0de.{dead.pid}-x",
+        }
+        for name in names.values():
+            (folder / name).write_bytes(b"part")
+        two_days_ago = time.time() - 2 * 86400
+        os.utime(folder / names["other_host_old"], (two_days_ago, two_days_ago))
+        assert store.remove_orphan_temporaries() == 2
+        assert sorted(p.name for p in folder.iterdir()) == sorted([names["live"], names["other_host_fresh"]])
+        # and a write in progress in this process names this host and pid
+        store.write_bytes("stage1/other_channel/e.npz", b"whole")
+        assert (folder / "e.npz").read_bytes() == b"whole"
+    finally:
+        live.kill()
+        live.wait()

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+from neutts_assets.storage.processes import pid_alive, process_started
+
 LEASE_PREFIX = "_leases/"
 DEFAULT_TTL_S = 120.0  # a run dead on another host blocks its channel this long; renewals every TTL/6
 
@@ -96,25 +98,6 @@ def _boot_id() -> str:
         return ""
 
 
-def process_started(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or ''."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_reason(holder: LeaseRecord, now: float | None = None) -> str | None:
     """Why the holder can be taken over, or None while it may still be running."""
     now = time.time() if now is None else now
@@ -123,7 +106,7 @@ def stale_reason(holder: LeaseRecord, now: float | None = None) -> str | None:
     if now > holder.expires_at:
         return f"its heartbeat expired {now - holder.expires_at:.0f} s ago"
     if holder.host == socket.gethostname() and holder.boot_id == _boot_id():
-        if not _pid_alive(holder.pid):
+        if not pid_alive(holder.pid):
             return f"its process {holder.pid} on this host is gone"
         started = process_started(holder.pid)
         if started and holder.pid_started and started != holder.pid_started:

@@ -6,12 +6,15 @@ import fcntl
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
+import time
 from datetime import datetime, timezone
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from neutts_assets.storage.processes import pid_alive
 from neutts_assets.storage.store import PROBE_KEY, TEMP_MARK, ObjectInfo, ObjectStore, StoreCheckError, UnsafeKeyError, check_key
 
 
@@ -76,7 +79,7 @@ class LocalStore(ObjectStore):
         path = self._path(key, writing=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Beside the target, since os.replace must not cross file systems. The writer's PID in the name lets a later run tell a dead writer's debris from a live one's.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}{TEMP_MARK}{os.getpid()}-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path))
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -90,7 +93,7 @@ class LocalStore(ObjectStore):
     def upload(self, path: Path, key: str) -> int:
         target = self._path(key, writing=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:50]}{TEMP_MARK}{os.getpid()}-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_prefix(target))
         os.close(fd)
         try:
             shutil.copyfile(path, tmp)
@@ -131,7 +134,7 @@ class LocalStore(ObjectStore):
     def create_if_absent(self, key: str, data: bytes) -> str | None:
         path = self._path(key, writing=True)
         with self._folder_locked(path):
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}{TEMP_MARK}{os.getpid()}-")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path))
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -164,21 +167,52 @@ class LocalStore(ObjectStore):
                 raise StoreCheckError("permissions", f"cannot write in {self.root}: {exc.strerror}") from None
 
     def remove_orphan_temporaries(self) -> int:
-        """Deletes temporary files whose writer process is gone (killed mid-write); returns how many."""
+        """Deletes temporary files whose writer is gone (killed mid-write); returns how many.
+
+        Other runs write beside this one (other channels, other assets, a second machine on a shared
+        folder), so a temporary goes only when its writer is known dead: a process of this host that
+        no longer exists. One from another host is left until it is ORPHAN_AGE_S old, since its
+        process cannot be looked up from here."""
         removed = 0
+        now = time.time()
         for dirpath, _, filenames in os.walk(self.root):
             for name in filenames:
-                if TEMP_MARK in name and not _alive(name.split(TEMP_MARK, 1)[1].split("-", 1)[0]):
-                    (Path(dirpath) / name).unlink(missing_ok=True)
+                if TEMP_MARK not in name:
+                    continue
+                path = Path(dirpath) / name
+                host, pid = _writer(name)
+                if host == _HOST_TAG:
+                    orphan = not _alive(pid)
+                else:
+                    try:
+                        orphan = now - path.stat().st_mtime > ORPHAN_AGE_S
+                    except FileNotFoundError:
+                        continue  # its writer just finished
+                if orphan:
+                    path.unlink(missing_ok=True)
                     removed += 1
         return removed
 
 
+# Which host wrote a temporary file: a pid means something only on its own host.
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+ORPHAN_AGE_S = 24 * 3600  # no single write takes this long
+
+
+def _temp_prefix(target: Path) -> str:
+    # ".{name}.neutts-tmp-{host}.{pid}-": the writer, so a clean-up can tell a dead writer's debris from a live one's.
+    return f".{target.name[:50]}{TEMP_MARK}{_HOST_TAG}.{os.getpid()}-"
+
+
+def _writer(name: str) -> tuple[str, str]:
+    """(host tag, pid) of a temporary file's writer; names from before the host tag count as this host's."""
+    tag = name.split(TEMP_MARK, 1)[1].split("-", 1)[0]
+    host, _, pid = tag.rpartition(".")
+    return host or _HOST_TAG, pid
+
+
 def _alive(pid: str) -> bool:
     try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+        return pid_alive(int(pid))
+    except ValueError:
         return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
