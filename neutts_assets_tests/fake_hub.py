@@ -193,6 +193,9 @@ class FakeHub:
             def _commit(self, repo_id: str, repo: Repo, body: bytes):
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]
                 header = next(l["value"] for l in lines if l["key"] == "header")
+                head = repo.commits[-1]["oid"] if repo.commits else "0" * 40
+                if header.get("parentCommit") not in (None, head):  # as the Hub: the branch moved since the client looked
+                    return self._send(412, {"error": "A commit has happened since. Please refresh and try again."})
                 commit = {"summary": header["summary"], "description": header.get("description", ""),
                           "added": [], "lfs_added": [], "deleted": []}
                 new_files = dict(repo.files)

@@ -170,3 +170,29 @@ def test_a_channel_pushed_from_another_store_keeps_its_config(env, hub, stage1_t
     infos = {i["config_name"]: i["splits"][0]["num_examples"] for i in _hub_card(hub)["dataset_info"]}
     assert infos[A] == 7 and infos["all"] == 7 + infos[B]
     assert "pushed from another store" in hub.file_bytes(REPO, "README.md").decode()
+
+
+def test_two_channels_pushed_at_once_both_stay_on_the_hub_card(env, hub):
+    """Each push's card lists the channels whose shards it saw on the Hub. Two pushes at once each
+    saw only their own: the commit that lands second must not be based on the older view."""
+    import threading
+
+    resources, _, store = env
+    for round_ in range(3):
+        hub.repos.pop(REPO, None)  # each round pushes both channels to a fresh repo
+        results, barrier = {}, threading.Barrier(2)
+
+        def push(channel):
+            barrier.wait()
+            results[channel] = run_dataset(DagsterInstance.ephemeral(), resources, channel, raise_on_error=False)
+
+        threads = [threading.Thread(target=push, args=(c,)) for c in (A, B)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert all(r.success for r in results.values()), round_
+        configs = _configs(hub)
+        assert set(configs) == {"all", A, B}, (round_, hub.repos[REPO].commits)
+        files = set(hub.repos[REPO].files)
+        assert set(configs["all"]) == set(configs[A]) | set(configs[B]) and set(configs["all"]) <= files

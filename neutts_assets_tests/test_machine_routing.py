@@ -278,6 +278,7 @@ def test_three_channel_backfill_runs_each_stage_on_its_machine_and_resumes_after
     by_stage = {(partition(r), tuple(r["assets"])): r for r in runs}
     assert len(runs) == 6 and set(by_stage) == {(c, a) for c in channels for a in (tuple(STAGE1), ("h200_probe",))}, by_stage.keys()
     for (channel, assets), run in by_stage.items():
+        assert run["tags"]["neutts/channel"] == channel  # the queue's one-run-per-channel limit sees range-tagged runs too
         want = "h200" if assets == ("h200_probe",) else "t4"
         assert run["tags"]["machine"] == want and executed_on(run) == want, (channel, run["tags"])
         assert run["status"] == ("FAILURE" if (channel, assets) == ("bf_3", ("h200_probe",)) else "SUCCESS"), (channel, assets)
@@ -315,10 +316,13 @@ def test_a_backfill_from_the_cli_runs_on_the_t4(deployment):
 
 
 def test_h200_runs_one_at_a_time_while_the_t4_keeps_working(deployment):
-    deployment.add_channel("ch_c")
-    deployment.add_channel("ch_t")
+    # five channels: one channel's runs wait for each other anyway (the per-channel limit), so only
+    # the machine limit can hold runs of different channels to one at a time
+    gpu_channels = [f"ch_c{i}" for i in range(5)]
+    for channel in [*gpu_channels, "ch_t"]:
+        deployment.add_channel(channel)
     slow = {"ops": {"h200_probe": {"config": {"sleep_s": 3.0}}}}
-    gpu_runs = [deployment.launch(["h200_probe"], "ch_c", run_config=slow) for _ in range(5)]
+    gpu_runs = [deployment.launch(["h200_probe"], c, run_config=slow) for c in gpu_channels]
     cpu_run = deployment.launch(STAGE1, "ch_t")
 
     most_at_once, most_queued = 0, 0
@@ -335,7 +339,7 @@ def test_h200_runs_one_at_a_time_while_the_t4_keeps_working(deployment):
     runs = [deployment.run(r) for r in gpu_runs]
     assert all(r["status"] == "SUCCESS" and executed_on(r) == "h200" for r in runs)
     # the steps themselves, timed inside the worker, never overlapped
-    steps = sorted((m["step_started"], m["step_finished"]) for m in deployment.probe_metadata("ch_c") if m["runId"] in gpu_runs)
+    steps = sorted((m["step_started"], m["step_finished"]) for c in gpu_channels for m in deployment.probe_metadata(c) if m["runId"] in gpu_runs)
     assert len(steps) == 5 and all(a[1] <= b[0] for a, b in zip(steps, steps[1:])), steps
     # the T4 run did not wait for the H200 queue
     cpu = deployment.wait(cpu_run)

@@ -62,7 +62,12 @@ def push_channel(
         result.attempts = attempt
         try:
             api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-            on_hub = {f.path: f for f in api.list_repo_tree(repo_id, repo_type=REPO_TYPE, recursive=True) if isinstance(f, RepoFile)}
+            # The card is computed from this view of the repo; the commit names it as its parent, so a
+            # push of another channel landing in between is refused (412) and this attempt starts over
+            # from the new view, instead of committing a card without that channel.
+            head = api.repo_info(repo_id, repo_type=REPO_TYPE).sha
+            on_hub = {f.path: f for f in api.list_repo_tree(repo_id, repo_type=REPO_TYPE, recursive=True, revision=head)
+                      if isinstance(f, RepoFile)}
             ours = {s["path"]: s for s in record["shards"]}
             missing = sorted(p for p, s in ours.items() if p not in on_hub or on_hub[p].size != s["bytes"])
             stale = sorted(p for p in on_hub if p.startswith(data_folder(channel)) and p not in ours)
@@ -83,6 +88,7 @@ def push_channel(
                 repo_id, operations, repo_type=REPO_TYPE,
                 commit_message=f"hf_dataset: channel {channel}, build {record['build_id']} ({record['stats']['rows']} rows)",
                 commit_description=f"{len(missing)} shard(s) added, {len(stale)} removed, card regenerated; other channels untouched.",
+                parent_commit=head,
             )
             result.commit_url, result.commit_oid = info.commit_url, info.oid
             result.added, result.deleted = missing, stale
