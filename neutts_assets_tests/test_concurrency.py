@@ -348,3 +348,46 @@ def test_orphan_clean_up_spares_live_writers_of_this_and_other_hosts(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_two_hf_dataset_runs_of_one_channel_leave_one_shard_set(single_run, source, s3_client, s3_bucket, s3_endpoint):
+    """Two builds of one channel would each publish their own shard names and delete the other's;
+    the second run stops at the lease, so the channel has exactly the shards its card lists."""
+    from neutts_assets.defs.assets.dataset import hf_dataset
+
+    store = S3Store(s3_client, s3_bucket, "segs")  # a build reading over HTTP: time for the second run to arrive
+    for o in single_run.list(""):
+        store.write_bytes(o.key, single_run.read_bytes(o.key))
+    resources = make_resources(str(source), f"s3://{s3_bucket}/segs", s3_endpoint)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("channels", [CHANNEL])
+    config = {"ops": {"hf_dataset": {"config": {"include_segments_without_codes": True, "workers": 1, "shard_size_mb": 0.05,
+                                                         "save_to_disk": True}}}}
+    results = {}
+
+    def run(name):
+        results[name] = materialize([hf_dataset], partition_key=CHANNEL, instance=instance, resources=resources,
+                                    run_config=config, raise_on_error=False)
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    deadline = time.monotonic() + 60
+    while store.read_versioned(lease_key("hf_dataset", CHANNEL)) is None:
+        assert time.monotonic() < deadline and first.is_alive(), "the first run never took the lease"
+        time.sleep(0.01)
+    run("second")
+    second_done = time.time()
+    first.join(120)
+    assert results["first"].success and not results["second"].success
+    print(f"overlap margin {instance.get_run_stats(results['first'].run_id).end_time - second_done:.2f} s")
+    assert instance.get_run_stats(results["first"].run_id).end_time > second_done  # they did overlap
+    (failure,) = [e for e in results["second"].all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.message
+    assert f"hf_dataset for channel {CHANNEL!r} is already being materialized by run {results['first'].run_id} " in message
+
+    record = json.loads(store.read_bytes(record_key(CHANNEL)))
+    card = yaml.safe_load(store.read_bytes(CARD_KEY).decode().split("---")[1])
+    (listed,) = [c["data_files"][0]["path"] for c in card["configs"] if c["config_name"] == CHANNEL]
+    on_disk = sorted(o.key[len("hf_dataset/"):] for o in store.list(shard_prefix(CHANNEL)))
+    assert on_disk == sorted(listed) == sorted(s["path"] for s in record["shards"]) and len(on_disk) > 1
+    assert record["stats"]["rows"] == 150
