@@ -57,6 +57,14 @@ def test_cleanup_deletes_only_after_the_dataset_is_verified(stage1_template, tmp
     assert not result.success and "unreadable" in _failure(result) and _objects(store, A) == before
     store.write_bytes(shard, good)
 
+    # While a run of a writer of A holds its lease, nothing is verified or deleted.
+    from neutts_assets.core.lease import acquire
+
+    with acquire(store, "encoded_segments", A, "encoding-run"):
+        result = _clean(instance, resources, A)
+    assert not result.success and "encoded_segments for channel 'Atheer_-' is already being materialized by run encoding-run" in _failure(result)
+    assert _objects(store, A) == before
+
     # Verified: a dry run reports, the real run deletes stage 1 and stage 2 of A only.
     b_before = _objects(store, B)
     assert _clean(instance, resources, A, dry_run=True).success and _objects(store, A) == before

@@ -10,6 +10,7 @@ from pydantic import Field
 from neutts_assets.core.dataset_cleanup import clean_channel, verify_channel
 from neutts_assets.core.dataset_sources import encoded_prefix
 from neutts_assets.defs.io_managers import manifest_key
+from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
 
@@ -21,6 +22,15 @@ class CleanupConfig(Config):
 @op(description="Verify the channel's hf_dataset (every shard reads back, rows == segments, the same segments), "
     "then delete its stage-1 and stage-2 segment objects; report what was freed.")
 def delete_channel_segments(context: OpExecutionContext, config: CleanupConfig, store: SegmentStore) -> Output[dict]:
+    # Nothing may write the channel's segments or dataset while they are verified and deleted: the
+    # leases of all three writers, so a run of any of them meanwhile stops (and this one, if one runs).
+    dst = store.open()
+    with channel_lease(context, dst, "segments_npz"), channel_lease(context, dst, "encoded_segments"), \
+            channel_lease(context, dst, "hf_dataset"):
+        return _delete_channel_segments(context, config, store)
+
+
+def _delete_channel_segments(context: OpExecutionContext, config: CleanupConfig, store: SegmentStore) -> Output[dict]:
     channel = context.partition_key
     dst = store.open()
     encoded = dst.read_bytes_or_none(manifest_key("encoded_segments", channel))
