@@ -1,12 +1,12 @@
 """One writer per (asset, channel): a lease object in the segment store.
 
-Dagster's run queue keeps two runs of a channel apart (one run per `dagster/partition`), but
+Dagster's run queue keeps two runs of a channel apart (one run per `neutts/channel` tag), but
 `dagster asset materialize` and the CLI execute in-process and never pass through the queue. So
 every stage that writes a channel's objects first takes this lease, in the store it writes to:
 
     _leases/{asset}/{channel}.json   run id, host, boot, pid, heartbeat, expiry, a nonce
 
-- Taking it is the backend's create-if-absent (a hard link; S3 If-None-Match: *; GCS
+- Taking it is the backend's create-if-absent (a hard link in a folder; S3 If-None-Match: *; GCS
   if_generation_match=0), so of two runs started at once exactly one gets it. The other stops
   at once with LeaseHeld, naming the asset, the channel and the holding run: waiting would hold a
   machine idle only to find, once the first run is done, nothing left to do.
