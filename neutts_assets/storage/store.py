@@ -103,6 +103,12 @@ class ObjectStore(abc.ABC):
         """
         return 0
 
+    @property
+    def retries(self) -> dict[str, int]:
+        """Retries the client made through this store, by 'operation: reason'; empty for a folder."""
+        counter = getattr(self, "retry_counter", None)
+        return counter.snapshot() if counter is not None else {}
+
     def exists(self, key: str) -> bool:
         try:
             self.read_bytes(key)

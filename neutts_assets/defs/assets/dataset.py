@@ -17,7 +17,7 @@ from neutts_assets.core.dataset_writer import (
 )
 from neutts_assets.core.progress import Progress
 from neutts_assets.defs.io_managers import manifest_key
-from neutts_assets.defs.metadata import md_table, reason_counts
+from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
 
@@ -103,7 +103,8 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
         "dataset_folder": DATASET_PREFIX, "card": CARD_KEY, "shards": record["shards"], "source": record["source"],
         "hub": {"repo_id": push.repo_id, "commit": push.commit_oid} if push else None,
     }
-    return Output(manifest, metadata=_metadata(dst, record, sources, build, removed, disk, push, hub.title))
+    metadata = _metadata(dst, record, sources, build, removed, disk, push, hub.title)
+    return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
 
 
 def _manifest(dst, asset: str, channel: str) -> Optional[dict]:

@@ -9,7 +9,7 @@ from neutts_assets.core.segment_store import channel_prefix
 from neutts_assets.core.stage2 import EncodeTally, encode_stream
 from neutts_assets.core.stage2_store import STAGE2_PREFIX, EncodePlan, Stage2Layout, encoded_manifest, plan_encoding
 from neutts_assets.defs.codec import NeuCodecResource
-from neutts_assets.defs.metadata import md_table, reason_counts
+from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
 
@@ -61,7 +61,8 @@ def encoded_segments(
     with_codes = set(plan.done) | {item.audio_id for item, _ in tally.encoded} | {item.audio_id for item in tally.kept}
     failed = [(key, reason) for key, reason in plan.missing_source] + tally.failed
     manifest = encoded_manifest(segments_npz, layout, model.label, model.test_only, with_codes, plan.too_short, failed)
-    return Output(manifest, metadata=_metadata(model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}", orphan_temporaries))
+    metadata = _metadata(model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}", orphan_temporaries)
+    return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
 
 
 def _metadata(model: Codec, plan: EncodePlan, tally: EncodeTally, manifest: dict, failed: list, where: str, orphans: int) -> dict:
