@@ -50,6 +50,7 @@ class FaultProxy:
         self.fail_forever: Optional[Callable[[str, str], bool]] = None
         self.permanent_status = 503
         self.counts: Counter = Counter()
+        self.log: list[tuple[str, str, str]] = []  # (method, path, fault or "")
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
@@ -79,26 +80,31 @@ class FaultProxy:
 
     def _choose(self, method: str, path: str) -> Optional[str]:
         with self._lock:
-            self.counts["requests"] += 1
-            if self.fail_forever is not None and self.fail_forever(method, path):
-                self.counts["permanent"] += 1
-                return "permanent"
-            if not self.enabled:
-                return None
-            self.counts["requests_faults_on"] += 1
-            n = self.counts["requests_faults_on"]
-            roll = self.rng.random()
-            fault = FAULTS[int(roll / self.rate)] if roll < self.rate * len(FAULTS) else None
-            if fault is None:
-                lacking = [f for f in FAULTS if self.counts[f] < self.floor * n]
-                if lacking:
-                    fault = min(lacking, key=lambda f: (self.counts[f], self.rng.random()))
-            if fault is not None:
-                self.counts[fault] += 1
-                if fault == "error_5xx" and method in WRITES and self.rng.random() < 0.5:
-                    self.counts["error_5xx_after_forward"] += 1
-                    fault = "error_5xx_after_forward"
+            fault = self._roll(method, path)
+            self.log.append((method, path, fault or ""))
             return fault
+
+    def _roll(self, method: str, path: str) -> Optional[str]:  # under the lock
+        self.counts["requests"] += 1
+        if self.fail_forever is not None and self.fail_forever(method, path):
+            self.counts["permanent"] += 1
+            return "permanent"
+        if not self.enabled:
+            return None
+        self.counts["requests_faults_on"] += 1
+        n = self.counts["requests_faults_on"]
+        roll = self.rng.random()
+        fault = FAULTS[int(roll / self.rate)] if roll < self.rate * len(FAULTS) else None
+        if fault is None:
+            lacking = [f for f in FAULTS if self.counts[f] < self.floor * n]
+            if lacking:
+                fault = min(lacking, key=lambda f: (self.counts[f], self.rng.random()))
+        if fault is not None:
+            self.counts[fault] += 1
+            if fault == "error_5xx" and method in WRITES and self.rng.random() < 0.5:
+                self.counts["error_5xx_after_forward"] += 1
+                fault = "error_5xx_after_forward"
+        return fault
 
     def _pick(self, options: list):
         with self._lock:

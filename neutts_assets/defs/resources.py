@@ -98,7 +98,7 @@ class SegmentStore(_ClientRetries):
                 region_name=self.region,
                 verify=self.verify_tls,
                 config=BotoConfig(
-                    retries={"mode": settings.mode, "max_attempts": settings.max_attempts},
+                    retries={"mode": settings.mode, "total_max_attempts": settings.max_attempts},  # "max_attempts" would mean retries
                     connect_timeout=settings.connect_timeout_s,
                     read_timeout=settings.read_timeout_s,
                 ),

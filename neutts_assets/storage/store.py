@@ -35,6 +35,12 @@ class ObjectInfo:
     updated: datetime | None = None
 
 
+def may_pass(exc: BaseException) -> bool:
+    """The store failed, after the client's own retries, rather than the object being bad: a rerun may
+    pass, so the run fails and publishes nothing that would leave the object out."""
+    return isinstance(exc, StoreError) and not isinstance(exc, UnsafeKeyError)
+
+
 # Marks a write in progress: listings hide such names and clean-up deletes them, so no real object
 # may carry it.
 TEMP_MARK = ".neutts-tmp-"

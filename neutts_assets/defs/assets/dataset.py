@@ -79,6 +79,13 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
                 keep_local=want_push or config.save_to_disk, progress=lambda n, s: progress.update(n, s),
             )
             record = build.record
+            if build.store_failures:  # the store failed, not the segments: publish no build that lacks them
+                _remove_unpublished(dst, record)
+                raise Failure(
+                    description=f"{channel}: {len(build.store_failures)} segment file(s) could not be read from the "
+                    "store; nothing published, rerun to retry: " + "; ".join(f"{k}: {why}" for k, why in build.store_failures[:5]),
+                    metadata={"retryable_failures": md_table(["object", "reason"], build.store_failures), **retry_metadata(store=dst)},
+                )
             removed = publish_channel(dst, record, hub.title)
         local = build.local_shards if build else {}
         if config.save_to_disk and not disk_copy_current(dst, record):
@@ -105,6 +112,16 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
     }
     metadata = _metadata(dst, record, sources, build, removed, disk, push, hub.title)
     return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
+
+
+def _remove_unpublished(dst, record: dict) -> None:
+    """This build's shards, which no card lists: a folder read without the card must not find them either.
+    Best effort: the next build removes what is left."""
+    for shard in record["shards"]:
+        try:
+            dst.delete(DATASET_PREFIX + shard["path"])
+        except Exception:
+            pass
 
 
 def _manifest(dst, asset: str, channel: str) -> Optional[dict]:
