@@ -10,8 +10,8 @@ Each request gets, by a seeded RNG, one of:
                 reset (RST). A response with no body is cut inside its headers (reset_in_headers).
     delay       forwarded; the response waits `delay_s`, past the client's read timeout.
     (nothing)   forwarded unchanged.
-Each fault hits `rate` of the requests at random; a fault that falls below `floor` of the requests
-so far is injected on the next request the dice spare, so each stays at or above it. `fail_forever`
+Each fault hits `rate` of the requests at random, and a fault about to fall below `floor` of the
+requests so far is injected first, so from the tenth request on each stays at or above `floor`. `fail_forever`
 (a predicate on method and path) answers matching requests with `permanent_status` every time.
 The proxy counts requests and each fault in `counts`.
 """
@@ -93,12 +93,14 @@ class FaultProxy:
             return None
         self.counts["requests_faults_on"] += 1
         n = self.counts["requests_faults_on"]
-        roll = self.rng.random()
-        fault = FAULTS[int(roll / self.rate)] if roll < self.rate * len(FAULTS) else None
-        if fault is None:
-            lacking = [f for f in FAULTS if self.counts[f] < self.floor * n]
-            if lacking:
-                fault = min(lacking, key=lambda f: (self.counts[f], self.rng.random()))
+        # A fault under its floor goes first. Looking len(FAULTS) requests ahead leaves room to
+        # serve all of them, one per request, before any drops below the floor (from 10 requests on).
+        lacking = [f for f in FAULTS if self.counts[f] < self.floor * (n + len(FAULTS))]
+        if lacking:
+            fault = min(lacking, key=lambda f: (self.counts[f], self.rng.random()))
+        else:
+            roll = self.rng.random()
+            fault = FAULTS[int(roll / self.rate)] if roll < self.rate * len(FAULTS) else None
         if fault is not None:
             self.counts[fault] += 1
             if fault == "error_5xx" and method in WRITES and self.rng.random() < 0.5:
@@ -123,7 +125,7 @@ class FaultProxy:
             return self._send_error(h, self._pick([500, 502]))
         try:
             status, reason, headers, data = self._forward(h, body)
-        except OSError as exc:  # upstream gone: what a real gateway says
+        except (OSError, http.client.HTTPException) as exc:  # upstream gone: what a real gateway says
             return self._send_raw(h, 502, "Bad Gateway", [("Content-Type", "text/plain")], f"upstream: {exc}".encode())
         if fault == "error_5xx_after_forward":
             return self._send_error(h, self._pick([500, 502]))

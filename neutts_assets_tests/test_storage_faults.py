@@ -276,3 +276,17 @@ def test_a_segment_read_that_always_fails_fails_the_dataset_and_publishes_no_bui
     assert not store.exists(record_key(CHANNEL)) and not store.exists(CARD_KEY)
     assert not store.exists(manifest_key("hf_dataset", CHANNEL))
     assert list(store.list(DATASET_PREFIX)) == []  # the build's shards are removed too
+
+
+def test_retry_settings_come_from_the_environment(monkeypatch):
+    from neutts_assets.defs.resources import resources_from_env
+
+    for name, value in {"NEUTTS_STORAGE_MAX_ATTEMPTS": "4", "NEUTTS_STORAGE_READ_TIMEOUT_S": "7.5",
+                        "NEUTTS_STORAGE_CONNECT_TIMEOUT_S": "3", "NEUTTS_STORAGE_RETRY_DEADLINE_S": "90"}.items():
+        monkeypatch.setenv(name, value)
+    resources = resources_from_env()
+    for name in ("source", "store"):
+        settings = resources[name].retry_settings()
+        assert (settings.max_attempts, settings.read_timeout_s, settings.connect_timeout_s, settings.deadline_s) == (4, 7.5, 3.0, 90.0)
+    monkeypatch.delenv("NEUTTS_STORAGE_MAX_ATTEMPTS")
+    assert resources_from_env()["store"].retry_settings().max_attempts == 10  # the default

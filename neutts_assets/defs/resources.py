@@ -134,6 +134,18 @@ def _env_or_none(name: str):
     return EnvVar(name) if os.environ.get(name) else None
 
 
+_RETRY_ENV = {  # field -> variable, for both stores; unset: the field's default
+    "max_attempts": ("NEUTTS_STORAGE_MAX_ATTEMPTS", int),
+    "connect_timeout_s": ("NEUTTS_STORAGE_CONNECT_TIMEOUT_S", float),
+    "read_timeout_s": ("NEUTTS_STORAGE_READ_TIMEOUT_S", float),
+    "retry_deadline_s": ("NEUTTS_STORAGE_RETRY_DEADLINE_S", float),
+}
+
+
+def _client_retries_from_env() -> dict:
+    return {field: kind(os.environ[name]) for field, (name, kind) in _RETRY_ENV.items() if os.environ.get(name)}
+
+
 def default_store_url() -> str:
     home = os.environ.get("DAGSTER_HOME")
     return str(Path(home) / "neutts_store") if home else str(Path.cwd() / ".neutts" / "store")
@@ -148,6 +160,7 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
         "source": SourceBucket(
             url=os.environ.get("NEUTTS_SOURCE") or str(DEMO_SOURCE),
             gcp_project=os.environ.get("GOOGLE_CLOUD_PROJECT"),
+            **_client_retries_from_env(),
         ),
         "store": SegmentStore(
             url=os.environ.get("NEUTTS_STORE") or default_store_url(),
@@ -157,6 +170,7 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             region=os.environ.get("S3_REGION") or None,
             verify_tls=None if os.environ.get("S3_VERIFY_TLS", "") == "" else os.environ["S3_VERIFY_TLS"].lower() in ("1", "true", "yes"),
             gcp_project=os.environ.get("GOOGLE_CLOUD_PROJECT"),
+            **_client_retries_from_env(),
         ),
         "channel_settings": ChannelSettings(channel_mapping=mapping),
         "hub": HuggingFaceHub(
