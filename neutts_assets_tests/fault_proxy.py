@@ -39,8 +39,9 @@ _DROP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "t
 
 class FaultProxy:
     def __init__(self, upstream: str, flavor: str, rate: float = 0.1, floor: float = 0.1, delay_s: float = 2.0,
-                 seed: Optional[int] = None):
-        assert flavor in ("s3", "gcs")
+                 seed: Optional[int] = None, faults: tuple[str, ...] = FAULTS):
+        assert flavor in ("s3", "gcs") and set(faults) <= set(FAULTS)
+        self.faults = faults  # the kinds injected
         target = urlsplit(upstream)
         self.upstream = (target.hostname, target.port)
         self.flavor, self.rate, self.floor, self.delay_s = flavor, rate, floor, delay_s
@@ -93,14 +94,14 @@ class FaultProxy:
             return None
         self.counts["requests_faults_on"] += 1
         n = self.counts["requests_faults_on"]
-        # A fault under its floor goes first. Looking len(FAULTS) requests ahead leaves room to
+        # A fault under its floor goes first. Looking len(faults) requests ahead leaves room to
         # serve all of them, one per request, before any drops below the floor (from 10 requests on).
-        lacking = [f for f in FAULTS if self.counts[f] < self.floor * (n + len(FAULTS))]
+        lacking = [f for f in self.faults if self.counts[f] < self.floor * (n + len(self.faults))]
         if lacking:
             fault = min(lacking, key=lambda f: (self.counts[f], self.rng.random()))
         else:
             roll = self.rng.random()
-            fault = FAULTS[int(roll / self.rate)] if roll < self.rate * len(FAULTS) else None
+            fault = self.faults[int(roll / self.rate)] if roll < self.rate * len(self.faults) else None
         if fault is not None:
             self.counts[fault] += 1
             if fault == "error_5xx" and method in WRITES and self.rng.random() < 0.5:

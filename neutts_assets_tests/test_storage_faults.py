@@ -290,3 +290,44 @@ def test_retry_settings_come_from_the_environment(monkeypatch):
         assert (settings.max_attempts, settings.read_timeout_s, settings.connect_timeout_s, settings.deadline_s) == (4, 7.5, 3.0, 90.0)
     monkeypatch.delenv("NEUTTS_STORAGE_MAX_ATTEMPTS")
     assert resources_from_env()["store"].retry_settings().max_attempts == 10  # the default
+
+
+def test_a_gcs_segment_store_writes_reads_and_deletes_through_faults(gcs_endpoint, emulator_through):
+    """The segment store may be GCS too: uploads retry only because the store passes retry= (the
+    library does not retry them by default); the same key gets the same bytes, so a repeat is safe."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    name = f"seg-{uuid.uuid4().hex[:12]}"
+    storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(name)
+    blobs = {f"stage1/ch/{i}.npz": os.urandom(50_000 + i) for i in range(12)}
+    with FaultProxy(gcs_endpoint, "gcs", delay_s=DELAY_S) as gcs:
+        emulator_through(gcs.url)
+        store = SegmentStore(url=f"gs://{name}/{PREFIX}", **UNDER_FAULTS).open()
+        gcs.enabled = True
+        for key, data in blobs.items():
+            store.write_bytes(key, data)
+        assert {o.key: o.size for o in store.list("stage1/")} == {k: len(v) for k, v in blobs.items()}
+        for key, data in blobs.items():
+            assert store.read_bytes(key) == data
+        for key in sorted(blobs)[:6]:
+            store.delete(key)
+        assert sorted(o.key for o in store.list("stage1/")) == sorted(blobs)[6:]
+    retries = store.retries
+    print(dict(gcs.counts), retries)
+    assert sum(n for what, n in retries.items() if what.startswith("upload:")) > 0, retries
+    assert all(gcs.share(f) >= 0.10 for f in FAULTS) and gcs.counts["error_5xx_after_forward"] + gcs.counts["reset"] > 0
+
+
+def test_a_reset_inside_an_s3_error_response_is_retried(s3_endpoint, s3_client):
+    """botocore reads a GetObject error response's body (here a 404) outside its retry loop, and a
+    reset there escapes as urllib3's ProtocolError; the store retries it, and the missing object
+    still reads as missing."""
+    bucket = _new_bucket(s3_client)
+    with FaultProxy(s3_endpoint, "s3", faults=("reset",), seed=0) as s3:
+        store = SegmentStore(url=f"s3://{bucket}/{PREFIX}", endpoint_url=s3.url, access_key=S3_ACCESS,
+                             secret_key=S3_SECRET, region="us-east-1", **UNDER_FAULTS).open()
+        s3.enabled = True  # the first request is reset: the floor serves it first
+        assert store.read_bytes_or_none("stage1/ch/missing.npz") is None
+    assert s3.counts["reset_mid_body"] >= 1
+    assert store.retries.get("GetObject body: ProtocolError", 0) >= 1, store.retries

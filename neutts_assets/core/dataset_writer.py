@@ -288,6 +288,16 @@ def publish_channel(store: ObjectStore, record: dict, title: str) -> list[str]:
     return removed
 
 
+def discard_build(store: ObjectStore, record: dict) -> None:
+    """Deletes the shards of a build that will not be published: no card lists them, and a folder read
+    without the card must not find them either. Best effort: the next build removes what is left."""
+    for shard in record["shards"]:
+        try:
+            store.delete(DATASET_PREFIX + shard["path"])
+        except Exception:
+            pass
+
+
 def fetch_shards(store: ObjectStore, record: dict, workdir: Path, have: dict[str, Path] | None = None,
                  only: Iterable[str] | None = None) -> dict[str, Path]:
     """Local copies of the record's shards (those in `only`, or all), reusing the ones in `have`."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 from pathlib import Path
 from typing import Any, Iterator
 
+import urllib3
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import (
     BotoCoreError, ClientError, EndpointConnectionError, IncompleteReadError, NoCredentialsError, ReadTimeoutError,
@@ -19,6 +21,11 @@ _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToke
 
 class _BodyInterrupted(Exception):
     """The response headers arrived but the body broke off: botocore does not retry that."""
+
+
+# botocore reads the body of a GetObject error response (a 404, a 503) outside its retry loop and
+# without wrapping what the connection raises there: a reset inside it escapes as urllib3's own error.
+_UNWRAPPED = (urllib3.exceptions.HTTPError, http.client.HTTPException)
 
 
 class S3Store(ObjectStore):
@@ -74,7 +81,10 @@ class S3Store(ObjectStore):
 
     def read_bytes(self, key: str) -> bytes:
         def get() -> bytes:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            except _UNWRAPPED as exc:
+                raise _BodyInterrupted(f"{type(exc).__name__} in the error response: {exc}") from exc
             try:
                 return body.read()
             except (IncompleteReadError, ResponseStreamingError, ReadTimeoutError) as exc:

@@ -12,7 +12,7 @@ from neutts_assets.core.dataset_hub import HubPushError, PushResult, push_channe
 from neutts_assets.core.dataset_rows import RowFilter
 from neutts_assets.core.dataset_sources import NoSegments, Sources, channel_sources
 from neutts_assets.core.dataset_writer import (
-    CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, fetch_shards, publish_channel, read_record, read_records,
+    CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, discard_build, fetch_shards, publish_channel, read_record, read_records,
     source_fingerprint,
 )
 from neutts_assets.core.progress import Progress
@@ -80,7 +80,7 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
             )
             record = build.record
             if build.store_failures:  # the store failed, not the segments: publish no build that lacks them
-                _remove_unpublished(dst, record)
+                discard_build(dst, record)
                 raise Failure(
                     description=f"{channel}: {len(build.store_failures)} segment file(s) could not be read from the "
                     "store; nothing published, rerun to retry: " + "; ".join(f"{k}: {why}" for k, why in build.store_failures[:5]),
@@ -112,16 +112,6 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
     }
     metadata = _metadata(dst, record, sources, build, removed, disk, push, hub.title)
     return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
-
-
-def _remove_unpublished(dst, record: dict) -> None:
-    """This build's shards, which no card lists: a folder read without the card must not find them either.
-    Best effort: the next build removes what is left."""
-    for shard in record["shards"]:
-        try:
-            dst.delete(DATASET_PREFIX + shard["path"])
-        except Exception:
-            pass
 
 
 def _manifest(dst, asset: str, channel: str) -> Optional[dict]:
