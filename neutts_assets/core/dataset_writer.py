@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from neutts_assets.core.dataset_rows import COLUMNS, BadSegment, ChannelStats, Row, RowFilter, dataset_features, read_row
 from neutts_assets.core.segment_file import STRING_KEYS, FORMAT_VERSION
-from neutts_assets.storage.store import ObjectInfo, ObjectStore
+from neutts_assets.storage.store import ObjectInfo, ObjectStore, may_pass
 
 DATASET_PREFIX = "hf_dataset/"
 BUILDS_PREFIX = "hf_dataset_builds/"
@@ -83,6 +83,7 @@ class ChannelBuild:
     local_shards: dict[str, Path] = field(default_factory=dict)  # path in the dataset folder -> local copy
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (segment key, reason)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (object, reason)
+    store_failures: list[tuple[str, str]] = field(default_factory=list)  # (object, reason): not to be published
     bytes_read: int = 0
     wall_seconds: float = 0.0
 
@@ -206,7 +207,7 @@ def build_channel(
     build = ChannelBuild(record={})
     for key, data in _rows_in_order(store, [o.key for o in objects], workers):
         if isinstance(data, Exception):
-            build.failures.append((key, f"cannot read: {data}"))
+            (build.store_failures if may_pass(data) else build.failures).append((key, f"cannot read: {data}"))
             continue
         build.bytes_read += len(data)
         try:
@@ -285,6 +286,16 @@ def publish_channel(store: ObjectStore, record: dict, title: str) -> list[str]:
             store.delete(o.key)
             removed.append(o.key)
     return removed
+
+
+def discard_build(store: ObjectStore, record: dict) -> None:
+    """Deletes the shards of a build that will not be published: no card lists them, and a folder read
+    without the card must not find them either. Best effort: the next build removes what is left."""
+    for shard in record["shards"]:
+        try:
+            store.delete(DATASET_PREFIX + shard["path"])
+        except Exception:
+            pass
 
 
 def fetch_shards(store: ObjectStore, record: dict, workdir: Path, have: dict[str, Path] | None = None,

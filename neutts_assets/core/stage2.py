@@ -24,7 +24,7 @@ from neutts_assets.core.audio import SAMPLE_RATE
 from neutts_assets.core.codec import Codec, batch_key
 from neutts_assets.core.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.core.stage2_store import EncodeItem
-from neutts_assets.storage.store import ObjectStore
+from neutts_assets.storage.store import ObjectStore, may_pass
 
 
 @dataclass
@@ -42,6 +42,8 @@ class EncodeTally:
     encoded: list[tuple[EncodeItem, int]] = field(default_factory=list)  # (item, number of codes)
     kept: list[EncodeItem] = field(default_factory=list)  # unmarked files found to hold this codec's codes
     failed: list[tuple[str, str]] = field(default_factory=list)  # (audio id, reason)
+    # (audio id, reason): the store failed after the client's retries; the run fails, a rerun retries them
+    store_failed: list[tuple[str, str]] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     batch_seconds: list[float] = field(default_factory=list)
     audio_seconds: float = 0.0
@@ -92,6 +94,7 @@ class _Fetched:
     segment: Segment | None = None
     features: object = None  # the codec's input features, computed here rather than on the encoding thread
     error: str = ""
+    store_failed: bool = False  # the error is the store's, not the file's
     kept: bool = False  # the stage-2 file already holds this codec's codes for this audio
 
 
@@ -126,6 +129,8 @@ def encode_stream(
             got.error, nbytes = "stage-1 segment file disappeared from the store", 0
         except Exception as exc:  # a corrupt file must not stop the channel
             got.error, nbytes = f"unreadable stage-1 segment file {item.source_key}: {type(exc).__name__}: {exc}", 0
+            if may_pass(exc):
+                got.error, got.store_failed = f"{type(exc).__name__}: {exc}", True
         with lock:
             tally.download_seconds += time.perf_counter() - t0
             tally.bytes_downloaded += nbytes
@@ -147,7 +152,8 @@ def encode_stream(
                 tally.bytes_uploaded += len(data)
         except Exception as exc:
             with lock:
-                tally.failed.append((item.audio_id, f"upload failed: {type(exc).__name__}: {exc}"))
+                (tally.store_failed if may_pass(exc) else tally.failed).append(
+                    (item.audio_id, f"upload failed: {type(exc).__name__}: {exc}"))
         finally:
             with lock:
                 tally.upload_seconds += time.perf_counter() - t0
@@ -202,7 +208,7 @@ def encode_stream(
                 continue
             got = window.popleft().result()
             if got.error:
-                tally.failed.append((got.item.audio_id, got.error))
+                (tally.store_failed if got.store_failed else tally.failed).append((got.item.audio_id, got.error))
                 budget.release(item_cost(got.item))
                 continue
             if got.kept:

@@ -28,3 +28,13 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]], empty: st
 def reason_counts(reasons: Iterable[str]) -> MetadataValue:
     counts = Counter(reasons)
     return md_table(["reason", "segments"], counts.most_common(), empty="nothing skipped")
+
+
+def retry_metadata(**stores) -> dict:
+    """The storage clients' retries during the materialization, e.g. retry_metadata(source=src, store=dst):
+    a total and a table by store, operation and reason (a 503 SlowDown, a read timeout, ...)."""
+    rows = [(name, what, n) for name, store in stores.items() for what, n in sorted(store.retries.items())]
+    return {
+        "storage_retries": sum(n for _, _, n in rows),
+        "storage_retries_by_reason": md_table(["store", "operation: reason", "retries"], rows, empty="no retries"),
+    }

@@ -1,7 +1,7 @@
 """One object-store interface with three backends: a local folder, GCS and S3-compatible stores.
 
 Backends take ready-made clients, so this floor stays free of Dagster: the Dagster layer builds
-the clients through dagster-gcp's GCSResource and dagster-aws's S3Resource.
+the clients through dagster-gcp's GCSResource and boto3 (with botocore's retry Config).
 """
 
 from neutts_assets.storage.store import ObjectInfo, ObjectStore, StoreCheckError, StoreError, UnsafeKeyError

@@ -2,26 +2,68 @@
 
 from __future__ import annotations
 
+import http.client
 from pathlib import Path
 from typing import Any, Iterator
 
+import requests
+import urllib3
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exc
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+from google.cloud.storage.retry import DEFAULT_RETRY
 
+from neutts_assets.storage.retries import RetryCounter, RetrySettings
 from neutts_assets.storage.store import PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
 
-try:  # requests is what google-cloud-storage talks through; its connection errors name the endpoint
-    from requests.exceptions import ConnectionError as _ConnectionError
-except ImportError:  # pragma: no cover
-    _ConnectionError = OSError
+# requests is what google-cloud-storage talks through; its connection errors name the endpoint
+_ConnectionError = requests.exceptions.ConnectionError
+# What a call can raise once its retries are spent: an API error, or the transport's own.
+_FAILED = (gexc.GoogleAPIError, requests.exceptions.RequestException, ConnectionError, http.client.HTTPException,
+           urllib3.exceptions.HTTPError, InvalidResponse, DataCorruption)
+# The library's own list of retryable errors (429, 5xx, resets, timeouts); DEFAULT_RETRY holds it.
+_RETRYABLE = DEFAULT_RETRY._predicate
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, gexc.GoogleAPICallError) and exc.code:
+        return f"{int(exc.code)} {type(exc).__name__}"
+    if isinstance(exc, InvalidResponse):
+        return f"{exc.response.status_code} InvalidResponse"
+    return type(exc).__name__
 
 
 class GCSStore(ObjectStore):
-    def __init__(self, client: Any, bucket: str, prefix: str = ""):
+    """Every call passes `retry=` and `timeout=` explicitly: uploads are not retried by default, and
+    ours may be (the same key gets the same bytes)."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", settings: RetrySettings | None = None):
         self.client = client
         self.bucket_name = bucket
         self.bucket = client.bucket(bucket)
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.settings = settings or RetrySettings()
+        self.retry_counter = RetryCounter()
+        self._timeout = (self.settings.connect_timeout_s, self.settings.read_timeout_s)
+
+    def _retry(self, operation: str) -> Retry:
+        """google-api-core's Retry with our backoff and deadline, which also stops after max_attempts
+        and counts each retry."""
+        s, attempts = self.settings, [1]
+
+        def predicate(exc: BaseException) -> bool:
+            return _RETRYABLE(exc) and attempts[0] < s.max_attempts
+
+        def on_error(exc: BaseException) -> None:  # called only when a retry follows
+            attempts[0] += 1
+            self.retry_counter.add(operation, _reason(exc))
+
+        return Retry(predicate=predicate, initial=s.initial_backoff_s, maximum=s.max_backoff_s, multiplier=2.0,
+                     timeout=s.deadline_s, on_error=on_error)
+
+    def _calls(self, operation: str) -> dict:
+        return {"retry": self._retry(operation), "timeout": self._timeout}
 
     def describe(self) -> str:
         return f"gs://{self.bucket_name}/{self.prefix}"
@@ -31,55 +73,55 @@ class GCSStore(ObjectStore):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:
-            for blob in self.client.list_blobs(self.bucket_name, prefix=self.prefix + prefix):
+            for blob in self.client.list_blobs(self.bucket_name, prefix=self.prefix + prefix, **self._calls("list")):
                 yield ObjectInfo(
                     key=blob.name[len(self.prefix):],
                     size=int(blob.size or 0),
                     version=str(blob.generation),
                     updated=blob.updated,
                 )
-        except gexc.GoogleAPIError as exc:
+        except _FAILED as exc:
             raise StoreError(f"cannot list {self.prefix + prefix!r} in {self.describe()}: {exc}") from exc
 
     def read_bytes(self, key: str) -> bytes:
         try:
-            return self._blob(key).download_as_bytes()
+            return self._blob(key).download_as_bytes(**self._calls("download"))
         except gexc.NotFound:
             raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
-        except gexc.GoogleAPIError as exc:
+        except _FAILED as exc:
             raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
 
     def download(self, key: str, path: Path) -> int:
         try:
-            self._blob(key).download_to_filename(str(path))
+            self._blob(key).download_to_filename(str(path), **self._calls("download"))
         except gexc.NotFound:
             Path(path).unlink(missing_ok=True)
             raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
-        except gexc.GoogleAPIError as exc:
+        except _FAILED as exc:
             raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
         return Path(path).stat().st_size
 
     def write_bytes(self, key: str, data: bytes) -> None:
         # A GCS upload becomes visible only when complete, so a killed writer leaves no partial object.
         try:
-            self._blob(key).upload_from_string(data)
-        except gexc.GoogleAPIError as exc:
+            self._blob(key).upload_from_string(data, **self._calls("upload"))
+        except _FAILED as exc:
             raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
 
     def upload(self, path: Path, key: str) -> int:
         # Large files go as a resumable upload in chunks; the object appears only when complete.
         try:
-            self._blob(key).upload_from_filename(str(path))
-        except gexc.GoogleAPIError as exc:
+            self._blob(key).upload_from_filename(str(path), **self._calls("upload"))
+        except _FAILED as exc:
             raise StoreError(f"cannot upload {key!r} to {self.describe()}: {exc}") from exc
         return Path(path).stat().st_size
 
     def delete(self, key: str) -> None:
         try:
-            self._blob(key).delete()
+            self._blob(key).delete(**self._calls("delete"))
         except gexc.NotFound:
             pass
-        except gexc.GoogleAPIError as exc:
+        except _FAILED as exc:
             raise StoreError(f"cannot delete {key!r} from {self.describe()}: {exc}") from exc
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
@@ -117,7 +159,7 @@ class GCSStore(ObjectStore):
         try:
             # Listing needs only storage.objects.list, which a reader has; bucket.exists() would need
             # storage.buckets.get, which least-privilege service accounts lack.
-            next(iter(self.client.list_blobs(self.bucket_name, prefix=self.prefix, max_results=1)), None)
+            next(iter(self.client.list_blobs(self.bucket_name, prefix=self.prefix, max_results=1, **self._calls("list"))), None)
             if write:
                 self.write_bytes(PROBE_KEY, b"ok")
                 self.delete(PROBE_KEY)

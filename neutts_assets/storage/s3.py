@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import http.client
 from pathlib import Path
 from typing import Any, Iterator
 
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+import urllib3
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import (
+    BotoCoreError, ClientError, EndpointConnectionError, IncompleteReadError, NoCredentialsError, ReadTimeoutError,
+    ResponseStreamingError,
+)
 
+from neutts_assets.storage.retries import RetryCounter, RetrySettings, retry_call
 from neutts_assets.storage.store import PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
 
 # A condition that did not hold: the object exists (If-None-Match), changed (If-Match), or another
@@ -16,11 +23,45 @@ _LOST_RACE_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AccessDenied", "403"}
 
 
+class _BodyInterrupted(Exception):
+    """The response headers arrived but the body broke off: botocore does not retry that."""
+
+
+# botocore reads the body of a GetObject error response (a 404, a 503) outside its retry loop and
+# without wrapping what the connection raises there: a reset inside it escapes as urllib3's own error.
+_UNWRAPPED = (urllib3.exceptions.HTTPError, http.client.HTTPException)
+
+
 class S3Store(ObjectStore):
-    def __init__(self, client: Any, bucket: str, prefix: str = ""):
+    """`client` carries the retry settings (botocore Config); `settings` repeats them for the one
+    spot botocore leaves alone, a GetObject body that breaks off after the headers."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", settings: RetrySettings | None = None):
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.settings = settings or RetrySettings()
+        self.retry_counter = RetryCounter()
+        # botocore retries inside one API call; these hooks see each attempt's outcome and each retry.
+        events = client.meta.events
+        events.register("response-received.s3", self._note_attempt, unique_id=f"neutts-note-{id(self)}")
+        events.register("request-created.s3", self._count_retry, unique_id=f"neutts-count-{id(self)}")
+
+    def _note_attempt(self, context=None, exception=None, response_dict=None, parsed_response=None, **_) -> None:
+        if context is None:
+            return
+        reason = None
+        if exception is not None:
+            reason = type(exception).__name__
+        elif response_dict is not None and response_dict.get("status_code", 200) >= 400:
+            code = (parsed_response or {}).get("Error", {}).get("Code")
+            reason = f"{response_dict['status_code']} {code}" if code else str(response_dict["status_code"])
+        context["neutts_last_failure"] = reason
+
+    def _count_retry(self, request=None, operation_name: str = "?", **_) -> None:
+        context = getattr(request, "context", None) or {}
+        if context.get("retries", {}).get("attempt", 1) > 1:
+            self.retry_counter.add(operation_name, context.get("neutts_last_failure") or "unknown")
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.client.meta.endpoint_url}"
@@ -43,19 +84,35 @@ class S3Store(ObjectStore):
             raise StoreError(f"cannot list {self.prefix + prefix!r} in {self.describe()}: {exc}") from exc
 
     def read_bytes(self, key: str) -> bytes:
+        def get() -> bytes:
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            except _UNWRAPPED as exc:
+                raise _BodyInterrupted(f"{type(exc).__name__} in the error response: {exc}") from exc
+            try:
+                return body.read()
+            except (IncompleteReadError, ResponseStreamingError, ReadTimeoutError) as exc:
+                raise _BodyInterrupted(f"{type(exc).__name__}: {exc}") from exc
+
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return retry_call(get, (_BodyInterrupted,), self.settings, self.retry_counter, "GetObject body")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
             raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
+        except (BotoCoreError, _BodyInterrupted) as exc:
+            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
 
     def download(self, key: str, path: Path) -> int:
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path))
+            # s3transfer retries a body that breaks off by itself (not counted here); botocore the requests.
+            self.client.download_file(self.bucket, self._key(key), str(path),
+                                      Config=TransferConfig(num_download_attempts=self.settings.max_attempts))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
+            raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
+        except Exception as exc:  # BotoCoreError, or s3transfer's wrappers of it
             raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
         return Path(path).stat().st_size
 

@@ -35,6 +35,12 @@ class ObjectInfo:
     updated: datetime | None = None
 
 
+def may_pass(exc: BaseException) -> bool:
+    """The store failed, after the client's own retries, rather than the object being bad: a rerun may
+    pass, so the run fails and publishes nothing that would leave the object out."""
+    return isinstance(exc, StoreError) and not isinstance(exc, UnsafeKeyError)
+
+
 # Marks a write in progress: listings hide such names and clean-up deletes them, so no real object
 # may carry it.
 TEMP_MARK = ".neutts-tmp-"
@@ -102,6 +108,12 @@ class ObjectStore(abc.ABC):
         Object stores publish uploads atomically and leave nothing; a folder keeps temporary files.
         """
         return 0
+
+    @property
+    def retries(self) -> dict[str, int]:
+        """Retries the client made through this store, by 'operation: reason'; empty for a folder."""
+        counter = getattr(self, "retry_counter", None)
+        return counter.snapshot() if counter is not None else {}
 
     # Conditional writes: the one primitive each backend has for "only if nobody got there first"
     # (a link or a lock on a folder, S3 If-None-Match / If-Match, GCS generation preconditions).

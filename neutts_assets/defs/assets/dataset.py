@@ -12,13 +12,13 @@ from neutts_assets.core.dataset_hub import HubPushError, PushResult, push_channe
 from neutts_assets.core.dataset_rows import RowFilter
 from neutts_assets.core.dataset_sources import NoSegments, Sources, channel_sources
 from neutts_assets.core.dataset_writer import (
-    CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, fetch_shards, publish_channel, read_record, read_records,
+    CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, discard_build, fetch_shards, publish_channel, read_record, read_records,
     source_fingerprint,
 )
 from neutts_assets.core.progress import Progress
 from neutts_assets.defs.io_managers import manifest_key
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import md_table, reason_counts
+from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
 
@@ -86,6 +86,13 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
                 keep_local=want_push or config.save_to_disk, progress=lambda n, s: progress.update(n, s),
             )
             record = build.record
+            if build.store_failures:  # the store failed, not the segments: publish no build that lacks them
+                discard_build(dst, record)
+                raise Failure(
+                    description=f"{channel}: {len(build.store_failures)} segment file(s) could not be read from the "
+                    "store; nothing published, rerun to retry: " + "; ".join(f"{k}: {why}" for k, why in build.store_failures[:5]),
+                    metadata={"retryable_failures": md_table(["object", "reason"], build.store_failures), **retry_metadata(store=dst)},
+                )
             removed = publish_channel(dst, record, hub.title)
         local = build.local_shards if build else {}
         if config.save_to_disk and not disk_copy_current(dst, record):
@@ -110,7 +117,8 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
         "dataset_folder": DATASET_PREFIX, "card": CARD_KEY, "shards": record["shards"], "source": record["source"],
         "hub": {"repo_id": push.repo_id, "commit": push.commit_oid} if push else None,
     }
-    return Output(manifest, metadata=_metadata(dst, record, sources, build, removed, disk, push, hub.title))
+    metadata = _metadata(dst, record, sources, build, removed, disk, push, hub.title)
+    return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
 
 
 def _manifest(dst, asset: str, channel: str) -> Optional[dict]:

@@ -10,7 +10,7 @@ from neutts_assets.core.stage2 import EncodeTally, encode_stream
 from neutts_assets.core.stage2_store import STAGE2_PREFIX, EncodePlan, Stage2Layout, encoded_manifest, plan_encoding
 from neutts_assets.defs.codec import NeuCodecResource
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import md_table, reason_counts
+from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
 
@@ -70,7 +70,17 @@ def _encode_channel(
     with_codes = set(plan.done) | {item.audio_id for item, _ in tally.encoded} | {item.audio_id for item in tally.kept}
     failed = [(key, reason) for key, reason in plan.missing_source] + tally.failed
     manifest = encoded_manifest(segments_npz, layout, model.label, model.test_only, with_codes, plan.too_short, failed)
-    return Output(manifest, metadata=_metadata(model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}", orphan_temporaries))
+    metadata = {**_metadata(model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}", orphan_temporaries),
+                **retry_metadata(store=dst)}
+    if tally.store_failed:
+        # Every other segment is written with its marker. Failing the run keeps a manifest that leaves
+        # these out from being published; a rerun encodes only these.
+        raise Failure(
+            description=f"{channel}: {len(tally.store_failed)} segment(s) failed in the store; rerun to retry them: "
+            + "; ".join(f"{audio_id}: {why}" for audio_id, why in sorted(tally.store_failed)[:5]),
+            metadata={**metadata, "retryable_failures": md_table(["segment", "reason"], sorted(tally.store_failed))},
+        )
+    return Output(manifest, metadata=metadata)
 
 
 def _metadata(model: Codec, plan: EncodePlan, tally: EncodeTally, manifest: dict, failed: list, where: str, orphans: int) -> dict:

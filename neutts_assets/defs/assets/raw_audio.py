@@ -3,7 +3,7 @@ from collections import Counter
 from dagster import AssetExecutionContext, DataVersion, Output, asset
 
 from neutts_assets.core.inventory import build_inventory
-from neutts_assets.defs.metadata import md_table
+from neutts_assets.defs.metadata import md_table, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
 
@@ -41,5 +41,6 @@ def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_sett
             "partial_downloads": sum(e.audio_partial for e in inventory.entries),
             "formats": md_table(["extension", "recordings"], Counter(e.audio_ext or ".part" for e in inventory.entries).most_common()),
             "unpaired": md_table(["object", "reason"], [(u.key, u.reason) for u in inventory.unpaired], empty="every object paired"),
+            **retry_metadata(source=bucket),
         },
     )

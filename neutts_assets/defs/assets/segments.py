@@ -11,7 +11,7 @@ from neutts_assets.core.progress import Progress
 from neutts_assets.core.segment_store import channel_prefix, keys_by_recording, load_indexes
 from neutts_assets.core.stage1 import ChannelPlan, ChannelTally, channel_manifest, cut_recording, manifest_version, plan_channel
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import md_table, reason_counts
+from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
 
@@ -85,7 +85,8 @@ def _cut_channel(
     wall = time.perf_counter() - started
 
     manifest = channel_manifest(channel, inventory.entries, indexes)
-    metadata = _metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}")
+    metadata = {**_metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}"),
+                **retry_metadata(source=src, store=dst)}
     if retry:
         # Everything else is written and indexed; failing the run keeps a partial manifest from being
         # published as the channel's, and a rerun redoes only these recordings.
