@@ -265,3 +265,39 @@ def test_environment_configuration_and_no_secret_in_events(gcs_store, gcs_bucket
     assert len(list(s3_store.list(f"stage1/{CHANNEL}/"))) > 2
     events = instance.all_logs(result.run_id)
     assert events and not [e for e in events if S3_SECRET in str(e) or S3_ACCESS in str(e)]
+
+
+def test_audio_replaced_after_the_inventory_is_not_cut_under_the_old_version(setup, tmp_path):
+    """The cut is pinned to the generation raw_audio listed: audio replaced in between fails only
+    that recording (naming it, and what to rematerialize), publishes nothing for it, and the next
+    raw_audio + segments_npz run cuts the new bytes."""
+    from dagster import materialize
+
+    from neutts_assets.defs.assets.raw_audio import raw_audio
+    from neutts_assets.defs.assets.segments import segments_npz
+
+    resources, instance, source, store = setup
+    instance.add_dynamic_partitions("channels", [CHANNEL])
+    materialize([raw_audio], partition_key=CHANNEL, instance=instance, resources=resources)
+    rec = DEMO_IDS[0]
+    src = demo_audio(rec)
+    # New bytes under the same name: the same speech, a shorter recording.
+    from neutts_assets_tests.helpers import convert
+
+    shorter = convert(src, tmp_path / f"short{src.suffix}", "-t", "3")
+    source.write_bytes(audio_key(FOLDER, src.name), shorter.read_bytes())
+
+    result = materialize([raw_audio, segments_npz], selection="segments_npz", partition_key=CHANNEL, instance=instance,
+                         resources=resources, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failure.event_specific_data.error)
+    assert src.name in message and "changed since it was listed" in message and "raw_audio" in message
+    assert not [o for o in store.list(f"stage1/{CHANNEL}/") if f"/{rec}_seg_" in o.key or o.key.endswith(f"/{rec}.json")]
+    assert [o for o in store.list(f"stage1/{CHANNEL}/") if f"/{DEMO_IDS[1]}_seg_" in o.key]  # the others were cut
+
+    meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
+    assert meta["files_failed"] == 0 and meta["files_new"] == 1
+    cut = [read_segment(store.read_bytes(o.key)) for o in store.list(f"stage1/{CHANNEL}/") if f"/{rec}_seg_" in o.key]
+    # The segments come from the new, 3-second bytes: none reaches past 3 s of audio.
+    assert cut and all(s.start_ms < 3000 and len(s.pcm16) <= (3000 - s.start_ms) * 16 + 1 for s in cut)

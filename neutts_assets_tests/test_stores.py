@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import boto3
 import pytest
 
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
-from neutts_assets.storage.store import StoreCheckError, UnsafeKeyError
+from neutts_assets.storage.store import ObjectChanged, StoreCheckError, UnsafeKeyError
 
 from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET, clean_env
 
@@ -154,3 +155,19 @@ def test_check_stores_cli(s3_endpoint, s3_bucket, gcs_bucket, gcs_endpoint, tmp_
 
     for run in (ok, bad, down, nocreds):  # the secret is never printed
         assert S3_SECRET not in run.stdout + run.stderr
+
+
+def test_download_pinned_to_a_listed_version(store, tmp_path):
+    """A download pinned to the version a listing saw refuses a replaced object (GCS generation,
+    S3 ETag, a folder's mtime and size) and leaves no local file behind."""
+    store.write_bytes("audio/a.wav", b"first version")
+    (listed,) = list(store.list("audio/"))
+    assert store.download("audio/a.wav", tmp_path / "a", version=listed.version) == len(b"first version")
+    assert (tmp_path / "a").read_bytes() == b"first version"
+    time.sleep(0.01)  # a folder's version is its mtime: make the rewrite's differ
+    store.write_bytes("audio/a.wav", b"second, longer version")
+    with pytest.raises(ObjectChanged, match="audio/a.wav"):
+        store.download("audio/a.wav", tmp_path / "b", version=listed.version)
+    assert not (tmp_path / "b").exists()
+    (now,) = list(store.list("audio/"))
+    assert store.download("audio/a.wav", tmp_path / "c", version=now.version) == len(b"second, longer version")

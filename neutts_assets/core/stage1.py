@@ -109,7 +109,10 @@ def cut_recording(
     with tempfile.TemporaryDirectory(dir=workdir, prefix="neutts-") as tmp:
         local = Path(tmp) / f"audio{entry.audio_ext or '.bin'}"
         try:
-            result.downloaded_bytes = source.download(entry.audio_key, local)
+            # Pinned to the version the inventory listed, so the segments never carry a fingerprint
+            # of other bytes; a replaced object fails this attempt (ObjectChanged, a StoreError: it
+            # may pass), and the next inventory sees the new version.
+            result.downloaded_bytes = source.download(entry.audio_key, local, version=entry.audio_version)
         except FileNotFoundError:
             result.error, result.error_object = "audio disappeared from the source", entry.audio_key
             return result

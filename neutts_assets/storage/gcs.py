@@ -15,7 +15,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from neutts_assets.storage.retries import RetryCounter, RetrySettings
-from neutts_assets.storage.store import PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
+from neutts_assets.storage.store import ObjectChanged, PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
 
 # requests is what google-cloud-storage talks through; its connection errors name the endpoint
 _ConnectionError = requests.exceptions.ConnectionError
@@ -91,12 +91,21 @@ class GCSStore(ObjectStore):
         except _FAILED as exc:
             raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
 
-    def download(self, key: str, path: Path) -> int:
+    def download(self, key: str, path: Path, version: str | None = None) -> int:
+        pin = {"if_generation_match": int(version)} if version is not None else {}
+        blob = self._blob(key)
         try:
-            self._blob(key).download_to_filename(str(path), **self._calls("download"))
+            blob.download_to_filename(str(path), **pin, **self._calls("download"))
+            # The response names the generation it served: checked too, for servers (the emulator)
+            # that ignore the precondition on reads.
+            if version is not None and blob.generation is not None and str(blob.generation) != version:
+                raise gexc.PreconditionFailed(f"served generation {blob.generation}")
         except gexc.NotFound:
             Path(path).unlink(missing_ok=True)
             raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
+        except gexc.PreconditionFailed:
+            Path(path).unlink(missing_ok=True)
+            raise ObjectChanged(f"{key!r} in {self.describe()} changed since it was listed (generation {version})") from None
         except _FAILED as exc:
             raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
         return Path(path).stat().st_size

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from neutts_assets.storage.processes import pid_alive
-from neutts_assets.storage.store import PROBE_KEY, TEMP_MARK, ObjectInfo, ObjectStore, StoreCheckError, UnsafeKeyError, check_key
+from neutts_assets.storage.store import ObjectChanged, PROBE_KEY, TEMP_MARK, ObjectInfo, ObjectStore, StoreCheckError, UnsafeKeyError, check_key
 
 
 class LocalStore(ObjectStore):
@@ -58,7 +58,7 @@ class LocalStore(ObjectStore):
                 yield ObjectInfo(
                     key=key,
                     size=st.st_size,
-                    version=f"{st.st_mtime_ns}-{st.st_size}",
+                    version=_file_version(st),
                     updated=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
                 )
 
@@ -68,12 +68,19 @@ class LocalStore(ObjectStore):
             raise FileNotFoundError(f"no object {key!r} in {self.describe()}")
         return path.read_bytes()
 
-    def download(self, key: str, path: Path) -> int:
+    def download(self, key: str, path: Path, version: str | None = None) -> int:
         src = self._path(key)
         if not src.is_file():
             raise FileNotFoundError(f"no object {key!r} in {self.describe()}")
         shutil.copyfile(src, path)
-        return src.stat().st_size
+        if version is not None:
+            # A folder has no conditional read: the version (mtime and size) checked after the copy
+            # catches a file replaced before or while it was copied.
+            now = _file_version(src.stat())
+            if now != version:
+                Path(path).unlink(missing_ok=True)
+                raise ObjectChanged(f"{key!r} in {self.describe()} changed since it was listed (version {version}, now {now})")
+        return Path(path).stat().st_size
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key, writing=True)
@@ -209,6 +216,10 @@ def _writer(name: str) -> tuple[str, str]:
     tag = name.split(TEMP_MARK, 1)[1].split("-", 1)[0]
     host, _, pid = tag.rpartition(".")
     return host or _HOST_TAG, pid
+
+
+def _file_version(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}-{st.st_size}"
 
 
 def _alive(pid: str) -> bool:

@@ -14,7 +14,7 @@ from botocore.exceptions import (
 )
 
 from neutts_assets.storage.retries import RetryCounter, RetrySettings, retry_call
-from neutts_assets.storage.store import PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
+from neutts_assets.storage.store import ObjectChanged, PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
 
 # A condition that did not hold: the object exists (If-None-Match), changed (If-Match), or another
 # conditional write to the key was in flight (409, which S3 asks the caller to retry).
@@ -103,7 +103,9 @@ class S3Store(ObjectStore):
         except (BotoCoreError, _BodyInterrupted) as exc:
             raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
 
-    def download(self, key: str, path: Path) -> int:
+    def download(self, key: str, path: Path, version: str | None = None) -> int:
+        if version is not None:
+            return self._download_pinned(key, path, version)
         try:
             # s3transfer retries a body that breaks off by itself (not counted here); botocore the requests.
             self.client.download_file(self.bucket, self._key(key), str(path),
@@ -115,6 +117,36 @@ class S3Store(ObjectStore):
         except Exception as exc:  # BotoCoreError, or s3transfer's wrappers of it
             raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
         return Path(path).stat().st_size
+
+    def _download_pinned(self, key: str, path: Path, version: str) -> int:
+        # s3transfer takes no IfMatch, so one conditional GetObject streams the file; a body broken
+        # off starts the file again, through the same counted retry as read_bytes.
+        def get() -> int:
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=f'"{version}"')["Body"]
+            except _UNWRAPPED as exc:
+                raise _BodyInterrupted(f"{type(exc).__name__} in the error response: {exc}") from exc
+            try:
+                with open(path, "wb") as f:
+                    for chunk in body.iter_chunks(1 << 20):
+                        f.write(chunk)
+            except (IncompleteReadError, ResponseStreamingError, ReadTimeoutError) as exc:
+                raise _BodyInterrupted(f"{type(exc).__name__}: {exc}") from exc
+            return Path(path).stat().st_size
+
+        try:
+            return retry_call(get, (_BodyInterrupted,), self.settings, self.retry_counter, "GetObject body")
+        except ClientError as exc:
+            Path(path).unlink(missing_ok=True)
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
+            if code in ("PreconditionFailed", "412"):
+                raise ObjectChanged(f"{key!r} in {self.describe()} changed since it was listed (ETag {version})") from None
+            raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
+        except (BotoCoreError, _BodyInterrupted, OSError) as exc:
+            Path(path).unlink(missing_ok=True)
+            raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
 
     def write_bytes(self, key: str, data: bytes) -> None:
         # A single PutObject is atomic in S3: readers never see a partial object.

@@ -21,6 +21,10 @@ class StoreCheckError(StoreError):
         self.part = part
 
 
+class ObjectChanged(StoreError):
+    """The object is no longer the version the caller pinned (it was replaced since it was listed)."""
+
+
 class UnsafeKeyError(StoreError, ValueError):
     """A key would escape the store's root or is not a plain relative name."""
 
@@ -77,8 +81,11 @@ class ObjectStore(abc.ABC):
     def read_bytes(self, key: str) -> bytes: ...
 
     @abc.abstractmethod
-    def download(self, key: str, path: Path) -> int:
-        """Copies an object to a local file and returns its size; streams, never loads it whole."""
+    def download(self, key: str, path: Path, version: str | None = None) -> int:
+        """Copies an object to a local file and returns its size; streams, never loads it whole.
+
+        With `version` (an ObjectInfo.version from a listing) the copy is pinned to it: raises
+        ObjectChanged if the object was replaced since, so what is cut is what was listed."""
 
     @abc.abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...

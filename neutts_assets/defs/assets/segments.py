@@ -14,6 +14,7 @@ from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
+from neutts_assets.storage.store import ObjectChanged
 
 
 class SegmentsConfig(Config):
@@ -74,7 +75,8 @@ def _cut_channel(
             try:
                 result = future.result()
             except Exception as exc:  # the other recordings go on; this one is retried by the next run
-                retry.append((futures[future].audio_key, f"{type(exc).__name__}: {str(exc)[:300]}"))
+                hint = " (materialize raw_audio with segments_npz to list the new version)" if isinstance(exc, ObjectChanged) else ""
+                retry.append((futures[future].audio_key, f"{type(exc).__name__}: {str(exc)[:300]}{hint}"))
                 context.log.warning(f"{futures[future].audio_key}: {retry[-1][1]} (will be retried)")
                 progress.update(0, 0.0)
                 continue
