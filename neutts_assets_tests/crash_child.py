@@ -1,0 +1,219 @@
+"""Test-only launcher for the crash-anywhere harness (test_crash_anywhere.py): runs the documented
+`dagster asset materialize` command in this process, after wrapping the object stores, the codec
+and the shard writer so that the run can SIGKILL itself at an exact point. Production code has no
+kill hooks; everything here is installed by this module alone.
+
+    CRASH_KILL   JSON {"cls": ..., "nth": N, "when": "before"|"during"|"after"}, or unset: no kill
+    CRASH_TRACE  file that gets one JSON line per counted operation (start "s", done "d")
+
+An operation's class comes from its key, so it names the stage that does it:
+    raw_audio.manifest, segments_npz.segment / .index / .manifest,
+    encoded_segments.file / .marker / .manifest (deletes: the class plus ".delete"),
+    hf_dataset.shard / .record / .card / .manifest, hf_dataset.shard.delete;
+and two that are not store writes: encoded_segments.encode (one codec call) and hf_dataset.row
+(one row given to the Parquet writer).
+
+"during" means: on a local folder, after the temporary file is written and before it is renamed
+into place; on S3, when the request that publishes the object is about to go out (the
+PutObject, or the CompleteMultipartUpload of a shard, whose parts are then already uploaded);
+for a codec call, while the model runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from urllib.parse import unquote, urlparse
+
+KILL = json.loads(os.environ["CRASH_KILL"]) if os.environ.get("CRASH_KILL") else None
+_trace_fd = os.open(os.environ["CRASH_TRACE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if os.environ.get("CRASH_TRACE") else None
+_lock = threading.Lock()
+_counts: dict[str, int] = {}
+_armed: dict[str, str] = {}  # "during" kill armed for this full key / local path suffix
+
+
+def trace(**event) -> None:
+    if _trace_fd is not None:
+        # One write(2) per line on an O_APPEND descriptor: the line is in the kernel before any kill.
+        os.write(_trace_fd, (json.dumps({"pid": os.getpid(), **event}) + "\n").encode())
+
+
+def die(why: str) -> None:
+    trace(kill=why)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def classify(key: str, deleting: bool) -> str | None:
+    parts = key.split("/")
+    if parts[0] == "manifests" and len(parts) == 3:
+        cls = f"{parts[1]}.manifest"
+    elif parts[0] == "stage1":
+        cls = "segments_npz.index" if "_index" in parts else "segments_npz.segment"
+    elif parts[0] == "stage2_with_codes":
+        cls = "encoded_segments.marker" if "_encoded" in parts else "encoded_segments.file"
+    elif key.startswith("hf_dataset/data/"):
+        cls = "hf_dataset.shard"
+    elif key == "hf_dataset/README.md":
+        cls = "hf_dataset.card"
+    elif parts[0] == "hf_dataset_builds":
+        cls = "hf_dataset.record"
+    else:
+        return None
+    return cls + ".delete" if deleting else cls
+
+
+def _count(cls: str) -> tuple[int, str | None]:
+    """This operation's number within its class in this process, and the kill planned for it."""
+    with _lock:
+        n = _counts[cls] = _counts.get(cls, 0) + 1
+    if KILL and KILL["cls"] == cls and KILL["nth"] == n:
+        return n, KILL["when"]
+    return n, None
+
+
+def counted(cls_of, key_of):
+    def wrap(fn):
+        def wrapper(*args, **kwargs):
+            key = key_of(*args, **kwargs)
+            cls = cls_of(key)
+            if cls is None:
+                return fn(*args, **kwargs)
+            n, when = _count(cls)
+            trace(c=cls, k=key, n=n, ph="s")
+            if when == "before":
+                die(f"{cls} #{n} before")
+            if when == "during":
+                _armed[key] = f"{cls} #{n} during"
+            result = fn(*args, **kwargs)
+            if when == "during":
+                raise AssertionError(f"the 'during' kill of {cls} #{n} ({key}) never found its moment")
+            trace(c=cls, k=key, n=n, ph="d")
+            if when == "after":
+                die(f"{cls} #{n} after")
+            return result
+        return wrapper
+    return wrap
+
+
+def install() -> None:
+    from neutts_assets.core import codec as codec_mod, dataset_writer
+    from neutts_assets.storage.local import LocalStore
+    from neutts_assets.storage.s3 import S3Store
+
+    for store_cls in (LocalStore, S3Store):
+        store_cls.write_bytes = counted(lambda k: classify(k, False), lambda self, key, data: key)(store_cls.write_bytes)
+        store_cls.upload = counted(lambda k: classify(k, False), lambda self, path, key: key)(store_cls.upload)
+        store_cls.delete = counted(lambda k: classify(k, True), lambda self, key: key)(store_cls.delete)
+
+    # Local folder: the moment between the temporary file and its rename.
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **kw):
+        for key, why in list(_armed.items()):
+            if str(dst).endswith("/" + key):
+                die(why)
+        return real_replace(src, dst, *a, **kw)
+
+    os.replace = replace
+
+    # S3: the request that publishes the object (single PUT, or the multipart's completion).
+    real_init = S3Store.__init__
+
+    def init(self, client, bucket, prefix=""):
+        real_init(self, client, bucket, prefix)
+
+        def before_send(request, **_):
+            path = unquote(urlparse(request.url).path)
+            for key, why in list(_armed.items()):
+                if path.endswith("/" + self.prefix + key):
+                    query = urlparse(request.url).query
+                    if "uploads" in query.split("&") or (request.method == "PUT" and "uploadId=" in query):
+                        continue  # a multipart upload's start or one of its parts: the completion publishes it
+                    if request.method in ("PUT", "POST"):
+                        die(f"{why} ({request.method} {'complete multipart' if 'uploadId=' in query else 'object'})")
+
+        client.meta.events.register("before-send.s3", before_send)
+
+    S3Store.__init__ = init
+
+    # Shards small enough for this channel still go up as multipart uploads, as 500 MB shards do.
+    from boto3.s3.transfer import TransferConfig
+
+    real_tc = TransferConfig.__init__
+
+    def tc(self, multipart_threshold=64 * 1024, multipart_chunksize=64 * 1024, **kw):
+        real_tc(self, multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize, **kw)
+
+    TransferConfig.__init__ = tc
+
+    # Several shards per build from a handful of rows: row groups of 2, a shard per row group
+    # (with shard_size_mb tiny in the run config).
+    dataset_writer.ROW_GROUP_ROWS = 2
+
+    real_encode = codec_mod.Codec.encode_batch
+
+    def encode_batch(self, clips, features=None):
+        n, when = _count("encoded_segments.encode")
+        trace(c="encoded_segments.encode", n=n, clips=len(clips), ph="s")
+        if when == "before":
+            die(f"encode #{n} before")
+        if when == "during":
+            # The model is running on this thread when the timer fires (a small batch can finish
+            # first; then the kill lands just after it, before any upload).
+            threading.Timer(0.02, die, (f"encode #{n} during",)).start()
+        result = real_encode(self, clips, features)
+        if when == "during":
+            threading.Event().wait(5)
+        trace(c="encoded_segments.encode", n=n, clips=len(clips), ph="d")
+        if when == "after":
+            die(f"encode #{n} after")
+        return result
+
+    codec_mod.Codec.encode_batch = encode_batch
+
+    real_add = dataset_writer.ShardWriter.add
+
+    def add(self, row):
+        n, when = _count("hf_dataset.row")
+        trace(c="hf_dataset.row", n=n, ph="s")
+        if when:
+            die(f"hf_dataset.row #{n} {when}")
+        return real_add(self, row)
+
+    dataset_writer.ShardWriter.add = add
+
+
+def main() -> int:
+    install()
+    from dagster._cli import main as dagster_main
+
+    channel = sys.argv[1]
+    config = {
+        # One process for the whole run, so a kill ends the run (the default executor would run
+        # each step in a child process of its own, out of reach of these wrappers).
+        "execution": {"config": {"in_process": {}}},
+        "ops": {
+            "segments_npz": {"config": {"workers": 1}},
+            "hf_dataset": {"config": {"shard_size_mb": 1e-6, "workers": 2}},
+        },
+    }
+    sys.argv = ["dagster", "asset", "materialize", "-m", "neutts_assets.definitions",
+                "--select", "raw_audio,segments_npz,encoded_segments,hf_dataset", "--partition", channel,
+                "--config-json", json.dumps(config)]
+    try:
+        dagster_main()
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:
+        rc = 0
+    trace(exit=rc)
+    if KILL and KILL["cls"] != "time":
+        print(f"CRASH: planned kill {KILL} was never reached", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
