@@ -279,6 +279,22 @@ def publish_channel(store: ObjectStore, record: dict, title: str) -> list[str]:
     (the previous build's, and any left by a build killed before it published). Returns those keys."""
     store.write_bytes(record_key(record["channel"]), json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
     publish_card(store, title)
+    return remove_unlisted_shards(store, record)
+
+
+def finish_publishing(store: ObjectStore, record: dict, title: str) -> list[str]:
+    """For a channel whose published build is current: the steps of publish_channel after the
+    record, done again where a run killed after the record left them undone (no card, or a card
+    that does not list this build yet; the old shards still there). Returns the shards removed."""
+    from neutts_assets.core.dataset_card import render_card
+
+    card = store.read_bytes_or_none(CARD_KEY)
+    if card is None or card.decode() != render_card(list(read_records(store).values()), title):
+        publish_card(store, title)
+    return remove_unlisted_shards(store, record)
+
+
+def remove_unlisted_shards(store: ObjectStore, record: dict) -> list[str]:
     keep = {DATASET_PREFIX + s["path"] for s in record["shards"]}
     removed = []
     for o in store.list(shard_prefix(record["channel"])):

@@ -12,7 +12,8 @@ from neutts_assets.core.dataset_hub import HubPushError, PushResult, push_channe
 from neutts_assets.core.dataset_rows import RowFilter
 from neutts_assets.core.dataset_sources import NoSegments, Sources, channel_sources
 from neutts_assets.core.dataset_writer import (
-    CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, discard_build, fetch_shards, publish_channel, read_record, read_records,
+    CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, discard_build, fetch_shards, finish_publishing, publish_channel,
+    read_record, read_records,
     source_fingerprint,
 )
 from neutts_assets.core.progress import Progress
@@ -78,6 +79,7 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
         want_push = config.push_to_hub and bool(hub.hf_repo)
         if unchanged:
             record = previous
+            removed = finish_publishing(dst, record, hub.title)  # a run killed after the record left the rest
         else:
             progress = Progress(context.log.info, len(sources.objects), channel)
             build = build_channel(
