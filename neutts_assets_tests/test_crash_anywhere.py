@@ -216,7 +216,8 @@ def snapshot(store) -> dict:
     snap["rows"] = rows
     snap["record"] = {k: v for k, v in record.items() if k not in ("build_id", "built_at", "shards", "source")}
     snap["record"]["shards"] = [(s["rows"], s["bytes"]) for s in record["shards"]]
-    snap["card"] = store.read_bytes(CARD_KEY).decode().replace(build_id, "BUILD").replace(built_at, "BUILT_AT")
+    card = store.read_bytes(CARD_KEY).decode().replace(build_id, "BUILD").replace(built_at, "BUILT_AT")
+    snap["card"] = re.sub(r"Card generated \S+;", "Card generated TIME;", card)
     hf = snap["manifests"].pop(f"manifests/hf_dataset/{CHANNEL}.json")
     snap["hf_manifest_rows"] = hf["rows"]
     assert hf["build_id"] == build_id and [s["path"] for s in hf["shards"]] == [s["path"] for s in record["shards"]]
@@ -356,3 +357,16 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
             print(f"    kill {what}: {how}")
         print("    redone: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
     assert len(fired) >= 20 and set(fired) == set(STAGES), (len(fired), Counter(fired))
+
+
+def test_s3_unfinished_multipart_uploads_are_aborted_under_a_prefix_only(s3_client, s3_store):
+    """What a shard upload killed before its completion leaves on S3 (parts, no object) is removed
+    under the channel's prefix; elsewhere a recent upload may be another run's, and stays."""
+    mine = s3_client.create_multipart_upload(Bucket=s3_store.bucket, Key=s3_store.prefix + "hf_dataset/data/a/x.parquet")
+    s3_client.upload_part(Bucket=s3_store.bucket, Key=mine["Key"], UploadId=mine["UploadId"], PartNumber=1, Body=b"x" * 100)
+    other = s3_client.create_multipart_upload(Bucket=s3_store.bucket, Key=s3_store.prefix + "hf_dataset/data/b/y.parquet")
+    assert s3_store.remove_orphan_temporaries() == 0  # store-wide: only uploads over a day old
+    assert s3_store.remove_orphan_temporaries("hf_dataset/data/a/") == 1
+    left = s3_client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [other["UploadId"]]
+    assert not list(s3_store.list("hf_dataset/"))

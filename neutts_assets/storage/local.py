@@ -173,7 +173,7 @@ class LocalStore(ObjectStore):
             except OSError as exc:
                 raise StoreCheckError("permissions", f"cannot write in {self.root}: {exc.strerror}") from None
 
-    def remove_orphan_temporaries(self) -> int:
+    def remove_orphan_temporaries(self, prefix: str = "") -> int:
         """Deletes temporary files whose writer is gone (killed mid-write); returns how many.
 
         Other runs write beside this one (other channels, other assets, a second machine on a shared
@@ -182,7 +182,8 @@ class LocalStore(ObjectStore):
         process cannot be looked up from here."""
         removed = 0
         now = time.time()
-        for dirpath, _, filenames in os.walk(self.root):
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        for dirpath, _, filenames in os.walk(self.root / check_key(folder) if folder else self.root):
             for name in filenames:
                 if TEMP_MARK not in name:
                     continue

@@ -109,10 +109,11 @@ class ObjectStore(abc.ABC):
         With write=True it also writes and deletes a probe object, so permission to write is proven.
         """
 
-    def remove_orphan_temporaries(self) -> int:
-        """Removes what writers killed mid-write left behind; returns how many objects.
+    def remove_orphan_temporaries(self, prefix: str = "") -> int:
+        """Removes what writers killed mid-write left behind (under `prefix`); returns how many.
 
-        Object stores publish uploads atomically and leave nothing; a folder keeps temporary files.
+        A folder keeps temporary files; S3 keeps the parts of a multipart upload never completed
+        (invisible to listings, still stored); GCS drops an unfinished resumable upload itself.
         """
         return 0
 

@@ -13,8 +13,7 @@ from neutts_assets.core.dataset_rows import RowFilter
 from neutts_assets.core.dataset_sources import NoSegments, Sources, channel_sources
 from neutts_assets.core.dataset_writer import (
     CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, discard_build, fetch_shards, finish_publishing, publish_channel,
-    read_record, read_records,
-    source_fingerprint,
+    read_record, read_records, shard_prefix, source_fingerprint,
 )
 from neutts_assets.core.progress import Progress
 from neutts_assets.defs.io_managers import manifest_key
@@ -58,6 +57,8 @@ def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: Seg
 def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub) -> Output[dict]:
     channel = context.partition_key
     dst = store.open()
+    # What a run killed mid-upload left: a shard's temporary file, or its unfinished multipart upload.
+    orphan_temporaries = dst.remove_orphan_temporaries(shard_prefix(channel))
     try:
         sources = channel_sources(
             dst, channel, config.include_segments_without_codes,
@@ -119,7 +120,7 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
         "dataset_folder": DATASET_PREFIX, "card": CARD_KEY, "shards": record["shards"], "source": record["source"],
         "hub": {"repo_id": push.repo_id, "commit": push.commit_oid} if push else None,
     }
-    metadata = _metadata(dst, record, sources, build, removed, disk, push, hub.title)
+    metadata = _metadata(dst, record, sources, build, removed, disk, push, hub.title, orphan_temporaries)
     return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
 
 
@@ -129,7 +130,7 @@ def _manifest(dst, asset: str, channel: str) -> Optional[dict]:
 
 
 def _metadata(dst, record: dict, sources: Sources, build: Optional[ChannelBuild], removed: list, disk: Optional[dict],
-              push: Optional[PushResult], title: str) -> dict:
+              push: Optional[PushResult], title: str, orphan_temporaries: int) -> dict:
     stats = record["stats"]
     failures = sources.missing + (build.failures if build else [])
     meta = {
@@ -148,6 +149,7 @@ def _metadata(dst, record: dict, sources: Sources, build: Optional[ChannelBuild]
         "shards": len(record["shards"]),
         "dataset_bytes": sum(s["bytes"] for s in record["shards"]),
         "old_shards_removed": len(removed),
+        "orphan_temporaries_removed": orphan_temporaries,
         "codec": ", ".join(stats["codecs"]) or "none (rows without codes)",
         "channel_card": MetadataValue.md(channel_section(record)),
         "dataset_card": MetadataValue.md(card_body(list(read_records(dst).values()), title)),
