@@ -28,11 +28,18 @@ import sys
 import threading
 from urllib.parse import unquote, urlparse
 
-KILL = json.loads(os.environ["CRASH_KILL"]) if os.environ.get("CRASH_KILL") else None
-_trace_fd = os.open(os.environ["CRASH_TRACE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if os.environ.get("CRASH_TRACE") else None
+KILL: dict | None = None
+_trace_fd: int | None = None
 _lock = threading.Lock()
 _counts: dict[str, int] = {}
-_armed: dict[str, str] = {}  # "during" kill armed for this full key / local path suffix
+_armed: dict[str, str] = {}  # "during" kill armed for this key
+
+
+def configure() -> None:
+    """This run's kill and trace file, from its environment."""
+    global KILL, _trace_fd
+    KILL = json.loads(os.environ["CRASH_KILL"]) if os.environ.get("CRASH_KILL") else None
+    _trace_fd = os.open(os.environ["CRASH_TRACE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if os.environ.get("CRASH_TRACE") else None
 
 
 def trace(**event) -> None:
@@ -186,11 +193,10 @@ def install() -> None:
     dataset_writer.ShardWriter.add = add
 
 
-def main() -> int:
-    install()
+def run(channel: str) -> int:
+    configure()
     from dagster._cli import main as dagster_main
 
-    channel = sys.argv[1]
     config = {
         # One process for the whole run, so a kill ends the run (the default executor would run
         # each step in a child process of its own, out of reach of these wrappers).
@@ -215,5 +221,57 @@ def main() -> int:
     return rc
 
 
+def zygote() -> None:
+    """Imports the heavy libraries once, then forks one run per request: a run then starts in a
+    fraction of the time a fresh interpreter takes, which is most of what a kill costs.
+
+    stdin: one JSON line per run, {"env": {...}, "log": path, "channel": name}; stdout: the run's
+    pid when it starts, then "pid status" when it ends (status as os.waitpid gives it).
+    neutts_assets.definitions is not imported here: it reads the environment, which each run sets."""
+    import dagster._cli  # noqa: F401
+    import datasets  # noqa: F401
+    import neucodec  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    import torch  # noqa: F401
+
+    import neutts_assets.defs.assets.dataset  # noqa: F401
+    import neutts_assets.defs.assets.encoded  # noqa: F401
+    import neutts_assets.defs.assets.raw_audio  # noqa: F401
+    import neutts_assets.defs.assets.segments  # noqa: F401
+    import neutts_assets.defs.checks  # noqa: F401
+    import neutts_assets.defs.cleanup  # noqa: F401
+    import neutts_assets.defs.orchestration.backfills  # noqa: F401
+    import neutts_assets.defs.orchestration.sensors  # noqa: F401
+    import neutts_assets.defs.resources  # noqa: F401
+
+    install()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()
+            os.environ.clear()
+            os.environ.update(request["env"])
+            fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdin.close()
+            code = 1
+            try:
+                code = run(request["channel"])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(pid, flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(pid, status, flush=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1] == "--zygote":
+        zygote()
+    else:
+        install()
+        sys.exit(run(sys.argv[1]))
