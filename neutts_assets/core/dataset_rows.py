@@ -172,6 +172,18 @@ class ChannelStats:
             self.rows_with_codes += 1
             self.codecs[row.codec or "unknown"] += 1
 
+    def to_state(self) -> dict:
+        """Everything `add` has gathered, as JSON, so that a resumed build goes on counting."""
+        return {"rows": self.rows, "seconds": self.seconds, "speakers": sorted(list(s) for s in self.speakers),
+                "gender": dict(self.gender), "dialect": dict(self.dialect), "tone": dict(self.tone),
+                "durations": dict(self.durations), "codecs": dict(self.codecs), "rows_with_codes": self.rows_with_codes}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "ChannelStats":
+        return cls(rows=d["rows"], seconds=d["seconds"], speakers={tuple(s) for s in d["speakers"]},
+                   gender=Counter(d["gender"]), dialect=Counter(d["dialect"]), tone=Counter(d["tone"]),
+                   durations=Counter(d["durations"]), codecs=Counter(d["codecs"]), rows_with_codes=d["rows_with_codes"])
+
     def to_dict(self) -> dict:
         return {
             "rows": self.rows,

@@ -6,12 +6,15 @@ Layout in the store (the dataset folder is what `datasets.load_dataset` opens):
     hf_dataset/README.md                          the card: features, figures, one config per channel + "all"
     hf_dataset/data/{channel}/{build}-{i}.parquet the channel's shards (~500 MB each by default)
     hf_dataset_builds/{channel}.json              the channel's published build: its shards and figures
+    hf_dataset_progress/{channel}.json            a build in progress: its shards so far, where it is
 
 Segments are read a few at a time in parallel and written in row groups of ROW_GROUP_ROWS, so
 memory holds a read-ahead window and one row group, never the channel. A new build's shards get
 new names; the card, which lists every shard by name, is the switch: write the new shards, publish
-the record and the card, then delete the old shards. A reader never sees half a channel, and a
-build killed halfway leaves only unlisted shards, removed by the next build.
+the record and the card, then delete the old shards. A reader never sees half a channel. A build
+killed halfway leaves unlisted shards and its progress record (written after each shard): the
+next build of the same segments goes on from there, keeping those shards; anything else
+unlisted is removed when a build is published.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from neutts_assets.storage.store import ObjectInfo, ObjectStore, may_pass
 
 DATASET_PREFIX = "hf_dataset/"
 BUILDS_PREFIX = "hf_dataset_builds/"
+PROGRESS_PREFIX = "hf_dataset_progress/"
 STAGE2_PREFIX = "stage2_with_codes/"
 CARD_KEY = f"{DATASET_PREFIX}README.md"
 ROW_GROUP_ROWS = 100  # what `datasets` uses for audio: a viewer or a streaming reader fetches little at a time
@@ -58,6 +62,10 @@ def shard_prefix(channel: str) -> str:
 
 def record_key(channel: str) -> str:
     return f"{BUILDS_PREFIX}{channel}.json"
+
+
+def progress_key(channel: str) -> str:
+    return f"{PROGRESS_PREFIX}{channel}.json"
 
 
 def stage2_prefix(channel: str) -> str:
@@ -86,6 +94,7 @@ class ChannelBuild:
     store_failures: list[tuple[str, str]] = field(default_factory=list)  # (object, reason): not to be published
     bytes_read: int = 0
     wall_seconds: float = 0.0
+    resumed_shards: int = 0  # shards a killed build of the same segments had finished, kept
 
 
 def _rows_in_order(store: ObjectStore, keys: list[str], workers: int) -> Iterator[tuple[str, bytes | Exception]]:
@@ -200,12 +209,20 @@ def build_channel(
     `objects` are the segment files to read, from either stage; `source` says where they came from.
     """
     started = time.perf_counter()
-    build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     objects = sorted(objects, key=lambda o: o.key)  # row order is key order: stable across rebuilds
-    writer = ShardWriter(store, channel, build_id, workdir, shard_bytes, keep_local)
-    stats = ChannelStats()
+    fingerprint = source_fingerprint(objects, row_filter)
     build = ChannelBuild(record={})
-    for key, data in _rows_in_order(store, [o.key for o in objects], workers):
+    resume = _resumable(store, channel, fingerprint, shard_bytes)
+    if resume:
+        build_id, start, stats = resume["build_id"], resume["next"], ChannelStats.from_state(resume["stats"])
+        build.skipped, build.failures = [tuple(x) for x in resume["skipped"]], [tuple(x) for x in resume["failures"]]
+        build.resumed_shards = len(resume["shards"])
+    else:
+        build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        start, stats = 0, ChannelStats()
+    writer = ShardWriter(store, channel, build_id, workdir, shard_bytes, keep_local)
+    writer.shards = list(resume["shards"]) if resume else []
+    for i, (key, data) in enumerate(_rows_in_order(store, [o.key for o in objects[start:]], workers), start):
         if isinstance(data, Exception):
             (build.store_failures if may_pass(data) else build.failures).append((key, f"cannot read: {data}"))
             continue
@@ -220,7 +237,14 @@ def build_channel(
             build.skipped.append((key, reason))
             continue
         stats.add(row)
+        shards_before = len(writer.shards)
         writer.add(row)
+        if len(writer.shards) > shards_before:  # a shard is uploaded: every row up to this one is in a shard
+            store.write_bytes(progress_key(channel), json.dumps({
+                "channel": channel, "build_id": build_id, "source_fingerprint": fingerprint, "shard_bytes": shard_bytes,
+                "next": i + 1, "shards": writer.shards, "stats": stats.to_state(),
+                "skipped": build.skipped, "failures": build.failures,
+            }, ensure_ascii=False).encode())
         if progress:
             progress(1, row.duration_sec)
     shards = writer.close()
@@ -231,7 +255,7 @@ def build_channel(
         "build_id": build_id,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source,
-        "source_fingerprint": source_fingerprint(objects, row_filter),
+        "source_fingerprint": fingerprint,
         "filter": row_filter.fingerprint(),
         "segments_seen": len(objects),
         "segments_skipped": len(build.skipped),
@@ -240,6 +264,20 @@ def build_channel(
         "stats": stats.to_dict(),
     }
     return build
+
+
+def _resumable(store: ObjectStore, channel: str, fingerprint: str, shard_bytes: int) -> dict | None:
+    """The progress of a killed build that wrote the same segments the same way, if its shards are all there."""
+    blob = store.read_bytes_or_none(progress_key(channel))
+    if blob is None:
+        return None
+    progress = json.loads(blob)
+    if progress["source_fingerprint"] != fingerprint or progress["shard_bytes"] != shard_bytes:
+        return None
+    present = {o.key: o.size for o in store.list(shard_prefix(channel))}
+    if any(present.get(DATASET_PREFIX + s["path"]) != s["bytes"] for s in progress["shards"]):
+        return None
+    return progress
 
 
 def read_records(store: ObjectStore) -> dict[str, dict]:
@@ -278,6 +316,7 @@ def publish_channel(store: ObjectStore, record: dict, title: str) -> list[str]:
     """Makes a build the channel's published one, then removes the shards no card names any more
     (the previous build's, and any left by a build killed before it published). Returns those keys."""
     store.write_bytes(record_key(record["channel"]), json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+    store.delete(progress_key(record["channel"]))
     publish_card(store, title)
     return remove_unlisted_shards(store, record)
 
@@ -286,6 +325,7 @@ def finish_publishing(store: ObjectStore, record: dict, title: str) -> list[str]
     """For a channel whose published build is current: the steps of publish_channel after the
     record, done again where a run killed after the record left them undone (no card, or a card
     that does not list this build yet; the old shards still there). Returns the shards removed."""
+    store.delete(progress_key(record["channel"]))  # a run killed just after the record left it
     card = store.read_bytes_or_none(CARD_KEY)
     # The card names every channel's build id; one missing means the card predates that build.
     if card is None or any(r["build_id"] not in card.decode() for r in read_records(store).values()):

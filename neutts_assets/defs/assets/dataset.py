@@ -155,6 +155,7 @@ def _metadata(dst, record: dict, sources: Sources, build: Optional[ChannelBuild]
         "dataset_card": MetadataValue.md(card_body(list(read_records(dst).values()), title)),
     }
     if build is not None:
+        meta["shards_resumed"] = build.resumed_shards  # finished by a killed run of the same build, kept
         meta["wall_seconds"] = round(build.wall_seconds, 2)
         meta["rows_per_second"] = round(stats["rows"] / build.wall_seconds, 1) if build.wall_seconds else 0.0
         meta["mb_read_per_second"] = round(build.bytes_read / 1e6 / build.wall_seconds, 2) if build.wall_seconds else 0.0
