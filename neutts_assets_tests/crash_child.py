@@ -9,7 +9,7 @@ kill hooks; everything here is installed by this module alone.
 An operation's class comes from its key, so it names the stage that does it:
     raw_audio.manifest, segments_npz.segment / .index / .manifest,
     encoded_segments.file / .marker / .manifest (deletes: the class plus ".delete"),
-    hf_dataset.shard / .record / .card / .manifest, hf_dataset.shard.delete;
+    hf_dataset.shard / .progress / .record / .card / .manifest, hf_dataset.shard.delete;
 and two that are not store writes: encoded_segments.encode (one codec call) and hf_dataset.row
 (one row given to the Parquet writer).
 
@@ -67,6 +67,8 @@ def classify(key: str, deleting: bool) -> str | None:
         cls = "hf_dataset.card"
     elif parts[0] == "hf_dataset_builds":
         cls = "hf_dataset.record"
+    elif parts[0] == "hf_dataset_progress":
+        cls = "hf_dataset.progress"
     else:
         return None
     return cls + ".delete" if deleting else cls

@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from neutts_assets.core.dataset_writer import BUILDS_PREFIX, CARD_KEY, DATASET_PREFIX, record_key, shard_prefix
+from neutts_assets.core.dataset_writer import BUILDS_PREFIX, CARD_KEY, DATASET_PREFIX, progress_key, record_key, shard_prefix
 from neutts_assets.core.segment_file import read_segment
 from neutts_assets.core.segment_store import index_prefix
 from neutts_assets.core.stage2_store import Stage2Layout
@@ -73,7 +73,7 @@ SEQUENCES = [
             ("hf_dataset.record", "after")]),
     ("s3", [("segments_npz.segment", "after"), ("time", None), ("encoded_segments.file", "during"), ("time", None),
             ("encoded_segments.marker", "after"), ("encoded_segments.manifest", "*"), ("hf_dataset.shard", "after"),
-            ("hf_dataset.card", "after"), ("hf_dataset.manifest", "*")]),
+            ("hf_dataset.progress", "before"), ("hf_dataset.card", "after"), ("hf_dataset.manifest", "*")]),
     ("local", [("segments_npz.segment", "during"), ("segments_npz.index", "during"), ("time", None),
                ("encoded_segments.file", "during"), ("encoded_segments.encode", "before"), ("hf_dataset.shard", "during"),
                ("hf_dataset.record", "before"), ("hf_dataset.shard.delete", "after")]),
@@ -189,18 +189,32 @@ class StoreView:
         blob = s.read_bytes_or_none(record_key(CHANNEL))
         record = json.loads(blob) if blob else None
         rebuild = record is None
+        # A killed build's progress record: the next build goes on from it when its shards are there.
+        blob = s.read_bytes_or_none(progress_key(CHANNEL))
+        progress = json.loads(blob) if blob else None
+        present = {o.key: o.size for o in s.list(shard_prefix(CHANNEL))}
+        if progress and any(present.get(DATASET_PREFIX + x["path"]) != x["bytes"] for x in progress["shards"]):
+            progress = None
+        kept_shards = len(progress["shards"]) if progress else 0
         if cls == "hf_dataset.row":
-            return ref["segments"] if rebuild else 0
+            return ref["segments"] - (progress["next"] if progress else 0) if rebuild else 0
         if cls == "hf_dataset.shard":
-            return ref["shards"] if rebuild else 0
+            return ref["shards"] - kept_shards if rebuild else 0
+        if cls == "hf_dataset.progress":  # written after each shard but the last, which the record follows
+            return max(0, ref["shards"] - 1 - kept_shards) if rebuild else 0
         if cls == "hf_dataset.record":
             return 1 if rebuild else 0
         card = s.read_bytes_or_none(CARD_KEY)
         if cls == "hf_dataset.card":
             return 1 if rebuild or card is None or record["build_id"] not in card.decode() else 0
         if cls == "hf_dataset.shard.delete":
-            listed = set() if rebuild else {DATASET_PREFIX + x["path"] for x in record["shards"]}
-            return sum(o.key not in listed for o in s.list(shard_prefix(CHANNEL)))
+            if not rebuild:
+                keep = {DATASET_PREFIX + x["path"] for x in record["shards"]}
+            elif progress:
+                keep = {f"{shard_prefix(CHANNEL)}{progress['build_id']}-{i:05d}.parquet" for i in range(ref["shards"])}
+            else:
+                keep = set()
+            return sum(key not in keep for key in present)
         raise ValueError(cls)
 
 
@@ -300,6 +314,7 @@ def redo_figures(events: list[dict], ref: dict) -> dict:
         "stage2_files_rewritten_after_finished": fig["encoded_segments.file:finished_redone"],
         "markers_rewritten_after_finished": fig["encoded_segments.marker:finished_redone"],
         "shards_rewritten": fig["hf_dataset.shard:done"] - ref["shards"],
+        "shards_rewritten_same_name": fig["hf_dataset.shard:finished_redone"],
         "build_records_rewritten": fig["hf_dataset.record:done"] - 1,
     }
 
