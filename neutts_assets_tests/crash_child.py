@@ -10,8 +10,9 @@ An operation's class comes from its key, so it names the stage that does it:
     raw_audio.manifest, segments_npz.segment / .index / .manifest,
     encoded_segments.file / .marker / .manifest (deletes: the class plus ".delete"),
     hf_dataset.shard / .progress / .record / .card / .manifest, hf_dataset.shard.delete;
-and two that are not store writes: encoded_segments.encode (one codec call) and hf_dataset.row
-(one row given to the Parquet writer).
+and three that are not store writes: source.transcript_read (a read of the source bucket;
+raw_audio's come first), encoded_segments.encode (one codec call) and hf_dataset.row (one row
+given to the Parquet writer).
 
 "during" means: on a local folder, after the temporary file is written and before it is renamed
 into place; on S3, when the request that publishes the object is about to go out (the
@@ -109,6 +110,7 @@ def counted(cls_of, key_of):
 
 def install() -> None:
     from neutts_assets.core import codec as codec_mod, dataset_writer
+    from neutts_assets.storage.gcs import GCSStore
     from neutts_assets.storage.local import LocalStore
     from neutts_assets.storage.s3 import S3Store
 
@@ -116,6 +118,11 @@ def install() -> None:
         store_cls.write_bytes = counted(lambda k: classify(k, False), lambda self, key, data: key)(store_cls.write_bytes)
         store_cls.upload = counted(lambda k: classify(k, False), lambda self, path, key: key)(store_cls.upload)
         store_cls.delete = counted(lambda k: classify(k, True), lambda self, key: key)(store_cls.delete)
+
+    # The source's transcripts: raw_audio reads each one (its content hash) before segments_npz
+    # reads them again, so reads 1..N of a run are raw_audio's.
+    GCSStore.read_bytes = counted(lambda k: "source.transcript_read" if "/transcripts/" in k else None,
+                                  lambda self, key: key)(GCSStore.read_bytes)
 
     # Local folder: the moment between the temporary file and its rename.
     real_replace = os.replace

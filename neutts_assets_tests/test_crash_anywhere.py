@@ -62,7 +62,8 @@ IDS = ["austen_0870", "austen_0880", "austen_0890"]  # 7 segments, 3 encode batc
 
 # Each sequence runs on a fresh store: kill, restart, kill, ... then one run to the end. The slots
 # are in pipeline order so each can be reached from where the previous kill left the channel;
-# "*" leaves before/during/after to the seed. Together they cover what the issue names: mid-write
+# "*" leaves before/during/after to the seed, and which operation of the class (n) is the seed's
+# unless the slot names it. Together they cover what the issue names: mid-write
 # (local temporary file, S3 PUT and multipart completion), segment written / index not published,
 # stage-2 file written / marker not, mid-encode, mid-shard-writing, and each gap between shard
 # uploads, build record, card and old-shard deletion.
@@ -71,12 +72,14 @@ SEQUENCES = [
             ("segments_npz.manifest", "*"), ("encoded_segments.encode", "during"), ("encoded_segments.file", "after"),
             ("encoded_segments.marker", "during"), ("hf_dataset.row", "before"), ("hf_dataset.shard", "during"),
             ("hf_dataset.record", "after")]),
-    ("s3", [("segments_npz.segment", "after"), ("time", None), ("encoded_segments.file", "during"), ("time", None),
-            ("encoded_segments.marker", "after"), ("encoded_segments.manifest", "*"), ("hf_dataset.shard", "after"),
-            ("hf_dataset.progress", "before"), ("hf_dataset.card", "after"), ("hf_dataset.manifest", "*")]),
-    ("local", [("segments_npz.segment", "during"), ("segments_npz.index", "during"), ("time", None),
-               ("encoded_segments.file", "during"), ("encoded_segments.encode", "before"), ("hf_dataset.shard", "during"),
-               ("hf_dataset.record", "before"), ("hf_dataset.shard.delete", "after")]),
+    ("s3", [("source.transcript_read", "before"), ("segments_npz.segment", "after"), ("time", None), ("encoded_segments.file", "during"), ("time", None),
+            ("encoded_segments.marker", "after"), ("encoded_segments.manifest", "*"), ("hf_dataset.progress", "before"), ("hf_dataset.shard", "after"),
+            ("hf_dataset.card", "after"), ("hf_dataset.manifest", "*")]),
+    ("local", [("source.transcript_read", "after"), ("segments_npz.segment", "during"), ("segments_npz.index", "during"), ("time", None),
+               ("encoded_segments.file", "during"), ("encoded_segments.encode", "before"), ("hf_dataset.shard", "during", 1),
+               # the first shard of a build, uploaded before the build's first progress record: the next
+               # build starts afresh, and deletes that shard when it publishes
+               ("hf_dataset.shard", "after", 1), ("hf_dataset.record", "before"), ("hf_dataset.shard.delete", "after")]),
 ]
 STAGES = ("raw_audio", "segments_npz", "encoded_segments", "hf_dataset")
 
@@ -171,6 +174,8 @@ class StoreView:
         s, ref = self.store, self.ref
         if cls.endswith(".manifest"):
             return 1  # every run writes every manifest
+        if cls == "source.transcript_read":
+            return len(IDS)  # raw_audio reads every transcript on every run (the first len(IDS) reads)
         indexed = {o.key.rsplit("/", 1)[1][:-5] for o in s.list(index_prefix(CHANNEL))}
         if cls == "segments_npz.segment":
             return sum(n for rec, n in ref["segments_per_recording"].items() if rec not in indexed)
@@ -281,7 +286,7 @@ def orphans(store, s3_client) -> list[str]:
     return [f"incomplete multipart upload {u['Key']}" for u in uploads]
 
 
-def redo_figures(events: list[dict], ref: dict) -> dict:
+def redo_figures(events: list[dict], ref: dict, final_shards: set[str]) -> dict:
     """From the trace of a whole sequence: how much was done more than once, and how much of that
     had been finished (published) before the kill that made it be done again."""
     done_at: dict[str, int] = {}  # key -> pid that finished writing it
@@ -315,6 +320,7 @@ def redo_figures(events: list[dict], ref: dict) -> dict:
         "markers_rewritten_after_finished": fig["encoded_segments.marker:finished_redone"],
         "shards_rewritten": fig["hf_dataset.shard:done"] - ref["shards"],
         "shards_rewritten_same_name": fig["hf_dataset.shard:finished_redone"],
+        "shards_of_killed_builds_discarded": len({e["k"] for e in events if e.get("c") == "hf_dataset.shard" and e.get("ph") == "d"} - final_shards),
         "build_records_rewritten": fig["hf_dataset.record:done"] - 1,
     }
 
@@ -352,7 +358,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
         view = StoreView(store, ref)
         trace = tmp_path / f"trace-{number}.jsonl"
         kills = []
-        for cls, when in slots:
+        for cls, when, *fixed_nth in slots:
             if cls == "time":
                 # A restart skips what is done, so it is short: aim within its first seconds.
                 delay = round(rng.uniform(0.5, min(3.0, 0.8 * ref["wall"])), 2)
@@ -363,22 +369,23 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
                     continue
                 assert r["rc"] == -signal.SIGKILL, r["log"].read_text()[-4000:]
                 ops = [e for e in trace_events(trace)[before:] if e.get("c")]
-                stage = ops[-1]["c"].split(".")[0] if ops else "start-up/raw_audio"
-                kills.append((f"time {delay}s", f"in {stage}" + (f" after {ops[-1]['c']} #{ops[-1]['n']}" if ops else "")))
-                fired.append(stage if stage in STAGES else "raw_audio")
+                # Attributed to the stage of the last operation the run began (start-up: none yet).
+                stage = ("raw_audio" if ops[-1]["c"].startswith("source.") else ops[-1]["c"].split(".")[0]) if ops else "start-up"
+                kills.append((f"time {delay}s", f"after {ops[-1]['c']} #{ops[-1]['n']} ({ops[-1]['ph']})" if ops else "during start-up"))
+                fired.append(stage)
                 continue
             when = rng.choice(["before", "during", "after"] if not cls.endswith(".delete") else ["before", "after"]) if when == "*" else when
             pending = view.pending(cls)
-            if pending == 0:
+            if pending < (fixed_nth[0] if fixed_nth else 1):
                 kills.append((f"{cls} {when}", "nothing of it left to do: skipped"))
                 continue
-            kill = {"cls": cls, "nth": rng.randint(1, pending), "when": when}
+            kill = {"cls": cls, "nth": fixed_nth[0] if fixed_nth else rng.randint(1, pending), "when": when}
             r = h.run(url, trace, kill)
             log = r["log"].read_text()
             assert r["rc"] == -signal.SIGKILL, f"planned kill {kill} not reached (rc {r['rc']}): {log[-4000:]}"
             assert any(e.get("kill") for e in trace_events(trace) if e["pid"] == r["pid"]), kill
             kills.append((f"{cls} #{kill['nth']} {when}", f"{r['wall']:.1f} s"))
-            fired.append(cls.split(".")[0])
+            fired.append("raw_audio" if cls.startswith("source.") else cls.split(".")[0])
         final = h.run(url, trace)
         assert final["rc"] == 0, f"the run after the kills failed: {final['log'].read_text()[-6000:]}"
 
@@ -390,7 +397,8 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
             assert got[part] == expected[part], f"sequence {number} ({backend}): {part} differs from the uninterrupted run"
         assert got["shard_objects_unlisted"] == [], got["shard_objects_unlisted"]
         assert orphans(store, s3_client) == []
-        figures = redo_figures(trace_events(trace), ref)
+        final_record = json.loads(store.read_bytes(record_key(CHANNEL)))
+        figures = redo_figures(trace_events(trace), ref, {DATASET_PREFIX + x["path"] for x in final_record["shards"]})
         report.append((number, backend, kills, figures))
         # Finished work is not done again: a published segment file, index, stage-2 file, marker or
         # build record is never rewritten.
@@ -407,7 +415,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
         for what, how in kills:
             print(f"    kill {what}: {how}")
         print("    redone: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
-    assert len(fired) >= 20 and set(fired) == set(STAGES), (len(fired), Counter(fired))
+    assert len(fired) >= 20 and set(STAGES) <= set(fired), (len(fired), Counter(fired))
 
 
 def test_s3_unfinished_multipart_uploads_are_aborted_under_a_prefix_only(s3_client, s3_store):
