@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -167,18 +166,16 @@ class S3Store(ObjectStore):
 
     def remove_orphan_temporaries(self, prefix: str = "") -> int:
         """Aborts multipart uploads never completed (a writer killed mid-upload): S3 keeps their
-        parts, unlisted but stored, until aborted. Under a channel's `prefix` every such upload
-        goes, since its caller is that prefix's only writer (one run per channel at a time);
-        across the whole store only those started over a day ago, so that another channel's
-        upload in progress is left alone. A bucket lifecycle rule (AbortIncompleteMultipartUpload)
-        does the same on AWS."""
-        cutoff = None if prefix else datetime.now(timezone.utc) - timedelta(days=1)
+        parts, unlisted but stored, until aborted. Only under a given prefix (a channel's shard
+        folder, whose one writer is the caller: one run per channel at a time); store-wide it
+        aborts nothing, as any upload there may be another channel's in progress. A bucket
+        lifecycle rule (AbortIncompleteMultipartUpload) sweeps what no rerun comes back for."""
+        if not prefix:
+            return 0
         aborted = 0
         try:
             for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for upload in page.get("Uploads", []):
-                    if cutoff is not None and upload["Initiated"] > cutoff:
-                        continue
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                     aborted += 1
         except (ClientError, BotoCoreError) as exc:
