@@ -128,8 +128,9 @@ class Harness:
         return line.decode().strip()
 
     def close(self) -> None:
-        self.zygote.stdin.close()
-        self.zygote.wait(30)
+        if self.zygote.poll() is None:
+            self.zygote.stdin.close()  # it exits at the end of its input
+            self.zygote.wait(30)
 
     def new_store(self, backend: str):
         if backend == "s3":
@@ -326,13 +327,14 @@ def redo_figures(events: list[dict], ref: dict, final_shards: set[str]) -> dict:
 
 
 def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_endpoint, gcs_store, gcs_bucket, s3_endpoint,
-                                                                s3_client, small_multipart_parts):
+                                                                s3_client, small_multipart_parts, request):
     seed = int(os.environ.get("CRASH_SEED") or random.SystemRandom().randrange(10**6))
     print(f"\nCRASH_SEED={seed}  (replay: CRASH_SEED={seed} pytest {__file__} -s)")
     rng = random.Random(seed)
     started = time.monotonic()
     populate_source(gcs_store, CHANNEL, ids=IDS)
     h = Harness(tmp_path, gcs_endpoint, gcs_bucket, s3_endpoint, s3_client)
+    request.addfinalizer(h.close)
 
     # The uninterrupted run: what every crashed sequence must end up equal to, and how many
     # operations of each kind a run from nothing does.
@@ -360,8 +362,9 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
         kills = []
         for cls, when, *fixed_nth in slots:
             if cls == "time":
-                # A restart skips what is done, so it is short: aim within its first seconds.
-                delay = round(rng.uniform(0.5, min(3.0, 0.8 * ref["wall"])), 2)
+                # A restart skips what is done, so it is short: aim within its first seconds (not
+                # scaled by the machine's speed, so that a seed replays the same delays).
+                delay = round(rng.uniform(0.5, 3.0), 2)
                 before = len(trace_events(trace))
                 r = h.run(url, trace, {"cls": "time", "nth": 0, "when": "time"}, kill_after_s=delay)
                 if r["rc"] == 0:
@@ -408,7 +411,6 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
                      "markers_rewritten_after_finished", "build_records_rewritten"):
             assert figures[name] == 0, (name, figures, kills)
 
-    h.close()
     print(f"\nCRASH_SEED={seed}: {len(fired)} kills ({dict(Counter(fired))}), {h.runs} runs, {time.monotonic() - started:.0f} s")
     for number, backend, kills, figures in report:
         print(f"sequence {number} ({backend}):")
@@ -424,8 +426,7 @@ def test_s3_unfinished_multipart_uploads_are_aborted_under_a_prefix_only(s3_clie
     mine = s3_client.create_multipart_upload(Bucket=s3_store.bucket, Key=s3_store.prefix + "hf_dataset/data/a/x.parquet")
     s3_client.upload_part(Bucket=s3_store.bucket, Key=mine["Key"], UploadId=mine["UploadId"], PartNumber=1, Body=b"x" * 100)
     other = s3_client.create_multipart_upload(Bucket=s3_store.bucket, Key=s3_store.prefix + "hf_dataset/data/b/y.parquet")
-    # (The store-wide rule, uploads over a day old, cannot be shown here: moto reports every
-    # upload as initiated in 2010.)
+    assert s3_store.remove_orphan_temporaries() == 0  # store-wide: any of them may be in progress
     assert s3_store.remove_orphan_temporaries("hf_dataset/data/a/") == 1
     left = s3_client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", [])
     assert [u["UploadId"] for u in left] == [other["UploadId"]]
