@@ -235,6 +235,8 @@ def test_asset_check_finds_missing_segments_and_a_rerun_repairs_them(setup):
     # ...and the next run cuts that recording again, and only that one.
     meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
     assert (meta["files_changed"], meta["files_unchanged"]) == (1, len(DEMO_IDS) - 1)
+    # Its other segment files are already there byte for byte: kept, not written again.
+    assert (meta["segments_written"], meta["segments_already_written"]) == (1, 14)
     assert check().passed
 
     # An audio object with no transcript: the pairing check warns once raw_audio sees it.

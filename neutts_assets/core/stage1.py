@@ -43,6 +43,7 @@ class RecordingResult:
     downloaded_bytes: int = 0
     written_bytes: int = 0
     removed_keys: list[str] = field(default_factory=list)
+    kept_keys: list[str] = field(default_factory=list)  # cut again, found already in the store as they are
     decode_seconds: float = 0.0
     write_seconds: float = 0.0
 
@@ -121,7 +122,7 @@ def cut_recording(
         # new transcripts of audio that decoded before, are written as they are cut.
         replacing = (previous is not None and previous.status == "ok"
                      and any(previous.fingerprint.get(k) != fp[k] for k in ("audio_key", "audio_version", "audio_size")))
-        sink = _SegmentSink(store, Path(tmp) / "held" if replacing else None)
+        sink = _SegmentSink(store, Path(tmp) / "held" if replacing else None, stored_keys)
         notes: list[tuple[int, NoteEntry]] = []
         t0 = time.perf_counter()
         # Any other error (the store, a killed decoder) propagates: what this attempt wrote is in
@@ -136,7 +137,7 @@ def cut_recording(
         except AudioDecodeError as exc:
             return failed(entry.audio_key, str(exc), sink.in_store())
         sink.commit()
-        result.written_bytes, result.write_seconds = sink.bytes, sink.seconds
+        result.written_bytes, result.write_seconds, result.kept_keys = sink.bytes, sink.seconds, sink.kept
         result.decode_seconds = time.perf_counter() - t0 - sink.seconds
 
     index.segments.sort(key=lambda s: s.index)
@@ -182,21 +183,28 @@ class _SegmentSink:
     """Where a recording's segment files go while its audio streams past: straight to the store,
     or, with `hold`, to a local folder first and to the store only on commit()."""
 
-    def __init__(self, store: ObjectStore, hold: Path | None):
-        self.store, self.hold = store, hold
+    def __init__(self, store: ObjectStore, hold: Path | None, stored_keys=frozenset()):
+        self.store, self.hold, self.stored = store, hold, stored_keys
         self.written: list[str] = []  # keys, in the order written
+        self.kept: list[str] = []  # keys found in the store already, byte for byte
         self.bytes, self.seconds = 0, 0.0
         if hold is not None:
             hold.mkdir()
 
     def write(self, key: str, data: bytes) -> None:
         t0 = time.perf_counter()
-        if self.hold is None:
-            self.store.write_bytes(key, data)
-        else:
+        if self.hold is not None:
             (self.hold / str(len(self.written))).write_bytes(data)
+            self.bytes += len(data)
+        elif key in self.stored and self.store.read_bytes_or_none(key) == data:
+            # Written already by a run killed before this recording's index: kept, so its version
+            # (what stage 2's markers name) does not change. Segment files are byte-for-byte
+            # deterministic, so equal bytes mean the same cut.
+            self.kept.append(key)
+        else:
+            self.store.write_bytes(key, data)
+            self.bytes += len(data)
         self.written.append(key)
-        self.bytes += len(data)
         self.seconds += time.perf_counter() - t0
 
     def commit(self) -> None:
@@ -295,6 +303,7 @@ class ChannelTally:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (segment id or object, note)
     removed: list[str] = field(default_factory=list)
     segments_written: int = 0
+    segments_kept: int = 0  # already in the store, byte for byte, from a killed run
     audio_seconds: float = 0.0
     downloaded_bytes: int = 0
     written_bytes: int = 0
@@ -305,7 +314,8 @@ class ChannelTally:
         if r.error:
             self.failures.append((r.error_object, r.error))
         if r.index is not None and r.index.status == "ok":
-            self.segments_written += len(r.index.segments)
+            self.segments_written += len(r.index.segments) - len(r.kept_keys)
+            self.segments_kept += len(r.kept_keys)
             self.skipped += [(segment_id(r.recording_id, s.index), s.reason, s.detail) for s in r.index.skipped]
             self.notes += [(n.object, n.note) for n in r.index.notes]
             self.audio_seconds += r.index.audio_seconds

@@ -110,6 +110,7 @@ def _metadata(tally: ChannelTally, plan: ChannelPlan, manifest: dict, inventory:
         "files_unchanged": len(plan.unchanged),
         "files_failed": len({obj for obj, _ in tally.failures}),
         "segments_written": tally.segments_written,
+        "segments_already_written": tally.segments_kept,
         "segments_skipped": len(tally.skipped),
         "segments_removed": len(tally.removed),
         "segments_in_channel": manifest["segment_count"],
