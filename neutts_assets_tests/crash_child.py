@@ -10,8 +10,8 @@ An operation's class comes from its key, so it names the stage that does it:
     raw_audio.manifest, segments_npz.segment / .index / .manifest,
     encoded_segments.file / .marker / .manifest (deletes: the class plus ".delete"),
     hf_dataset.shard / .progress / .record / .card / .manifest, hf_dataset.shard.delete;
-and three that are not store writes: source.transcript_read (a read of the source bucket;
-raw_audio's come first), encoded_segments.encode (one codec call) and hf_dataset.row (one row
+and four that are not store writes: source.transcript_read (a read of the source bucket;
+raw_audio's come first), source.audio_download (segments_npz fetching a recording), encoded_segments.encode (one codec call) and hf_dataset.row (one row
 given to the Parquet writer).
 
 "during" means: on a local folder, after the temporary file is written and before it is renamed
@@ -123,6 +123,8 @@ def install() -> None:
     # reads them again, so reads 1..N of a run are raw_audio's.
     GCSStore.read_bytes = counted(lambda k: "source.transcript_read" if "/transcripts/" in k else None,
                                   lambda self, key: key)(GCSStore.read_bytes)
+    GCSStore.download = counted(lambda k: "source.audio_download" if "/audio/" in k else None,
+                                lambda self, key, path: key)(GCSStore.download)
 
     # Local folder: the moment between the temporary file and its rename.
     real_replace = os.replace

@@ -312,7 +312,8 @@ def redo_figures(events: list[dict], ref: dict, final_shards: set[str]) -> dict:
             if cls == "segments_npz.index":
                 indexed_recordings.add(key.rsplit("/", 1)[1][:-5])
     return {
-        "segments_recut": fig["segments_npz.segment:done"] - ref["segments"],
+        "recordings_downloaded_again": fig["source.audio_download:done"] - len(IDS),
+        "segments_written_again": fig["segments_npz.segment:done"] - ref["segments"],
         "segments_recut_after_their_recording_was_indexed": fig["segments_npz.segment:of_finished_recording"],
         "segment_files_rewritten_after_finished": fig["segments_npz.segment:finished_redone"],
         "recordings_reindexed_after_finished": fig["segments_npz.index:finished_redone"],
@@ -405,9 +406,11 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
         report.append((number, backend, kills, figures))
         # Finished work is not done again: a published segment file, index, stage-2 file, marker or
         # build record is never rewritten.
-        # Stage 1's unit of finished work is the recording (its index is published last): segment
-        # files of a recording killed before its index are cut again, and counted as redone.
-        for name in ("segments_recut_after_their_recording_was_indexed", "recordings_reindexed_after_finished", "stage2_files_rewritten_after_finished",
+        # Stage 1's unit of finished work is the recording (its index is published last): a
+        # recording killed before its index is downloaded and cut again, but the segment files it
+        # had written are kept as they are.
+        for name in ("segments_recut_after_their_recording_was_indexed", "segment_files_rewritten_after_finished",
+                     "recordings_reindexed_after_finished", "stage2_files_rewritten_after_finished",
                      "markers_rewritten_after_finished", "build_records_rewritten"):
             assert figures[name] == 0, (name, figures, kills)
 
