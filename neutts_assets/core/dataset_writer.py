@@ -239,7 +239,9 @@ def build_channel(
         stats.add(row)
         shards_before = len(writer.shards)
         writer.add(row)
-        if len(writer.shards) > shards_before:  # a shard is uploaded: every row up to this one is in a shard
+        # A shard is uploaded: every row up to this one is in a shard, unless a read failed in a way
+        # that may pass (then this build is discarded, and none may resume from it).
+        if len(writer.shards) > shards_before and not build.store_failures:
             store.write_bytes(progress_key(channel), json.dumps({
                 "channel": channel, "build_id": build_id, "source_fingerprint": fingerprint, "shard_bytes": shard_bytes,
                 "next": i + 1, "shards": writer.shards, "stats": stats.to_state(),
