@@ -140,8 +140,8 @@ def install() -> None:
     # S3: the request that publishes the object (single PUT, or the multipart's completion).
     real_init = S3Store.__init__
 
-    def init(self, client, bucket, prefix=""):
-        real_init(self, client, bucket, prefix)
+    def init(self, client, *args, **kwargs):
+        real_init(self, client, *args, **kwargs)
 
         def before_send(request, **_):
             path = unquote(urlparse(request.url).path)
