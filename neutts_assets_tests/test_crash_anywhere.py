@@ -69,14 +69,16 @@ IDS = ["austen_0870", "austen_0880", "austen_0890"]  # 7 segments, 3 encode batc
 # uploads, build record, card and old-shard deletion.
 SEQUENCES = [
     ("s3", [("raw_audio.manifest", "during"), ("segments_npz.segment", "during"), ("segments_npz.index", "before"),
-            ("segments_npz.manifest", "*"), ("encoded_segments.encode", "during"), ("encoded_segments.file", "after"),
-            ("encoded_segments.marker", "during"), ("hf_dataset.row", "before"), ("hf_dataset.shard", "during"),
-            ("hf_dataset.record", "after")]),
-    ("s3", [("source.transcript_read", "before"), ("segments_npz.segment", "after"), ("time", None), ("encoded_segments.file", "during"), ("time", None),
-            ("encoded_segments.marker", "after"), ("encoded_segments.manifest", "*"), ("hf_dataset.progress", "before"), ("hf_dataset.shard", "after"),
-            ("hf_dataset.card", "after"), ("hf_dataset.manifest", "*")]),
-    ("local", [("source.transcript_read", "after"), ("segments_npz.segment", "during"), ("segments_npz.index", "during"), ("time", None),
-               ("encoded_segments.file", "during"), ("encoded_segments.encode", "before"), ("hf_dataset.shard", "during", 1),
+            ("segments_npz.manifest", "*"), ("time", None), ("encoded_segments.encode", "during"),
+            ("encoded_segments.file", "after"), ("encoded_segments.marker", "during"), ("hf_dataset.row", "before"),
+            ("hf_dataset.shard", "during"), ("hf_dataset.record", "after")]),
+    ("s3", [("source.transcript_read", "before"), ("segments_npz.segment", "after"), ("time", None),
+            ("encoded_segments.file", "during"), ("encoded_segments.marker", "after"), ("encoded_segments.manifest", "*"),
+            ("hf_dataset.progress", "before"), ("hf_dataset.shard", "after"), ("hf_dataset.card", "after"),
+            ("hf_dataset.manifest", "*")]),
+    ("local", [("source.transcript_read", "after"), ("segments_npz.segment", "during"), ("segments_npz.index", "during"),
+               ("time", None), ("encoded_segments.file", "during"), ("encoded_segments.encode", "before"),
+               ("hf_dataset.shard", "during", 1),
                # the first shard of a build, uploaded before the build's first progress record: the next
                # build starts afresh, and deletes that shard when it publishes
                ("hf_dataset.shard", "after", 1), ("hf_dataset.record", "before"), ("hf_dataset.shard.delete", "after")]),
@@ -105,7 +107,7 @@ class Harness:
             HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONUNBUFFERED="1",
         )
         subprocess.run([str(BIN / "neutts-assets"), "add-channel", CHANNEL], env=self.base_env, check=True, capture_output=True)
-        self.runs = 0
+        self.runs, self.logs = 0, []
         # Runs are forked from one process that has imported the libraries already (crash_child.zygote).
         self.zygote = subprocess.Popen([sys.executable, "-m", "neutts_assets_tests.crash_child", "--zygote"], env=self.base_env,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "zygote.log", "wb"),
@@ -144,6 +146,7 @@ class Harness:
         """One run process; returns its exit code (negative: the signal that ended it), wall time and log."""
         self.runs += 1
         log = self.tmp / f"run-{self.runs:03d}.log"
+        self.logs.append(log)
         env = {**self.base_env, "NEUTTS_STORE": store_url, "CRASH_TRACE": str(trace)}
         if kill:
             env["CRASH_KILL"] = json.dumps(kill)
@@ -360,16 +363,22 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
         url, store = h.new_store(backend)
         view = StoreView(store, ref)
         trace = tmp_path / f"trace-{number}.jsonl"
-        kills = []
+        kills, first_log = [], len(h.logs)
         for cls, when, *fixed_nth in slots:
             if cls == "time":
-                # A restart skips what is done, so it is short: aim within its first seconds (not
-                # scaled by the machine's speed, so that a seed replays the same delays).
-                delay = round(rng.uniform(0.5, 3.0), 2)
+                # After stage 1's slots, when encoding, most of a run's time, is still to do: a
+                # seeded fraction of the uninterrupted run's time (the fraction replays; where it
+                # lands depends on the machine's speed, as with any kill on a clock).
+                fraction = rng.uniform(0.15, 0.6)
+                delay = round(fraction * ref["wall"], 2)
                 before = len(trace_events(trace))
                 r = h.run(url, trace, {"cls": "time", "nth": 0, "when": "time"}, kill_after_s=delay)
                 if r["rc"] == 0:
-                    kills.append((f"time {delay}s", "finished first"))
+                    # Done before the clock ran out: go on from an empty store, so that the kills
+                    # after this one still have work to land in.
+                    kills.append((f"time {delay}s", "finished first: the sequence goes on from an empty store"))
+                    url, store = h.new_store(backend)
+                    view, trace = StoreView(store, ref), tmp_path / f"trace-{number}b.jsonl"
                     continue
                 assert r["rc"] == -signal.SIGKILL, r["log"].read_text()[-4000:]
                 ops = [e for e in trace_events(trace)[before:] if e.get("c")]
@@ -392,6 +401,10 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
             fired.append("raw_audio" if cls.startswith("source.") else cls.split(".")[0])
         final = h.run(url, trace)
         assert final["rc"] == 0, f"the run after the kills failed: {final['log'].read_text()[-6000:]}"
+        # A killed run's store lease (defs/leases.py) never holds up the restart: it is taken over
+        # at once, its process being gone.
+        takeovers = sum(log.read_text().count("took over the lease of run") for log in h.logs[first_log:])
+        assert takeovers >= 1
 
         # The same store and dataset as the uninterrupted run's, and no debris.
         got = snapshot(store)
@@ -403,7 +416,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
         assert orphans(store, s3_client) == []
         final_record = json.loads(store.read_bytes(record_key(CHANNEL)))
         figures = redo_figures(trace_events(trace), ref, {DATASET_PREFIX + x["path"] for x in final_record["shards"]})
-        report.append((number, backend, kills, figures))
+        report.append((number, backend, kills, {"lease_takeovers": takeovers, **figures}))
         # Finished work is not done again: a published segment file, index, stage-2 file, marker or
         # build record is never rewritten.
         # Stage 1's unit of finished work is the recording (its index is published last): a
