@@ -115,16 +115,16 @@ def install() -> None:
     from neutts_assets.storage.s3 import S3Store
 
     for store_cls in (LocalStore, S3Store):
-        store_cls.write_bytes = counted(lambda k: classify(k, False), lambda self, key, data: key)(store_cls.write_bytes)
-        store_cls.upload = counted(lambda k: classify(k, False), lambda self, path, key: key)(store_cls.upload)
-        store_cls.delete = counted(lambda k: classify(k, True), lambda self, key: key)(store_cls.delete)
+        store_cls.write_bytes = counted(lambda k: classify(k, False), lambda self, key, *_, **__: key)(store_cls.write_bytes)
+        store_cls.upload = counted(lambda k: classify(k, False), lambda self, path, key, *_, **__: key)(store_cls.upload)
+        store_cls.delete = counted(lambda k: classify(k, True), lambda self, key, *_, **__: key)(store_cls.delete)
 
     # The source's transcripts: raw_audio reads each one (its content hash) before segments_npz
     # reads them again, so reads 1..N of a run are raw_audio's.
     GCSStore.read_bytes = counted(lambda k: "source.transcript_read" if "/transcripts/" in k else None,
-                                  lambda self, key: key)(GCSStore.read_bytes)
+                                  lambda self, key, *_, **__: key)(GCSStore.read_bytes)
     GCSStore.download = counted(lambda k: "source.audio_download" if "/audio/" in k else None,
-                                lambda self, key, path: key)(GCSStore.download)
+                                lambda self, key, *_, **__: key)(GCSStore.download)
 
     # Local folder: the moment between the temporary file and its rename.
     real_replace = os.replace
