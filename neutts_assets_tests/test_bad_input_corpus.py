@@ -416,7 +416,7 @@ def test_the_rest_of_the_channel_is_processed(run):
     assert run.encoded["segments_failed"] == 0 and run.dataset["segments_failed"] == 0
     assert run.encoded["segments_with_codes_in_channel"] == run.stage1["segments_in_channel"] == len(run.rows)
     # every object written stays in the store's folders, with no temporary left
-    assert {p.relative_to(run.store.root).parts[0] for p in run.store.root.iterdir()} <= {"stage1", "stage2_with_codes", "manifests", "hf_dataset", "hf_dataset_builds"}
+    assert {p.relative_to(run.store.root).parts[0] for p in run.store.root.iterdir()} <= {"stage1", "stage2_with_codes", "manifests", "hf_dataset", "hf_dataset_builds", "hf_dataset_progress", "_leases"}
     assert not [p for p in run.store.root.rglob("*") if ".neutts-tmp-" in p.name]
 
 
