@@ -22,6 +22,16 @@ GOOD = ["austen_0870", "austen_0930"]
 REFUSED = "refused by the inventory, listed in raw_audio's unpaired table"
 
 
+def _ffmpeg_wrapper(tmp_path, script: str):
+    """A folder holding an `ffmpeg` shell script (`{real}` in it names the real ffmpeg), to put
+    first on PATH: a decoder that fails in a chosen way, for the real stage-1 code."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "ffmpeg").write_text("#!/bin/sh\n" + script.replace("{real}", shutil.which("ffmpeg")) + "\n")
+    (folder / "ffmpeg").chmod(0o755)
+    return folder
+
+
 def _wav_with_unknown_codec() -> bytes:
     """A well-formed RIFF/WAVE header whose format tag (0x7A7A) no decoder knows."""
     data = b"\x00\x01" * 8000
@@ -191,13 +201,8 @@ def test_a_killed_decoder_is_retried_not_recorded_as_bad_audio(tmp_path, monkeyp
     from neutts_assets.storage.local import LocalStore
 
     populate_source(LocalStore(tmp_path / "source"), CHANNEL, ids=["austen_0870", "sonnet001"])
-    real = shutil.which("ffmpeg")
-    limited = tmp_path / "bin"
-    limited.mkdir()
     # mp3 input (sonnet001) only: the samples stop after 0.5 MB and the decoder dies by SIGKILL.
-    (limited / "ffmpeg").write_text(
-        f'#!/bin/sh\ncase "$*" in *audio.mp3*) "{real}" "$@" | head -c 500000; kill -KILL $$;; esac\nexec "{real}" "$@"\n')
-    (limited / "ffmpeg").chmod(0o755)
+    limited = _ffmpeg_wrapper(tmp_path, 'case "$*" in *audio.mp3*) "{real}" "$@" | head -c 500000; kill -KILL $$;; esac\nexec "{real}" "$@"')
     resources = make_resources(str(tmp_path / "source"), str(tmp_path / "store"))
     instance = DagsterInstance.ephemeral()
 
@@ -232,13 +237,8 @@ def test_audio_failing_halfway_through_the_stream(tmp_path, monkeypatch):
     assert len(good) == 3
 
     quieter = convert(demo_audio("austen_0870"), tmp_path / "quieter.wav", "-af", "volume=0.5")  # other samples
-    real = shutil.which("ffmpeg")
-    failing = tmp_path / "bin"
-    failing.mkdir()
     # 3.5 s of samples (enough for the first segments to be cut), then a decoding error.
-    (failing / "ffmpeg").write_text(
-        f'#!/bin/sh\n"{real}" "$@" | head -c 112000\necho "[error] Invalid data found when processing input" >&2\nexit 1\n')
-    (failing / "ffmpeg").chmod(0o755)
+    failing = _ffmpeg_wrapper(tmp_path, '"{real}" "$@" | head -c 112000\necho "[error] Invalid data found when processing input" >&2\nexit 1')
     monkeypatch.setenv("PATH", f"{failing}{os.pathsep}{os.environ['PATH']}")
     # A new recording, and new audio for the good one (another file: a new version).
     populate_source(source, CHANNEL, ids=["austen_0930"])

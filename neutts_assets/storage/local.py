@@ -85,13 +85,8 @@ class LocalStore(ObjectStore):
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key, writing=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Beside the target, since os.replace must not cross file systems. The writer's PID in the name lets a later run tell a dead writer's debris from a live one's.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path))
+        tmp = _write_temporary(path, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -141,12 +136,8 @@ class LocalStore(ObjectStore):
     def create_if_absent(self, key: str, data: bytes) -> str | None:
         path = self._path(key, writing=True)
         with self._folder_locked(path):
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path))
+            tmp = _write_temporary(path, data)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 os.link(tmp, path)  # fails if the name exists: the complete file appears at once, or not at all
             except FileExistsError:
                 return None
@@ -217,6 +208,22 @@ def _writer(name: str) -> tuple[str, str]:
     tag = name.split(TEMP_MARK, 1)[1].split("-", 1)[0]
     host, _, pid = tag.rpartition(".")
     return host or _HOST_TAG, pid
+
+
+def _write_temporary(path: Path, data: bytes) -> str:
+    """Writes `data` to a new temporary file beside `path` (os.replace and os.link must not cross
+    file systems) and syncs it; returns its name. The name carries the writer's host and PID, so a
+    later run can tell a dead writer's debris from a live one's."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def _file_version(st: os.stat_result) -> str:
