@@ -249,3 +249,34 @@ def test_audio_failing_halfway_through_the_stream(tmp_path, monkeypatch):
     assert {o.key: store.read_bytes(o.key) for o in store.list(f"stage1/{CHANNEL}/austen_0870_seg_")} == good
     assert not list(store.list(f"stage1/{CHANNEL}/austen_0930_seg_"))  # what it had written is removed
     assert meta["segments_in_channel"] == 3
+
+
+def test_a_new_transcript_whose_recut_dies_halfway_leaves_the_good_cut_whole(tmp_path, monkeypatch):
+    """Same audio, new transcript: the recut writes the same keys the good index lists, so they
+    are held until the decode has succeeded. A decoder killed halfway (SIGKILL: a failure that
+    may pass) then leaves every listed segment as it was, and the rerun recuts it."""
+    from neutts_assets.storage.local import LocalStore
+
+    source, store = LocalStore(tmp_path / "source"), LocalStore(tmp_path / "store")
+    populate_source(source, CHANNEL, ids=["austen_0870"])
+    resources = make_resources(str(tmp_path / "source"), str(tmp_path / "store"))
+    instance = DagsterInstance.ephemeral()
+    run_stage1(instance, resources, CHANNEL)
+    good = {o.key: store.read_bytes(o.key) for o in store.list(f"stage1/{CHANNEL}/")}
+    transcript = json.loads(source.read_bytes(transcript_key(CHANNEL, "austen_0870")))
+    segments = transcript["segments"] if isinstance(transcript, dict) else transcript
+    for seg in segments:
+        seg["text"] = seg["text"].upper()  # every segment file changes
+    source.write_bytes(transcript_key(CHANNEL, "austen_0870"), json.dumps(transcript).encode())
+
+    dying = _ffmpeg_wrapper(tmp_path, '"{real}" "$@" | head -c 112000; kill -KILL $$')
+    monkeypatch.setenv("PATH", f"{dying}{os.pathsep}{os.environ['PATH']}")
+    result = run_stage1(instance, resources, CHANNEL, raise_on_error=False)
+    assert not result.success
+    assert {o.key: store.read_bytes(o.key) for o in store.list(f"stage1/{CHANNEL}/")} == good  # index and segments
+
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
+    meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
+    assert meta["files_changed"] == 1 and meta["files_failed"] == 0
+    texts = {read_segment(store.read_bytes(o.key)).text for o in store.list(f"stage1/{CHANNEL}/austen_0870_seg_")}
+    assert texts and all(t == t.upper() for t in texts)

@@ -117,11 +117,11 @@ def cut_recording(
         except FileNotFoundError:
             result.error, result.error_object = "audio disappeared from the source", entry.audio_key
             return result
-        # A good cut of other audio must survive this audio turning out undecodable halfway: its
-        # segments are then held on local disk until the decode has succeeded. New recordings, and
-        # new transcripts of audio that decoded before, are written as they are cut.
-        replacing = (previous is not None and previous.status == "ok"
-                     and any(previous.fingerprint.get(k) != fp[k] for k in ("audio_key", "audio_version", "audio_size")))
+        # A good cut must survive its recut failing halfway (undecodable new audio, a decoder
+        # killed for want of disk or memory, a store error): the segments its index lists are not
+        # touched until the decode has succeeded, so the recut is held on local disk until then.
+        # New recordings are written to the store as they are cut.
+        replacing = previous is not None and previous.status == "ok"
         sink = _SegmentSink(store, Path(tmp) / "held" if replacing else None, stored_keys)
         notes: list[tuple[int, NoteEntry]] = []
         t0 = time.perf_counter()
@@ -195,24 +195,27 @@ class _SegmentSink:
         t0 = time.perf_counter()
         if self.hold is not None:
             (self.hold / str(len(self.written))).write_bytes(data)
-            self.bytes += len(data)
-        elif key in self.stored and self.store.read_bytes_or_none(key) == data:
-            # Written already by a run killed before this recording's index: kept, so its version
-            # (what stage 2's markers name) does not change. Segment files are byte-for-byte
-            # deterministic, so equal bytes mean the same cut.
+        else:
+            self._put(key, data)
+        self.written.append(key)
+        self.seconds += time.perf_counter() - t0
+
+    def _put(self, key: str, data: bytes) -> None:
+        if key in self.stored and self.store.read_bytes_or_none(key) == data:
+            # In the store already, byte for byte (written by a run killed before this recording's
+            # index, or unchanged by a new transcript): kept, so its version, which stage 2's
+            # markers name, does not change. Segment files are deterministic: equal bytes, same cut.
             self.kept.append(key)
         else:
             self.store.write_bytes(key, data)
             self.bytes += len(data)
-        self.written.append(key)
-        self.seconds += time.perf_counter() - t0
 
     def commit(self) -> None:
         if self.hold is None:
             return
         t0 = time.perf_counter()
         for i, key in enumerate(self.written):
-            self.store.upload(self.hold / str(i), key)
+            self._put(key, (self.hold / str(i)).read_bytes())
         self.seconds += time.perf_counter() - t0
 
     def in_store(self) -> set[str]:
