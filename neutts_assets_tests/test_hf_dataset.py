@@ -299,3 +299,20 @@ def test_a_channel_with_every_segment_filtered_out_does_not_break_loading(env):
     assert len(ds) == 7 and set(ds["channel"]) == {A}
     empty = load_from_disk(str(tmp / "store" / "hf_dataset_disk" / B))
     assert len(empty) == 0 and empty.features == dataset_features()
+
+
+def test_a_published_builds_leftover_progress_is_not_resumed(tmp_path):
+    """A run killed between publishing a build and deleting its progress record leaves both naming
+    one build id: a later (forced) build must start afresh, not adopt the published shards (which
+    a failure would then discard)."""
+    import json as _json
+
+    from neutts_assets.core.dataset_writer import _resumable, progress_key, record_key
+    from neutts_assets.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    progress = {"channel": "ch", "build_id": "b1", "source_fingerprint": "f", "shard_bytes": 100, "shards": [], "next": 0}
+    store.write_bytes(progress_key("ch"), _json.dumps(progress).encode())
+    assert _resumable(store, "ch", "f", 100) == progress  # a killed, unpublished build: resumed
+    store.write_bytes(record_key("ch"), _json.dumps({"channel": "ch", "build_id": "b1", "shards": []}).encode())
+    assert _resumable(store, "ch", "f", 100) is None

@@ -276,6 +276,11 @@ def _resumable(store: ObjectStore, channel: str, fingerprint: str, shard_bytes: 
     progress = json.loads(blob)
     if progress["source_fingerprint"] != fingerprint or progress["shard_bytes"] != shard_bytes:
         return None
+    published = read_record(store, channel)
+    if published is not None and published.get("build_id") == progress.get("build_id"):
+        # Left by a run killed between publishing this build and deleting its progress: that build
+        # is the published one, and a (forced) rebuild must not adopt, and on failure discard, its shards.
+        return None
     present = {o.key: o.size for o in store.list(shard_prefix(channel))}
     if any(present.get(DATASET_PREFIX + s["path"]) != s["bytes"] for s in progress["shards"]):
         return None
