@@ -171,3 +171,21 @@ def test_download_pinned_to_a_listed_version(store, tmp_path):
     assert not (tmp_path / "b").exists()
     (now,) = list(store.list("audio/"))
     assert store.download("audio/a.wav", tmp_path / "c", version=now.version) == len(b"second, longer version")
+
+
+def test_gcs_errors_never_quote_an_upload_session():
+    """A resumable upload's session URL is a write credential for that object: the transport
+    error that quotes it reaches our message redacted, and is not chained into the run's error."""
+    import requests
+
+    from neutts_assets.storage.gcs import _store_error
+
+    url = ("http://127.0.0.1:1/upload/storage/v1/b/bkt/o?uploadType=resumable&upload_id=ADPycdsSECRETsession123&name=x")
+    try:
+        raise requests.exceptions.ConnectionError(f"HTTPConnectionPool: Max retries exceeded with url: {url}")
+    except requests.exceptions.ConnectionError as exc:
+        err = _store_error("cannot upload 'x' to gs://bkt/", exc)
+    assert "SECRETsession123" not in str(err) and "upload_id=<redacted>" in str(err) and "cannot upload 'x'" in str(err)
+    assert err.__cause__ is None and err.__suppress_context__
+    plain = _store_error("cannot read 'x'", ValueError("503 Service Unavailable"))
+    assert str(plain) == "cannot read 'x': 503 Service Unavailable" and isinstance(plain.__cause__, ValueError)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,6 +33,21 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, InvalidResponse):
         return f"{exc.response.status_code} InvalidResponse"
     return type(exc).__name__
+
+
+# A resumable upload's session URL lets anyone holding it write that object without credentials,
+# and transport errors quote the URL: such values are cut from our messages (and the original
+# exception, which quotes it too, is not chained).
+_SESSION_SECRETS = re.compile(r"((?:upload_id|uploadId|X-Goog-Signature|access_token)=)[^&\s'\"]+")
+
+
+def _store_error(what: str, exc: BaseException) -> StoreError:
+    text = str(exc)
+    clean = _SESSION_SECRETS.sub(r"\1<redacted>", text)
+    err = StoreError(f"{what}: {clean}")
+    err.__cause__ = exc if clean == text else None
+    err.__suppress_context__ = True
+    return err
 
 
 class GCSStore(ObjectStore):
@@ -81,7 +97,7 @@ class GCSStore(ObjectStore):
                     updated=blob.updated,
                 )
         except _FAILED as exc:
-            raise StoreError(f"cannot list {self.prefix + prefix!r} in {self.describe()}: {exc}") from exc
+            raise _store_error(f"cannot list {self.prefix + prefix!r} in {self.describe()}", exc)
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -89,7 +105,7 @@ class GCSStore(ObjectStore):
         except gexc.NotFound:
             raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
         except _FAILED as exc:
-            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
+            raise _store_error(f"cannot read {key!r} from {self.describe()}", exc)
 
     def download(self, key: str, path: Path, version: str | None = None) -> int:
         pin = {"if_generation_match": int(version)} if version is not None else {}
@@ -107,7 +123,7 @@ class GCSStore(ObjectStore):
             Path(path).unlink(missing_ok=True)
             raise ObjectChanged(f"{key!r} in {self.describe()} changed since it was listed (generation {version})") from None
         except _FAILED as exc:
-            raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
+            raise _store_error(f"cannot download {key!r} from {self.describe()}", exc)
         return Path(path).stat().st_size
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -115,14 +131,14 @@ class GCSStore(ObjectStore):
         try:
             self._blob(key).upload_from_string(data, **self._calls("upload"))
         except _FAILED as exc:
-            raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
+            raise _store_error(f"cannot write {key!r} to {self.describe()}", exc)
 
     def upload(self, path: Path, key: str) -> int:
         # Large files go as a resumable upload in chunks; the object appears only when complete.
         try:
             self._blob(key).upload_from_filename(str(path), **self._calls("upload"))
         except _FAILED as exc:
-            raise StoreError(f"cannot upload {key!r} to {self.describe()}: {exc}") from exc
+            raise _store_error(f"cannot upload {key!r} to {self.describe()}", exc)
         return Path(path).stat().st_size
 
     def delete(self, key: str) -> None:
@@ -131,7 +147,7 @@ class GCSStore(ObjectStore):
         except gexc.NotFound:
             pass
         except _FAILED as exc:
-            raise StoreError(f"cannot delete {key!r} from {self.describe()}: {exc}") from exc
+            raise _store_error(f"cannot delete {key!r} from {self.describe()}", exc)
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
