@@ -151,25 +151,26 @@ class GCSStore(ObjectStore):
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
-            blob = self.bucket.get_blob(self.prefix + check_key(key))
+            blob = self.bucket.get_blob(self.prefix + check_key(key), **self._calls("read"))
             if blob is None:
                 return None
             # Pinned to the generation just read, so the bytes and the version belong together.
-            return blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation)
+            return blob.download_as_bytes(if_generation_match=blob.generation, **self._calls("download")), str(blob.generation)
         except (gexc.NotFound, gexc.PreconditionFailed):
             return None
-        except gexc.GoogleAPIError as exc:
+        except _FAILED as exc:
             raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
 
     def _conditional_upload(self, key: str, data: bytes, generation: int) -> str | None:
         blob = self._blob(key)
         try:
-            # if_generation_match=0: only if absent. The client retries a conditional upload safely.
-            blob.upload_from_string(data, if_generation_match=generation)
+            # if_generation_match=0: only if absent. A conditional upload is safe to retry: a repeat of
+            # one that landed fails its precondition, and the lease reads back whose write is there.
+            blob.upload_from_string(data, if_generation_match=generation, **self._calls("upload"))
             return str(blob.generation)
         except (gexc.PreconditionFailed, gexc.NotFound):
             return None
-        except gexc.GoogleAPIError as exc:
+        except _FAILED as exc:
             raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
 
     def create_if_absent(self, key: str, data: bytes) -> str | None:

@@ -83,19 +83,23 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot list {self.prefix + prefix!r} in {self.describe()}: {exc}") from exc
 
-    def read_bytes(self, key: str) -> bytes:
-        def get() -> bytes:
+    def _read(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and ETag; a body broken off (or an error response cut off) is retried."""
+        def get() -> tuple[bytes, str]:
             try:
-                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             except _UNWRAPPED as exc:
                 raise _BodyInterrupted(f"{type(exc).__name__} in the error response: {exc}") from exc
             try:
-                return body.read()
+                return response["Body"].read(), response["ETag"]
             except (IncompleteReadError, ResponseStreamingError, ReadTimeoutError) as exc:
                 raise _BodyInterrupted(f"{type(exc).__name__}: {exc}") from exc
 
+        return retry_call(get, (_BodyInterrupted,), self.settings, self.retry_counter, "GetObject body")
+
+    def read_bytes(self, key: str) -> bytes:
         try:
-            return retry_call(get, (_BodyInterrupted,), self.settings, self.retry_counter, "GetObject body")
+            return self._read(key)[0]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
@@ -190,11 +194,12 @@ class S3Store(ObjectStore):
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return response["Body"].read(), response["ETag"]
+            return self._read(key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
+            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
+        except (BotoCoreError, _BodyInterrupted) as exc:
             raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
 
     def _conditional_put(self, key: str, data: bytes, **condition) -> str | None:
