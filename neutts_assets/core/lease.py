@@ -17,7 +17,13 @@ every stage that writes a channel's objects first takes this lease, in the store
   this host and boot and its process is gone (a SIGKILLed run: the restart need not wait). The
   take-over is a conditional replace on the version read, so of two takers only one wins.
 - A holder that finds its lease gone or replaced (it stalled past the expiry and was taken over)
-  knows it has lost: `check()` raises LeaseLost, and so does leaving the `with` block.
+  knows it has lost: `check()` raises LeaseLost, and so does leaving the `with` block. `check()`
+  also raises once the holder's own clock is within TTL/4 of the expiry its last successful renewal
+  set: a renewal stuck on an unreachable store must not leave the run writing into a lease another
+  run may take over. Writers call it right before each publishing step.
+- A conditional write whose client raised may still have landed (its retries spent after the write
+  happened). A record with this lease's run, host, pid and acquisition time is then ours: it is
+  adopted (its version too) and the renewal or release written again over it.
 """
 
 from __future__ import annotations
@@ -141,10 +147,24 @@ class Lease:
             self.check()
 
     def check(self) -> None:
-        """Raises LeaseLost if another run took this lease over."""
-        if self.lost:
+        """Raises LeaseLost if another run took this lease over, or, while held, if it is so close to
+        its expiry (TTL/4 left since the last successful renewal) that another run may take it over
+        before this one's next write lands."""
+        lost = self.lost
+        if not lost and not self.released:
+            now, record = time.time(), self.record
+            if now > record.expires_at - self.ttl_s / 4:
+                lost = (f"it was last renewed {now - record.heartbeat_at:.0f} s ago and expires at {_iso(record.expires_at)} "
+                        f"(the store could not be reached to renew it)")
+        if lost:
             raise LeaseLost(f"{self.record.asset} for channel {self.record.channel!r}: run {self.record.run_id} lost its lease: "
-                            f"{self.lost}. Another run may have written the same objects; run it again.")
+                            f"{lost}. Another run may have written the same objects; run it again.")
+
+    def _ours(self, record: LeaseRecord | None) -> bool:
+        """The record is this lease's, written by one of our own calls (maybe one whose client raised)."""
+        mine = self.record
+        return record is not None and (record.run_id, record.host, record.pid, record.acquired_at) == (
+            mine.run_id, mine.host, mine.pid, mine.acquired_at)
 
     def renew(self) -> bool:
         with self._lock:
@@ -153,16 +173,24 @@ class Lease:
             now = time.time()
             fresh = LeaseRecord(**{**asdict(self.record), "heartbeat_at": now, "expires_at": now + self.ttl_s,
                                    "nonce": uuid.uuid4().hex})
-            version = self.store.replace_if_version(self.key, fresh.to_json(), self.version)
-            if version is None:
+            for _ in range(3):
+                version = self.store.replace_if_version(self.key, fresh.to_json(), self.version)
+                if version is not None:
+                    break
                 # A retried write whose first attempt landed looks the same: check whose it is.
                 current = self.store.read_versioned(self.key)
-                if current is not None and _nonce(current[0]) == fresh.nonce:
+                holder = _parse(current[0]) if current else None
+                if holder is not None and holder.nonce == fresh.nonce:
                     version = current[1]
-                else:
-                    holder = _parse(current[0]).run_id if current else "nobody (deleted)"
-                    self.lost = f"the lease is now held by {holder}"
-                    return False
+                    break
+                if self._ours(holder) and not holder.released_at:
+                    # An earlier renewal of ours landed though its call raised: our version is that one.
+                    self.record, self.version = holder, current[1]
+                    continue
+                self.lost = f"the lease is now held by {holder.run_id if holder else 'nobody (deleted)'}"
+                return False
+            else:
+                raise RuntimeError(f"lease {self.key}: the renewal kept meeting versions of its own; retrying")
             self.record, self.version = fresh, version
             return True
 
@@ -189,13 +217,24 @@ class Lease:
                 return  # a lost lease is someone else's now: leave it
             self.released = True
             done = LeaseRecord(**{**asdict(self.record), "released_at": time.time(), "nonce": uuid.uuid4().hex})
-            try:
-                if self.store.replace_if_version(self.key, done.to_json(), self.version) is None:
+            failure = None
+            for _ in range(3):
+                try:
+                    if self.store.replace_if_version(self.key, done.to_json(), self.version) is not None:
+                        return
                     current = self.store.read_versioned(self.key)
-                    if current is None or _nonce(current[0]) != done.nonce:
+                    holder = _parse(current[0]) if current else None
+                    if not self._ours(holder):
                         self.lost = "it was taken over before its release"
-            except Exception as exc:  # left to expire: the next run takes it over
-                self.log(f"lease {self.key}: release failed ({type(exc).__name__}: {str(exc)[:200]}); it expires in {self.ttl_s:.0f} s")
+                        return
+                    if holder.released_at:
+                        return  # an earlier attempt of this release landed though its call raised
+                    self.version = current[1]  # a renewal or release write of ours landed unseen: release over it
+                except Exception as exc:  # maybe it landed: the next pass reads what is there
+                    failure = exc
+            # Left to expire: the next run takes it over.
+            why = f"{type(failure).__name__}: {str(failure)[:200]}" if failure else "its record kept changing"
+            self.log(f"lease {self.key}: release failed ({why}); it expires in {self.ttl_s:.0f} s")
 
 
 def _parse(data: bytes) -> LeaseRecord | None:
