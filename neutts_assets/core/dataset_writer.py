@@ -203,10 +203,13 @@ def build_channel(
     workers: int = 8,
     keep_local: bool = False,
     progress: Callable[[int, float], None] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> ChannelBuild:
     """Writes the channel's shards (not yet published) and returns the build record to publish.
 
     `objects` are the segment files to read, from either stage; `source` says where they came from.
+    `guard` is called before each progress record (one per shard; a later run resumes from it) and
+    what it raises (the run's lease lost) propagates.
     """
     started = time.perf_counter()
     objects = sorted(objects, key=lambda o: o.key)  # row order is key order: stable across rebuilds
@@ -242,6 +245,8 @@ def build_channel(
         # A shard is uploaded: every row up to this one is in a shard, unless a read failed in a way
         # that may pass (then this build is discarded, and none may resume from it).
         if len(writer.shards) > shards_before and not build.store_failures:
+            if guard:
+                guard()
             store.write_bytes(progress_key(channel), json.dumps({
                 "channel": channel, "build_id": build_id, "source_fingerprint": fingerprint, "shard_bytes": shard_bytes,
                 "next": i + 1, "shards": writer.shards, "stats": stats.to_state(),
@@ -319,24 +324,32 @@ def publish_card(store: ObjectStore, title: str, passes: int = 3) -> dict[str, d
     return records
 
 
-def publish_channel(store: ObjectStore, record: dict, title: str) -> list[str]:
+def publish_channel(store: ObjectStore, record: dict, title: str, guard: Callable[[], None] | None = None) -> list[str]:
     """Makes a build the channel's published one, then removes the shards no card names any more
-    (the previous build's, and any left by a build killed before it published). Returns those keys."""
+    (the previous build's, and any left by a build killed before it published). Returns those keys.
+    `guard` is called before the record, the card and the deletes; what it raises propagates."""
+    guard = guard or (lambda: None)
+    guard()
     store.write_bytes(record_key(record["channel"]), json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
     store.delete(progress_key(record["channel"]))
+    guard()
     publish_card(store, title)
+    guard()
     return remove_unlisted_shards(store, record)
 
 
-def finish_publishing(store: ObjectStore, record: dict, title: str) -> list[str]:
+def finish_publishing(store: ObjectStore, record: dict, title: str, guard: Callable[[], None] | None = None) -> list[str]:
     """For a channel whose published build is current: the steps of publish_channel after the
     record, done again where a run killed after the record left them undone (no card, or a card
     that does not list this build yet; the old shards still there). Returns the shards removed."""
+    guard = guard or (lambda: None)
+    guard()
     store.delete(progress_key(record["channel"]))  # a run killed just after the record left it
     card = store.read_bytes_or_none(CARD_KEY)
     # The card names every channel's build id; one missing means the card predates that build.
     if card is None or any(r["build_id"] not in card.decode() for r in read_records(store).values()):
         publish_card(store, title)
+    guard()
     return remove_unlisted_shards(store, record)
 
 

@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from neutts_assets.core.audio import SAMPLE_RATE, AudioDecodeError, PcmStream
 from neutts_assets.core.cutting import Cut, CutRules, StreamCutter
@@ -57,10 +58,12 @@ def cut_recording(
     previous: RecordingIndex | None,
     workdir: str | None = None,
     stored_keys: set[str] | frozenset[str] = frozenset(),
+    guard: Callable[[], None] | None = None,
 ) -> RecordingResult:
     """`stored_keys` are this recording's segment objects found in the store: with the previous
     index's, any the new cut does not write are removed (a killed cut of another transcript
-    version can have left some that no index lists).
+    version can have left some that no index lists). `guard` is called right before the deletes
+    and the index write, which publish the cut; what it raises (the run's lease lost) propagates.
 
     Errors that may pass (the store, a killed decoder) propagate and publish nothing; the next run
     tries again. Errors of the input itself are recorded as the recording's failure."""
@@ -73,6 +76,8 @@ def cut_recording(
         unchanged bad file is not downloaded again on every run. `written`: segment objects this
         attempt wrote before the audio failed; those no good index lists are removed."""
         result.error, result.error_object = reason, obj
+        if guard:
+            guard()
         if previous is not None and previous.status == "ok":
             for key in sorted(written - {s.key for s in previous.segments}):
                 store.delete(key)
@@ -149,6 +154,8 @@ def cut_recording(
 
     # Segments of the previous cut that the new transcript no longer yields (the old tool needed `rm`).
     keep = {s.key for s in index.segments}
+    if guard:
+        guard()
     stale = set(stored_keys)
     if previous is not None:
         stale |= {old.key for old in previous.segments}
@@ -156,6 +163,8 @@ def cut_recording(
         store.delete(key)
         result.removed_keys.append(key)
 
+    if guard:
+        guard()
     store.write_bytes(index_key(channel, entry.recording_id), index.to_json())
     result.index = index
     return result

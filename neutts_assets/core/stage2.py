@@ -22,6 +22,7 @@ import numpy as np
 
 from neutts_assets.core.audio import SAMPLE_RATE
 from neutts_assets.core.codec import Codec, batch_key
+from neutts_assets.core.lease import LeaseLost
 from neutts_assets.core.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.core.stage2_store import EncodeItem
 from neutts_assets.storage.store import ObjectStore, may_pass
@@ -105,7 +106,11 @@ def encode_stream(
     settings: StreamSettings = StreamSettings(),
     log: Callable[[str], None] = lambda _: None,
     on_batch: Callable[[int, float], None] = lambda n, s: None,
+    guard: Callable[[], None] | None = None,
 ) -> EncodeTally:
+    """`guard` is called before each batch and right before each marker write (a marker publishes
+    its file); what it raises (the run's lease lost) stops the stream and propagates."""
+    guard = guard or (lambda: None)
     tally, lock = EncodeTally(), threading.Lock()
     budget = ByteBudget(settings.budget_bytes)
     todo = deque(sorted(items, key=lambda i: (i.num_samples, i.audio_id)))
@@ -145,11 +150,14 @@ def encode_stream(
             seg.codes, seg.codec = codes, codec.label
             data = encode_segment(seg)
             store.write_bytes(item.target_key, data)  # atomic
+            guard()
             store.write_bytes(item.marker_key, b"")  # last: the file is finished
             with lock:
                 tally.encoded.append((item, len(codes)))
                 tally.audio_seconds += item.num_samples / SAMPLE_RATE
                 tally.bytes_uploaded += len(data)
+        except LeaseLost:
+            raise
         except Exception as exc:
             with lock:
                 (tally.store_failed if may_pass(exc) else tally.failed).append(
@@ -163,6 +171,7 @@ def encode_stream(
         try:
             for stale in got.item.stale_markers:  # they vouch for other codes than the file now holds
                 store.delete(stale)
+            guard()
             store.write_bytes(got.item.marker_key, b"")
             with lock:
                 tally.kept.append(got.item)
@@ -182,6 +191,7 @@ def encode_stream(
         def flush() -> None:
             if not batch:
                 return
+            guard()  # a run that lost its lease encodes no further
             clips = [g.segment.pcm16 for g in batch]
             t0 = time.perf_counter()
             results = _encode_or_split(codec, clips, [g.features for g in batch])

@@ -24,9 +24,8 @@ class CleanupConfig(Config):
 def delete_channel_segments(context: OpExecutionContext, config: CleanupConfig, store: SegmentStore) -> Output[dict]:
     # Nothing may write the channel's segments or dataset while they are verified and deleted: the
     # leases of all three writers, so a run of any of them meanwhile stops (and this one, if one runs).
-    dst = store.open()
-    with channel_lease(context, dst, "segments_npz"), channel_lease(context, dst, "encoded_segments"), \
-            channel_lease(context, dst, "hf_dataset"):
+    with channel_lease(context, store, "segments_npz"), channel_lease(context, store, "encoded_segments"), \
+            channel_lease(context, store, "hf_dataset"):
         return _delete_channel_segments(context, config, store)
 
 

@@ -1,7 +1,7 @@
 import json
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
@@ -50,11 +50,12 @@ class DatasetConfig(Config):
 )
 def hf_dataset(context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub) -> Output[dict]:
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
-    with channel_lease(context, store.open(), "hf_dataset"):
-        return _build_dataset(context, config, store, hub)
+    with channel_lease(context, store, "hf_dataset") as lease:
+        return _build_dataset(context, config, store, hub, lease.check)
 
 
-def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub) -> Output[dict]:
+def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub,
+                   guard: Callable[[], None]) -> Output[dict]:
     channel = context.partition_key
     dst = store.open()
     # What a run killed mid-upload left: a shard's temporary file, or its unfinished multipart upload.
@@ -80,13 +81,13 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
         want_push = config.push_to_hub and bool(hub.hf_repo)
         if unchanged:
             record = previous
-            removed = finish_publishing(dst, record, hub.title)  # a run killed after the record left the rest
+            removed = finish_publishing(dst, record, hub.title, guard)  # a run killed after the record left the rest
         else:
             progress = Progress(context.log.info, len(sources.objects), channel)
             build = build_channel(
                 dst, channel, sources.objects, row_filter, work, source=f"{dst.describe()} {sources.description}",
                 shard_bytes=int(config.shard_size_mb * 1e6), workers=config.workers,
-                keep_local=want_push or config.save_to_disk, progress=lambda n, s: progress.update(n, s),
+                keep_local=want_push or config.save_to_disk, progress=lambda n, s: progress.update(n, s), guard=guard,
             )
             record = build.record
             if build.store_failures:  # the store failed, not the segments: publish no build that lacks them
@@ -96,13 +97,15 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
                     "store; nothing published, rerun to retry: " + "; ".join(f"{k}: {why}" for k, why in build.store_failures[:5]),
                     metadata={"retryable_failures": md_table(["object", "reason"], build.store_failures), **retry_metadata(store=dst)},
                 )
-            removed = publish_channel(dst, record, hub.title)
+            removed = publish_channel(dst, record, hub.title, guard)
         local = build.local_shards if build else {}
         if config.save_to_disk and not disk_copy_current(dst, record):
             paths = fetch_shards(dst, record, work, have=local)
             local = {**local, **paths}
+            guard()
             disk = save_channel_to_disk(dst, record, [paths[s["path"]] for s in record["shards"]], work)
         if want_push:
+            guard()  # the Hub's copy is published: only while this run still holds the channel
             try:
                 push = push_channel(
                     record, read_records(dst), hub.hf_repo, hub.token, lambda wanted: fetch_shards(dst, record, work, local, wanted),

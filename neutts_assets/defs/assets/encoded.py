@@ -1,4 +1,5 @@
 import statistics
+from typing import Callable
 
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
@@ -33,12 +34,13 @@ def encoded_segments(
     context: AssetExecutionContext, config: EncodeConfig, segments_npz: dict, codec: NeuCodecResource, store: SegmentStore
 ) -> Output[dict]:
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
-    with channel_lease(context, store.open(), "encoded_segments"):
-        return _encode_channel(context, config, segments_npz, codec, store)
+    with channel_lease(context, store, "encoded_segments") as lease:
+        return _encode_channel(context, config, segments_npz, codec, store, lease.check)
 
 
 def _encode_channel(
-    context: AssetExecutionContext, config: EncodeConfig, segments_npz: dict, codec: NeuCodecResource, store: SegmentStore
+    context: AssetExecutionContext, config: EncodeConfig, segments_npz: dict, codec: NeuCodecResource, store: SegmentStore,
+    guard: Callable[[], None],
 ) -> Output[dict]:
     channel = context.partition_key
     layout = Stage2Layout(channel, config.prefix if config.prefix.endswith("/") else config.prefix + "/")
@@ -60,12 +62,14 @@ def _encode_channel(
         f"{channel}: {len(plan.todo)} segments to encode with {model.label} on {model.device}, "
         f"{len(plan.done)} already encoded, {len(plan.too_short)} too short, {len(plan.missing_source)} missing"
     )
+    if plan.orphans:
+        guard()
     for key in plan.orphans:  # stage-2 files of segments stage 1 no longer has
         dst.delete(key)
 
     progress = Progress(context.log.info, len(plan.todo), f"{channel} encoding", unit="segments")
     tally = encode_stream(plan.todo, model, dst, codec.stream_settings(),
-                          on_batch=lambda n, seconds: progress.update(n, seconds, done=n))
+                          on_batch=lambda n, seconds: progress.update(n, seconds, done=n), guard=guard)
 
     with_codes = set(plan.done) | {item.audio_id for item, _ in tally.encoded} | {item.audio_id for item in tally.kept}
     failed = [(key, reason) for key, reason in plan.missing_source] + tally.failed

@@ -1,12 +1,13 @@
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Optional
+from typing import Callable, Optional
 
 from dagster import AssetExecutionContext, Config, DataVersion, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
 from neutts_assets.core.cutting import CutRules
 from neutts_assets.core.inventory import Inventory
+from neutts_assets.core.lease import LeaseLost
 from neutts_assets.core.progress import Progress
 from neutts_assets.core.segment_store import channel_prefix, keys_by_recording, load_indexes
 from neutts_assets.core.stage1 import ChannelPlan, ChannelTally, channel_manifest, cut_recording, manifest_version, plan_channel
@@ -38,12 +39,13 @@ def segments_npz(
     context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore
 ) -> Output[dict]:
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
-    with channel_lease(context, store.open(), "segments_npz"):
-        return _cut_channel(context, config, raw_audio, source, store)
+    with channel_lease(context, store, "segments_npz") as lease:
+        return _cut_channel(context, config, raw_audio, source, store, lease.check)
 
 
 def _cut_channel(
-    context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore
+    context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore,
+    guard: Callable[[], None],
 ) -> Output[dict]:
     channel = context.partition_key
     inventory = Inventory.from_dict(raw_audio)
@@ -68,12 +70,17 @@ def _cut_channel(
     retry = []  # (object, reason): failures that may pass (store, decoder); nothing of them is published
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
         futures = {
-            pool.submit(cut_recording, e, channel, src, dst, rules, indexes.get(e.recording_id), stored_keys=stored.get(e.recording_id, set())): e
+            pool.submit(cut_recording, e, channel, src, dst, rules, indexes.get(e.recording_id),
+                        stored_keys=stored.get(e.recording_id, set()), guard=guard): e
             for e in plan.todo
         }
         for future in as_completed(futures):
             try:
                 result = future.result()
+            except LeaseLost:  # another run may own the channel now: stop, and leave the rest to it
+                for f in futures:
+                    f.cancel()
+                raise
             except Exception as exc:  # the other recordings go on; this one is retried by the next run
                 hint = " (materialize raw_audio with segments_npz to list the new version)" if isinstance(exc, ObjectChanged) else ""
                 retry.append((futures[future].audio_key, f"{type(exc).__name__}: {str(exc)[:300]}{hint}"))
