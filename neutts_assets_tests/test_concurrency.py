@@ -28,7 +28,7 @@ from neutts_assets.defs.assets.segments import segments_npz
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
-from neutts_assets.storage.store import ObjectStore
+from neutts_assets.storage.store import ObjectStore, StoreError
 
 from neutts_assets_tests.helpers import (
     DEMO_AUDIO, DEMO_TRANSCRIPTS, S3_ACCESS, S3_SECRET, asset_metadata, audio_key, make_resources, run_stage1, transcript_key,
@@ -177,7 +177,7 @@ def test_lease_of_a_sigkilled_run_is_taken_over_at_once(target, source):
     # The restart takes it over at once and runs, through Dagster, saying so in its metadata.
     resources = make_resources(str(source), target.url, target.endpoint)
     result = run_stage1(DagsterInstance.ephemeral(), resources, CHANNEL)
-    taken = asset_metadata(result, "segments_npz")["lease_taken_over_from"]
+    taken = asset_metadata(result, "segments_npz")["lease_taken_over_from_segments_npz"]
     assert taken == f"run run-killed-by-sigkill (its process {proc.pid} on this host is gone)"
     assert _released(target.store, "segments_npz")
 
@@ -219,6 +219,10 @@ def test_heartbeat_renews_and_a_holder_that_was_taken_over_knows_it(target):
     with pytest.raises(LeaseLost, match="stalled-run lost its lease"):
         with stalled:
             time.sleep(0.3)  # its next renewal finds the lease replaced
+            # The heartbeat found it, not the release on leaving (which would say "before its release").
+            assert stalled.lost == "the lease is now held by taker"
+            with pytest.raises(LeaseLost, match="held by taker"):
+                stalled.check()
     assert LeaseRecord.from_json(target.store.read_bytes(lease_key("encoded_segments", CHANNEL))).run_id == "taker"
     taker.release()
 
@@ -391,3 +395,166 @@ def test_two_hf_dataset_runs_of_one_channel_leave_one_shard_set(single_run, sour
     on_disk = sorted(o.key[len("hf_dataset/"):] for o in store.list(shard_prefix(CHANNEL)))
     assert on_disk == sorted(listed) == sorted(s["path"] for s in record["shards"]) and len(on_disk) > 1
     assert record["stats"]["rows"] == 150
+
+
+# ---- a holder whose lease may be gone stops writing; its own writes never make it a stranger ------
+
+class _FlakyLocalStore(LocalStore):
+    """A local store whose next conditional replace can be made to misbehave once, as a retrying
+    client does: "landed" writes and then raises (its retries ran out after the write happened),
+    "refused" raises without writing; "block" makes every replace wait until `unblock` is set."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.next_replace: str | None = None
+        self.blocked, self.waiting, self.unblock = threading.Event(), threading.Event(), threading.Event()
+
+    def replace_if_version(self, key, data, version):
+        if self.blocked.is_set():
+            self.waiting.set()
+            self.unblock.wait(30)
+        mode, self.next_replace = self.next_replace, None
+        if mode == "refused":
+            raise StoreError(f"cannot write {key!r}: connection reset (nothing written)")
+        version = super().replace_if_version(key, data, version)
+        if mode == "landed":
+            raise StoreError(f"cannot write {key!r}: read timeout, retries exhausted (the write landed)")
+        return version
+
+
+def test_check_stops_a_holder_whose_renewals_cannot_land(tmp_path):
+    store = _FlakyLocalStore(tmp_path / "store")
+    with pytest.raises(LeaseLost, match="blocked-run lost its lease: it was last renewed"):
+        with acquire(store, "hf_dataset", CHANNEL, "blocked-run", ttl_s=1.2) as lease:  # renewed every 0.2 s
+            time.sleep(0.5)
+            lease.check()  # renewed: fine
+            store.blocked.set()  # the next renewal hangs, as one on a stalled store does
+            assert store.waiting.wait(5)
+            last = lease.record.expires_at
+            time.sleep(max(0.0, last - 1.2 / 4 - time.time()) + 0.05)
+            assert not lease.lost and lease.record.expires_at == last  # the heartbeat has not noticed anything
+            try:
+                lease.check()  # but the holder's clock says another run may take it over any moment now
+            finally:
+                store.unblock.set()
+    assert _released(store, "hf_dataset")  # released once the store answered again: nobody took it over
+
+
+def test_a_renewal_or_release_whose_write_landed_but_raised_keeps_the_lease(tmp_path):
+    store = _FlakyLocalStore(tmp_path / "store")
+    lease = acquire(store, "segments_npz", CHANNEL, "my-run", ttl_s=60)
+    store.next_replace = "landed"
+    with pytest.raises(StoreError):
+        lease.renew()  # the renewal is in the store; the lease still holds the version before it
+    assert lease.renew() and not lease.lost  # its own record, adopted: not "held by my-run"
+    lease.check()
+    store.next_replace = "landed"
+    with pytest.raises(StoreError):
+        lease.renew()
+    lease.release()  # against the version its last (unseen) renewal left
+    assert not lease.lost and _released(store, "segments_npz")
+
+    again = acquire(store, "segments_npz", CHANNEL, "next-run", ttl_s=60)
+    assert not again.taken_over_from  # released, not taken over
+    store.next_replace = "refused"
+    again.release()  # the first release write fails outright: written again
+    assert _released(store, "segments_npz") and not again.lost
+    third = acquire(store, "segments_npz", CHANNEL, "third-run", ttl_s=60)
+    store.next_replace = "landed"
+    third.release()  # landed and raised: read back as its own release, done
+    assert _released(store, "segments_npz") and not third.lost
+
+
+def test_the_lease_client_gives_up_within_a_third_of_the_ttl(s3_endpoint):
+    from neutts_assets.core.lease import DEFAULT_TTL_S
+    from neutts_assets.defs.leases import LEASE_CLIENT_SETTINGS
+    from neutts_assets.defs.resources import SegmentStore
+
+    data = SegmentStore(url="s3://b/p", endpoint_url=s3_endpoint, access_key=S3_ACCESS, secret_key=S3_SECRET, region="us-east-1")
+    store = data.model_copy(update=LEASE_CLIENT_SETTINGS).open()
+    s, config = store.settings, store.client.meta.config
+    assert (config.retries["total_max_attempts"], config.connect_timeout, config.read_timeout) == (
+        s.max_attempts, s.connect_timeout_s, s.read_timeout_s)
+    # Every try waits at most connect + read timeout, and botocore backs off at most 2**retry s between tries.
+    worst = s.max_attempts * (s.connect_timeout_s + s.read_timeout_s) + sum(min(20, 2 ** i) for i in range(1, s.max_attempts))
+    assert worst <= DEFAULT_TTL_S / 3 and s.deadline_s <= DEFAULT_TTL_S / 3, worst
+    assert data.open().settings.max_attempts == 10  # the data's own client is left as it was
+
+
+def test_a_run_that_loses_its_lease_publishes_no_further_recording(tmp_path, source, monkeypatch):
+    """A run taken over mid-way (it stalled past its expiry) stops at its next index write: the
+    recordings not indexed yet are the new holder's to write."""
+    import neutts_assets.defs.leases as leases
+
+    short = lambda *a, **kw: acquire(*a, **{**kw, "ttl_s": 1.2})  # renewed every 0.2 s: the loss is seen at once
+    monkeypatch.setattr(leases, "acquire", short)
+    store = LocalStore(tmp_path / "store")
+    key = lease_key("segments_npz", CHANNEL)
+
+    def indexes() -> int:
+        return sum("_index" in o.key for o in store.list(channel_prefix(CHANNEL)))
+
+    seen = {}
+
+    def take_over():  # once the first recording is indexed, another run takes the lease
+        deadline = time.monotonic() + 120
+        while indexes() == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        now = time.time()
+        taker = LeaseRecord(asset="segments_npz", channel=CHANNEL, run_id="taker", host="elsewhere", boot_id="b", pid=1,
+                            pid_started="", acquired_at=now, heartbeat_at=now, expires_at=now + 600, nonce="t")
+        store.write_bytes(key, taker.to_json())
+        seen["indexes"] = indexes()
+
+    thread = threading.Thread(target=take_over)
+    thread.start()
+    result = run_stage1(DagsterInstance.ephemeral(), make_resources(str(source), str(tmp_path / "store")), CHANNEL,
+                        config={"workers": 1}, raise_on_error=False)
+    thread.join()
+    print(f"indexes at the take-over {seen['indexes']}, at the end {indexes()} of {len(COPIES)}")
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "lost its lease: the lease is now held by taker" in failure.step_failure_data.error.to_string()
+    # Only what was cut while the loss went unseen (one renewal, 0.2 s; each recording takes longer):
+    # without the check before each index write the run indexes all ten.
+    assert 1 <= seen["indexes"] <= indexes() <= seen["indexes"] + 2 < len(COPIES), (seen, indexes())
+    assert LeaseRecord.from_json(store.read_bytes(key)).run_id == "taker"  # and it left the new holder's lease alone
+
+
+def test_publishing_steps_ask_the_lease_first(tmp_path):
+    from neutts_assets.core.dataset_writer import finish_publishing, progress_key
+
+    store = LocalStore(tmp_path / "store")
+    record = {"channel": "chan_a", "build_id": "b1", "shards": [], "stats": {}}
+    store.write_bytes(progress_key("chan_a"), b"{}")
+    store.write_bytes("hf_dataset/data/chan_a/old-shard.parquet", b"x")
+
+    def lost():
+        raise LeaseLost("lost")
+
+    with pytest.raises(LeaseLost):
+        publish_channel(store, record, "T", guard=lost)
+    with pytest.raises(LeaseLost):
+        finish_publishing(store, record, "T", guard=lost)
+    assert sorted(o.key for o in store.list("")) == sorted([progress_key("chan_a"), "hf_dataset/data/chan_a/old-shard.parquet"])
+
+
+def test_read_versioned_retries_a_connection_reset_mid_response(s3_endpoint, s3_client, s3_bucket):
+    """A lease read whose body (or whose 404's body) is cut off is read again, not a raw botocore
+    or urllib3 error escaping the store."""
+    from neutts_assets.defs.resources import SegmentStore
+    from neutts_assets_tests.fault_proxy import FaultProxy
+
+    direct = S3Store(s3_client, s3_bucket, "segs")
+    version = direct.create_if_absent("_leases/x/a.json", b"a lease record, long enough to be cut in half")
+    with FaultProxy(s3_endpoint, "s3", faults=("reset",), seed=0) as proxy:
+        store = SegmentStore(url=f"s3://{s3_bucket}/segs", endpoint_url=proxy.url, access_key=S3_ACCESS, secret_key=S3_SECRET,
+                             region="us-east-1", max_attempts=10, read_timeout_s=2.0, initial_backoff_s=0.01,
+                             max_backoff_s=0.05).open()
+        proxy.enabled = True  # the first requests are reset: the floor serves the fault first
+        for _ in range(6):
+            assert store.read_versioned("_leases/x/a.json") == (b"a lease record, long enough to be cut in half", version)
+            assert store.read_versioned("_leases/x/missing.json") is None
+    assert proxy.counts["reset_mid_body"] >= 2, proxy.counts
+    retries = store.retries
+    assert sum(n for what, n in retries.items() if what.startswith("GetObject body")) >= 2, retries
