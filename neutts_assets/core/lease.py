@@ -250,8 +250,11 @@ def _nonce(data: bytes) -> str | None:
 
 
 def acquire(store, asset: str, channel: str, run_id: str, ttl_s: float = DEFAULT_TTL_S,
-            log: Callable[[str], None] = lambda _: None) -> Lease:
-    """Takes the (asset, channel) lease in `store`, or raises LeaseHeld naming the run that holds it."""
+            log: Callable[[str], None] = lambda _: None, renew_store=None) -> Lease:
+    """Takes the (asset, channel) lease in `store`, or raises LeaseHeld naming the run that holds it.
+    `renew_store`: the same store through a client that gives up sooner, for the renewals and the
+    release (a call that outlasts the lease is worse than one that fails and is tried again); taking
+    it may wait as long as any read, since nothing is held yet."""
     key = lease_key(asset, channel)
     for _ in range(10):  # each pass ends in a win, LeaseHeld, or a change by another run to look at again
         now = time.time()
@@ -261,14 +264,14 @@ def acquire(store, asset: str, channel: str, run_id: str, ttl_s: float = DEFAULT
                            expires_at=now + ttl_s, nonce=uuid.uuid4().hex)
         version = store.create_if_absent(key, mine.to_json())
         if version is not None:
-            return Lease(store, key, mine, version, ttl_s, log)
+            return Lease(renew_store or store, key, mine, version, ttl_s, log)
         current = store.read_versioned(key)
         if current is None:
             continue  # released in between: try to create it again
         data, current_version = current
         holder = _parse(data)
         if holder is not None and holder.nonce == mine.nonce:
-            return Lease(store, key, mine, current_version, ttl_s, log)  # our create landed; its answer was lost
+            return Lease(renew_store or store, key, mine, current_version, ttl_s, log)  # our create landed; its answer was lost
         why = "it cannot be read" if holder is None else stale_reason(holder, now)
         if why is None:
             raise LeaseHeld(asset, channel, holder, now)
@@ -283,6 +286,6 @@ def acquire(store, asset: str, channel: str, run_id: str, ttl_s: float = DEFAULT
         if version is not None:
             if mine.taken_over_from:
                 log(f"lease {key}: taken over from run {mine.taken_over_from['run_id']} ({why})")
-            return Lease(store, key, mine, version, ttl_s, log)
+            return Lease(renew_store or store, key, mine, version, ttl_s, log)
         # another run took it over first, or it was released: look again
     raise RuntimeError(f"{asset} for channel {channel!r}: the lease {key} kept changing; try again")

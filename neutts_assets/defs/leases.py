@@ -12,8 +12,8 @@ from dagster import AssetExecutionContext, Failure
 from neutts_assets.core.lease import DEFAULT_TTL_S, Lease, LeaseHeld, acquire
 from neutts_assets.defs.resources import SegmentStore
 
-# The lease's own client settings: a renewal must fail fast enough to be tried again before the
-# expiry (renewals come every TTL/6). One call then lasts at most about 3 x (3 s + 5 s) plus two
+# The renewals' and the release's own client settings: a renewal must fail fast enough to be tried
+# again before the expiry (renewals come every TTL/6; a failed one is simply tried at the next). One call then lasts at most about 3 x (3 s + 5 s) plus two
 # short backoffs, under TTL/3, where the data's settings (10 x 60 s) would outlast the lease.
 LEASE_CLIENT_SETTINGS = dict(max_attempts=3, connect_timeout_s=3.0, read_timeout_s=5.0, retry_deadline_s=DEFAULT_TTL_S / 4,
                              initial_backoff_s=0.5, max_backoff_s=2.0)
@@ -23,9 +23,10 @@ LEASE_CLIENT_SETTINGS = dict(max_attempts=3, connect_timeout_s=3.0, read_timeout
 def channel_lease(context: AssetExecutionContext, store: SegmentStore, asset: str) -> Iterator[Lease]:
     """Held while inside; `lease.check` raises LeaseLost once this run may no longer write (call it
     right before each publishing step)."""
-    lease_store = store.model_copy(update=LEASE_CLIENT_SETTINGS).open()
+    renew_store = store.model_copy(update=LEASE_CLIENT_SETTINGS).open()
     try:
-        lease = acquire(lease_store, asset, context.partition_key, context.run.run_id, log=context.log.warning)
+        lease = acquire(store.open(), asset, context.partition_key, context.run.run_id, log=context.log.warning,
+                        renew_store=renew_store)
     except LeaseHeld as exc:
         raise Failure(description=str(exc), metadata={
             "holding_run": exc.holder.run_id, "holding_host": exc.holder.host, "holding_pid": exc.holder.pid,
