@@ -558,3 +558,28 @@ def test_read_versioned_retries_a_connection_reset_mid_response(s3_endpoint, s3_
     assert proxy.counts["reset_mid_body"] >= 2, proxy.counts
     retries = store.retries
     assert sum(n for what, n in retries.items() if what.startswith("GetObject body")) >= 2, retries
+
+
+def test_gcs_conditional_writes_and_reads_retry_through_the_stores_own_retry(gcs_endpoint, gcs_bucket, monkeypatch):
+    """The lease's GCS calls go through the store's Retry and timeouts (counted), like every other
+    call: a reset mid-response is tried again and answered right."""
+    from neutts_assets.defs.resources import SegmentStore
+    from neutts_assets_tests.fault_proxy import FaultProxy
+
+    with FaultProxy(gcs_endpoint, "gcs", faults=("reset",), seed=0) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        store = SegmentStore(url=f"gs://{gcs_bucket}/segs", max_attempts=10, read_timeout_s=2.0, initial_backoff_s=0.01,
+                             max_backoff_s=0.05).open()
+        proxy.enabled = True
+        record = b"a lease record, long enough to be cut in half"
+        for i in range(4):
+            key = f"_leases/x/{i}.json"
+            # A retried write whose first attempt landed answers None: the lease reads back whose it is.
+            version = store.create_if_absent(key, record)
+            data, read_version = store.read_versioned(key)
+            assert data == record and version in (None, read_version)
+            assert store.read_versioned(f"_leases/x/missing-{i}.json") is None
+            store.replace_if_version(key, b"renewed", read_version)
+            assert store.read_versioned(key)[0] == b"renewed"
+    assert proxy.counts["reset"] >= 2, proxy.counts
+    assert sum(store.retries.values()) >= 2, (store.retries, proxy.counts)
