@@ -159,7 +159,7 @@ class GCSStore(ObjectStore):
         except (gexc.NotFound, gexc.PreconditionFailed):
             return None
         except _FAILED as exc:
-            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
+            raise _store_error(f"cannot read {key!r} from {self.describe()}", exc)
 
     def _conditional_upload(self, key: str, data: bytes, generation: int) -> str | None:
         blob = self._blob(key)
@@ -171,7 +171,7 @@ class GCSStore(ObjectStore):
         except (gexc.PreconditionFailed, gexc.NotFound):
             return None
         except _FAILED as exc:
-            raise StoreError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
+            raise _store_error(f"cannot write {key!r} to {self.describe()}", exc)
 
     def create_if_absent(self, key: str, data: bytes) -> str | None:
         return self._conditional_upload(key, data, 0)
