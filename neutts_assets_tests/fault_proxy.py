@@ -104,9 +104,13 @@ class FaultProxy:
             fault = self.faults[int(roll / self.rate)] if roll < self.rate * len(self.faults) else None
         if fault is not None:
             self.counts[fault] += 1
-            if fault == "error_5xx" and method in WRITES and self.rng.random() < 0.5:
-                self.counts["error_5xx_after_forward"] += 1
-                fault = "error_5xx_after_forward"
+            if fault == "error_5xx" and method in WRITES:
+                # Every other error on a write comes after the write was forwarded (it happened, the
+                # client sees an error): by count, not by dice, so a run always has both kinds.
+                self.counts["error_5xx_on_writes"] += 1
+                if self.counts["error_5xx_on_writes"] % 2 == 1:
+                    self.counts["error_5xx_after_forward"] += 1
+                    fault = "error_5xx_after_forward"
         return fault
 
     def _pick(self, options: list):
