@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import urllib3
 from boto3.s3.transfer import TransferConfig
@@ -13,7 +13,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from neutts_assets.storage.retries import RetryCounter, RetrySettings, retry_call
+from neutts_assets.storage.retries import RetryCounter, RetrySettings, T, retry_call
 from neutts_assets.storage.store import ObjectChanged, PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
 
 # A condition that did not hold: the object exists (If-None-Match), changed (If-Match), or another
@@ -83,29 +83,26 @@ class S3Store(ObjectStore):
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot list {self.prefix + prefix!r} in {self.describe()}: {exc}") from exc
 
-    def _read(self, key: str) -> tuple[bytes, str]:
-        """The object's bytes and ETag; a body broken off (or an error response cut off) is retried."""
-        def get() -> tuple[bytes, str]:
+    def _get(self, key: str, consume: Callable[[dict], T], **params) -> T:
+        """One GetObject, its response handed to `consume`; a body broken off (or an error response
+        cut off) runs the whole call again, counted: botocore retries neither."""
+        def get() -> T:
             try:
-                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **params)
             except _UNWRAPPED as exc:
                 raise _BodyInterrupted(f"{type(exc).__name__} in the error response: {exc}") from exc
             try:
-                return response["Body"].read(), response["ETag"]
+                return consume(response)
             except (IncompleteReadError, ResponseStreamingError, ReadTimeoutError) as exc:
                 raise _BodyInterrupted(f"{type(exc).__name__}: {exc}") from exc
 
         return retry_call(get, (_BodyInterrupted,), self.settings, self.retry_counter, "GetObject body")
 
     def read_bytes(self, key: str) -> bytes:
-        try:
-            return self._read(key)[0]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
-            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
-        except (BotoCoreError, _BodyInterrupted) as exc:
-            raise StoreError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
+        got = self.read_versioned(key)
+        if got is None:
+            raise FileNotFoundError(f"no object {key!r} in {self.describe()}")
+        return got[0]
 
     def download(self, key: str, path: Path, version: str | None = None) -> int:
         if version is not None:
@@ -125,21 +122,14 @@ class S3Store(ObjectStore):
     def _download_pinned(self, key: str, path: Path, version: str) -> int:
         # s3transfer takes no IfMatch, so one conditional GetObject streams the file; a body broken
         # off starts the file again, through the same counted retry as read_bytes.
-        def get() -> int:
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), IfMatch=f'"{version}"')["Body"]
-            except _UNWRAPPED as exc:
-                raise _BodyInterrupted(f"{type(exc).__name__} in the error response: {exc}") from exc
-            try:
-                with open(path, "wb") as f:
-                    for chunk in body.iter_chunks(1 << 20):
-                        f.write(chunk)
-            except (IncompleteReadError, ResponseStreamingError, ReadTimeoutError) as exc:
-                raise _BodyInterrupted(f"{type(exc).__name__}: {exc}") from exc
+        def to_file(response: dict) -> int:
+            with open(path, "wb") as f:
+                for chunk in response["Body"].iter_chunks(1 << 20):
+                    f.write(chunk)
             return Path(path).stat().st_size
 
         try:
-            return retry_call(get, (_BodyInterrupted,), self.settings, self.retry_counter, "GetObject body")
+            return self._get(key, to_file, IfMatch=f'"{version}"')
         except ClientError as exc:
             Path(path).unlink(missing_ok=True)
             code = exc.response.get("Error", {}).get("Code")
@@ -194,7 +184,7 @@ class S3Store(ObjectStore):
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
-            return self._read(key)
+            return self._get(key, lambda response: (response["Body"].read(), response["ETag"]))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
