@@ -308,13 +308,13 @@ def read_record(store: ObjectStore, channel: str) -> dict | None:
     return json.loads(blob) if blob is not None else None
 
 
-def publish_card(store: ObjectStore, title: str, passes: int = 3) -> dict[str, dict]:
+def publish_card(store: ObjectStore, title: str, passes: int = 3, records: dict[str, dict] | None = None) -> dict[str, dict]:
     """Regenerates the card from every channel's record. Two channels published at once could each
     write a card missing the other's new build; re-reading the records after writing, and writing
     again until they are stable, closes that window."""
     from neutts_assets.core.dataset_card import render_card
 
-    records = read_records(store)
+    records = read_records(store) if records is None else records  # `records`: just read by the caller
     for _ in range(passes):
         store.write_bytes(CARD_KEY, render_card(list(records.values()), title).encode())
         again = read_records(store)
@@ -331,11 +331,8 @@ def publish_channel(store: ObjectStore, record: dict, title: str, guard: Callabl
     guard = guard or (lambda: None)
     guard()
     store.write_bytes(record_key(record["channel"]), json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
-    store.delete(progress_key(record["channel"]))
-    guard()
-    publish_card(store, title)
-    guard()
-    return remove_unlisted_shards(store, record)
+    # The rest is what a run killed after the record leaves undone (the card cannot list this new build yet).
+    return finish_publishing(store, record, title, guard)
 
 
 def finish_publishing(store: ObjectStore, record: dict, title: str, guard: Callable[[], None] | None = None) -> list[str]:
@@ -346,9 +343,10 @@ def finish_publishing(store: ObjectStore, record: dict, title: str, guard: Calla
     guard()
     store.delete(progress_key(record["channel"]))  # a run killed just after the record left it
     card = store.read_bytes_or_none(CARD_KEY)
+    records = read_records(store)
     # The card names every channel's build id; one missing means the card predates that build.
-    if card is None or any(r["build_id"] not in card.decode() for r in read_records(store).values()):
-        publish_card(store, title)
+    if card is None or any(r["build_id"] not in card.decode() for r in records.values()):
+        publish_card(store, title, records=records)
     guard()
     return remove_unlisted_shards(store, record)
 
