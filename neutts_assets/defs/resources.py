@@ -9,6 +9,7 @@ Credentials never appear in configuration: they come from EnvVar or the clients'
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -56,7 +57,8 @@ class _ClientRetries(ConfigurableResource):
 
     def _gcs(self, url: str, project: Optional[str]) -> GCSStore:
         bucket, prefix = _split_bucket_url(url, "gs://")
-        return GCSStore(GCSResource(project=project).get_client(), bucket, prefix, self.retry_settings())
+        make_client = GCSResource(project=project).get_client
+        return GCSStore(make_client(), bucket, prefix, self.retry_settings(), client_factory=make_client)
 
 
 class SourceBucket(_ClientRetries):
@@ -90,7 +92,8 @@ class SegmentStore(_ClientRetries):
             settings = self.retry_settings()
             # boto3 directly, not dagster-aws's S3Resource: that one sets max_attempts only, and
             # neither the retry mode nor the timeouts the client needs to give up on a stalled server.
-            client = boto3.session.Session().client(
+            make_client = functools.partial(
+                boto3.session.Session().client,
                 "s3",
                 endpoint_url=self.endpoint_url,
                 aws_access_key_id=self.access_key,
@@ -103,7 +106,7 @@ class SegmentStore(_ClientRetries):
                     read_timeout=settings.read_timeout_s,
                 ),
             )
-            return S3Store(client, bucket, prefix, settings)
+            return S3Store(make_client(), bucket, prefix, settings, client_factory=make_client)
         if self.url.startswith("gs://"):
             return self._gcs(self.url, self.gcp_project)
         return LocalStore(self.url.removeprefix("file://"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import requests
 import urllib3
@@ -54,8 +54,10 @@ class GCSStore(ObjectStore):
     """Every call passes `retry=` and `timeout=` explicitly: uploads are not retried by default, and
     ours may be (the same key gets the same bytes)."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", settings: RetrySettings | None = None):
+    def __init__(self, client: Any, bucket: str, prefix: str = "", settings: RetrySettings | None = None,
+                 client_factory: Callable[[], Any] | None = None):
         self.client = client
+        self._client_factory = client_factory  # makes another client like this one (reopen)
         self.bucket_name = bucket
         self.bucket = client.bucket(bucket)
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -80,6 +82,14 @@ class GCSStore(ObjectStore):
 
     def _calls(self, operation: str) -> dict:
         return {"retry": self._retry(operation), "timeout": self._timeout}
+
+    def reopen(self) -> "GCSStore":
+        if self._client_factory:
+            client = self._client_factory()
+        else:  # the same project, credentials and endpoint (STORAGE_EMULATOR_HOST is read again), a new session
+            client = type(self.client)(project=self.client.project, credentials=self.client._credentials,
+                                       client_options={"api_endpoint": self.client._connection.API_BASE_URL})
+        return type(self)(client, self.bucket_name, self.prefix.rstrip("/"), self.settings, self._client_factory)
 
     def describe(self) -> str:
         return f"gs://{self.bucket_name}/{self.prefix}"

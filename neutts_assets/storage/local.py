@@ -27,6 +27,9 @@ class LocalStore(ObjectStore):
     def describe(self) -> str:
         return f"local folder {self.root}"
 
+    def reopen(self) -> "LocalStore":
+        return type(self)(self.root, create=False)
+
     def _path(self, key: str, writing: bool = False) -> Path:
         check_key(key)
         if not writing:

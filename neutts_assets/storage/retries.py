@@ -46,6 +46,10 @@ class RetryCounter:
         with self._lock:
             self._counts[f"{operation}: {reason}"] += 1
 
+    def merge(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            self._counts.update(counts)
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)

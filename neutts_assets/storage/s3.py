@@ -36,8 +36,11 @@ class S3Store(ObjectStore):
     """`client` carries the retry settings (botocore Config); `settings` repeats them for the one
     spot botocore leaves alone, a GetObject body that breaks off after the headers."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", settings: RetrySettings | None = None):
+    def __init__(self, client: Any, bucket: str, prefix: str = "", settings: RetrySettings | None = None,
+                 client_factory: Callable[[], Any] | None = None):
         self.client = client
+        # Makes another client like this one (reopen); without it, one is built from this client's own settings.
+        self._client_factory = client_factory
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.settings = settings or RetrySettings()
@@ -62,6 +65,10 @@ class S3Store(ObjectStore):
         context = getattr(request, "context", None) or {}
         if context.get("retries", {}).get("attempt", 1) > 1:
             self.retry_counter.add(operation_name, context.get("neutts_last_failure") or "unknown")
+
+    def reopen(self) -> "S3Store":
+        return type(self)(self._client_factory() if self._client_factory else _client_like(self.client),
+                          self.bucket, self.prefix, self.settings, self._client_factory)
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.client.meta.endpoint_url}"
@@ -230,3 +237,22 @@ class S3Store(ObjectStore):
             raise StoreCheckError("permissions", f"cannot write to bucket {self.bucket!r}: {exc}") from None
         except BotoCoreError as exc:
             raise StoreCheckError("endpoint", f"{endpoint}: {type(exc).__name__}") from None
+
+
+def _client_like(client: Any) -> Any:
+    """A new boto3 S3 client with the endpoint, region, configuration (retries, timeouts), TLS check
+    and credentials of `client`, and no connection shared with it."""
+    import boto3
+
+    creds = client._request_signer._credentials
+    frozen = creds.get_frozen_credentials() if creds is not None else None
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=client.meta.endpoint_url,
+        region_name=client.meta.region_name,
+        config=client.meta.config,
+        verify=client._endpoint.http_session._verify,
+        aws_access_key_id=frozen.access_key if frozen else None,
+        aws_secret_access_key=frozen.secret_key if frozen else None,
+        aws_session_token=frozen.token if frozen else None,
+    )

@@ -109,6 +109,12 @@ class ObjectStore(abc.ABC):
         With write=True it also writes and deletes a probe object, so permission to write is proven.
         """
 
+    def reopen(self) -> "ObjectStore":
+        """The same store with clients of its own, for another process. Stage 2's host workers are
+        forked from the run: an HTTP connection pool inherited from the parent would be shared by
+        several processes (interleaved requests on one socket), so each worker opens its own."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be opened in another process")
+
     def remove_orphan_temporaries(self, prefix: str = "") -> int:
         """Removes what writers killed mid-write left behind (under `prefix`); returns how many.
 
@@ -116,6 +122,12 @@ class ObjectStore(abc.ABC):
         (invisible to listings, still stored); GCS drops an unfinished resumable upload itself.
         """
         return 0
+
+    def add_retries(self, counts: dict[str, int]) -> None:
+        """Counts retries made for this store by another process (a stage-2 host worker's reopened copy)."""
+        counter = getattr(self, "retry_counter", None)
+        if counter is not None:
+            counter.merge(counts)
 
     @property
     def retries(self) -> dict[str, int]:
