@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -82,6 +83,56 @@ def encode_segment(seg: Segment) -> bytes:
     return buf.getvalue()
 
 
+def read_audio(data: bytes) -> np.ndarray:
+    """Only the int16 samples of a segment file (either format), without parsing its other keys:
+    stage 2's per-segment read, where every key parsed costs CPU on the encoding host."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return _pcm16(npz)
+
+
+def _pcm16(npz) -> np.ndarray:
+    raw = npz["audio"]
+    if _str(npz, "audio_format") == "flac":
+        pcm16, sr = sf.read(io.BytesIO(raw.tobytes()), dtype="int16")
+        if sr != SAMPLE_RATE:
+            raise ValueError(f"segment audio is {sr} Hz, expected {SAMPLE_RATE}")
+        return pcm16
+    # the old float waveform
+    return np.clip(np.round(raw.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _npy(value: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def with_codes(data: bytes, codes: np.ndarray, codec: str) -> bytes:
+    """The segment file `data` with its `codes` and `codec` set, every other entry kept byte for
+    byte: stage 2's file is the stage-1 file plus codes, and the audio (already compressed) is
+    neither decoded nor compressed again."""
+    replaced = {"codes.npy": _npy(np.asarray(codes, dtype=np.int32)), "codec.npy": _npy(np.array(codec))}
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
+        for info in src.infolist():
+            if info.filename not in replaced:
+                dst.writestr(info.filename, src.read(info))
+        for name, payload in replaced.items():
+            dst.writestr(name, payload)
+    return out.getvalue()
+
+
+def same_audio_and_text(a: bytes, b: bytes) -> bool:
+    """Whether two segment files hold the same samples and text: the entries compared as bytes
+    (a stage-2 file made by with_codes), or else decoded."""
+    with np.load(io.BytesIO(a), allow_pickle=False) as x, np.load(io.BytesIO(b), allow_pickle=False) as y:
+        if _str(x, "text") != _str(y, "text"):
+            return False
+        if _str(x, "audio_format") == _str(y, "audio_format") and np.array_equal(x["audio"], y["audio"]):
+            return True
+        return np.array_equal(_pcm16(x), _pcm16(y))
+
+
 def _str(npz, key: str, default: str = "") -> str:
     return str(npz[key][()]) if key in npz.files else default
 
@@ -91,13 +142,7 @@ def read_segment(source: str | os.PathLike | bytes | BinaryIO) -> Segment:
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     with np.load(source, allow_pickle=False) as npz:
-        raw = npz["audio"]
-        if _str(npz, "audio_format") == "flac":
-            pcm16, sr = sf.read(io.BytesIO(raw.tobytes()), dtype="int16")
-            if sr != SAMPLE_RATE:
-                raise ValueError(f"segment audio is {sr} Hz, expected {SAMPLE_RATE}")
-        else:  # the old float waveform
-            pcm16 = np.clip(np.round(raw.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+        pcm16 = _pcm16(npz)
         return Segment(
             **{key: _str(npz, key) for key in STRING_KEYS},
             pcm16=pcm16,
