@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -158,12 +159,34 @@ def _load_pretrained(settings: CodecSettings, cache_dir: str | None):
 
         cls = NeuCodec if settings.model_id == "neuphonic/neucodec" else DistillNeuCodec
         model = cls.from_pretrained(settings.model_id, revision=settings.revision, cache_dir=cache_dir)
-        # The file from_pretrained just used lies in snapshots/<commit>/: that commit names the weights.
-        path = hf_hub_download(settings.model_id, "pytorch_model.bin", revision=settings.revision, cache_dir=cache_dir)
     except (OSError, ValueError, RuntimeError) as exc:  # Hub HTTP errors, offline cache misses and transformers' OSError
         raise CodecUnavailable(unavailable_message(settings.model_id, f"{type(exc).__name__}: {str(exc)[:300]}")) from exc
-    commit = os.path.basename(os.path.dirname(path))
-    return model.eval(), f"{settings.model_id}@{commit}"
+    return model.eval(), _pretrained_label(settings, cache_dir)
+
+
+def _pretrained_label(settings: CodecSettings, cache_dir: str | None) -> str:
+    """model id @ the commit of the weights file (it lies in snapshots/<commit>/): no model is built."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(settings.model_id, "pytorch_model.bin", revision=settings.revision, cache_dir=cache_dir)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CodecUnavailable(unavailable_message(settings.model_id, f"{type(exc).__name__}: {str(exc)[:300]}")) from exc
+    return f"{settings.model_id}@{os.path.basename(os.path.dirname(path))}"
+
+
+def codec_label(settings: CodecSettings, cache_dir: str | None = None) -> str:
+    """The label the loaded codec will carry, without building or loading the model: a run with
+    nothing to encode plans with it and never loads the codec (seconds and ~1 GB saved, and the
+    GPU's slot not held). Reduced precision gives (slightly) different codes: a different codec."""
+    if settings.weights == "pretrained":
+        reachable, why = pretrained_reachable(settings.model_id, cache_dir=cache_dir)
+        if not reachable:
+            raise CodecUnavailable(unavailable_message(settings.model_id, why))
+        label = _pretrained_label(settings, cache_dir)
+    else:
+        label = random_label(settings)
+    return label if settings.dtype == "float32" else f"{label}+{settings.dtype}"
 
 
 def random_label(settings: CodecSettings) -> str:
@@ -182,8 +205,57 @@ def trim_unused_layers(model) -> int:
     return dropped
 
 
+@dataclass
+class PreparedBatch:
+    """Clips of one batch key as the device will take them: int16 rows of one model input length
+    (each clip followed by zeros, exactly encode_code's padding), in pinned host memory with the
+    copy to the device already started on a stream of its own, so it overlaps the model's work on
+    the batch before."""
+
+    lengths: list[int]
+    host: object  # torch.Tensor [B, T_in] int16 (float32 for float clips), pinned on CUDA; kept until the copy is done
+    device: object  # the same on the codec's device
+    copied: object = None  # torch.cuda.Event recorded after the copy; None on the CPU
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(self.lengths) / SAMPLE_RATE
+
+
+def default_batch_seconds(device: str) -> float:
+    """Audio seconds per codec call when none is configured: sized from the device's memory.
+
+    Measured activation memory of the float32 encode (16 w2v-BERT layers and the acoustic encoder,
+    inference mode) is about ACTIVATION_BYTES_PER_AUDIO_SECOND at its peak; a batch may take a
+    third of the device's memory, the weights (2.5 GB) and the allocator's slack the rest. On an
+    H200 (141 GB) that is about 1,400 s of audio per call, for an 80 GB H100 about 800 s. On the CPU, 60 s keeps a call's working set in cache. Batches hold clips of
+    one code count only (exact codes), so they reach this size only in channels with many clips
+    per code count (~400 per 20 ms step in a 300K-segment channel)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return batch_seconds_for_memory(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return 60.0
+
+
+def batch_seconds_for_memory(total_bytes: int) -> float:
+    """A third of the device's memory for one batch's activations, within 120..3600 s."""
+    return float(min(3600.0, max(120.0, total_bytes / 3 / ACTIVATION_BYTES_PER_AUDIO_SECOND)))
+
+
+# Peak activation bytes per audio-second of a float32 batch (full-size NeuCodec, inference mode),
+# rounded up: measured on the CPU as the peak RSS a batch of 2 x 10 s adds (30.6 MB per audio-s).
+# bench/encode.py prints the GPU's peak on a GPU run (peak_gpu_mb_ours), to check it there.
+ACTIVATION_BYTES_PER_AUDIO_SECOND = 32 * 10**6
+
+
 class Codec:
-    """A loaded codec: `encode_batch` takes int16 or float clips of one batch key and returns their codes."""
+    """A loaded codec: `prepare` lays out clips of one batch key for the device, `encode_batch`
+    returns their codes. w2v-BERT's input features are computed on the codec's device, batched, in
+    torch (core/w2v_features.py), from the same samples encode_code would give the extractor."""
 
     def __init__(self, model, label: str, settings: CodecSettings):
         import torch
@@ -192,56 +264,126 @@ class Codec:
         self.device = torch.device(settings.device)
         self.layers_trimmed = trim_unused_layers(model) if settings.trim_unused_layers else 0
         self.model.to(self.device)
+        self._features = None
+        cuda = self.device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        # Seconds of device work, summed: features and the model (CUDA events on a GPU, so the host
+        # does not wait to time them).
+        self.feature_seconds = self.model_seconds = 0.0
 
     @property
     def test_only(self) -> bool:
         return RANDOM_LABEL in self.label
 
+    @property
+    def uses_features(self) -> bool:
+        return type(self.model).__name__ == "NeuCodec"  # DistillNeuCodec runs encode_code whole
+
     def _precision(self):
         import torch
 
+        # Global flags, set for every call: float32 means float32 (the single-clip reference codes
+        # are made without TF32), whatever another codec in this process asked for.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.settings.dtype == "tf32"
         if self.settings.dtype in ("bfloat16", "float16"):
             return torch.autocast(self.device.type, dtype=getattr(torch, self.settings.dtype))
         return contextlib.nullcontext()
 
     def features(self, clip: np.ndarray):
-        """w2v-BERT's input features for one clip, computed exactly as encode_code computes them
-        (on the clip zero-padded to its model input length), or None where encode_code is used
-        whole (DistillNeuCodec). The feature extractor runs on the CPU in numpy: the stream calls
-        this in its download threads, so a GPU never waits for it."""
+        """The reference: transformers' numpy extractor on one clip, as encode_code computes it (on the
+        clip zero-padded to its model input length); None for DistillNeuCodec. The stream does not
+        use this: its features are computed on the device (`encode_batch`)."""
         import torch
 
-        if type(self.model).__name__ != "NeuCodec":
+        if not self.uses_features:
             return None
         y = torch.from_numpy(model_input(clip))
         return self.model.feature_extractor(y[None], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
 
-    def encode_batch(self, clips: Sequence[np.ndarray], features: Sequence | None = None) -> list[np.ndarray]:
-        """Codes for clips that share one batch key; each result has n_codes(len(clip)) int32 codes.
-
-        Every row is the clip zero-padded to the batch's one model input length, which is exactly
-        the input encode_code gives each clip alone. With `features` (from `features()`), the
-        model's steps run here on them; without, encode_code runs whole.
-        """
+    def prepare(self, clips: Sequence[np.ndarray]) -> PreparedBatch:
+        """Host work for one batch: check it, lay it out in (pinned) memory, start the copy."""
         import torch
 
         if not clips:
-            return []
+            raise ValueError("an empty batch")
         keys = {batch_key(len(c)) for c in clips}
         if len(keys) != 1:
             raise ValueError(f"a batch must hold clips of one code count, got {sorted(keys)}")
         short = [len(c) for c in clips if len(c) < MIN_SAMPLES]
         if short:
             raise ValueError(f"clips shorter than {MIN_SAMPLES} samples cannot be encoded: {short}")
-        x = pad_batch(clips)
+        width = (keys.pop() + 1) * HOP  # encode_code's input length for every clip of this key
+        cuda = self.device.type == "cuda"
+        # int16 samples cross to the device at half the bytes of float32 and are scaled there
+        pcm = all(c.dtype == np.int16 for c in clips)
+        # torch.empty, filled by numpy: torch's own fill runs on its OpenMP threads, whose spin-wait
+        # afterwards costs milliseconds of CPU per call (measured: 5.7 ms for a 5 s clip)
+        host = torch.empty((len(clips), width), dtype=torch.int16 if pcm else torch.float32, pin_memory=cuda)
+        rows = host.numpy()
+        for i, c in enumerate(clips):
+            rows[i, : len(c)] = c if pcm else as_float(c)
+            rows[i, len(c):] = 0
+        if not cuda:
+            return PreparedBatch([len(c) for c in clips], host, host)
+        with torch.cuda.stream(self._copy_stream):
+            device = host.to(self.device, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(self._copy_stream)
+        return PreparedBatch([len(c) for c in clips], host, device, copied)
+
+    def encode_batch(self, clips, features: Sequence | None = None) -> list[np.ndarray]:
+        """Codes for clips that share one batch key (a list of clips, or a PreparedBatch); each result
+        has n_codes(len(clip)) int32 codes.
+
+        Every row is the clip zero-padded to the batch's one model input length, which is exactly
+        the input encode_code gives each clip alone. With `features` (the numpy extractor's, from
+        `features()`: the tests' reference), the model's steps run on them."""
+        import torch
+
+        if not isinstance(clips, PreparedBatch) and not len(clips):
+            return []
+        batch = clips if isinstance(clips, PreparedBatch) else self.prepare(clips)
+        cuda = self.device.type == "cuda"
         with torch.inference_mode(), self._precision():
-            if features is None or any(f is None for f in features):
-                codes = self.model.encode_code(torch.from_numpy(x))
+            if batch.copied is not None:
+                torch.cuda.current_stream(self.device).wait_event(batch.copied)
+                batch.device.record_stream(torch.cuda.current_stream(self.device))
+            marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if cuda else None
+            t0 = time.perf_counter()
+            if marks:
+                marks[0].record()
+            with torch.autocast(self.device.type, enabled=False):
+                x = batch.device.to(torch.float32) / 32768.0 if batch.device.dtype == torch.int16 else batch.device  # as_float: exact
+                if features is not None and all(f is not None for f in features):
+                    feats = torch.vstack(list(features)).to(self.device)
+                elif self.uses_features:
+                    feats = self._feature_extractor()(x)
+                else:
+                    feats = None
+            if marks:
+                marks[1].record()
+            t1 = time.perf_counter()
+            if feats is None:
+                codes = self.model.encode_code(x[:, None, : max(batch.lengths)])  # it pads by itself
             else:
-                y = torch.from_numpy(np.stack([model_input(c) for c in clips])[:, None, :])
-                codes = _neucodec_encode(self.model, y, torch.vstack(list(features)), self.device)
-        codes = codes.cpu().numpy()
-        return [check_codes(codes[i, 0, : n_codes(len(c))], len(c)) for i, c in enumerate(clips)]
+                codes = _neucodec_encode(self.model, x[:, None, :], feats, self.device)
+            if marks:
+                marks[2].record()
+            codes = codes.cpu().numpy()  # waits for the device
+        if marks:
+            self.feature_seconds += marks[0].elapsed_time(marks[1]) / 1000
+            self.model_seconds += marks[1].elapsed_time(marks[2]) / 1000
+        else:
+            self.feature_seconds += t1 - t0
+            self.model_seconds += time.perf_counter() - t1
+        return [check_codes(codes[i, 0, : n_codes(n)], n) for i, n in enumerate(batch.lengths)]
+
+    def _feature_extractor(self):
+        if self._features is None:
+            from neutts_assets.core.w2v_features import W2vBertFeatures
+
+            self._features = W2vBertFeatures(device=self.device)
+        return self._features
 
     def encode_one(self, clip: np.ndarray) -> np.ndarray:
         return self.encode_batch([clip])[0]
@@ -304,21 +446,11 @@ def load_codec(settings: CodecSettings, cache_dir: str | None = None) -> Codec:
 
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise CodecUnavailable(f"codec device {settings.device!r} requested but CUDA is not available on this machine")
-    if settings.dtype == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    elif settings.device.startswith("cuda"):
-        # float32 means float32: the single-clip reference codes are made without TF32.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     if settings.weights == "pretrained":
-        model, label = _load_pretrained(settings, cache_dir)
+        model, _ = _load_pretrained(settings, cache_dir)
     else:
         model = build_random_neucodec(settings.weights, settings.seed)
-        label = random_label(settings)
-    if settings.dtype != "float32":
-        label += f"+{settings.dtype}"  # reduced precision gives (slightly) different codes: a different codec
-    return Codec(model, label, settings)
+    return Codec(model, codec_label(settings, cache_dir), settings)
 
 
 def pretrained_reachable(model_id: str = "neuphonic/neucodec", timeout_s: float = 5.0, cache_dir: str | None = None) -> tuple[bool, str]:
