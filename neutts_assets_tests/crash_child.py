@@ -23,6 +23,7 @@ for a codec call, while the model runs.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -31,14 +32,24 @@ from urllib.parse import unquote, urlparse
 
 KILL: dict | None = None
 _trace_fd: int | None = None
-_lock = threading.Lock()
-_counts: dict[str, int] = {}
 _armed: dict[str, str] = {}  # "during" kill armed for this key
+
+# A run's operations are counted across its processes: stage 2's host workers are forked from the
+# run, and its files and markers are written there. The counts live in shared memory made before
+# any fork, one slot per class, under a lock that forked children share.
+CLASSES = ("raw_audio.manifest", "segments_npz.segment", "segments_npz.index", "segments_npz.manifest",
+           "encoded_segments.file", "encoded_segments.marker", "encoded_segments.manifest", "encoded_segments.encode",
+           "hf_dataset.shard", "hf_dataset.progress", "hf_dataset.record", "hf_dataset.card", "hf_dataset.manifest",
+           "hf_dataset.row", "source.transcript_read", "source.audio_download")
+CLASSES = CLASSES + tuple(c + ".delete" for c in CLASSES)
+_counts = None  # made per run by configure(): a run killed while holding the lock must not block the next
+_lock = None
 
 
 def configure() -> None:
     """This run's kill and trace file, from its environment."""
-    global KILL, _trace_fd
+    global KILL, _trace_fd, _counts, _lock
+    _counts, _lock = multiprocessing.RawArray("q", len(CLASSES)), multiprocessing.Lock()
     KILL = json.loads(os.environ["CRASH_KILL"]) if os.environ.get("CRASH_KILL") else None
     _trace_fd = os.open(os.environ["CRASH_TRACE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if os.environ.get("CRASH_TRACE") else None
 
@@ -46,12 +57,14 @@ def configure() -> None:
 def trace(**event) -> None:
     if _trace_fd is not None:
         # One write(2) per line on an O_APPEND descriptor: the line is in the kernel before any kill.
-        os.write(_trace_fd, (json.dumps({"pid": os.getpid(), **event}) + "\n").encode())
+        # "pid" is the run's: its process group (the run called setsid; its workers share the group).
+        os.write(_trace_fd, (json.dumps({"pid": os.getpgrp(), "proc": os.getpid(), **event}) + "\n").encode())
 
 
 def die(why: str) -> None:
+    """SIGKILLs the whole run: its process group, stage 2's host workers included."""
     trace(kill=why)
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def classify(key: str, deleting: bool) -> str | None:
@@ -78,7 +91,9 @@ def classify(key: str, deleting: bool) -> str | None:
 def _count(cls: str) -> tuple[int, str | None]:
     """This operation's number within its class in this process, and the kill planned for it."""
     with _lock:
-        n = _counts[cls] = _counts.get(cls, 0) + 1
+        i = CLASSES.index(cls)
+        _counts[i] += 1
+        n = _counts[i]
     if KILL and KILL["cls"] == cls and KILL["nth"] == n:
         return n, KILL["when"]
     return n, None

@@ -168,7 +168,7 @@ def test_stream_on_a_store_writes_single_clip_codes_within_its_budget(tmp_path):
     sources = {o.key: (o.version, o.size) for o in store.list("stage1/")}
     plan = plan_encoding(manifest, layout, codec.label, sources, set(), MIN_SAMPLES)
     budget = 200_000  # a few segments at a time: forces the stream to wait for uploads
-    tally = encode_stream(plan.todo, codec, store, StreamSettings(batch_seconds=3.0, budget_bytes=budget, download_workers=2, upload_workers=2))
+    tally = encode_stream(plan.todo, codec, store, StreamSettings(batch_seconds=3.0, budget_bytes=budget, host_workers=2, io_threads=2))
     assert not tally.failed and len(tally.encoded) == len(clips)
     assert tally.peak_inflight_bytes <= budget + max(item_cost(i) for i in plan.todo)
     assert max(tally.batch_seconds) <= 3.0 or max(tally.batch_sizes) == 1

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from dagster import AssetSelection, DagsterInstance, materialize
 
+from neutts_assets.core import codec as codec_module
 from neutts_assets.core.segment_file import read_segment
 from neutts_assets.core.stage2_store import Stage2Layout
 from neutts_assets.defs.assets.encoded import encoded_segments
@@ -41,7 +42,7 @@ def run_encode(instance, resources: dict, channel: str, codec: NeuCodecResource 
     )
 
 
-def test_encoded_segments_on_s3_resume_and_codec_change(s3_endpoint, s3_bucket, tmp_path):
+def test_encoded_segments_on_s3_resume_and_codec_change(s3_endpoint, s3_bucket, tmp_path, monkeypatch):
     channel, ids = "ch_s3", ["austen_0870", "austen_0880", "austen_0890"]
     populate_source(LocalStore(tmp_path / "bucket"), channel, ids=ids)
     resources = make_resources(str(tmp_path / "bucket"), f"s3://{s3_bucket}/segs", s3_endpoint)
@@ -72,9 +73,17 @@ def test_encoded_segments_on_s3_resume_and_codec_change(s3_endpoint, s3_bucket, 
         assert len(seg.codes) == s["n_codes"] == len(seg.pcm16) // 320 and 0 <= seg.codes.min() and seg.codes.max() < 65536
         assert np.array_equal(seg.codes, codec.encode_one(seg.pcm16))  # the single-clip codes
 
-    # Nothing to do the second time.
+    assert md["codec_loaded"] is True and 0 < md["device_busy_fraction"] <= 1 and md["host_workers"] >= 1
+    assert set(md["host_seconds_per_step"]) == {"read", "decode", "prepare_batches", "stage2_file", "write"}
+    assert md["host_seconds_per_step"]["decode"] > 0 and md["device_seconds_per_step"]["model"] > 0
+
+    # Nothing to do the second time: the plan needs only the codec's label, and the model is never built.
+    built = []
+    real_build = codec_module.build_random_neucodec
+    monkeypatch.setattr(codec_module, "build_random_neucodec", lambda *a, **kw: built.append(a) or real_build(*a, **kw))
     md = asset_metadata(run_encode(instance, resources, channel), "encoded_segments")
     assert md["segments_encoded"] == 0 and md["segments_already_encoded"] == 7
+    assert md["codec_loaded"] is False and built == [] and md["codec"] == codec.label
 
     # Files whose marker is missing (a kill between the two writes) are checked and kept, not encoded again.
     markers = sorted(o.key for o in store.list(layout.marker_prefix))

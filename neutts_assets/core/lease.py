@@ -160,6 +160,13 @@ class Lease:
             raise LeaseLost(f"{self.record.asset} for channel {self.record.channel!r}: run {self.record.run_id} lost its lease: "
                             f"{lost}. Another run may have written the same objects; run it again.")
 
+    def valid_until(self) -> float:
+        """The time after which check() raises, as things stand (0 once lost): what a writer in
+        another process compares its clock with before each publishing step."""
+        if self.lost or self.released:
+            return 0.0
+        return self.record.expires_at - self.ttl_s / 4
+
     def _ours(self, record: LeaseRecord | None) -> bool:
         """The record is this lease's, written by one of our own calls (maybe one whose client raised)."""
         mine = self.record

@@ -1,39 +1,53 @@
-"""Stage 2 for one channel: stream stage-1 segments from the store through decoding, batching,
-the codec and upload, with downloads and uploads overlapped with encoding.
+"""Stage 2 for one channel: stream stage-1 segments from the store through the host workers,
+batches of one code count and the codec, and back to the store.
 
-    download threads ──> ordered window ──> batches of one code count ──> codec ──> upload threads
+    host workers ──> in-order window ──> batches of one code count ──> prepared ──> device ──> host workers
+    (read, decode)     (run process)      (run process)                (pinned,    (features,   (stage-2 file,
+                                                                         copying)    model)       marker)
+
+The per-segment host work runs in forked worker processes (core/stage2_host.py), so it scales with
+the host's cores instead of serialising on the GIL. The run process batches and drives the device
+from two threads: while the device thread runs one batch, the conductor lays out the next in
+pinned memory and starts its copy, so the device never waits for the host.
 
 The work list is sorted by length, so segments of one code count arrive together and each batch is
-formed from consecutive segments: no pool of waiting clips. Memory is bounded by a byte budget
-held from the moment a download is started until its upload is done; nothing is staged on disk
-(the old workflow put 24 GB batches in /tmp).
+formed from consecutive segments, across recordings: no pool of waiting clips. Memory is bounded by
+a byte budget held from the moment a segment is fetched until its stage-2 file is written; nothing
+is staged on disk (the old workflow put 24 GB batches in /tmp).
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from neutts_assets.core.audio import SAMPLE_RATE
-from neutts_assets.core.codec import Codec, batch_key
+from neutts_assets.core.codec import batch_key, n_codes
 from neutts_assets.core.lease import LeaseLost
-from neutts_assets.core.segment_file import Segment, encode_segment, read_segment
+from neutts_assets.core.stage2_host import LEASE_GRACE_S, LEASE_POLL_S, Fetched, HostWorkers, Published
 from neutts_assets.core.stage2_store import EncodeItem
-from neutts_assets.storage.store import ObjectStore, may_pass
+from neutts_assets.storage.store import ObjectStore
+
+
+def default_host_workers() -> int:
+    """One worker process per core, up to 8: about 2,000 audio-seconds per second each (FLAC decode
+    and the npz make most of it), which is more than an H200 encodes in bfloat16."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass
 class StreamSettings:
-    batch_seconds: float = 120.0  # audio per codec call
-    budget_bytes: int = 2 * 1024**3  # segment bytes held between download start and upload end
-    download_workers: int = 8
-    upload_workers: int = 8
+    batch_seconds: float | None = None  # audio per codec call; None: sized for the device (codec.default_batch_seconds)
+    budget_bytes: int = 2 * 1024**3  # segment bytes held between fetch and the stage-2 file's write
+    host_workers: int = field(default_factory=default_host_workers)  # processes doing the per-segment host work
+    io_threads: int = 4  # store calls in flight per host worker (they wait on the network)
+    fetch_chunk: int = 8  # segments per message to a host worker
 
 
 @dataclass
@@ -48,13 +62,34 @@ class EncodeTally:
     batch_sizes: list[int] = field(default_factory=list)
     batch_seconds: list[float] = field(default_factory=list)
     audio_seconds: float = 0.0
-    download_seconds: float = 0.0  # summed over download threads
-    encode_seconds: float = 0.0
-    upload_seconds: float = 0.0  # summed over upload threads
+    # host seconds per step, summed over the workers' threads (they overlap each other and the device)
+    read_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    prepare_seconds: float = 0.0  # laying batches out in pinned memory and starting their copy (run process)
+    file_seconds: float = 0.0  # building stage-2 files' bytes
+    write_seconds: float = 0.0  # stage-2 files, markers and stale-marker deletes
+    # device work: w2v-BERT's features and the model (CUDA-event time on a GPU)
+    features_seconds: float = 0.0
+    model_seconds: float = 0.0
+    encode_seconds: float = 0.0  # wall time of the codec calls, as the device thread saw them
+    device_idle_seconds: float = 0.0  # the device thread waiting for a prepared batch, after the first
+    host_workers: int = 0
     bytes_downloaded: int = 0
     bytes_uploaded: int = 0
     peak_inflight_bytes: int = 0
     wall_seconds: float = 0.0
+
+    @property
+    def download_seconds(self) -> float:
+        return self.read_seconds + self.decode_seconds
+
+    @property
+    def upload_seconds(self) -> float:
+        return self.file_seconds + self.write_seconds
+
+    @property
+    def device_busy_fraction(self) -> float:
+        return min(1.0, self.encode_seconds / self.wall_seconds) if self.wall_seconds else 0.0
 
 
 class ByteBudget:
@@ -73,6 +108,10 @@ class ByteBudget:
             self.peak = max(self.peak, self.held)
             return True
 
+    def fits(self, n: int) -> bool:
+        with self._cond:
+            return not self.held or self.held + n <= self.limit
+
     def release(self, n: int) -> None:
         with self._cond:
             self.held -= n
@@ -90,164 +129,279 @@ def item_cost(item: EncodeItem) -> int:
 
 
 @dataclass
-class _Fetched:
-    item: EncodeItem
-    segment: Segment | None = None
-    features: object = None  # the codec's input features, computed here rather than on the encoding thread
-    error: str = ""
-    store_failed: bool = False  # the error is the store's, not the file's
-    kept: bool = False  # the stage-2 file already holds this codec's codes for this audio
+class _Ready:
+    seq: int
+    worker: int
+    samples: np.ndarray
+
+
+class EncodeStream:
+    """One channel's encoding: `run()` returns the tally. Threads: the conductor (the caller's:
+    dispatch, order, batch, prepare), the device thread (guard, codec, send codes), the receiver
+    (messages from the workers into the inbox) and the lease poller. Only the conductor changes the
+    tally and the budget's books, from the inbox; the device thread reports there too."""
+
+    def __init__(self, items: list[EncodeItem], codec, store: ObjectStore, settings: StreamSettings,
+                 log: Callable[[str], None], on_batch: Callable[[int, float], None], guard: Callable[[], None],
+                 publish_deadline: Callable[[], float] | None = None):
+        self.codec, self.store, self.settings, self.log, self.on_batch, self.guard = codec, store, settings, log, on_batch, guard
+        # when the lease stops allowing writes (Lease.valid_until); without one, each good check allows LEASE_GRACE_S
+        self.publish_deadline = publish_deadline or (lambda: time.time() + LEASE_GRACE_S)
+        self.items = sorted(items, key=lambda i: (i.num_samples, i.audio_id))
+        self.batch_samples = (settings.batch_seconds or _default_batch_seconds(codec)) * SAMPLE_RATE
+        self.tally, self.budget = EncodeTally(host_workers=settings.host_workers), ByteBudget(settings.budget_bytes)
+        self.inbox: queue.Queue = queue.Queue()
+        self.device_q: queue.Queue = queue.Queue(maxsize=1)  # one prepared batch waits while one runs
+        self.next_dispatch, self.next_worker = 0, 0  # next item to send, and to which worker
+        self.next_in_order = 0  # next item the batcher takes
+        self.fetched: dict[int, tuple[int, Fetched]] = {}  # arrived out of order
+        self.open: list[_Ready] = []  # the batch being filled
+        self.unfinished = 0  # items dispatched and not yet written, failed or kept
+        self.failure: BaseException | None = None
+        self.done = threading.Event()
+
+    # --- the conductor ------------------------------------------------------------------------
+
+    def run(self) -> EncodeTally:
+        started = time.perf_counter()
+        if not self.items:
+            return self.tally
+        device_counters = (getattr(self.codec, "feature_seconds", 0.0), getattr(self.codec, "model_seconds", 0.0))
+        self.workers = HostWorkers(self.settings.host_workers, self.store, self.codec.label, self.settings.io_threads,
+                                   lambda w, kind, payload: self.inbox.put((w, kind, payload)))
+        threads = [threading.Thread(target=self._device_loop, name="neutts-device", daemon=True),
+                   threading.Thread(target=self._poll_lease, name="neutts-lease-poll", daemon=True)]
+        try:
+            self._allow_publishing()
+            for t in threads:
+                t.start()
+            while self.next_in_order < len(self.items) or self.unfinished:
+                self._dispatch()
+                if self.next_in_order == self.next_dispatch and self.open and not self._room_for_next():
+                    self._flush()  # the budget is held by the open batch: encode it to free it
+                self._handle(*self._next_message())
+                self._take_in_order()
+                if self.next_in_order == len(self.items):
+                    self._flush()
+            self.device_q.put(None)
+            threads[0].join()
+            self._raise_failure()
+            self.store.add_retries(self.workers.stop())
+        except BaseException:
+            self.workers.kill()  # nothing more is published by this run
+            raise
+        finally:
+            self.done.set()
+        self.tally.features_seconds = getattr(self.codec, "feature_seconds", 0.0) - device_counters[0]
+        self.tally.model_seconds = getattr(self.codec, "model_seconds", 0.0) - device_counters[1]
+        self.tally.peak_inflight_bytes = self.budget.peak
+        self.tally.wall_seconds = time.perf_counter() - started
+        return self.tally
+
+    def _room_for_next(self) -> bool:
+        return self.next_dispatch < len(self.items) and self.budget.fits(item_cost(self.items[self.next_dispatch]))
+
+    def _dispatch(self) -> None:
+        """Sends the next items to the workers, round robin in chunks of consecutive items, while the
+        budget admits them."""
+        chunk: list[tuple[int, EncodeItem]] = []
+        while self.next_dispatch < len(self.items) and self.budget.try_take(item_cost(self.items[self.next_dispatch])):
+            chunk.append((self.next_dispatch, self.items[self.next_dispatch]))
+            self.next_dispatch += 1
+            self.unfinished += 1
+            if len(chunk) == self.settings.fetch_chunk:
+                self._send_fetch(chunk)
+                chunk = []
+        if chunk:
+            self._send_fetch(chunk)
+
+    def _send_fetch(self, chunk: list) -> None:
+        self.workers.send(self.next_worker, "fetch", chunk)
+        self.next_worker = (self.next_worker + 1) % len(self.workers)
+
+    def _next_message(self) -> tuple:
+        while True:
+            self._raise_failure()
+            try:
+                return self.inbox.get(timeout=1.0)
+            except queue.Empty:
+                continue
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _handle(self, worker: int, kind: str, payload) -> None:
+        t = self.tally
+        if kind == "fetched":
+            for seq, got in payload:
+                t.read_seconds += got.read_s
+                t.decode_seconds += got.decode_s
+                t.write_seconds += got.write_s
+                t.bytes_downloaded += got.nbytes
+                self.fetched[seq] = (worker, got)
+        elif kind == "published":
+            for seq, done in payload:
+                self._published(seq, done)
+        elif kind == "encoded":  # from the device thread: one codec call
+            clips, seconds, wall, failures = payload
+            t.batch_sizes.append(clips)
+            t.batch_seconds.append(seconds)
+            t.encode_seconds += wall
+            for seq, reason in failures:
+                t.failed.append((self.items[seq].audio_id, reason))
+                self._finished(seq)
+            self.on_batch(clips, seconds)
+        elif kind == "device_idle":
+            t.device_idle_seconds += payload
+        elif kind == "crashed":
+            raise RuntimeError(f"stage-2 host worker {worker} failed: {payload}")
+        elif kind == "died":
+            raise RuntimeError(f"stage-2 host worker {worker} died (exit code {payload}); the run stops, a rerun resumes")
+
+    def _published(self, seq: int, done: Published) -> None:
+        t, item = self.tally, self.items[seq]
+        t.file_seconds += done.encode_file_s
+        t.write_seconds += done.write_s
+        if done.lease_lost:
+            self.guard()  # raises the lease's own reason
+            raise LeaseLost(done.lease_lost)
+        if done.error:
+            (t.store_failed if done.store_failed else t.failed).append((item.audio_id, done.error))
+        else:
+            t.encoded.append((item, n_codes(item.num_samples)))
+            t.audio_seconds += item.num_samples / SAMPLE_RATE
+            t.bytes_uploaded += done.nbytes
+        self._finished(seq)
+
+    def _finished(self, seq: int) -> None:
+        self.budget.release(item_cost(self.items[seq]))
+        self.unfinished -= 1
+
+    def _take_in_order(self) -> None:
+        """Items in sorted order into batches of one code count (and at most batch_seconds)."""
+        while self.next_in_order in self.fetched:
+            seq = self.next_in_order
+            worker, got = self.fetched.pop(seq)
+            self.next_in_order += 1
+            item = self.items[seq]
+            if got.lease_lost:
+                self.guard()
+                raise LeaseLost(got.lease_lost)
+            if got.error or got.kept:
+                if got.kept:
+                    self.tally.kept.append(item)
+                else:
+                    (self.tally.store_failed if got.store_failed else self.tally.failed).append((item.audio_id, got.error))
+                self._finished(seq)
+                continue
+            if self.open and (batch_key(item.num_samples) != batch_key(self.items[self.open[0].seq].num_samples)
+                              or sum(len(r.samples) for r in self.open) + item.num_samples > self.batch_samples):
+                self._flush()
+            self.open.append(_Ready(seq, worker, got.samples))
+
+    def _flush(self) -> None:
+        """Lays the open batch out for the device and queues it (waiting while one is queued already)."""
+        if not self.open:
+            return
+        batch, self.open = self.open, []
+        t0 = time.perf_counter()
+        prepared = self.codec.prepare([r.samples for r in batch])
+        self.tally.prepare_seconds += time.perf_counter() - t0
+        while True:
+            self._raise_failure()
+            try:
+                self.device_q.put(([(r.seq, r.worker, r.samples) for r in batch], prepared), timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    # --- the device thread ----------------------------------------------------------------------
+
+    def _device_loop(self) -> None:
+        try:
+            first = True
+            while True:
+                t0 = time.perf_counter()
+                job = self.device_q.get()
+                if not first:
+                    self.inbox.put((-1, "device_idle", time.perf_counter() - t0))
+                first = False
+                if job is None:
+                    return
+                batch, prepared = job
+                self.guard()  # a run that lost its lease encodes no further
+                t0 = time.perf_counter()
+                results = _encode_or_split(self.codec, [s for _, _, s in batch], prepared)
+                wall = time.perf_counter() - t0
+                by_worker: dict[int, list] = {}
+                failures = []
+                for (seq, worker, _), result in zip(batch, results):
+                    if isinstance(result, str):
+                        failures.append((seq, result))
+                        self.workers.send(worker, "forget", [seq])
+                    else:
+                        by_worker.setdefault(worker, []).append((seq, result))
+                for worker, codes in by_worker.items():
+                    self.workers.send(worker, "publish", codes)
+                self.inbox.put((-1, "encoded", (len(batch), prepared.audio_seconds, wall, failures)))
+        except BaseException as exc:  # LeaseLost, or the device failing outright
+            self.workers.allow_publishing_until(0.0)
+            self.failure = exc
+
+    def _poll_lease(self) -> None:
+        while not self.done.wait(LEASE_POLL_S):
+            self._allow_publishing()
+
+    def _allow_publishing(self) -> None:
+        try:
+            self.guard()
+        except BaseException as exc:
+            self.workers.allow_publishing_until(0.0)
+            self.failure = self.failure or exc
+            return
+        if self.failure is None:
+            self.workers.allow_publishing_until(self.publish_deadline())
+
+
+def _default_batch_seconds(codec) -> float:
+    from neutts_assets.core.codec import default_batch_seconds
+
+    return default_batch_seconds(str(getattr(codec, "device", "cpu")))
 
 
 def encode_stream(
     items: list[EncodeItem],
-    codec: Codec,
+    codec,
     store: ObjectStore,
-    settings: StreamSettings = StreamSettings(),
+    settings: StreamSettings | None = None,
     log: Callable[[str], None] = lambda _: None,
     on_batch: Callable[[int, float], None] = lambda n, s: None,
     guard: Callable[[], None] | None = None,
+    publish_deadline: Callable[[], float] | None = None,
 ) -> EncodeTally:
-    """`guard` is called before each batch and right before each marker write (a marker publishes
-    its file); what it raises (the run's lease lost) stops the stream and propagates."""
-    guard = guard or (lambda: None)
-    tally, lock = EncodeTally(), threading.Lock()
-    budget = ByteBudget(settings.budget_bytes)
-    todo = deque(sorted(items, key=lambda i: (i.num_samples, i.audio_id)))
-    started = time.perf_counter()
-
-    def fetch(item: EncodeItem) -> _Fetched:
-        t0 = time.perf_counter()
-        got = _Fetched(item)
-        try:
-            data = store.read_bytes(item.source_key)
-            got.segment = read_segment(data)
-            nbytes = len(data)
-            if item.unverified:
-                got.kept, extra = _holds_current_codes(store, item, got.segment, codec.label)
-                nbytes += extra
-            if len(got.segment.pcm16) != item.num_samples:
-                raise ValueError(f"holds {len(got.segment.pcm16)} samples, the manifest says {item.num_samples}")
-            if not got.kept:
-                got.features = codec.features(got.segment.pcm16)
-        except FileNotFoundError:
-            got.error, nbytes = "stage-1 segment file disappeared from the store", 0
-        except Exception as exc:  # a corrupt file must not stop the channel
-            got.error, nbytes = f"unreadable stage-1 segment file {item.source_key}: {type(exc).__name__}: {exc}", 0
-            if may_pass(exc):
-                got.error, got.store_failed = f"{type(exc).__name__}: {exc}", True
-        with lock:
-            tally.download_seconds += time.perf_counter() - t0
-            tally.bytes_downloaded += nbytes
-        return got
-
-    def upload(got: _Fetched, codes: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        item, seg = got.item, got.segment
-        try:
-            for stale in item.stale_markers:  # first: no marker may vouch for the file while it changes
-                store.delete(stale)
-            seg.codes, seg.codec = codes, codec.label
-            data = encode_segment(seg)
-            store.write_bytes(item.target_key, data)  # atomic
-            guard()
-            store.write_bytes(item.marker_key, b"")  # last: the file is finished
-            with lock:
-                tally.encoded.append((item, len(codes)))
-                tally.audio_seconds += item.num_samples / SAMPLE_RATE
-                tally.bytes_uploaded += len(data)
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            with lock:
-                (tally.store_failed if may_pass(exc) else tally.failed).append(
-                    (item.audio_id, f"upload failed: {type(exc).__name__}: {exc}"))
-        finally:
-            with lock:
-                tally.upload_seconds += time.perf_counter() - t0
-            budget.release(item_cost(item))
-
-    def keep(got: _Fetched) -> None:
-        try:
-            for stale in got.item.stale_markers:  # they vouch for other codes than the file now holds
-                store.delete(stale)
-            guard()
-            store.write_bytes(got.item.marker_key, b"")
-            with lock:
-                tally.kept.append(got.item)
-        finally:
-            budget.release(item_cost(got.item))
-
-    with ThreadPoolExecutor(settings.download_workers, "neutts-dl") as downloads, \
-            ThreadPoolExecutor(settings.upload_workers, "neutts-ul") as uploads:
-        window: deque[Future] = deque()
-        batch: list[_Fetched] = []
-        pending_uploads: list[Future] = []
-
-        def fill() -> None:
-            while todo and budget.try_take(item_cost(todo[0])):
-                window.append(downloads.submit(fetch, todo.popleft()))
-
-        def flush() -> None:
-            if not batch:
-                return
-            guard()  # a run that lost its lease encodes no further
-            clips = [g.segment.pcm16 for g in batch]
-            t0 = time.perf_counter()
-            results = _encode_or_split(codec, clips, [g.features for g in batch])
-            dt = time.perf_counter() - t0
-            tally.encode_seconds += dt
-            tally.batch_sizes.append(len(batch))
-            seconds = sum(len(c) for c in clips) / SAMPLE_RATE
-            tally.batch_seconds.append(seconds)
-            on_batch(len(batch), seconds)
-            for got, result in zip(batch, results):
-                if isinstance(result, str):
-                    with lock:
-                        tally.failed.append((got.item.audio_id, result))
-                    budget.release(item_cost(got.item))
-                else:
-                    pending_uploads.append(uploads.submit(upload, got, result))
-            batch.clear()
-
-        while todo or window:
-            fill()
-            if not window:  # the budget is held by the open batch and by uploads in progress
-                flush()
-                budget.wait_for_room(item_cost(todo[0]))
-                continue
-            got = window.popleft().result()
-            if got.error:
-                (tally.store_failed if got.store_failed else tally.failed).append((got.item.audio_id, got.error))
-                budget.release(item_cost(got.item))
-                continue
-            if got.kept:
-                pending_uploads.append(uploads.submit(keep, got))
-                continue
-            if batch and (batch_key(got.item.num_samples) != batch_key(batch[0].item.num_samples)
-                          or sum(g.item.num_samples for g in batch) + got.item.num_samples > settings.batch_seconds * SAMPLE_RATE):
-                flush()
-            batch.append(got)
-        flush()
-        for f in pending_uploads:
-            f.result()
-    tally.peak_inflight_bytes = budget.peak
-    tally.wall_seconds = time.perf_counter() - started
-    return tally
+    """`guard` is called before each batch and, every LEASE_POLL_S, for the workers, which publish
+    (stale-marker deletes, the file, its marker) only while the last good check allows it: until
+    `publish_deadline()` (the lease's own limit), or LEASE_GRACE_S. What `guard` raises (the run's
+    lease lost) stops the stream and propagates. `store` must support `reopen()`: each worker opens
+    its own clients."""
+    return EncodeStream(items, codec, store, settings or StreamSettings(), log, on_batch, guard or (lambda: None),
+                        publish_deadline).run()
 
 
-def _encode_or_split(codec: Codec, clips: list[np.ndarray], features: list) -> list:
+def _encode_or_split(codec, clips: list[np.ndarray], prepared=None) -> list:
     """Codes per clip, or a reason string for a clip that could not be encoded. A failing batch
     (out of memory, a bad clip) is split in halves down to single clips, so one bad clip fails alone."""
     try:
-        return codec.encode_batch(clips, features)
+        return codec.encode_batch(prepared if prepared is not None else clips)
+    except LeaseLost:
+        raise
     except Exception as exc:
         if len(clips) == 1:
             return [f"encoding failed: {type(exc).__name__}: {str(exc)[:300]}"]
         _free_device_memory()
         mid = len(clips) // 2
-        return (_encode_or_split(codec, clips[:mid], features[:mid])
-                + _encode_or_split(codec, clips[mid:], features[mid:]))
+        return _encode_or_split(codec, clips[:mid]) + _encode_or_split(codec, clips[mid:])
 
 
 def _free_device_memory() -> None:
@@ -255,18 +409,3 @@ def _free_device_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _holds_current_codes(store: ObjectStore, item: EncodeItem, source: Segment, label: str) -> tuple[bool, int]:
-    """A stage-2 file without its marker (a run killed between the two writes): keep it when it
-    holds this codec's codes for exactly the current stage-1 audio."""
-    try:
-        data = store.read_bytes(item.target_key)
-        existing = read_segment(data)
-    except FileNotFoundError:
-        return False, 0
-    except Exception:  # unreadable: encode again, which rewrites it
-        return False, 0
-    same = (existing.codec == label and len(existing.codes) == item.num_samples // 320
-            and np.array_equal(existing.pcm16, source.pcm16) and existing.text == source.text)
-    return same, len(data)

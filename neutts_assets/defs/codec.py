@@ -5,7 +5,9 @@
     NEUTTS_CODEC_REVISION   a Hub branch, tag or commit (default: main)
     NEUTTS_CODEC_DEVICE     auto (default: cuda when present) | cuda | cpu
     NEUTTS_CODEC_DTYPE      float32 (default) | tf32 | bfloat16 | float16
-    NEUTTS_CODEC_BATCH_SECONDS, NEUTTS_CODEC_DISK_BUDGET_GB, NEUTTS_CODEC_SEED (random weights)
+    NEUTTS_CODEC_BATCH_SECONDS   audio seconds per codec call (default: sized for the device's memory)
+    NEUTTS_CODEC_HOST_WORKERS    processes doing stage 2's per-segment host work (default: one per core, up to 8)
+    NEUTTS_CODEC_DISK_BUDGET_GB, NEUTTS_CODEC_SEED (random weights)
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Optional
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from neutts_assets.core.codec import Codec, CodecSettings, load_codec
-from neutts_assets.core.stage2 import StreamSettings
+from neutts_assets.core.codec import Codec, CodecSettings, codec_label, load_codec
+from neutts_assets.core.stage2 import StreamSettings, default_host_workers
 
 
 class NeuCodecResource(ConfigurableResource):
@@ -31,14 +33,21 @@ class NeuCodecResource(ConfigurableResource):
     seed: int = Field(default=0, description="seed of the random weights (random / random-full only)")
     device: str = Field(default="auto", description="cuda, cpu, or auto (cuda when present)")
     dtype: str = Field(default="float32", description="float32; tf32, bfloat16 or float16 trade exact codes for speed")
-    batch_seconds: float = Field(default=120.0, description="audio seconds per codec call (segments of one code count)")
+    batch_seconds: Optional[float] = Field(
+        default=None,
+        description="audio seconds per codec call (segments of one code count); unset: sized for the device's memory "
+        "(about 1,400 s on an H200, 60 s on the CPU; core/codec.py default_batch_seconds)",
+    )
     disk_budget_gb: float = Field(
         default=2.0,
         description="most segment bytes held locally between download and upload. Nothing is staged on disk "
         "(segments stream through memory), so this bounds memory too",
     )
-    download_workers: int = Field(default=8, description="segments downloaded at once")
-    upload_workers: int = Field(default=8, description="segment files uploaded at once")
+    host_workers: Optional[int] = Field(
+        default=None,
+        description="processes doing the per-segment host work (read, decode, stage-2 file, write); unset: one per core, up to 8",
+    )
+    io_threads: int = Field(default=4, description="store calls in flight per host worker")
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -54,12 +63,16 @@ class NeuCodecResource(ConfigurableResource):
         # The weights come from HF_HOME's cache (NeuCodec's own loader reads w2v-BERT from there too).
         return load_codec(self.settings())
 
+    def label(self) -> str:
+        """The loaded codec's label, without loading it (a run with nothing to encode never does)."""
+        return codec_label(self.settings())
+
     def stream_settings(self) -> StreamSettings:
         return StreamSettings(
             batch_seconds=self.batch_seconds,
             budget_bytes=int(self.disk_budget_gb * 1024**3),
-            download_workers=self.download_workers,
-            upload_workers=self.upload_workers,
+            host_workers=self.host_workers or default_host_workers(),
+            io_threads=self.io_threads,
         )
 
 
@@ -72,6 +85,7 @@ def codec_from_env() -> NeuCodecResource:
         seed=int(env("NEUTTS_CODEC_SEED") or 0),
         device=env("NEUTTS_CODEC_DEVICE") or "auto",
         dtype=env("NEUTTS_CODEC_DTYPE") or "float32",
-        batch_seconds=float(env("NEUTTS_CODEC_BATCH_SECONDS") or 120.0),
+        batch_seconds=float(env("NEUTTS_CODEC_BATCH_SECONDS")) if env("NEUTTS_CODEC_BATCH_SECONDS") else None,
+        host_workers=int(env("NEUTTS_CODEC_HOST_WORKERS")) if env("NEUTTS_CODEC_HOST_WORKERS") else None,
         disk_budget_gb=float(env("NEUTTS_CODEC_DISK_BUDGET_GB") or 2.0),
     )

@@ -1,10 +1,10 @@
 import statistics
-from typing import Callable
 
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
-from neutts_assets.core.codec import MIN_SAMPLES, Codec, CodecUnavailable
+from neutts_assets.core.codec import MIN_SAMPLES, RANDOM_LABEL, Codec, CodecUnavailable, default_batch_seconds
+from neutts_assets.core.lease import Lease
 from neutts_assets.core.progress import Progress
 from neutts_assets.core.segment_store import channel_prefix
 from neutts_assets.core.stage2 import EncodeTally, encode_stream
@@ -35,46 +35,55 @@ def encoded_segments(
 ) -> Output[dict]:
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
     with channel_lease(context, store, "encoded_segments") as lease:
-        return _encode_channel(context, config, segments_npz, codec, store, lease.check)
+        return _encode_channel(context, config, segments_npz, codec, store, lease)
 
 
 def _encode_channel(
     context: AssetExecutionContext, config: EncodeConfig, segments_npz: dict, codec: NeuCodecResource, store: SegmentStore,
-    guard: Callable[[], None],
+    lease: Lease,
 ) -> Output[dict]:
     channel = context.partition_key
     layout = Stage2Layout(channel, config.prefix if config.prefix.endswith("/") else config.prefix + "/")
 
-    # The codec first: without weights nothing is written.
+    # The codec's label first (without weights nothing is written); the model itself only if there is work.
     try:
-        model = codec.load()
+        label = codec.label()
     except CodecUnavailable as exc:
         raise Failure(description=str(exc), metadata={"codec_model": codec.model_id, "weights": codec.weights}) from exc
-    if model.test_only:
-        context.log.warning(f"{model.label}: random weights, the codes are for tests only")
 
     dst = store.open()
     orphan_temporaries = dst.remove_orphan_temporaries()  # what writers killed mid-write left
     sources = {o.key: (o.version, o.size) for o in dst.list(channel_prefix(channel)) if o.key.endswith(".npz")}
     stage2_keys = {o.key for o in dst.list(layout.channel_prefix)}
-    plan = plan_encoding(segments_npz, layout, model.label, sources, stage2_keys, MIN_SAMPLES)
+    plan = plan_encoding(segments_npz, layout, label, sources, stage2_keys, MIN_SAMPLES)
     context.log.info(
-        f"{channel}: {len(plan.todo)} segments to encode with {model.label} on {model.device}, "
+        f"{channel}: {len(plan.todo)} segments to encode with {label}, "
         f"{len(plan.done)} already encoded, {len(plan.too_short)} too short, {len(plan.missing_source)} missing"
     )
     if plan.orphans:
-        guard()
+        lease.check()
     for key in plan.orphans:  # stage-2 files of segments stage 1 no longer has
         dst.delete(key)
 
+    model = None
+    if plan.todo:
+        try:
+            model = codec.load()
+        except CodecUnavailable as exc:
+            raise Failure(description=str(exc), metadata={"codec_model": codec.model_id, "weights": codec.weights}) from exc
+    if RANDOM_LABEL in label:
+        context.log.warning(f"{label}: random weights, the codes are for tests only")
+
     progress = Progress(context.log.info, len(plan.todo), f"{channel} encoding", unit="segments")
-    tally = encode_stream(plan.todo, model, dst, codec.stream_settings(),
-                          on_batch=lambda n, seconds: progress.update(n, seconds, done=n), guard=guard)
+    settings = codec.stream_settings()
+    tally = encode_stream(plan.todo, model, dst, settings, on_batch=lambda n, seconds: progress.update(n, seconds, done=n),
+                          guard=lease.check, publish_deadline=lease.valid_until) if plan.todo else EncodeTally()
 
     with_codes = set(plan.done) | {item.audio_id for item, _ in tally.encoded} | {item.audio_id for item in tally.kept}
     failed = [(key, reason) for key, reason in plan.missing_source] + tally.failed
-    manifest = encoded_manifest(segments_npz, layout, model.label, model.test_only, with_codes, plan.too_short, failed)
-    metadata = {**_metadata(model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}", orphan_temporaries),
+    manifest = encoded_manifest(segments_npz, layout, label, RANDOM_LABEL in label, with_codes, plan.too_short, failed)
+    metadata = {**_metadata(label, codec, model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}",
+                            orphan_temporaries),
                 **retry_metadata(store=dst)}
     if tally.store_failed:
         # Every other segment is written with its marker. Failing the run keeps a manifest that leaves
@@ -87,18 +96,22 @@ def _encode_channel(
     return Output(manifest, metadata=metadata)
 
 
-def _metadata(model: Codec, plan: EncodePlan, tally: EncodeTally, manifest: dict, failed: list, where: str, orphans: int) -> dict:
+def _metadata(label: str, codec: NeuCodecResource, model: Codec | None, plan: EncodePlan, tally: EncodeTally, manifest: dict,
+              failed: list, where: str, orphans: int) -> dict:
     wall = tally.wall_seconds
     sizes = tally.batch_sizes or [0]
+    test_only = RANDOM_LABEL in label
     return {
         "store": where,
-        "codec": model.label,
+        "codec": label,
         "test_only_codes": MetadataValue.md(
-            "**yes: random weights. These codes are for tests only; do not train on them.**" if model.test_only else "no"
+            "**yes: random weights. These codes are for tests only; do not train on them.**" if test_only else "no"
         ),
-        "device": str(model.device),
-        "dtype": model.settings.dtype,
-        "w2v_bert_layers_trimmed": model.layers_trimmed,
+        # nothing to encode: the codec is not loaded (and holds no GPU)
+        "codec_loaded": model is not None,
+        "device": str(model.device) if model is not None else codec.resolved_device(),
+        "dtype": codec.dtype,
+        "w2v_bert_layers_trimmed": model.layers_trimmed if model is not None else 0,
         "segments_encoded": len(tally.encoded),
         "segments_already_encoded": len(plan.done),
         "segments_kept_after_check": len(tally.kept),
@@ -115,11 +128,24 @@ def _metadata(model: Codec, plan: EncodePlan, tally: EncodeTally, manifest: dict
         "segments_per_second": round(len(tally.encoded) / wall, 2) if wall else 0.0,
         "audio_seconds_per_second": round(tally.audio_seconds / wall, 1) if wall else 0.0,
         "encode_audio_seconds_per_second": round(sum(tally.batch_seconds) / tally.encode_seconds, 1) if tally.encode_seconds else 0.0,
+        # time in codec calls / wall: below 1, the device waited for the host (or for the first batch)
+        "device_busy_fraction": round(tally.device_busy_fraction, 3),
+        "device_idle_seconds": round(tally.device_idle_seconds, 2),
         "batches": len(tally.batch_sizes),
         "batch_segments_mean": round(statistics.fmean(sizes), 2),
         "batch_segments_max": max(sizes),
         "batch_audio_seconds_mean": round(statistics.fmean(tally.batch_seconds), 1) if tally.batch_seconds else 0.0,
-        # download and upload threads overlap encoding: their sums can exceed the wall time
+        "batch_audio_seconds_limit": settings_batch_seconds(codec, model),
+        "host_workers": tally.host_workers,
+        # host seconds per step, summed over the workers' threads: they overlap each other and the device
+        "host_seconds_per_step": MetadataValue.json({
+            "read": round(tally.read_seconds, 2), "decode": round(tally.decode_seconds, 2),
+            "prepare_batches": round(tally.prepare_seconds, 2), "stage2_file": round(tally.file_seconds, 2),
+            "write": round(tally.write_seconds, 2),
+        }),
+        "device_seconds_per_step": MetadataValue.json({
+            "features": round(tally.features_seconds, 2), "model": round(tally.model_seconds, 2),
+        }),
         "download_seconds": round(tally.download_seconds, 2),
         "encode_seconds": round(tally.encode_seconds, 2),
         "upload_seconds": round(tally.upload_seconds, 2),
@@ -128,3 +154,9 @@ def _metadata(model: Codec, plan: EncodePlan, tally: EncodeTally, manifest: dict
         "bytes_uploaded": tally.bytes_uploaded,
         "peak_inflight_mb": round(tally.peak_inflight_bytes / 1e6, 1),
     }
+
+
+def settings_batch_seconds(codec: NeuCodecResource, model: Codec | None) -> float:
+    if codec.batch_seconds:
+        return codec.batch_seconds
+    return default_batch_seconds(str(model.device)) if model is not None else 0.0
