@@ -226,3 +226,17 @@ def test_batch_size_follows_the_device_memory():
     h200, h100, t4 = (batch_seconds_for_memory(gb * 10**9) for gb in (141, 80, 16))
     assert 1000 <= h200 <= 2400 and 600 <= h100 < h200 and t4 >= 120
     assert h200 > 10 * 120  # the old fixed 120 s was far too small for it
+
+
+def test_a_stage2_file_is_the_same_bytes_whenever_it_is_written(tmp_path, monkeypatch):
+    """A rerun that rewrites a file (after a kill) writes what the first run wrote: no timestamps."""
+    from neutts_assets.core.segment_file import with_codes
+
+    store = LocalStore(tmp_path)
+    stage1(store, 1)
+    (key,) = [o.key for o in store.list("stage1/")]
+    source, codes = store.read_bytes(key), np.arange(10, dtype=np.int32)
+    first = with_codes(source, codes, "lbl")
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 86_400 * 400)
+    assert with_codes(source, codes, "lbl") == first

@@ -186,6 +186,10 @@ def codec_label(settings: CodecSettings, cache_dir: str | None = None) -> str:
         label = _pretrained_label(settings, cache_dir)
     else:
         label = random_label(settings)
+    return _with_dtype(label, settings)
+
+
+def _with_dtype(label: str, settings: CodecSettings) -> str:
     return label if settings.dtype == "float32" else f"{label}+{settings.dtype}"
 
 
@@ -447,10 +451,10 @@ def load_codec(settings: CodecSettings, cache_dir: str | None = None) -> Codec:
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise CodecUnavailable(f"codec device {settings.device!r} requested but CUDA is not available on this machine")
     if settings.weights == "pretrained":
-        model, _ = _load_pretrained(settings, cache_dir)
+        model, label = _load_pretrained(settings, cache_dir)
     else:
-        model = build_random_neucodec(settings.weights, settings.seed)
-    return Codec(model, codec_label(settings, cache_dir), settings)
+        model, label = build_random_neucodec(settings.weights, settings.seed), random_label(settings)
+    return Codec(model, _with_dtype(label, settings), settings)
 
 
 def pretrained_reachable(model_id: str = "neuphonic/neucodec", timeout_s: float = 5.0, cache_dir: str | None = None) -> tuple[bool, str]:

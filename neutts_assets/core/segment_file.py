@@ -114,11 +114,12 @@ def with_codes(data: bytes, codes: np.ndarray, codec: str) -> bytes:
     replaced = {"codes.npy": _npy(np.asarray(codes, dtype=np.int32)), "codec.npy": _npy(np.array(codec))}
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
-        for info in src.infolist():
-            if info.filename not in replaced:
-                dst.writestr(info.filename, src.read(info))
-        for name, payload in replaced.items():
-            dst.writestr(name, payload)
+        entries = [(i.filename, src.read(i)) for i in src.infolist() if i.filename not in replaced]
+        for name, payload in entries + list(replaced.items()):
+            # as np.savez writes each entry: no timestamp (ZipInfo's 1980 default), zip64 forced, so
+            # the same segment and codes give the same bytes whenever they are written
+            with dst.open(name, "w", force_zip64=True) as f:
+                f.write(payload)
     return out.getvalue()
 
 
