@@ -26,3 +26,21 @@ def test_full_size_codec_on_gpu_batches_agree_with_single_clips():
     assert overall >= OVERALL and worst >= PER_SEGMENT, (overall, worst)
     n_overall, n_worst = agreement(naive_batches(codec, clips), single)
     assert not (n_overall >= OVERALL and n_worst >= PER_SEGMENT), (n_overall, n_worst)
+
+
+def test_features_on_the_gpu_equal_the_extractor():
+    """w2v-BERT's input features computed on CUDA (float64, as the codec does) against the numpy extractor."""
+    import numpy as np
+
+    from neutts_assets.core.codec import model_input
+    from neutts_assets.core.w2v_features import W2vBertFeatures
+    from neutts_assets_tests.test_w2v_features import reference
+
+    features = W2vBertFeatures(device="cuda")
+    worst = 0.0
+    for clip in mixed_length_clips(groups=6, per_group=2, seed=13):
+        y = model_input(clip)
+        got = features(torch.from_numpy(y)[None].cuda()).cpu()
+        worst = max(worst, float((got - reference(y)).abs().max()))
+    print(f"features on CUDA: max abs diff {worst:.3g}")
+    assert worst <= 1e-4 and np.isfinite(worst)

@@ -18,6 +18,7 @@ is staged on disk (the old workflow put 24 GB batches in /tmp).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import threading
@@ -345,6 +346,8 @@ class EncodeStream:
                 for worker, codes in by_worker.items():
                     self.workers.send(worker, "publish", codes)
                 self.inbox.put((-1, "encoded", (len(batch), prepared.audio_seconds, wall, failures)))
+                del batch, prepared, results, by_worker, job
+                _return_free_memory()
         except BaseException as exc:  # LeaseLost, or the device failing outright
             self.workers.allow_publishing_until(0.0)
             self.failure = exc
@@ -402,6 +405,25 @@ def _encode_or_split(codec, clips: list[np.ndarray], prepared=None) -> list:
         _free_device_memory()
         mid = len(clips) // 2
         return _encode_or_split(codec, clips[:mid]) + _encode_or_split(codec, clips[mid:])
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _libc()
+
+
+def _return_free_memory() -> None:
+    """Gives the heap's free pages back to the OS after each batch. Every code count is a new set of
+    tensor sizes, and glibc keeps what they leave behind in its arenas: a channel's RSS then grows
+    with its number of batches (measured on the CPU over 700 shapes: 1.1-1.5 GB of RSS for 255 MB
+    in use; with this trim it stays at the working set). A trim costs well under a millisecond."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _free_device_memory() -> None:
