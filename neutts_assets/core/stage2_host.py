@@ -274,6 +274,7 @@ class HostWorkers:
                 if ready is self.procs[i].sentinel:
                     del live[ready]
                     if i not in self._stopped and not self.stopping:
+                        self.procs[i].join(5)  # reaps it: its exit code is known only then
                         self.on_message(i, "died", self.procs[i].exitcode)
                     continue
                 try:
