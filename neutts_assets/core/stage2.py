@@ -154,6 +154,12 @@ class EncodeStream:
         self.inbox: queue.Queue = queue.Queue()
         self.device_q: queue.Queue = queue.Queue(maxsize=1)  # one prepared batch waits while one runs
         self.next_dispatch, self.next_worker = 0, 0  # next item to send, and to which worker
+        # Read-ahead: samples sent to the workers and not yet in a batch. Two batches, plus four chunks
+        # of long segments per worker to keep them busy: enough that the device never waits, and
+        # independent of the channel's size (the byte budget alone would let fetched samples pile up
+        # to 2 GiB in the run process whenever the workers outpace the device).
+        self.ahead_samples = 0
+        self.readahead_samples = 2 * self.batch_samples + 4 * settings.host_workers * settings.fetch_chunk * 15 * SAMPLE_RATE
         self.next_in_order = 0  # next item the batcher takes
         self.fetched: dict[int, tuple[int, Fetched]] = {}  # arrived out of order
         self.open: list[_Ready] = []  # the batch being filled
@@ -206,8 +212,10 @@ class EncodeStream:
         """Sends the next items to the workers, round robin in chunks of consecutive items, while the
         budget admits them."""
         chunk: list[tuple[int, EncodeItem]] = []
-        while self.next_dispatch < len(self.items) and self.budget.try_take(item_cost(self.items[self.next_dispatch])):
+        while (self.next_dispatch < len(self.items) and self.ahead_samples < self.readahead_samples
+               and self.budget.try_take(item_cost(self.items[self.next_dispatch]))):
             chunk.append((self.next_dispatch, self.items[self.next_dispatch]))
+            self.ahead_samples += self.items[self.next_dispatch].num_samples
             self.next_dispatch += 1
             self.unfinished += 1
             if len(chunk) == self.settings.fetch_chunk:
@@ -286,6 +294,7 @@ class EncodeStream:
             worker, got = self.fetched.pop(seq)
             self.next_in_order += 1
             item = self.items[seq]
+            self.ahead_samples -= item.num_samples
             if got.lease_lost:
                 self.guard()
                 raise LeaseLost(got.lease_lost)

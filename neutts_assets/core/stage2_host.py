@@ -31,6 +31,7 @@ leaves no writer behind.
 from __future__ import annotations
 
 import ctypes
+import gc
 import io
 import multiprocessing as mp
 import multiprocessing.connection
@@ -244,6 +245,17 @@ class HostWorkers:
         self.on_message, self.stopping = on_message, False
         self.conns, self.procs, self._locks = [], [], []
         self._stopped: dict[int, dict] = {}
+        # Objects that exist now are frozen out of the collector while forking: a worker's collections
+        # would otherwise walk (and so copy, page by page) everything it inherited, the plan included.
+        gc.freeze()
+        try:
+            self._start(ctx, n, store, label, io_threads)
+        finally:
+            gc.unfreeze()
+        self._receiver = threading.Thread(target=self._receive, name="neutts-host-receiver", daemon=True)
+        self._receiver.start()
+
+    def _start(self, ctx, n: int, store: ObjectStore, label: str, io_threads: int) -> None:
         for i in range(n):
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(target=_worker_main, name=f"neutts-host-{i}", daemon=True,
@@ -253,8 +265,6 @@ class HostWorkers:
             self.conns.append(ours)
             self.procs.append(proc)
             self._locks.append(threading.Lock())
-        self._receiver = threading.Thread(target=self._receive, name="neutts-host-receiver", daemon=True)
-        self._receiver.start()
 
     def __len__(self) -> int:
         return len(self.procs)
