@@ -53,7 +53,7 @@ from neutts_assets.storage.local import LocalStore  # noqa: E402
 
 # Dense peak TFLOP/s of one H100/H200 SXM by the dtype the matmuls run in.
 PEAK_TFLOPS = {"float32": 67.0, "tf32": 495.0, "bfloat16": 989.0, "float16": 989.0}
-CACHE = Path(__file__).resolve().parent / ".cache"
+CACHE = Path(__file__).resolve().parent / ".cache"  # --cache moves it (e.g. to /dev/shm: no disk in the figures)
 
 
 def demo_speech() -> np.ndarray:
@@ -91,7 +91,7 @@ def cpu_seconds() -> float:
 def stage1_store(n: int, seed: int) -> tuple[LocalStore, dict, dict]:
     """N stage-1 segment files (as segments_npz writes them) in a cached local folder, their manifest
     and their listing."""
-    root = CACHE / f"encode_stage1_{n}_{seed}"
+    root = Path(os.environ.get("NEUTTS_BENCH_CACHE") or CACHE) / f"encode_stage1_{n}_{seed}"
     store = LocalStore(root)
     manifest_path = root / "manifest.json"
     if not manifest_path.exists():
@@ -114,11 +114,11 @@ def warm_page_cache(store: LocalStore, sources: dict) -> None:
         store.read_bytes(key)
 
 
-def run_stream(store, manifest, sources, codec, workers: int) -> dict:
+def run_stream(store, manifest, sources, codec, workers: int, io_threads: int = 4) -> dict:
     shutil.rmtree(store.root / "stage2_with_codes", ignore_errors=True)
     plan = plan_encoding(manifest, Stage2Layout("bench"), codec.label, sources, set(), MIN_SAMPLES)
     c0, w0 = cpu_seconds(), time.perf_counter()
-    tally = encode_stream(plan.todo, codec, store, StreamSettings(host_workers=workers))
+    tally = encode_stream(plan.todo, codec, store, StreamSettings(host_workers=workers, io_threads=io_threads))
     wall, cpu = time.perf_counter() - w0, cpu_seconds() - c0
     assert len(tally.encoded) == len(plan.todo) and not tally.failed, (len(tally.encoded), tally.failed[:3])
     return {"audio_s": tally.audio_seconds, "wall": wall, "cpu": cpu, "tally": tally}
@@ -160,12 +160,13 @@ def null_codec_mode(args) -> dict:
     store, manifest, sources = stage1_store(args.segments or 2000, args.seed)
     warm_page_cache(store, sources)
     audio = sum(s["duration_sec"] for r in manifest["recordings"] for s in r["segments"])
-    print(f"{len(sources)} stage-1 segments, {audio:.0f} s of audio, in {store.root}; {os.cpu_count()} cores", flush=True)
+    print(f"{len(sources)} stage-1 segments, {audio:.0f} s of audio, in {store.root}; {os.cpu_count()} cores; "
+          f"{args.io_threads} io thread(s) per worker", flush=True)
     runs: dict[str, list] = {"old": [], "1": [], "2": []}
     for rep in range(args.repeats):  # interleaved, so a shared machine's load falls on all alike
         runs["old"].append(run_old_stream(store, manifest, sources))
         for w in ("1", "2") if rep % 2 == 0 else ("2", "1"):
-            runs[w].append(run_stream(store, manifest, sources, SimulatedCodec(None), int(w)))
+            runs[w].append(run_stream(store, manifest, sources, SimulatedCodec(None), int(w), args.io_threads))
     best = {k: max(v, key=lambda r: r["audio_s"] / r["wall"]) for k, v in runs.items()}
     for k, r in best.items():
         name = "old stream (threads)" if k == "old" else f"ours, {k} worker(s)"
@@ -186,7 +187,7 @@ def null_codec_mode(args) -> dict:
         "old_host_audio_seconds_per_second": round(old["audio_s"] / old["wall"], 1),
         "host_cpu_speedup_vs_old": round((old["cpu"] / old["audio_s"]) / (min(one["cpu"] / one["audio_s"], two["cpu"] / two["audio_s"])), 2),
         "segments": len(sources), "audio_seconds": round(audio, 1), "repeats": args.repeats,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "io_threads": args.io_threads, "store": str(store.root), "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
 
@@ -196,7 +197,7 @@ def simulate_device_mode(args) -> dict:
     speed = args.simulate_device
     results = []
     for _ in range(args.repeats):
-        r = run_stream(store, manifest, sources, SimulatedCodec(speed), args.workers)
+        r = run_stream(store, manifest, sources, SimulatedCodec(speed), args.workers, args.io_threads)
         results.append(r)
         t = r["tally"]
         print(f"simulated device at {speed:.0f} audio-s/s: the stream carried {r['audio_s'] / r['wall']:.0f} audio-s/s "
@@ -417,13 +418,18 @@ def main() -> None:
     p.add_argument("--null-codec", action="store_true", help="the host ceiling of the stream, 1 and 2 workers")
     p.add_argument("--simulate-device", type=float, default=None, metavar="AUDIO_S_PER_S")
     p.add_argument("--workers", type=int, default=2, help="host workers for --simulate-device")
+    p.add_argument("--io-threads", type=int, default=4, help="stream modes: store calls in flight per worker (the asset's default: 4)")
     p.add_argument("--repeats", type=int, default=3, help="stream modes: runs of each, the best reported")
     p.add_argument("--memory", action="store_true", help="peak RSS at 2,000 and --memory-segments segments")
     p.add_argument("--memory-segments", type=int, default=20000)
     p.add_argument("--memory-codec", default="null", choices=["null", "small"])
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--codec", default="null", help=argparse.SUPPRESS)
+    p.add_argument("--cache", default=None, help="stream modes: the folder of the stage-1 files and the stage-2 output "
+                   "(default bench/.cache; /dev/shm leaves the disk's fsync waits out of the figures)")
     args = p.parse_args()
+    if args.cache:
+        os.environ["NEUTTS_BENCH_CACHE"] = args.cache  # the --memory children read it too
     if args.memory_child:
         memory_child(args.memory_child, args.seed, args.codec)
         return

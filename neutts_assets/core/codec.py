@@ -448,6 +448,13 @@ def load_codec(settings: CodecSettings, cache_dir: str | None = None) -> Codec:
     """
     import torch
 
+    if not settings.device.startswith("cuda"):
+        # oneDNN caches up to 1,024 primitives keyed by shape, and every code count is a new shape: its
+        # small long-lived entries land between the batches' large buffers, and glibc's heap can then
+        # neither shrink nor reuse the holes (measured on the stream's batching of 20,000 segments:
+        # 4.0 GB peak RSS for 223 MB in use; without the cache 1.2 GB, codes identical, no cost where
+        # each batch is a new shape anyway). Read when oneDNN first builds a primitive: set before that.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise CodecUnavailable(f"codec device {settings.device!r} requested but CUDA is not available on this machine")
     if settings.weights == "pretrained":
