@@ -411,7 +411,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--weights", default="random-full", choices=["random-full", "random", "pretrained"])
     p.add_argument("--dtypes", "--dtype", default="float32", help="comma-separated: float32, tf32, bfloat16, float16")
-    p.add_argument("--gpu-suite", action="store_true", help="float32,tf32,bfloat16 on 2,000 segments (a GPU)")
+    p.add_argument("--gpu-suite", action="store_true", help="float32,tf32,bfloat16 on 2,000 segments (a GPU), then "
+                   "the host ceiling and the simulated-device overlap, all in one JSON line")
     p.add_argument("--batch-seconds", type=float, default=None, help="default: 60 on CPU, 600 on a GPU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
@@ -443,6 +444,10 @@ def main() -> None:
         result = memory_mode(args)
     else:
         result = codec_mode(args)
+        if args.gpu_suite:  # one command, one JSON line: the codec modes, the host ceiling, the overlap
+            args.repeats, args.segments, args.simulate_device = 1, 2000, 1000.0
+            result.update({k: v for k, v in null_codec_mode(args).items() if k.startswith(("host_", "old_host_"))})
+            result["pipeline_efficiency"] = simulate_device_mode(args)["pipeline_efficiency"]
     print(json.dumps(result))
 
 
