@@ -235,9 +235,10 @@ def default_batch_seconds(device: str) -> float:
     Measured activation memory of the float32 encode (16 w2v-BERT layers and the acoustic encoder,
     inference mode) is about ACTIVATION_BYTES_PER_AUDIO_SECOND at its peak; a batch may take a
     third of the device's memory, the weights (2.5 GB) and the allocator's slack the rest. On an
-    H200 (141 GB) that is about 1,400 s of audio per call, for an 80 GB H100 about 800 s. On the CPU, 60 s keeps a call's working set in cache. Batches hold clips of
-    one code count only (exact codes), so they reach this size only in channels with many clips
-    per code count (~400 per 20 ms step in a 300K-segment channel)."""
+    H200 (141 GB) that is about 1,400 s of audio per call, for an 80 GB H100 about 800 s. On the
+    CPU, 60 s keeps a call's working set in cache. Batches hold clips of one code count only (exact
+    codes), so they reach this size only in channels with many clips per code count (~400 per
+    20 ms step in a 300K-segment channel)."""
     if device.startswith("cuda"):
         import torch
 

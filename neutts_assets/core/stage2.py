@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from neutts_assets.core.audio import SAMPLE_RATE
-from neutts_assets.core.codec import batch_key, n_codes
+from neutts_assets.core.codec import batch_key, default_batch_seconds, n_codes
 from neutts_assets.core.lease import LeaseLost
 from neutts_assets.core.stage2_host import LEASE_GRACE_S, LEASE_POLL_S, Fetched, HostWorkers, Published
 from neutts_assets.core.stage2_store import EncodeItem
@@ -75,6 +75,7 @@ class EncodeTally:
     encode_seconds: float = 0.0  # wall time of the codec calls, as the device thread saw them
     device_idle_seconds: float = 0.0  # the device thread waiting for a prepared batch, after the first
     host_workers: int = 0
+    batch_seconds_limit: float = 0.0  # the audio cap per codec call the run used (configured, or sized for the device)
     bytes_downloaded: int = 0
     bytes_uploaded: int = 0
     peak_inflight_bytes: int = 0
@@ -99,28 +100,26 @@ class ByteBudget:
 
     def __init__(self, limit: int):
         self.limit, self.held, self.peak = limit, 0, 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+
+    def _admits(self, n: int) -> bool:
+        return not self.held or self.held + n <= self.limit
 
     def try_take(self, n: int) -> bool:
-        with self._cond:
-            if self.held and self.held + n > self.limit:
+        with self._lock:
+            if not self._admits(n):
                 return False
             self.held += n
             self.peak = max(self.peak, self.held)
             return True
 
     def fits(self, n: int) -> bool:
-        with self._cond:
-            return not self.held or self.held + n <= self.limit
+        with self._lock:
+            return self._admits(n)
 
     def release(self, n: int) -> None:
-        with self._cond:
+        with self._lock:
             self.held -= n
-            self._cond.notify_all()
-
-    def wait_for_room(self, n: int, timeout: float = 5.0) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: not self.held or self.held + n <= self.limit, timeout)
 
 
 def item_cost(item: EncodeItem) -> int:
@@ -149,8 +148,10 @@ class EncodeStream:
         # when the lease stops allowing writes (Lease.valid_until); without one, each good check allows LEASE_GRACE_S
         self.publish_deadline = publish_deadline or (lambda: time.time() + LEASE_GRACE_S)
         self.items = sorted(items, key=lambda i: (i.num_samples, i.audio_id))
-        self.batch_samples = (settings.batch_seconds or _default_batch_seconds(codec)) * SAMPLE_RATE
-        self.tally, self.budget = EncodeTally(host_workers=settings.host_workers), ByteBudget(settings.budget_bytes)
+        limit = settings.batch_seconds or default_batch_seconds(str(codec.device))
+        self.batch_samples = limit * SAMPLE_RATE
+        self.tally = EncodeTally(host_workers=settings.host_workers, batch_seconds_limit=limit)
+        self.budget = ByteBudget(settings.budget_bytes)
         self.inbox: queue.Queue = queue.Queue()
         self.device_q: queue.Queue = queue.Queue(maxsize=1)  # one prepared batch waits while one runs
         self.next_dispatch, self.next_worker = 0, 0  # next item to send, and to which worker
@@ -374,12 +375,6 @@ class EncodeStream:
             return
         if self.failure is None:
             self.workers.allow_publishing_until(self.publish_deadline())
-
-
-def _default_batch_seconds(codec) -> float:
-    from neutts_assets.core.codec import default_batch_seconds
-
-    return default_batch_seconds(str(getattr(codec, "device", "cpu")))
 
 
 def encode_stream(

@@ -3,7 +3,7 @@ import statistics
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
-from neutts_assets.core.codec import MIN_SAMPLES, RANDOM_LABEL, Codec, CodecUnavailable, default_batch_seconds
+from neutts_assets.core.codec import MIN_SAMPLES, RANDOM_LABEL, Codec, CodecUnavailable
 from neutts_assets.core.lease import Lease
 from neutts_assets.core.progress import Progress
 from neutts_assets.core.segment_store import channel_prefix
@@ -135,7 +135,7 @@ def _metadata(label: str, codec: NeuCodecResource, model: Codec | None, plan: En
         "batch_segments_mean": round(statistics.fmean(sizes), 2),
         "batch_segments_max": max(sizes),
         "batch_audio_seconds_mean": round(statistics.fmean(tally.batch_seconds), 1) if tally.batch_seconds else 0.0,
-        "batch_audio_seconds_limit": settings_batch_seconds(codec, model),
+        "batch_audio_seconds_limit": tally.batch_seconds_limit,
         "host_workers": tally.host_workers,
         # host seconds per step, summed over the workers' threads: they overlap each other and the device
         "host_seconds_per_step": MetadataValue.json({
@@ -154,9 +154,3 @@ def _metadata(label: str, codec: NeuCodecResource, model: Codec | None, plan: En
         "bytes_uploaded": tally.bytes_uploaded,
         "peak_inflight_mb": round(tally.peak_inflight_bytes / 1e6, 1),
     }
-
-
-def settings_batch_seconds(codec: NeuCodecResource, model: Codec | None) -> float:
-    if codec.batch_seconds:
-        return codec.batch_seconds
-    return default_batch_seconds(str(model.device)) if model is not None else 0.0
