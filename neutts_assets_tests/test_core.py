@@ -131,26 +131,6 @@ def test_video_without_audio_stream(tmp_path):
 
 # segment file --------------------------------------------------------------------------------
 
-def test_segment_file_round_trip_and_the_readme_one_liner(tmp_path):
-    pcm = (np.sin(np.arange(16000 * 2) / 7) * 20000).astype(np.int16)
-    seg = Segment(audio_id="r_seg_3", channel="Atheer_-", text="نص عربي", speaker_id="S", gender="female", dialect="gulf",
-                  tone="neutral", pcm16=pcm, source_key="Atheer - أثير/audio/r.mp3", start_ms=1000, end_ms=3000)
-    path = tmp_path / "r_seg_3.npz"
-    path.write_bytes(encode_segment(seg))
-
-    back = read_segment(path)
-    assert np.array_equal(back.pcm16, pcm) and back.text == "نص عربي" and back.codes.dtype == np.int32 and back.codes.size == 0
-    # README: the float waveform in one line, with numpy and soundfile only
-    audio, sr = sf.read(io.BytesIO(np.load(path)["audio"].tobytes()), dtype="float32")
-    assert sr == 16000 and np.allclose(audio, pcm / 32768.0)
-    with np.load(path, allow_pickle=False) as npz:
-        assert math.isclose(float(npz["duration_sec"]), 2.0) and str(npz["audio_id"]) == "r_seg_3"
-    # smaller than the old float32 savez_compressed
-    old = io.BytesIO()
-    np.savez_compressed(old, audio=pcm / 32768.0, codes=np.array([]), text="نص عربي")
-    assert path.stat().st_size < 0.8 * len(old.getvalue())
-
-
 def test_reads_the_old_float_segment_files(tmp_path):
     wave = (np.arange(1600, dtype=np.float32) / 1600 - 0.5)
     path = tmp_path / "old.npz"

@@ -1,8 +1,9 @@
 """One dataset row per segment file, with exactly the columns and features the users' training
 scripts read (seed/SOURCE_LAYOUT.md), and the per-channel figures the dataset card states.
 
-The row's audio is the segment file's FLAC bytes as they are: `Audio(sampling_rate=16000)`
-decodes them to the 16 kHz waveform, and nothing is decoded or re-encoded while building.
+The row's audio is FLAC bytes, which `Audio(sampling_rate=16000)` decodes to the 16 kHz waveform:
+a file of the FLAC option gives its FLAC bytes as they are; the default float32 files (and the old
+scripts' float files) are encoded to FLAC once, here (~5,000x realtime per core).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import io
 import math
 import re
 import struct
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
 from neutts_assets.core.audio import SAMPLE_RATE
-from neutts_assets.core.segment_file import STRING_KEYS, flac_bytes, read_segment
+from neutts_assets.core.npz_zip import member_bytes, raw_members
+from neutts_assets.core.segment_file import STRING_KEYS, flac_bytes, read_audio
 
 
 def dataset_features():
@@ -61,14 +63,14 @@ class _Npz:
     """The members of an .npz, like numpy.load's NpzFile. numpy parses every member's header with
     ast.literal_eval, a third of the CPU of building a row; the headers numpy writes for plain
     arrays have one fixed form, read here with a regex. Anything else goes to numpy's own reader.
-    zipfile still checks every member's CRC."""
+    Every member read is checked against its CRC (npz_zip.member_bytes)."""
 
     def __init__(self, data: bytes):
-        self._zip = zipfile.ZipFile(io.BytesIO(data))
-        self.files = [n[:-4] for n in self._zip.namelist() if n.endswith(".npy")]
+        self._members = raw_members(data)
+        self.files = [n[:-4] for n in self._members if n.endswith(".npy")]
 
     def __getitem__(self, key: str) -> np.ndarray:
-        raw = self._zip.read(key + ".npy")
+        raw = member_bytes(self._members[key + ".npy"])
         if raw[:6] != b"\x93NUMPY" or raw[6] not in (1, 2, 3):
             raise ValueError(f"member {key!r} is not a .npy array")
         start = 10 if raw[6] == 1 else 12
@@ -82,27 +84,30 @@ class _Npz:
 
 
 def read_row(data: bytes) -> Row:
-    """A segment file's row. Our files hold FLAC already; the old float-array files are encoded once."""
+    """A segment file's row: FLAC bytes as they are when the file holds FLAC, else encoded once."""
     try:
         npz = _Npz(data)
         files = set(npz.files)
-        missing = {"audio", *STRING_KEYS} - files
-        if missing:
-            raise BadSegment(f"not a segment file: missing {', '.join(sorted(missing))}")
+        missing = {*STRING_KEYS} - files
+        if missing or not files & {"audio", "audio_flac"}:
+            raise BadSegment(f"not a segment file: missing {', '.join(sorted(missing) or ['audio'])}")
         strings = {key: str(npz[key][()]) for key in STRING_KEYS}
         codes = np.asarray(npz["codes"]).astype(np.int32).ravel() if "codes" in files else np.zeros(0, np.int32)
         codec = str(npz["codec"][()]) if "codec" in files else ""
-        flac, num_samples = None, None
-        if "audio_format" in files and str(npz["audio_format"][()]) == "flac":
+        audio_format = str(npz["audio_format"][()]) if "audio_format" in files else ""
+        num_samples = int(npz["num_samples"]) if "num_samples" in files else None
+        if "audio_flac" in files:  # format 2, FLAC option
+            flac = npz["audio_flac"].tobytes()
+        elif audio_format == "flac":  # format 1: FLAC under `audio`
             flac = npz["audio"].tobytes()
-            num_samples = int(npz["num_samples"]) if "num_samples" in files else None
-        if flac is None or num_samples is None:  # the old float waveform (or an incomplete header): decode once
-            pcm16 = read_segment(data).pcm16
-            flac = flac if flac is not None else flac_bytes(pcm16)
-            num_samples = len(pcm16)
+        else:  # a float waveform (ours, or the old scripts'): encoded once
+            pcm16 = read_audio(data)
+            flac, num_samples = flac_bytes(pcm16), len(pcm16)
+        if num_samples is None:  # an incomplete header: decode to count
+            num_samples = len(read_audio(data))
     except BadSegment:
         raise
-    except Exception as exc:  # zipfile, numpy and decoding errors: the object is unusable
+    except Exception as exc:  # zip, numpy and decoding errors: the object is unusable
         raise BadSegment(f"unreadable segment file: {type(exc).__name__}: {exc}") from None
     return Row(flac, codes, strings, num_samples / SAMPLE_RATE, codec)
 
@@ -183,6 +188,24 @@ class ChannelStats:
         return cls(rows=d["rows"], seconds=d["seconds"], speakers={tuple(s) for s in d["speakers"]},
                    gender=Counter(d["gender"]), dialect=Counter(d["dialect"]), tone=Counter(d["tone"]),
                    durations=Counter(d["durations"]), codecs=Counter(d["codecs"]), rows_with_codes=d["rows_with_codes"])
+
+    def merge(self, other: "ChannelStats") -> "ChannelStats":
+        """Adds another part's figures to these (a channel's are the merge of its shards'); returns self."""
+        self.rows += other.rows
+        self.seconds += other.seconds
+        self.speakers |= other.speakers
+        for name in ("gender", "dialect", "tone", "durations", "codecs"):
+            getattr(self, name).update(getattr(other, name))
+        self.rows_with_codes += other.rows_with_codes
+        return self
+
+    @classmethod
+    def merged(cls, states: "Iterable[dict]") -> "ChannelStats":
+        """The figures of several parts, each given as its `to_state`, in the order given."""
+        total = cls()
+        for state in states:
+            total.merge(cls.from_state(state))
+        return total
 
     def to_dict(self) -> dict:
         return {

@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 
 from neutts_assets.core.lease import LeaseLost
-from neutts_assets.core.segment_file import read_audio, same_audio_and_text, with_codes
+from neutts_assets.core.segment_file import read_audio, same_audio_and_text, same_members_but_codes, with_codes
 from neutts_assets.core.stage2_store import EncodeItem
 from neutts_assets.storage.store import ObjectStore, may_pass
 
@@ -169,8 +169,11 @@ class _Worker:
         try:
             with np.load(io.BytesIO(existing), allow_pickle=False) as npz:
                 label = str(npz["codec"][()]) if "codec" in npz.files else ""
-                n = len(npz["codes"]) if "codes" in npz.files else -1
-            same = label == self.label and n == item.num_samples // 320 and same_audio_and_text(existing, source)
+                codes = np.asarray(npz["codes"]) if "codes" in npz.files else np.zeros(0, np.int32)
+            same = label == self.label and len(codes) == item.num_samples // 320 and same_audio_and_text(existing, source)
+            # Same samples in another file format (a stage-1 file re-cut into the current format):
+            # the file is rewritten around the codes it has, which costs no encoding.
+            rewrite = same and not same_members_but_codes(existing, source)
         except Exception:  # unreadable: encode again, which rewrites it
             return False
         if not same:
@@ -179,6 +182,9 @@ class _Worker:
         for stale in item.stale_markers:  # they vouch for other codes than the file holds
             self.lease_ok()
             self.store.delete(stale)
+        if rewrite:
+            self.lease_ok()
+            self.store.write_bytes(item.target_key, with_codes(source, codes, self.label))
         self.lease_ok()
         self.store.write_bytes(item.marker_key, b"")
         got.kept, got.write_s = True, time.perf_counter() - t0
