@@ -44,7 +44,7 @@ from neutts_assets.core.audio import SAMPLE_RATE, decode_pcm16  # noqa: E402
 from neutts_assets.core.codec import (  # noqa: E402
     MIN_SAMPLES, Codec, CodecSettings, _load_pretrained, batch_key, build_random_neucodec, codec_label, pad_batch,
 )
-from neutts_assets.core.segment_file import Segment, encode_segment, read_segment  # noqa: E402
+from neutts_assets.core.segment_file import DEFAULT_AUDIO_FORMAT, FORMAT_VERSION, Segment, encode_segment, read_segment  # noqa: E402
 from neutts_assets.core.simulated_codec import SimulatedCodec  # noqa: E402
 from neutts_assets.core.stage2 import StreamSettings, encode_stream  # noqa: E402
 from neutts_assets.core.stage2_store import Stage2Layout, plan_encoding  # noqa: E402
@@ -88,10 +88,10 @@ def cpu_seconds() -> float:
 
 # --- stream modes -------------------------------------------------------------------------------
 
-def stage1_store(n: int, seed: int) -> tuple[LocalStore, dict, dict]:
-    """N stage-1 segment files (as segments_npz writes them) in a cached local folder, their manifest
-    and their listing."""
-    root = Path(os.environ.get("NEUTTS_BENCH_CACHE") or CACHE) / f"encode_stage1_{n}_{seed}"
+def stage1_store(n: int, seed: int, audio_format: str = DEFAULT_AUDIO_FORMAT) -> tuple[LocalStore, dict, dict]:
+    """N stage-1 segment files (as segments_npz writes them, in `audio_format`) in a cached local
+    folder, their manifest and their listing."""
+    root = Path(os.environ.get("NEUTTS_BENCH_CACHE") or CACHE) / f"encode_stage1_{n}_{seed}_v{FORMAT_VERSION}_{audio_format}"
     store = LocalStore(root)
     manifest_path = root / "manifest.json"
     if not manifest_path.exists():
@@ -101,7 +101,7 @@ def stage1_store(n: int, seed: int) -> tuple[LocalStore, dict, dict]:
         for i, clip in enumerate(corpus(n, seed)):
             audio_id = f"rec{i // 50:04d}_seg_{i % 50}"
             key = f"stage1/bench/{audio_id}.npz"
-            store.write_bytes(key, encode_segment(Segment(audio_id, "bench", f"text {i}", "SPEAKER_00", "", "", "", clip)))
+            store.write_bytes(key, encode_segment(Segment(audio_id, "bench", f"text {i}", "SPEAKER_00", "", "", "", clip), audio_format))
             segments.append({"key": key, "audio_id": audio_id, "duration_sec": len(clip) / SAMPLE_RATE})
         manifest_path.write_text(json.dumps({"channel": "bench", "recordings": [{"recording_id": "rec", "segments": segments}]}))
     manifest = json.loads(manifest_path.read_text())
@@ -126,7 +126,7 @@ def run_stream(store, manifest, sources, codec, workers: int, io_threads: int = 
 
 def run_old_stream(store, manifest, sources) -> dict:
     """The previous encoded_segments host side: 8 download threads (read_segment, the numpy extractor's
-    features) and 8 upload threads (encode_segment, which compresses the FLAC again, write, marker) in
+    features) and 8 upload threads (encode_segment, which compresses the audio again, write, marker) in
     one process; a codec that costs nothing."""
     from transformers import SeamlessM4TFeatureExtractor
     import torch
@@ -162,14 +162,18 @@ def null_codec_mode(args) -> dict:
     audio = sum(s["duration_sec"] for r in manifest["recordings"] for s in r["segments"])
     print(f"{len(sources)} stage-1 segments, {audio:.0f} s of audio, in {store.root}; {os.cpu_count()} cores; "
           f"{args.io_threads} io thread(s) per worker", flush=True)
-    runs: dict[str, list] = {"old": [], "1": [], "2": []}
+    # The same clips as FLAC-option files: the host ceiling of each segment-file format, side by side.
+    flac_store, flac_manifest, flac_sources = stage1_store(args.segments or 2000, args.seed, "flac")
+    warm_page_cache(flac_store, flac_sources)
+    runs: dict[str, list] = {"old": [], "1": [], "2": [], "2-flac": []}
     for rep in range(args.repeats):  # interleaved, so a shared machine's load falls on all alike
         runs["old"].append(run_old_stream(store, manifest, sources))
         for w in ("1", "2") if rep % 2 == 0 else ("2", "1"):
             runs[w].append(run_stream(store, manifest, sources, SimulatedCodec(None), int(w), args.io_threads))
+        runs["2-flac"].append(run_stream(flac_store, flac_manifest, flac_sources, SimulatedCodec(None), 2, args.io_threads))
     best = {k: max(v, key=lambda r: r["audio_s"] / r["wall"]) for k, v in runs.items()}
     for k, r in best.items():
-        name = "old stream (threads)" if k == "old" else f"ours, {k} worker(s)"
+        name = {"old": "old stream (threads)", "2-flac": "ours, 2, flac files"}.get(k, f"ours, {k} worker(s)")
         print(f"{name:22s} {r['audio_s'] / r['wall']:8.0f} audio-s/s wall  {r['audio_s'] / r['cpu']:8.0f} audio-s per CPU-s "
               f"(wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s)")
     one, two, old = best["1"], best["2"], best["old"]
@@ -183,6 +187,8 @@ def null_codec_mode(args) -> dict:
         "host_scaling_2_workers": round((two["audio_s"] / two["wall"]) / (one["audio_s"] / one["wall"]), 3),
         "host_audio_seconds_per_second_1_worker": round(one["audio_s"] / one["wall"], 1),
         "host_audio_seconds_per_second_2_workers": round(two["audio_s"] / two["wall"], 1),
+        "segment_format": DEFAULT_AUDIO_FORMAT,
+        "host_audio_seconds_per_cpu_second_flac_files_2_workers": round(best["2-flac"]["audio_s"] / best["2-flac"]["cpu"], 1),
         "old_host_audio_seconds_per_cpu_second": round(old["audio_s"] / old["cpu"], 1),
         "old_host_audio_seconds_per_second": round(old["audio_s"] / old["wall"], 1),
         "host_cpu_speedup_vs_old": round((old["cpu"] / old["audio_s"]) / (min(one["cpu"] / one["audio_s"], two["cpu"] / two["audio_s"])), 2),

@@ -12,17 +12,23 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from neutts_assets.core.transcripts import TranscriptSegment
+from neutts_assets.core.segment_file import DEFAULT_AUDIO_FORMAT, check_audio_format
+from neutts_assets.core.transcripts import TranscriptSegment, invisible_codes, is_visibly_empty
 
 
 @dataclass(frozen=True)
 class CutRules:
-    """The old tool's defaults: skip empty text and segments under 0.3 s. Part of every
-    recording's fingerprint, so changing a rule re-cuts the channel."""
+    """The old tool's defaults: skip empty text and segments under 0.3 s; and the segment files'
+    audio format. Part of every recording's fingerprint, so changing a rule re-cuts the channel."""
 
     min_duration_s: float = 0.3
     max_duration_s: float | None = None
     skip_empty_text: bool = True
+    # How each cut is written (segment_file.AUDIO_FORMATS): a change re-cuts, like a rule's.
+    audio_format: str = DEFAULT_AUDIO_FORMAT
+
+    def __post_init__(self):
+        check_audio_format(self.audio_format)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -96,8 +102,9 @@ class StreamCutter:
                 self.skips.append(Skip(seg.index, "reversed times", f"start_ms {seg.start_ms:g} > end_ms {seg.end_ms:g}"))
             elif seg.start_ms < 0:
                 self.skips.append(Skip(seg.index, "negative start", f"start_ms {seg.start_ms:g}"))
-            elif rules.skip_empty_text and not seg.text:
-                self.skips.append(Skip(seg.index, "empty text"))
+            elif rules.skip_empty_text and is_visibly_empty(seg.text):
+                # Only invisible characters (zero-width, direction marks...) is empty text too.
+                self.skips.append(Skip(seg.index, "empty text", f"only invisible characters: {invisible_codes(seg.text)}" if seg.text else ""))
             else:
                 start, end = ms_to_sample(seg.start_ms, sample_rate), ms_to_sample(seg.end_ms, sample_rate)
                 length = (end - start) / sample_rate

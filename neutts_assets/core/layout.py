@@ -5,6 +5,7 @@ is checked here.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from neutts_assets.storage.store import TEMP_MARK
@@ -41,6 +42,34 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+# A channel name is also a Dagster partition key, a folder in the store, part of glob patterns, a
+# config name in the dataset card's YAML and a heading in its Markdown: besides check_name's rules it
+# may not hold characters special to any of them. Letters of any script, digits, spaces inside the
+# name, '-', '_' and '.' (not '..', not leading) are fine: "Atheer_-", "ZadTVchannel", "قناة الجزيرة".
+CHANNEL_SPECIAL_CHARACTERS = "[]*?{},!#|:\"'\\`<>"
+
+
+def check_channel_name(name: str) -> str:
+    """`name` if it can be a channel; raises UnsafeNameError naming the name and the reason.
+    Audio folders and recording IDs keep the looser check_name."""
+    check_name(name, "channel")
+    if name != name.strip():
+        raise UnsafeNameError(f"channel {name!r} starts or ends with a space")
+    if ".." in name or name.startswith("."):
+        raise UnsafeNameError(f"channel {name!r} contains '..' or starts with '.'")
+    special = sorted({c for c in name if c in CHANNEL_SPECIAL_CHARACTERS}, key=name.index)
+    if special:
+        raise UnsafeNameError(
+            f"channel {name!r} contains {' '.join(repr(c) for c in special)}: characters special to globs, paths or "
+            f"the dataset card are not allowed in channel names ({' '.join(CHANNEL_SPECIAL_CHARACTERS)})")
+    hidden = [c for c in name if (c.isspace() and c != " ") or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")]
+    if hidden:
+        codes = ", ".join(sorted({f"U+{ord(c):04X}" for c in hidden}))
+        raise UnsafeNameError(f"channel {name!r} contains invisible, control or unassigned characters ({codes}); "
+                              "only plain spaces may separate words")
+    return name
+
+
 @dataclass(frozen=True)
 class ChannelLayout:
     channel: str
@@ -48,7 +77,7 @@ class ChannelLayout:
 
     @classmethod
     def for_channel(cls, channel: str, mapping: dict[str, str] | None = None) -> "ChannelLayout":
-        check_name(channel, "channel")
+        check_channel_name(channel)
         folder = (mapping or {}).get(channel, channel)
         return cls(channel=channel, audio_folder=check_name(folder, "audio folder"))
 

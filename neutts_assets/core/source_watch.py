@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping
 
-from neutts_assets.core.layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX, UnsafeNameError, check_name
+from neutts_assets.core.layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX, UnsafeNameError, check_channel_name, check_name
 from neutts_assets.storage.store import ObjectInfo
 
 # GCS listings are strongly consistent, so an object is listable as soon as its `updated` time is
@@ -133,7 +133,7 @@ class WatchReport:
     def describe(self) -> str:
         lines = [f"listed {self.listed} objects; {sum(len(c.transcripts) + len(c.audio) for c in self.changes)} new or changed in {len(self.changes)} channel(s)"]
         lines += [c.summary() for c in self.changes]
-        lines += [f"channel {name!r} rejected: {why}" for name, why in sorted(self.rejected_channels.items())]
+        lines += [f"channel {name!r} skipped (no partition, no run): {why}" for name, why in sorted(self.rejected_channels.items())]
         if self.ignored:
             lines.append(f"{self.ignored} new object(s) outside the watched channels' folders ignored")
         return "\n".join(lines)
@@ -158,7 +158,7 @@ def changed_channels(
     by_folder: dict[str, list[str]] = {}
     for channel in sorted(set(channels)):
         try:
-            check_name(channel, "channel")
+            check_channel_name(channel)  # a refused channel gets no partition and no run; the others go on
             folder = check_name(mapping.get(channel, channel), "audio folder")
         except UnsafeNameError as exc:
             rejected[channel] = str(exc)

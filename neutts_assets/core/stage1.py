@@ -136,9 +136,9 @@ def cut_recording(
             with PcmStream(local, name=entry.audio_key) as stream:
                 for block in stream.blocks():
                     for cut, pcm in cutter.feed(block):
-                        _write_cut(cut, pcm, entry, channel, sink, index, notes)
+                        _write_cut(cut, pcm, entry, channel, sink, index, notes, rules.audio_format)
                 for cut, pcm in cutter.finish():
-                    _write_cut(cut, pcm, entry, channel, sink, index, notes)
+                    _write_cut(cut, pcm, entry, channel, sink, index, notes, rules.audio_format)
         except AudioDecodeError as exc:
             return failed(entry.audio_key, str(exc), sink.in_store())
         sink.commit()
@@ -171,7 +171,7 @@ def cut_recording(
 
 
 def _write_cut(cut: Cut, pcm, entry: InventoryEntry, channel: str, sink: "_SegmentSink", index: RecordingIndex,
-               notes: list[tuple[int, NoteEntry]]) -> None:
+               notes: list[tuple[int, NoteEntry]], audio_format: str) -> None:
     seg = cut.segment
     sid = segment_id(entry.recording_id, seg.index)
     notes += [(seg.index, NoteEntry(sid, note)) for note in seg.notes]
@@ -182,7 +182,7 @@ def _write_cut(cut: Cut, pcm, entry: InventoryEntry, channel: str, sink: "_Segme
         audio_id=sid, channel=channel, text=seg.text, speaker_id=seg.speaker_id, gender=seg.gender,
         dialect=seg.dialect, tone=seg.tone, pcm16=pcm,
         source_key=entry.audio_key, start_ms=seg.start_ms, end_ms=seg.end_ms,
-    ))
+    ), audio_format)
     key = segment_key(channel, sid)
     sink.write(key, data)
     index.segments.append(SegmentEntry(key, sid, seg.index, cut.num_samples / SAMPLE_RATE, len(data), seg.speaker_id, cut.clipped))

@@ -13,13 +13,34 @@ Decisions on odd but readable input:
   naming the one it repeats; segments that merely overlap are kept (crosstalk, or two speakers
   labelled over the same span), each cut with all of its samples;
 - text is kept as written (any script, right-to-left marks, diacritics: no normalisation), less
-  surrounding whitespace; NUL characters are removed and lone surrogates replaced, each noted.
+  surrounding whitespace; NUL characters are removed and lone surrogates replaced, each noted;
+- text that is empty once invisible characters are left out (`is_visibly_empty`: zero-width
+  spaces and joiners, direction marks, bidi embeddings / overrides / isolates, word joiner, BOM,
+  soft hyphen, Hangul fillers, variation selectors, any other format (Cf) or control character,
+  any whitespace) counts as empty text and is skipped as such (core/cutting.py); text with at least
+  one visible character keeps every invisible one as written (RTL marks matter in Arabic).
+
+Labels (speaker_id, gender, dialect, tone) are strings in the files and the dataset, so a label
+that is not a JSON string follows one rule, never Python's repr (`_label`):
+- missing, null, or a string that is visibly empty (see above): the default (DEFAULT_LABELS);
+- a string: as written (less surrounding whitespace; NUL / lone surrogates as for text). Numeric
+  strings are not rewritten: "42" stays "42" and "42.0" stays "42.0", so the string "42.0" and the
+  number 42 are different speakers; write numbers or consistent strings;
+- an integer: its decimal digits (42 -> "42", -3 -> "-3");
+- a float that is finite, integral and at most 2**53 in size (exact): the integer's digits, so the
+  numbers 42 and 42.0 are one speaker, "42";
+- anything else refuses the segment (a SegmentProblem of kind "bad label" naming the field and
+  the value): a boolean (true is not a speaker), a non-integral float (42.5), a non-finite or
+  inexact one, a list or an object. Guessing a spelling for those would merge or split speakers.
+Every number that was written as a string is noted on the segment ("speaker_id: number 42.0
+written as '42'"); the notes end up in segments_npz's `input_notes` metadata.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 
 # The old tool's defaults for missing labels; training scripts group and filter on these strings.
@@ -94,11 +115,74 @@ def _clean(text: str, field: str = "text", notes: list[str] | None = None) -> st
     return fixed.strip()
 
 
+# Characters that show nothing on their own, named so the rule does not hang on one Unicode
+# version's categories: zero-width space / non-joiner / joiner, LRM / RLM, the Arabic letter mark,
+# bidi embeddings and overrides (U+202A-E) and isolates (U+2066-9), word joiner, BOM (ZWNBSP),
+# soft hyphen, combining grapheme joiner, Mongolian vowel separator, the Hangul fillers, and the
+# variation selectors. Any other format (Cf) or control (Cc) character and any whitespace counts too.
+INVISIBLE_CHARACTERS = frozenset(
+    "\u200b\u200c\u200d\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    "\u2060\ufeff\u00ad\u034f\u180e\u115f\u1160\u3164\uffa0"
+) | frozenset(map(chr, range(0xFE00, 0xFE10))) | frozenset(map(chr, range(0xE0100, 0xE01F0)))
+_INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
+def _invisible(c: str) -> bool:
+    return c in INVISIBLE_CHARACTERS or c.isspace() or unicodedata.category(c) in _INVISIBLE_CATEGORIES
+
+
+def is_visibly_empty(text: str) -> bool:
+    """True when `text` shows nothing: it is empty, or every character is invisible (above).
+    Pure; such text is skipped as empty text, other text is kept with its invisible characters."""
+    return all(_invisible(c) for c in text)
+
+
+def invisible_codes(text: str, limit: int = 5) -> str:
+    """'U+200B, U+200F' for the distinct characters of `text`, for skip details."""
+    codes = sorted({f"U+{ord(c):04X}" for c in text})
+    return ", ".join(codes[:limit]) + (", ..." if len(codes) > limit else "")
+
+
+class LabelError(ValueError):
+    """A label value that has no single string spelling; the message names the field and the value."""
+
+
+# Floats at most this large are exact integers; past it 2**53 + 1 reads as 2**53.
+_EXACT_FLOAT = 2.0 ** 53
+
+
 def _label(raw: dict, field: str, notes: list[str] | None = None) -> str:
+    """The label as its string (the rule in the module docstring). Raises LabelError."""
     value = raw.get(field)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None:
         return DEFAULT_LABELS[field]
-    return _clean(str(value), field, notes) or DEFAULT_LABELS[field]
+    if isinstance(value, str):
+        text = _clean(value, field, notes)
+        if is_visibly_empty(text):
+            if text and notes is not None:
+                notes.append(f"{field}: only invisible characters ({invisible_codes(text)}), "
+                             f"written as the default {DEFAULT_LABELS[field]!r}")
+            return DEFAULT_LABELS[field]
+        return text
+    # bool is an int in Python: checked first. True is no speaker's name, nor 1.
+    if isinstance(value, bool):
+        raise LabelError(f"{field} is a boolean ({_short(value)}), not a label: write it as a string")
+    if isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise LabelError(f"{field} is a number that is not finite ({_short(value)}), not a label")
+        if value != int(value):
+            raise LabelError(f"{field} is a number with a fraction ({_short(value)}): write it as a string")
+        if abs(value) > _EXACT_FLOAT:
+            raise LabelError(f"{field} is a number too large to be exact ({_short(value)}): write it as a string")
+        text = str(int(value))
+    else:
+        raise LabelError(f"{field} is a {'list' if isinstance(value, list) else 'JSON object' if isinstance(value, dict) else type(value).__name__} "
+                         f"({_short(value)}), not a label")
+    if notes is not None:
+        notes.append(f"{field}: number {_short(value)} written as {text!r}")
+    return text
 
 
 def _times_in_seconds(segments: list[TranscriptSegment]) -> str:
@@ -166,6 +250,12 @@ def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], l
             continue
         notes: list[str] = []
         text = _clean(text, "text", notes)
+        try:
+            # Before the duplicate check: a refused segment is no original for a later good copy.
+            labels = {f: _label(raw, f, notes) for f in DEFAULT_LABELS}
+        except LabelError as exc:
+            problems.append(SegmentProblem(index, str(exc), "bad label"))
+            continue
         first = seen.setdefault((start, end, text), index)
         if first != index:
             problems.append(SegmentProblem(index, f"same times and text as segment {first}", "duplicate segment"))
@@ -176,10 +266,7 @@ def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], l
                 start_ms=start,
                 end_ms=end,
                 text=text,
-                speaker_id=_label(raw, "speaker_id", notes),
-                gender=_label(raw, "gender", notes),
-                dialect=_label(raw, "dialect", notes),
-                tone=_label(raw, "tone", notes),
+                **labels,
                 notes=tuple(notes),
             )
         )

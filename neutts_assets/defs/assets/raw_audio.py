@@ -1,8 +1,9 @@
 from collections import Counter
 
-from dagster import AssetExecutionContext, DataVersion, Output, asset
+from dagster import AssetExecutionContext, DataVersion, Failure, Output, asset
 
 from neutts_assets.core.inventory import build_inventory
+from neutts_assets.core.layout import UnsafeNameError
 from neutts_assets.defs.metadata import md_table, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
@@ -19,7 +20,10 @@ from neutts_assets.defs.resources import ChannelSettings, SourceBucket
 )
 def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_settings: ChannelSettings) -> Output[dict]:
     channel = context.partition_key
-    layout = channel_settings.layout(channel)
+    try:  # a partition added around `add-channel` (the UI) with a name the dataset cannot carry
+        layout = channel_settings.layout(channel)
+    except UnsafeNameError as exc:
+        raise Failure(description=f"channel {channel!r} refused: {exc}") from exc
     bucket = source.open()
 
     transcripts = list(bucket.list(layout.transcripts_prefix))

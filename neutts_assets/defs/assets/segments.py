@@ -1,12 +1,14 @@
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 from dagster import AssetExecutionContext, Config, DataVersion, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
 from neutts_assets.core.cutting import CutRules
+from neutts_assets.core.segment_file import DEFAULT_AUDIO_FORMAT
 from neutts_assets.core.inventory import Inventory
+from neutts_assets.core.layout import UnsafeNameError, check_channel_name
 from neutts_assets.core.lease import LeaseLost
 from neutts_assets.core.progress import Progress
 from neutts_assets.core.segment_store import channel_prefix, keys_by_recording, load_indexes
@@ -22,6 +24,10 @@ class SegmentsConfig(Config):
     min_duration_s: float = Field(default=0.3, description="skip segments shorter than this (old default 0.3 s)")
     max_duration_s: Optional[float] = Field(default=None, description="skip segments longer than this; off by default")
     skip_empty_text: bool = Field(default=True, description="skip segments whose text is empty (old default)")
+    audio_format: Literal["float32", "flac"] = Field(
+        default=DEFAULT_AUDIO_FORMAT,
+        description="float32: `audio` is the waveform, as the old scripts read it; flac: half the size, under "
+        "`audio_flac`, no `audio` key (old readers fail loudly). A change re-cuts the channel.")
     workers: int = Field(default=4, description="recordings downloaded, decoded and written at once")
     force: bool = Field(default=False, description="re-cut every recording, even unchanged ones")
 
@@ -38,6 +44,14 @@ class SegmentsConfig(Config):
 def segments_npz(
     context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore
 ) -> Output[dict]:
+    # A partition added some other way than add-channel or the sensor (the UI) is checked before
+    # anything, the lease included, is written under its name.
+    try:
+        check_channel_name(context.partition_key)
+    except UnsafeNameError as exc:
+        raise Failure(description=f"channel {context.partition_key!r} cannot be processed: {exc}; "
+                      "delete this partition and add the channel under a name without those characters",
+                      metadata={"channel": repr(context.partition_key), "reason": str(exc)}) from None
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
     with channel_lease(context, store, "segments_npz") as lease:
         return _cut_channel(context, config, raw_audio, source, store, lease.check)
@@ -49,7 +63,7 @@ def _cut_channel(
 ) -> Output[dict]:
     channel = context.partition_key
     inventory = Inventory.from_dict(raw_audio)
-    rules = CutRules(config.min_duration_s, config.max_duration_s, config.skip_empty_text)
+    rules = CutRules(config.min_duration_s, config.max_duration_s, config.skip_empty_text, config.audio_format)
     src, dst = source.open(), store.open()
 
     orphans = dst.remove_orphan_temporaries()

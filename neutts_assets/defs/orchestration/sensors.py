@@ -80,6 +80,8 @@ def new_audio_sensor(
     known = context.instance.get_dynamic_partitions(channels_partitions.name)
     report = changed_channels(fresh, found, known, channel_settings.channel_mapping, listed=len(listed))
     context.log.info(report.describe())
+    for name, why in sorted(report.rejected_channels.items()):
+        context.log.warning(f"channel {name!r} in the source bucket is skipped (no partition, no run): {why}")
 
     new_channels = [c.channel for c in report.changes if c.is_new_channel]
     tags = dict(stage1_job.tags)  # the job's machine tags, computed once where the job is defined
