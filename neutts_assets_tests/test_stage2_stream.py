@@ -108,6 +108,43 @@ def test_files_left_without_marker_are_kept_by_the_workers(tmp_path):
     assert len(tally.kept) == len(todo) - 1 and len(list(store.list(layout.marker_prefix))) == 12
 
 
+def test_a_stage1_recut_into_another_format_keeps_the_codes_and_rewrites_the_stage2_file(tmp_path):
+    """Stage 1 re-cut into the current file format (same samples, new objects): stage 2 encodes
+    nothing again; each stage-2 file is rewritten around the codes it holds, so no file of the old
+    format (FLAC where old readers expect the waveform) is left under stage2_with_codes/."""
+    store = LocalStore(tmp_path)
+    manifest = stage1(store, 9)
+    segs = {s["key"]: read_segment(store.read_bytes(s["key"])) for r in manifest["recordings"] for s in r["segments"]}
+    for key, seg in segs.items():  # the same segments in the FLAC option's format first
+        store.write_bytes(key, encode_segment(seg, "flac"))
+
+    class Counting(SimulatedCodec):
+        calls = 0
+
+        def encode_batch(self, *a, **k):
+            Counting.calls += 1
+            return super().encode_batch(*a, **k)
+
+    codec = Counting(None)
+    encode_stream(plan_for(store, manifest, codec), codec, store, StreamSettings(host_workers=2))
+    encoded_calls = Counting.calls
+    assert encoded_calls > 0
+    layout = Stage2Layout(CHANNEL)
+    before = {k: read_segment(store.read_bytes(layout.segment_key(seg.audio_id))).codes for k, seg in segs.items()}
+    for key, seg in segs.items():  # the re-cut: float32 files, new versions
+        store.write_bytes(key, encode_segment(seg))
+    todo = plan_for(store, manifest, codec)
+    assert len(todo) == 9 and all(i.unverified for i in todo)
+    tally = encode_stream(todo, codec, store, StreamSettings(host_workers=2))
+    assert Counting.calls == encoded_calls and len(tally.kept) == 9 and not tally.encoded  # nothing encoded again
+    for key, seg in segs.items():
+        target = store.read_bytes(layout.segment_key(seg.audio_id))
+        with np.load(io.BytesIO(target)) as npz:  # the old reader's view: the waveform, and the same codes
+            assert np.array_equal(npz["audio"], seg.pcm16.astype(np.float32) / 32768)
+            assert np.array_equal(npz["codes"], before[key]) and str(npz["codec"]) == codec.label
+    assert not plan_for(store, manifest, codec)  # all marked
+
+
 class PrepareWatchingCodec(SimulatedCodec):
     """A device that, in its call for batch k, waits until batch k+1 has been prepared: a stream that
     prepares only after the device returns stalls here and the test fails."""
