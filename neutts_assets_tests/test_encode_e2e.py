@@ -3,6 +3,7 @@ SIGKILL, too-short segments and a Hub that cannot be reached."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -72,6 +73,10 @@ def test_encoded_segments_on_s3_resume_and_codec_change(s3_endpoint, s3_bucket, 
         assert seg.codec == codec.label and seg.codes.dtype == np.int32
         assert len(seg.codes) == s["n_codes"] == len(seg.pcm16) // 320 and 0 <= seg.codes.min() and seg.codes.max() < 65536
         assert np.array_equal(seg.codes, codec.encode_one(seg.pcm16))  # the single-clip codes
+        # the users' old reader on both stages' files from a real run: the waveform, exactly
+        for key in (s["key"], f"stage1/{channel}/{s['audio_id']}.npz"):
+            with np.load(io.BytesIO(store.read_bytes(key)), allow_pickle=True) as npz:
+                assert npz["audio"].dtype == np.float32 and np.array_equal(npz["audio"], source.pcm16 / np.float32(32768))
 
     assert md["codec_loaded"] is True and 0 < md["device_busy_fraction"] <= 1 and md["host_workers"] >= 1
     assert set(md["host_seconds_per_step"]) == {"read", "decode", "prepare_batches", "stage2_file", "write"}
