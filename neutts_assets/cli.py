@@ -2,7 +2,14 @@
 
     neutts-assets check-stores [--write]   the old test_connection(), for every configured store
     neutts-assets add-channel NAME...      add channel partitions to the Dagster instance
-    neutts-assets demo                     add the demo channel and materialize the whole graph
+    neutts-assets demo [--save-to-disk]    add the demo channel and materialize the whole graph
+                                           (the demo always writes the load_from_disk copy)
+    neutts-assets materialize CHANNEL [--save-to-disk]
+    neutts-assets save-to-disk [CHANNEL ...]
+                                           (re)write the load_from_disk copy (hf_dataset_disk/) of the
+                                           channels' published datasets, straight from the store (no
+                                           Dagster run); no channel: every channel with a published
+                                           build. Prints the folders to hand to datasets.load_from_disk.
 
 Configuration comes from the same environment variables as the code location (README).
 """
@@ -42,14 +49,14 @@ def check_stores(write: bool) -> int:
 def add_channels(names: list[str]) -> int:
     from dagster import DagsterInstance
 
-    from neutts_assets.core.layout import UnsafeNameError, check_name
+    from neutts_assets.core.layout import UnsafeNameError, check_channel_name
     from neutts_assets.defs.partitions import channels
 
     try:
-        for name in names:
-            check_name(name, "channel")
+        for name in names:  # all or nothing: no channel is added when one name is refused
+            check_channel_name(name)
     except UnsafeNameError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}; no channel added", file=sys.stderr)
         return 2
     with DagsterInstance.get() as instance:
         existing = set(instance.get_dynamic_partitions(channels.name))
@@ -67,7 +74,7 @@ def executable_assets() -> list[str]:
     return sorted(k.to_user_string() for k in graph.executable_asset_keys)
 
 
-def materialize(channel: str) -> int:
+def materialize(channel: str, save_to_disk: bool = False) -> int:
     assets = executable_assets()
     cmd = [
         sys.executable, "-m", "dagster", "asset", "materialize",
@@ -75,19 +82,99 @@ def materialize(channel: str) -> int:
         "--select", ",".join(assets),
         "--partition", channel,
     ]
+    dataset_config = {}
     if "hf_dataset" in assets and "encoded_segments" not in assets:
         # No encoder in this graph yet, so no codes: build the dataset with the old "no codes, for testing" option.
-        cmd += ["--config-json", json.dumps({"ops": {"hf_dataset": {"config": {"include_segments_without_codes": True}}}})]
+        dataset_config["include_segments_without_codes"] = True
+    if "hf_dataset" in assets and save_to_disk:
+        dataset_config["save_to_disk"] = True  # also the load_from_disk copy under hf_dataset_disk/
+    if dataset_config:
+        cmd += ["--config-json", json.dumps({"ops": {"hf_dataset": {"config": dataset_config}}})]
     print("$ " + " ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd)
     if rc == 0:
-        from neutts_assets.defs.resources import resources_from_env
-
-        store = resources_from_env()["store"].url
-        print(f"\nchannel {channel!r} materialized; segment store: {store}\n"
-              f"dataset: datasets.load_dataset({str(store) + '/hf_dataset'!r}, {channel!r})\n"
-              f"see it in the UI: DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '<your DAGSTER_HOME>')} dagster dev")
+        print(f"\nchannel {channel!r} materialized; see it in the UI: "
+              f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '<your DAGSTER_HOME>')} dagster dev")
+        print_dataset_paths([channel])
     return rc
+
+
+def _open_store():
+    from neutts_assets.defs.resources import resources_from_env
+
+    resource = resources_from_env()["store"]
+    store = resource.process_config_and_initialize().open()
+    root = getattr(store, "root", None)  # a local folder: its absolute path; else the store's URL
+    return store, str(root) if root is not None else str(resource.url).rstrip("/")
+
+
+def _where(base: str, *parts: str) -> str:
+    return "/".join([base, *parts]) if "://" in base else os.path.join(base, *parts)
+
+
+def print_dataset_paths(channels: list[str]) -> None:
+    """The last lines of a run: the folders to hand to the users' scripts, those that exist."""
+    from neutts_assets.core.dataset_disk import DISK_PREFIX, STATE
+    from neutts_assets.core.dataset_writer import CARD_KEY, DATASET_PREFIX
+
+    store, base = _open_store()
+    print(f"segment store: {base}")
+    if store.exists(CARD_KEY):
+        print(f"dataset folder (datasets.load_dataset(folder, 'all' or CHANNEL, split='train')): {_where(base, DATASET_PREFIX.rstrip('/'))}")
+    if store.exists(DISK_PREFIX + STATE):
+        print(f"load_from_disk, all channels: {_where(base, DISK_PREFIX.rstrip('/'))}")
+    for channel in channels:
+        if store.exists(f"{DISK_PREFIX}{channel}/{STATE}"):
+            print(f"load_from_disk, channel {channel}: {_where(base, DISK_PREFIX.rstrip('/'), channel)}")
+        if next(iter(store.list(f"training_pairs/{channel}/")), None) is not None:
+            print(f"training pairs (load_from_disk), channel {channel}: {_where(base, 'training_pairs', channel)}")
+
+
+def save_to_disk(names: list[str], force: bool = False) -> int:
+    """Writes the load_from_disk copy of the channels' published builds, from the store alone,
+    holding each channel's hf_dataset lease (as a run of the asset would) while it writes."""
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from neutts_assets.core.dataset_disk import disk_copy_current, publish_all_channels, save_channel_to_disk
+    from neutts_assets.core.dataset_writer import read_record, read_records
+    from neutts_assets.core.lease import LeaseHeld, acquire
+
+    store, base = _open_store()
+    channels = names or sorted(read_records(store))
+    if not channels:
+        print("error: no channel has a published hf_dataset build in this store: materialize hf_dataset first", file=sys.stderr)
+        return 1
+    failed, done_channels = 0, []
+    for channel in channels:
+        record = read_record(store, channel)
+        if record is None:
+            print(f"error: channel {channel!r} has no published hf_dataset build: materialize hf_dataset for it first", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            with acquire(store, "hf_dataset", channel, f"cli-save-to-disk-{uuid.uuid4().hex[:8]}") as lease:
+                record = read_record(store, channel)  # the published build now that nothing else writes it
+                if not force and disk_copy_current(store, record):
+                    publish_all_channels(store)
+                    print(f"{channel}: the copy is current ({len(record['shards'])} shard(s), build {record['build_id']})")
+                else:
+                    with tempfile.TemporaryDirectory(prefix="neutts-save-to-disk-") as tmp:
+                        lease.check()
+                        done = save_channel_to_disk(store, record, Path(tmp), rewrite=force)
+                    print(f"{channel}: {done['arrow_files']} Arrow file(s), {done['converted']} converted, {done['kept']} kept, "
+                          f"{done['removed']} removed (build {record['build_id']}, {record['stats']['rows']} rows)")
+            done_channels.append(channel)
+        except LeaseHeld as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    if done_channels:
+        print("datasets.load_from_disk(...) folders:")
+        print(f"all channels: {_where(base, 'hf_dataset_disk')}")
+        for channel in done_channels:
+            print(f"channel {channel}: {_where(base, 'hf_dataset_disk', channel)}")
+    return 1 if failed else 0
 
 
 def choose_demo_codec() -> None:
@@ -126,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="+")
     p = sub.add_parser("materialize", help="add a channel and materialize every built asset for it")
     p.add_argument("channel")
-    sub.add_parser("demo", help="add the shipped demo channel and materialize every built asset for it")
+    p.add_argument("--save-to-disk", action="store_true", help="hf_dataset also writes the load_from_disk copy (hf_dataset_disk/)")
+    p = sub.add_parser("demo", help="add the shipped demo channel and materialize every built asset for it")
+    p.add_argument("--save-to-disk", action="store_true", help="the load_from_disk copy (written by the demo in any case)")
+    p = sub.add_parser("save-to-disk", help="(re)write the load_from_disk copy of channels' published datasets, from the store")
+    p.add_argument("channels", nargs="*", help="channels (default: every channel with a published build)")
+    p.add_argument("--force", action="store_true", help="convert every shard again, even those whose Arrow file is there")
     args = parser.parse_args(argv)
 
     if args.command == "check-stores":
@@ -139,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         channel = DEMO_CHANNEL if args.command == "demo" else args.channel
         if args.command == "demo":
             choose_demo_codec()
-        return add_channels([channel]) or materialize(channel)
+        # The demo ends with the folders the users' scripts open, the load_from_disk copy among them.
+        return add_channels([channel]) or materialize(channel, save_to_disk=args.save_to_disk or args.command == "demo")
+    if args.command == "save-to-disk":
+        return save_to_disk(args.channels, args.force)
     return 2
 
 

@@ -311,7 +311,7 @@ def test_a_published_builds_leftover_progress_is_not_resumed(tmp_path):
     from neutts_assets.storage.local import LocalStore
 
     store = LocalStore(tmp_path / "store")
-    progress = {"channel": "ch", "build_id": "b1", "source_fingerprint": "f", "shard_bytes": 100, "shards": [], "next": 0}
+    progress = {"channel": "ch", "build_id": "b1", "plan_fingerprint": "f", "shard_bytes": 100, "shards": [], "next": 0}
     store.write_bytes(progress_key("ch"), _json.dumps(progress).encode())
     assert _resumable(store, "ch", "f", 100) == progress  # a killed, unpublished build: resumed
     store.write_bytes(record_key("ch"), _json.dumps({"channel": "ch", "build_id": "b1", "shards": []}).encode())

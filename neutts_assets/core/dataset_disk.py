@@ -3,18 +3,26 @@ dataset that way), kept beside the Parquet dataset in the store:
 
     hf_dataset_disk/state.json, dataset_info.json           "all channels": lists every channel's Arrow files
     hf_dataset_disk/{channel}/state.json, dataset_info.json  one channel
-    hf_dataset_disk/{channel}/{build}/data-*.arrow           written by `Dataset.save_to_disk`
+    hf_dataset_disk/{channel}/{shard}/data-00000-of-00001.arrow
+                                                             one per Parquet shard, named after it:
+                                                             `Dataset.from_parquet(shard).save_to_disk(num_shards=1)`
 
-`load_from_disk` reads the Arrow files a state.json names, relative to its folder, so the
-all-channels state.json names `{channel}/{build}/data-*.arrow`: adding or replacing a channel
-rewrites two small JSON files and never the other channels' data. A channel's state.json is
-published only after its new Arrow files, and the old build's files are removed after it.
+It follows the Parquet shards' rule: a shard kept by an incremental build keeps its Arrow file
+untouched; only new shards are converted. `load_from_disk` reads the Arrow files a state.json
+names, relative to its folder, in that order: the channel's state.json lists its shards' files in
+the record's order (the rows come in the order of the Parquet config), and the all-channels
+state.json names `{channel}/{shard}/data-*.arrow`. The channel's state.json is the switch: it is
+written after the new Arrow files, the files it no longer names are deleted after it, and then
+the all-channels state.json is rewritten. A channel with no rows gets one empty Arrow file
+(`_empty/`), as load_from_disk cannot concatenate none. A run killed halfway leaves the old
+state.json in force and whole Arrow files the next run reuses or deletes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -22,51 +30,95 @@ from neutts_assets.storage.store import ObjectStore
 
 DISK_PREFIX = "hf_dataset_disk/"
 STATE, INFO = "state.json", "dataset_info.json"
+ARROW_FILE = "data-00000-of-00001.arrow"
+EMPTY = "_empty"
+
+
+def channel_folder(channel: str) -> str:
+    return f"{DISK_PREFIX}{channel}/"
+
+
+def arrow_files(record: dict) -> list[str]:
+    """The channel's Arrow files, relative to its folder, in record order: one per Parquet shard."""
+    stems = [Path(s["path"]).stem for s in record["shards"]] or [EMPTY]
+    return [f"{stem}/{ARROW_FILE}" for stem in stems]
 
 
 def disk_copy_current(store: ObjectStore, record: dict) -> bool:
-    """Whether the channel's save_to_disk copy is already the one of this build."""
-    blob = store.read_bytes_or_none(f"{DISK_PREFIX}{record['channel']}/{STATE}")
+    """Whether the channel's save_to_disk copy lists exactly the record's shards, in its order."""
+    blob = store.read_bytes_or_none(f"{channel_folder(record['channel'])}{STATE}")
     if blob is None:
         return False
-    files = json.loads(blob)["_data_files"]
-    return bool(files) and all(f["filename"].startswith(record["build_id"] + "/") for f in files)
+    files = [f["filename"] for f in json.loads(blob)["_data_files"]]
+    return files == arrow_files(record)
 
 
-def save_channel_to_disk(store: ObjectStore, record: dict, shards: list[Path], workdir: Path) -> dict:
-    """Converts the channel's shards (local Parquet files, in record order) with `datasets` itself:
-    `Dataset.from_parquet` streams them into memory-mapped Arrow, `save_to_disk` writes the copy."""
+def _convert(source: Path | None, out: Path, cache: Path) -> Path:
+    """One Parquet shard (None: no rows) as one Arrow file set, written by `datasets` itself."""
     from datasets import Dataset
 
     from neutts_assets.core.dataset_rows import dataset_features
 
-    channel, build = record["channel"], record["build_id"]
-    workdir = Path(workdir)
-    out = workdir / "save_to_disk"
-    if shards:
-        ds = Dataset.from_parquet([str(p) for p in shards], features=dataset_features(), cache_dir=str(workdir / "hf_cache"))
+    features = dataset_features()
+    if source is not None:
+        ds = Dataset.from_parquet(str(source), features=features, cache_dir=str(cache))
     else:
-        features = dataset_features()
         ds = Dataset.from_dict({name: [] for name in features}, features=features)
-    # An empty dataset still needs one Arrow file: load_from_disk cannot concatenate none.
-    ds.save_to_disk(str(out), **({"max_shard_size": "500MB"} if len(ds) else {"num_shards": 1}))
+    ds.save_to_disk(str(out), num_shards=1)
     del ds
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
 
-    state = json.loads((out / STATE).read_text())
-    folder = f"{DISK_PREFIX}{channel}/"
-    for data_file in state["_data_files"]:
-        store.upload(out / data_file["filename"], f"{folder}{build}/{data_file['filename']}")
-        data_file["filename"] = f"{build}/{data_file['filename']}"
-    store.write_bytes(folder + INFO, (out / INFO).read_bytes())
-    store.write_bytes(folder + STATE, json.dumps(state, indent=2).encode())  # the switch to the new build
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(workdir / "hf_cache", ignore_errors=True)
 
-    removed = [o.key for o in store.list(folder) if "/" in o.key[len(folder):] and not o.key.startswith(f"{folder}{build}/")]
+def save_channel_to_disk(store: ObjectStore, record: dict, workdir: Path, local: dict[str, Path] | None = None,
+                         rewrite: bool = False) -> dict:
+    """Brings the channel's save_to_disk copy to the record: converts the shards whose Arrow file is
+    not in the store yet (from `local` copies, path in the dataset folder -> file, or downloads),
+    keeps the others (`rewrite`: converts them all again), switches the channel's state.json, deletes what it no longer names, and
+    rewrites the all-channels state.json."""
+    from neutts_assets.core.dataset_writer import fetch_shards
+
+    channel = record["channel"]
+    folder = channel_folder(channel)
+    workdir = Path(workdir)
+    wanted = arrow_files(record)
+    present = {o.key[len(folder):]: o.size for o in store.list(folder)}
+    by_file = dict(zip(wanted, record["shards"] or [None]))
+    todo = [f for f in wanted if rewrite or not present.get(f)]
+    info = None
+    for name in todo:
+        shard = by_file[name]
+        source = None
+        if shard is not None:
+            source = fetch_shards(store, record, workdir, have=local, only=[shard["path"]])[shard["path"]]
+        out = _convert(source, workdir / "save_to_disk" / name.split("/")[0], workdir / "hf_cache")
+        store.upload(out / ARROW_FILE, folder + name)
+        info = info or json.loads((out / INFO).read_text())
+        shutil.rmtree(out, ignore_errors=True)
+        if source is not None and (local is None or shard["path"] not in local):
+            source.unlink(missing_ok=True)  # downloaded for this: not needed again
+    if info is None:  # nothing converted: the features, from the copy already there or from an empty set
+        blob = store.read_bytes_or_none(folder + INFO)
+        if blob is not None:
+            info = json.loads(blob)
+        else:
+            out = _convert(None, workdir / "save_to_disk" / "_info", workdir / "hf_cache")
+            info = json.loads((out / INFO).read_text())
+            shutil.rmtree(out, ignore_errors=True)
+    for key in ("splits", "dataset_size", "size_in_bytes", "download_size"):
+        info.pop(key, None)  # one shard's counts would be wrong for the channel
+    files = [{"filename": f} for f in wanted]
+    state = {"_data_files": files, "_fingerprint": hashlib.sha256(json.dumps([channel, files]).encode()).hexdigest()[:16],
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+    store.write_bytes(folder + INFO, json.dumps(info, indent=2).encode())
+    store.write_bytes(folder + STATE, json.dumps(state, indent=2).encode())  # the switch
+    publish_all_channels(store)  # names this channel's new files: the old ones are unreferenced now
+    keep = set(wanted)
+    removed = [folder + rest for rest in present if "/" in rest and rest not in keep]
     for key in removed:
         store.delete(key)
-    publish_all_channels(store)
-    return {"folder": folder, "arrow_files": len(state["_data_files"]), "removed": len(removed)}
+    return {"folder": folder, "arrow_files": len(wanted), "converted": len(todo), "kept": len(wanted) - len(todo),
+            "removed": len(removed)}
 
 
 def publish_all_channels(store: ObjectStore) -> list[str]:
@@ -89,3 +141,9 @@ def publish_all_channels(store: ObjectStore) -> list[str]:
     store.write_bytes(DISK_PREFIX + INFO, json.dumps(info, indent=2).encode())
     store.write_bytes(DISK_PREFIX + STATE, json.dumps(state, indent=2).encode())
     return channels
+
+
+def disk_path(store_url: str, *parts: str) -> str:
+    """Where to point `load_from_disk`: the store URL (a local folder or s3:// / gs://) plus the folder."""
+    base = str(store_url).rstrip("/")
+    return "/".join([base, DISK_PREFIX.rstrip("/"), *parts]) if "://" in base else os.path.join(base, DISK_PREFIX.rstrip("/"), *parts)

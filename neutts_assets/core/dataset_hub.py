@@ -2,9 +2,12 @@
 channel's new shards, the deletion of its old shards, and a regenerated card. Nothing outside
 `data/{channel}/` is ever deleted, so other channels' files stay whatever machine pushed them.
 
-A retry pushes what is missing: shards already on the Hub under the same name and size are not
-sent again (their names are unique per build), and LFS objects a failed attempt uploaded are
-known to the Hub, which tells the client not to upload them again.
+The commit is computed against the Hub's tree: a shard already there under the same name and
+size is not sent again (shard names are unique per build, and an incremental build keeps the
+unchanged shards under their names), so after an incremental build the commit carries only the
+new shards, the deletion of the shards that build replaced or dropped, and the card. A retry
+likewise pushes what is missing, and LFS objects a failed attempt uploaded are known to the Hub,
+which tells the client not to upload them again.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def push_channel(
             info = api.create_commit(
                 repo_id, operations, repo_type=REPO_TYPE,
                 commit_message=f"hf_dataset: channel {channel}, build {record['build_id']} ({record['stats']['rows']} rows)",
-                commit_description=f"{len(missing)} shard(s) added, {len(stale)} removed, card regenerated; other channels untouched.",
+                commit_description=f"{len(missing)} shard(s) added, {len(stale)} removed, {len(ours) - len(missing)} kept as they "
+                                   "are, card regenerated; other channels untouched.",
                 parent_commit=head,
             )
             result.commit_url, result.commit_oid = info.commit_url, info.oid

@@ -12,8 +12,8 @@ from neutts_assets.core.dataset_hub import HubPushError, PushResult, push_channe
 from neutts_assets.core.dataset_rows import RowFilter
 from neutts_assets.core.dataset_sources import NoSegments, Sources, channel_sources
 from neutts_assets.core.dataset_writer import (
-    CARD_KEY, DATASET_PREFIX, ChannelBuild, build_channel, discard_build, fetch_shards, finish_publishing, publish_channel,
-    read_record, read_records, shard_prefix, source_fingerprint,
+    CARD_KEY, DATASET_PREFIX, BuildPlan, ChannelBuild, build_channel, discard_build, fetch_shards, finish_publishing, plan_build,
+    publish_channel, read_record, read_records, shard_prefix,
 )
 from neutts_assets.core.progress import Progress
 from neutts_assets.defs.io_managers import manifest_key
@@ -32,7 +32,9 @@ class DatasetConfig(Config):
     save_to_disk: bool = Field(default=False, description="also write the load_from_disk copy under hf_dataset_disk/")
     push_to_hub: bool = Field(default=True, description="push when the hub resource names a repo")
     workers: int = Field(default=8, description="segment files read at once")
-    force: bool = Field(default=False, description="rebuild even when no segment changed")
+    force: bool = Field(default=False, description="rebuild every shard, even those no segment change touched")
+    compact: bool = Field(default=False, description="also rewrite the shards under a quarter of shard_size_mb together "
+                          "into full-size shards (never done otherwise: an incremental build adds new shards)")
 
 
 @asset(
@@ -69,10 +71,13 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
         raise Failure(description=str(exc)) from exc
     row_filter = RowFilter(not config.include_segments_without_codes, config.min_duration_s, config.max_duration_s)
     previous = read_record(dst, channel)
-    unchanged = (previous is not None and not config.force
-                 and previous["source_fingerprint"] == source_fingerprint(sources.objects, row_filter))
-    context.log.info(f"{channel}: {len(sources.objects)} segments from {sources.description}"
-                     + ("; unchanged since the published build" if unchanged else ""))
+    shard_bytes = int(config.shard_size_mb * 1e6)
+    # Pure planning from the record and two listings: which shards stay, which segments are read.
+    present = {o.key[len(DATASET_PREFIX):]: o.size for o in dst.list(shard_prefix(channel))}
+    plan = plan_build(previous, sources.objects, row_filter, shard_bytes, config.compact, config.force, present)
+    unchanged = plan.unchanged
+    context.log.info(f"{channel}: {len(sources.objects)} segments from {sources.description}; "
+                     + ("unchanged since the published build" if unchanged else plan.summary()))
 
     build, removed, disk, push = None, [], None, None
     # Shards stay here until pushed (a channel's size on local disk when pushing; TMPDIR chooses where).
@@ -83,11 +88,11 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
             record = previous
             removed = finish_publishing(dst, record, hub.title, guard)  # a run killed after the record left the rest
         else:
-            progress = Progress(context.log.info, len(sources.objects), channel)
+            progress = Progress(context.log.info, len(plan.read), channel)
             build = build_channel(
                 dst, channel, sources.objects, row_filter, work, source=f"{dst.describe()} {sources.description}",
-                shard_bytes=int(config.shard_size_mb * 1e6), workers=config.workers,
-                keep_local=want_push or config.save_to_disk, progress=lambda n, s: progress.update(n, s), guard=guard,
+                shard_bytes=shard_bytes, workers=config.workers, keep_local=want_push or config.save_to_disk,
+                progress=lambda n, s: progress.update(n, s), guard=guard, previous=previous, plan=plan,
             )
             record = build.record
             if build.store_failures:  # the store failed, not the segments: publish no build that lacks them
@@ -100,10 +105,8 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
             removed = publish_channel(dst, record, hub.title, guard)
         local = build.local_shards if build else {}
         if config.save_to_disk and not disk_copy_current(dst, record):
-            paths = fetch_shards(dst, record, work, have=local)
-            local = {**local, **paths}
-            guard()
-            disk = save_channel_to_disk(dst, record, [paths[s["path"]] for s in record["shards"]], work)
+            guard()  # one Arrow file set per Parquet shard: only the new shards are converted
+            disk = save_channel_to_disk(dst, record, work, local)
         if want_push:
             guard()  # the Hub's copy is published: only while this run still holds the channel
             try:
@@ -120,10 +123,11 @@ def _build_dataset(context: AssetExecutionContext, config: DatasetConfig, store:
 
     manifest = {
         "channel": channel, "build_id": record["build_id"], "rows": record["stats"]["rows"],
-        "dataset_folder": DATASET_PREFIX, "card": CARD_KEY, "shards": record["shards"], "source": record["source"],
+        "dataset_folder": DATASET_PREFIX, "card": CARD_KEY, "source": record["source"],
+        "shards": [{k: s[k] for k in ("path", "rows", "bytes")} for s in record["shards"]],
         "hub": {"repo_id": push.repo_id, "commit": push.commit_oid} if push else None,
     }
-    metadata = _metadata(dst, record, sources, build, removed, disk, push, hub.title, orphan_temporaries)
+    metadata = _metadata(dst, record, sources, plan, build, removed, disk, push, hub.title, orphan_temporaries)
     return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
 
 
@@ -132,8 +136,8 @@ def _manifest(dst, asset: str, channel: str) -> Optional[dict]:
     return json.loads(blob) if blob is not None else None
 
 
-def _metadata(dst, record: dict, sources: Sources, build: Optional[ChannelBuild], removed: list, disk: Optional[dict],
-              push: Optional[PushResult], title: str, orphan_temporaries: int) -> dict:
+def _metadata(dst, record: dict, sources: Sources, plan: BuildPlan, build: Optional[ChannelBuild], removed: list,
+              disk: Optional[dict], push: Optional[PushResult], title: str, orphan_temporaries: int) -> dict:
     stats = record["stats"]
     failures = sources.missing + (build.failures if build else [])
     meta = {
@@ -152,6 +156,14 @@ def _metadata(dst, record: dict, sources: Sources, build: Optional[ChannelBuild]
         "shards": len(record["shards"]),
         "dataset_bytes": sum(s["bytes"] for s in record["shards"]),
         "old_shards_removed": len(removed),
+        "build_plan": "unchanged" if build is None else plan.summary(),
+        "full_rebuild": build is not None and plan.full,
+        "shards_kept": len(record["shards"]) if build is None else len(plan.keep),
+        "shards_written": build.shards_written if build else 0,
+        "shards_rewritten": len(plan.rewritten) if build else 0,  # held a changed or removed segment
+        "shards_compacted": len(plan.compacted) if build else 0,
+        "segments_read": build.segments_read if build else 0,
+        "bytes_written": build.bytes_written if build else 0,
         "orphan_temporaries_removed": orphan_temporaries,
         "codec": ", ".join(stats["codecs"]) or "none (rows without codes)",
         "channel_card": MetadataValue.md(channel_section(record)),
@@ -163,7 +175,10 @@ def _metadata(dst, record: dict, sources: Sources, build: Optional[ChannelBuild]
         meta["rows_per_second"] = round(stats["rows"] / build.wall_seconds, 1) if build.wall_seconds else 0.0
         meta["mb_read_per_second"] = round(build.bytes_read / 1e6 / build.wall_seconds, 2) if build.wall_seconds else 0.0
     if disk is not None:
-        meta["save_to_disk_copy"] = f"{dst.describe()} {disk['folder']} ({disk['arrow_files']} Arrow files)"
+        meta["save_to_disk_copy"] = (f"{dst.describe()} {disk['folder']} ({disk['arrow_files']} Arrow files: "
+                                     f"{disk['converted']} converted, {disk['kept']} kept)")
+        meta["save_to_disk_arrow_converted"] = disk["converted"]
+        meta["save_to_disk_arrow_kept"] = disk["kept"]
     if push is not None:
         meta["hub_repo"] = push.repo_id
         meta["hub_commit"] = MetadataValue.url(push.commit_url) if push.commit_url.startswith("http") else push.commit_url
