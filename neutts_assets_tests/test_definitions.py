@@ -6,16 +6,17 @@ from neutts_assets.definitions import defs
 from neutts_assets.defs.partitions import channels
 
 
-def test_four_channel_partitioned_assets_all_built():
+def test_channel_partitioned_assets_all_built():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_audio", "segments_npz", "encoded_segments", "hf_dataset"}
+    assert keys == {"raw_audio", "segments_npz", "encoded_segments", "hf_dataset", "training_pairs"}
     for key in keys:
         assert graph.get(AssetKey(key)).partitions_def == channels
-    assert {k.to_user_string() for k in graph.executable_asset_keys} == {"raw_audio", "segments_npz", "encoded_segments", "hf_dataset"}
+    assert {k.to_user_string() for k in graph.executable_asset_keys} == {"raw_audio", "segments_npz", "encoded_segments", "hf_dataset", "training_pairs"}
     # Rows come from encoded_segments' files, or from segments_npz's with the no-codes option.
     assert graph.get(AssetKey("hf_dataset")).parent_keys == {AssetKey("encoded_segments"), AssetKey("segments_npz")}
     assert graph.get(AssetKey("encoded_segments")).parent_keys == {AssetKey("segments_npz")}
+    assert graph.get(AssetKey("training_pairs")).parent_keys == {AssetKey("hf_dataset")}
     assert channels.name == "channels"
 
 

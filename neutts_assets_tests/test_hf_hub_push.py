@@ -66,7 +66,7 @@ def test_each_channel_is_one_commit_and_never_deletes_another(env, hub):
     assert A in a_commit["summary"] and B in b_commit["summary"]
     assert all(p.startswith(f"data/{A}/") for p in a_commit["lfs_added"]) and a_commit["added"] == ["README.md"]
     assert all(p.startswith(f"data/{B}/") for p in b_commit["lfs_added"]) and not b_commit["deleted"]
-    assert set(_configs(hub)) == {"all", A, B}
+    assert set(_configs(hub)) == {"all", "text_codes", A, B}
 
     # What the Hub stored is our Parquet, byte for byte, and reads back with the features.
     for path in a_commit["lfs_added"]:
@@ -193,6 +193,6 @@ def test_two_channels_pushed_at_once_both_stay_on_the_hub_card(env, hub):
             t.join(180)
         assert all(r.success for r in results.values()), round_
         configs = _configs(hub)
-        assert set(configs) == {"all", A, B}, (round_, hub.repos[REPO].commits)
+        assert set(configs) == {"all", "text_codes", A, B}, (round_, hub.repos[REPO].commits)
         files = set(hub.repos[REPO].files)
         assert set(configs["all"]) == set(configs[A]) | set(configs[B]) and set(configs["all"]) <= files

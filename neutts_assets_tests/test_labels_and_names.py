@@ -159,9 +159,10 @@ def test_invisible_only_text_is_skipped_exactly_as_empty_text():
 
 SPECIAL = list("[]*?{},!#|:\"'\\") + ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u200f", "\u2028", "\u00a0", "`", "<", ">"]
 BAD_CHANNELS = ([f"chan{c}nel" for c in SPECIAL] + [" lead", "trail ", " ", "", "..", "a..b", ".hidden", "a/b", "x" * 201,
-                                                     "a[0-9]", "{a,b}", "a: b", "# title", "a|b"])
+                                                     "a[0-9]", "{a,b}", "a: b", "# title", "a|b",
+                                                     "all", "text_codes", "ALL"])  # the card's own configs
 GOOD_CHANNELS = ["Atheer_-", "ZadTVchannel", "demo_librivox", "Atheer - أثير", "قناة الجزيرة", "a.b", "my-channel_2",
-                 "x" * 200, "all"]
+                 "x" * 200, "all_news", "text_codes2"]
 
 
 def test_every_listed_special_character_is_in_the_rule():
@@ -310,15 +311,15 @@ def test_stage1_writes_numeric_speaker_ids_as_one_speaker_and_notes_it(tmp_path,
 # --- the dataset card --------------------------------------------------------------------------
 
 def test_the_card_lists_no_config_for_a_bad_channel_and_stays_loadable_for_the_others():
-    from neutts_assets.core.dataset_card import ALL_CONFIG, _configs_yaml
+    from neutts_assets.core.dataset_card import ALL_CONFIG, TEXT_CODES_CONFIG, _configs_yaml
 
     def record(channel):
         return {"channel": channel, "shards": [{"path": f"data/{channel}/part-0.parquet", "bytes": 10}], "stats": {"rows": 3}}
 
-    records = [record("Atheer_-"), record("bad: [x]"), record("a|b"), record("قناة")]
+    records = [record("Atheer_-"), record("bad: [x]"), record("a|b"), record("قناة"), record("all"), record("text_codes")]
     foreign = {"other": {"paths": ["data/other/p.parquet"], "num_examples": 1, "num_bytes": 5},
                "also*bad": {"paths": ["data/also*bad/p.parquet"], "num_examples": 1, "num_bytes": 5}}
     configs, infos = _configs_yaml(records, foreign)
-    assert sorted(configs) == sorted([ALL_CONFIG, "Atheer_-", "other", "قناة"]) == sorted(infos)
+    assert sorted(configs) == sorted([ALL_CONFIG, TEXT_CODES_CONFIG, "Atheer_-", "other", "قناة"]) == sorted(infos)
     (split,) = configs[ALL_CONFIG]["data_files"]
     assert split["path"] == ["data/Atheer_-/part-0.parquet", "data/other/p.parquet", "data/قناة/part-0.parquet"]

@@ -84,7 +84,7 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     url, tmp_path = dagster_dev
     nodes = gql(url, "{ assetNodes { assetKey { path } isExecutable partitionDefinition { name } } }")["assetNodes"]
     assert {n["assetKey"]["path"][0]: n["isExecutable"] for n in nodes} == {
-        "raw_audio": True, "segments_npz": True, "encoded_segments": True, "hf_dataset": True}
+        "raw_audio": True, "segments_npz": True, "encoded_segments": True, "hf_dataset": True, "training_pairs": True}
     assert all(n["partitionDefinition"]["name"] == "channels" for n in nodes)
 
     repo = {"repositoryLocationName": "neutts_assets", "repositoryName": "__repository__"}

@@ -1,7 +1,9 @@
 """The dataset card (README.md): YAML that `datasets` reads (one config per channel plus "all",
-each listing its shards by name, with the features) and a Markdown body a person reads: the
+each listing its shards by name, with the features, and "text_codes": every channel's shards
+read without the audio column, for NeuTTS fine-tuning) and a Markdown body a person reads: the
 features, and per channel segments, hours, speakers, gender / dialect / tone mix, a duration
-histogram, the codec, the source prefix and the build date.
+histogram, the codec, the source prefix and the build date; and, given the training_pairs
+records, each channel's pairs (speakers, pairs, pairs per speaker).
 """
 
 from __future__ import annotations
@@ -9,7 +11,32 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 ALL_CONFIG = "all"
+# Every channel's shards without the audio column (the Parquet builder's `columns`, from the
+# YAML: column projection, no extra files): the text + codes NeuTTS fine-tuning reads, whose rows
+# go through default_data_collator as they are.
+TEXT_CODES_CONFIG = "text_codes"
+RESERVED_CONFIGS = (ALL_CONFIG, TEXT_CODES_CONFIG)
+
+
+def usable_channel(name) -> bool:
+    """add-channel, the sensor and the assets refuse names that would break the card (layout.py);
+    a record with one, from a partition added around them, is left out of the card, never breaking it."""
+    from neutts_assets.core.layout import UnsafeNameError, check_channel_name
+
+    try:
+        return check_channel_name(name) == name
+    except (UnsafeNameError, TypeError, AttributeError):
+        return False
 SPLIT = "train"
+
+
+def text_codes_features():
+    """The dataset's features less `audio`: the text_codes config's."""
+    from datasets import Features
+
+    from neutts_assets.core.dataset_rows import dataset_features
+
+    return Features({name: feature for name, feature in dataset_features().items() if name != "audio"})
 
 
 def _configs_yaml(records: list[dict], foreign: dict[str, dict]):
@@ -22,26 +49,32 @@ def _configs_yaml(records: list[dict], foreign: dict[str, dict]):
     features = dataset_features()
     configs, infos = {}, {}
 
-    def add(name: str, parts: list[dict], default: bool = False) -> None:
-        """parts: {"paths", "num_examples", "num_bytes"}; split sizes only when every part knows them."""
+    def add(name: str, parts: list[dict], default: bool = False, features=features, columns=None) -> None:
+        """parts: {"paths", "num_examples", "num_bytes"}; split sizes only when every part knows them.
+        `columns`: the Parquet builder reads only those (its `columns` parameter, given in the YAML)."""
         configs[name] = {"data_files": [{"split": SPLIT, "path": [p for part in parts for p in part["paths"]]}],
+                         **({"columns": list(columns)} if columns is not None else {}),
                          **({"default": True} if default else {})}
         splits = None
         if all(part.get("num_examples") is not None for part in parts):
             splits = SplitDict()
-            splits.add(SplitInfo(SPLIT, num_bytes=sum(part.get("num_bytes") or 0 for part in parts),
+            # A projected config reads part of the shards' bytes: it states its rows, not the shards' size.
+            splits.add(SplitInfo(SPLIT, num_bytes=0 if columns is not None else sum(part.get("num_bytes") or 0 for part in parts),
                                  num_examples=sum(part["num_examples"] for part in parts)))
         infos[name] = DatasetInfo(features=features, splits=splits, config_name=name)
 
-    if any(r["channel"] == ALL_CONFIG for r in records):
-        raise ValueError(f"a channel named {ALL_CONFIG!r} would clash with the card's all-channels config")
+    # A channel named like a reserved config ("all", "text_codes") is not usable either.
+    records = [r for r in records if usable_channel(r["channel"])]
+    foreign = {name: part for name, part in foreign.items() if usable_channel(name)}
     parts = {r["channel"]: {"paths": [s["path"] for s in r["shards"]], "num_examples": r["stats"]["rows"],
                             "num_bytes": sum(s["bytes"] for s in r["shards"])} for r in records}
-    parts.update({name: part for name, part in foreign.items() if name not in parts and name != ALL_CONFIG})
+    parts.update({name: part for name, part in foreign.items() if name not in parts and name not in RESERVED_CONFIGS})
     # A channel whose every segment was filtered out has no shard: a config with no files would not load.
     channels = sorted(name for name, part in parts.items() if part["paths"])
     if channels:
         add(ALL_CONFIG, [parts[c] for c in channels], default=True)
+        text_codes = text_codes_features()
+        add(TEXT_CODES_CONFIG, [parts[c] for c in channels], features=text_codes, columns=list(text_codes))
     for c in channels:
         add(c, [parts[c]])
     return MetadataConfigs(configs), DatasetInfosDict(infos)
@@ -62,7 +95,7 @@ def foreign_configs(card_text: str, known: set[str], present: set[str]) -> dict[
     out = {}
     for config in data.get("configs") or []:
         name = config.get("config_name")
-        if name in known or name == ALL_CONFIG or not config.get("data_files"):
+        if name in known or name in RESERVED_CONFIGS or not config.get("data_files"):
             continue
         paths = config["data_files"][0].get("path")
         paths = [paths] if isinstance(paths, str) else list(paths or [])
@@ -118,10 +151,40 @@ def channel_section(record: dict) -> str:
     ])
 
 
-def card_body(records: list[dict], title: str) -> str:
+def pairs_section(pairs: list[dict], records: list[dict]) -> str:
+    """The training_pairs builds (their records, core/training_pairs.py): per channel speakers
+    (recording + speaker_id groups), pairs and pairs per speaker. A build made from a dataset build
+    that is no longer the channel's published one is marked stale."""
+    current = {r["channel"]: r["build_id"] for r in records}
+    lines = [
+        "## Training pairs",
+        "",
+        "Voice-cloning (ref, target) pairs, as the users' pair builder makes them: segments grouped by recording and "
+        "speaker_id, every ordered pair of two different segments of a group (or a seeded sample of "
+        "`max_pairs_per_speaker`). Each channel's pairs are a `save_to_disk` folder in the store: "
+        "`datasets.load_from_disk(\"<store>/training_pairs/<channel>\")`.",
+        "",
+        "| channel | speakers | pairs | pairs per speaker (min / median / max) | segments used | durations | audio | built |",
+        "|---|---:|---:|---|---:|---|---|---|",
+    ]
+    for p in sorted(pairs, key=lambda p: p["channel"]):
+        c, st = p["counts"], p["settings"]
+        per = c["pairs_per_speaker"]
+        stale = "" if current.get(p["channel"]) == p["dataset_build_id"] else " **stale: made from an older dataset build**"
+        cap = f", at most {st['max_pairs_per_speaker']} per speaker (seed {st['random_seed']})" if st.get("max_pairs_per_speaker") is not None else ""
+        lines.append(
+            f"| {_cell(p['channel'])} | {c['speakers']} | {c['pairs']} | {per['min']} / {per['median']:g} / {per['max']} | "
+            f"{c['rows_used']} of {c['rows_in_dataset']} | {st['min_duration_sec']:g}-{st['max_duration_sec']:g} s{cap} | "
+            f"{'yes' if st.get('include_audio') else 'no'} | {p['built_at']} (build `{p['build_id']}` of dataset build "
+            f"`{p['dataset_build_id']}`){stale} |")
+    return "\n".join(lines + [""])
+
+
+def card_body(records: list[dict], title: str, pairs: list[dict] | None = None) -> str:
+    """`pairs`: the training_pairs records (training_pairs.read_pair_records); a section when given."""
     from neutts_assets.core.dataset_rows import dataset_features
 
-    records = sorted(records, key=lambda r: r["channel"])
+    records = sorted((r for r in records if usable_channel(r["channel"])), key=lambda r: r["channel"])
     rows = sum(r["stats"]["rows"] for r in records)
     hours = sum(r["stats"]["seconds"] for r in records) / 3600
     feature_lines = [f"| `{name}` | `{feature!r}` |" for name, feature in dataset_features().items()]
@@ -146,7 +209,12 @@ def card_body(records: list[dict], title: str) -> str:
         "from datasets import load_dataset",
         'ds = load_dataset("<this folder or repo>", split="train")            # all channels',
         f'ds = load_dataset("<this folder or repo>", "{first}", split="train")  # one channel',
+        f'ds = load_dataset("<this folder or repo>", "{TEXT_CODES_CONFIG}", split="train")  # all channels, no audio column',
         "```",
+        "",
+        f"`{TEXT_CODES_CONFIG}` reads every channel's shards without the `audio` column (Parquet column projection): "
+        "text, codes and the labels, what NeuTTS fine-tuning reads, and rows that `default_data_collator` takes "
+        "once `text` and `codes` are mapped to token ids.",
         "",
         "## Features",
         "",
@@ -161,11 +229,14 @@ def card_body(records: list[dict], title: str) -> str:
         *overview,
         "",
         *[channel_section(r) for r in records],
+        *([pairs_section(pairs, records)] if pairs else []),
     ])
 
 
-def render_card(records: list[dict], title: str, foreign: dict[str, dict] | None = None) -> str:
-    """`foreign`: configs of channels pushed to the same Hub repo from another store, kept as they were."""
+def render_card(records: list[dict], title: str, foreign: dict[str, dict] | None = None,
+                pairs: list[dict] | None = None) -> str:
+    """`foreign`: configs of channels pushed to the same Hub repo from another store, kept as they were.
+    `pairs`: the training_pairs records, for the card's pairs section (none: no section)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     foreign = foreign or {}
@@ -173,7 +244,7 @@ def render_card(records: list[dict], title: str, foreign: dict[str, dict] | None
     configs, infos = _configs_yaml(records, foreign)
     configs.to_dataset_card_data(data)
     infos.to_dataset_card_data(data)
-    body = card_body(records, title)
+    body = card_body(records, title, pairs)
     if foreign:
         body += ("\n## Other channels\n\nAlso in this repo, pushed from another store (their figures are in that "
                  f"store's card): {', '.join(sorted(foreign))}.\n")

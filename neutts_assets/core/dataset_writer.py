@@ -503,18 +503,23 @@ def read_record(store: ObjectStore, channel: str) -> dict | None:
 
 
 def publish_card(store: ObjectStore, title: str, passes: int = 3, records: dict[str, dict] | None = None) -> dict[str, dict]:
-    """Regenerates the card from every channel's record. Two channels published at once could each
-    write a card missing the other's new build; re-reading the records after writing, and writing
-    again until they are stable, closes that window."""
+    """Regenerates the card from every channel's record and every channel's training-pairs record.
+    Two channels published at once could each write a card missing the other's new build;
+    re-reading the records after writing, and writing again until they are stable, closes that window."""
     from neutts_assets.core.dataset_card import render_card
+    from neutts_assets.core.training_pairs import read_pair_records  # here: training_pairs reads this module
+
+    def ids(records: dict, pairs: dict) -> tuple:
+        return {c: r["build_id"] for c, r in records.items()}, {c: r["build_id"] for c, r in pairs.items()}
 
     records = read_records(store) if records is None else records  # `records`: just read by the caller
+    pairs = read_pair_records(store)
     for _ in range(passes):
-        store.write_bytes(CARD_KEY, render_card(list(records.values()), title).encode())
-        again = read_records(store)
-        if {c: r["build_id"] for c, r in again.items()} == {c: r["build_id"] for c, r in records.items()}:
+        store.write_bytes(CARD_KEY, render_card(list(records.values()), title, pairs=list(pairs.values())).encode())
+        again, again_pairs = read_records(store), read_pair_records(store)
+        if ids(again, again_pairs) == ids(records, pairs):
             break
-        records = again
+        records, pairs = again, again_pairs
     return records
 
 

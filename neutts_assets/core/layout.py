@@ -49,6 +49,11 @@ def check_name(name: str, what: str) -> str:
 CHANNEL_SPECIAL_CHARACTERS = "[]*?{},!#|:\"'\\`<>"
 
 
+# The dataset card's configs beside the per-channel ones (core/dataset_card.py): all channels, and
+# the text + codes view. A channel of that name would shadow them.
+RESERVED_CHANNEL_NAMES = ("all", "text_codes")
+
+
 def check_channel_name(name: str) -> str:
     """`name` if it can be a channel; raises UnsafeNameError naming the name and the reason.
     Audio folders and recording IDs keep the looser check_name."""
@@ -57,6 +62,9 @@ def check_channel_name(name: str) -> str:
         raise UnsafeNameError(f"channel {name!r} starts or ends with a space")
     if ".." in name or name.startswith("."):
         raise UnsafeNameError(f"channel {name!r} contains '..' or starts with '.'")
+    if name.casefold() in RESERVED_CHANNEL_NAMES:
+        raise UnsafeNameError(f"channel {name!r} is the name of one of the dataset card's own configs "
+                              f"({', '.join(RESERVED_CHANNEL_NAMES)})")
     special = sorted({c for c in name if c in CHANNEL_SPECIAL_CHARACTERS}, key=name.index)
     if special:
         raise UnsafeNameError(
