@@ -13,6 +13,7 @@ import tracemalloc
 import zlib
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, materialize
@@ -107,7 +108,7 @@ def _dataset_rows(tmp) -> dict:
 
 
 def _pair_ids(store, record) -> list[tuple[str, str]]:
-    table = pq.read_table(store.root / record["folder"] / record["index_file"])
+    table = pa.concat_tables([pq.read_table(store.root / record["folder"] / name) for name in record["index_files"]])
     return list(zip(table["ref_audio_id"].to_pylist(), table["target_audio_id"].to_pylist()))
 
 
@@ -190,6 +191,50 @@ def test_unchanged_rerun_is_a_no_op_and_a_new_dataset_build_rebuilds(env):
     assert meta["rebuilt"] is True and meta["pairs"] == 18 and meta["speakers"] == 2 and meta["old_files_removed"] >= 2
     assert not list(store.list(f"training_pairs/{CH}/{old['build_id']}/"))
     assert len(load_from_disk(meta["local_path"])) == 18
+
+
+def _pairs_with_fields(path) -> list[tuple]:
+    return sorted(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in row.items()) for row in load_from_disk(path))
+
+
+def test_pairs_follow_the_dataset_incrementally(env):
+    """A new recording pairs only itself, reading only the dataset shard that holds it; the other
+    recordings' pairs file is kept as it is; a changed segment rewrites its recording's file; and
+    every state equals a full rebuild's pairs."""
+    resources, instance, store, tmp = env
+    first = asset_metadata(run_pairs(instance, resources, CH), "training_pairs")
+    kept = {o.key: o.version for o in store.list(f"training_pairs/{CH}/") if "/" in o.key[len(f"training_pairs/{CH}/"):]}
+    assert first["full_rebuild"] is True and len(kept) == 2  # one pairs file and its index
+
+    for i, samples in enumerate((16000, 20000, 24000)):  # a new recording, one speaker: 6 pairs
+        seg = _segment(f"recC_seg_{i}", "SPEAKER_00", samples, True)
+        store.write_bytes(f"stage1/{CH}/recC_seg_{i}.npz", encode_segment(_segment(f"recC_seg_{i}", "SPEAKER_00", samples, False)))
+        store.write_bytes(f"stage2_with_codes/{CH}/recC_seg_{i}.npz", encode_segment(seg))
+    dataset = asset_metadata(run_dataset(instance, resources, CH, {"include_segments_without_codes": True}), "hf_dataset")
+    assert dataset["shards_kept"] == 1 and dataset["shards_written"] == 1  # the dataset's own incremental build
+    meta = asset_metadata(run_pairs(instance, resources, CH), "training_pairs")
+    assert meta["full_rebuild"] is False and meta["files_kept"] == 1 and meta["files_written"] == 1
+    assert meta["dataset_shards_read"] == 1 and meta["recordings_paired"] == 1 and meta["pairs"] == 26
+    after = {o.key: o.version for o in store.list(f"training_pairs/{CH}/")}
+    assert all(after.get(k) == v for k, v in kept.items())  # the kept file, untouched
+    incremental = _pairs_with_fields(meta["local_path"])
+    assert len(incremental) == 26
+    assert ("recC_seg_0", "recC_seg_1") in _pair_ids(store, _record(store))
+
+    # recB changes (one segment's text): its file is rewritten, recC's is kept
+    seg = _segment("recB_seg_1", "SPEAKER_00", 20000, True)
+    seg.text = "changed"
+    store.write_bytes(f"stage2_with_codes/{CH}/recB_seg_1.npz", encode_segment(seg))
+    run_dataset(instance, resources, CH, {"include_segments_without_codes": True})
+    meta = asset_metadata(run_pairs(instance, resources, CH), "training_pairs")
+    assert meta["full_rebuild"] is False and meta["files_kept"] == 1 and meta["files_written"] == 1 and meta["pairs"] == 26
+    assert "changed" in {row["ref_text"] for row in load_from_disk(meta["local_path"])}
+    incremental = _pairs_with_fields(meta["local_path"])
+    full = asset_metadata(run_pairs(instance, resources, CH, {"force": True}), "training_pairs")
+    assert full["full_rebuild"] is True and _pairs_with_fields(full["local_path"]) == incremental
+    record, prefix = _record(store), f"training_pairs/{CH}/"
+    named = {prefix + f for f in record["arrow_files"] + record["index_files"]}
+    assert {o.key for o in store.list(prefix) if "/" in o.key[len(prefix):]} == named  # nothing replaced is left
 
 
 def test_include_audio_decodes_to_the_source_samples(env):

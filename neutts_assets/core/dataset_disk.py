@@ -105,13 +105,7 @@ def save_channel_to_disk(store: ObjectStore, record: dict, workdir: Path, local:
             out = _convert(None, workdir / "save_to_disk" / "_info", workdir / "hf_cache")
             info = json.loads((out / INFO).read_text())
             shutil.rmtree(out, ignore_errors=True)
-    for key in ("splits", "dataset_size", "size_in_bytes", "download_size"):
-        info.pop(key, None)  # one shard's counts would be wrong for the channel
-    files = [{"filename": f} for f in wanted]
-    state = {"_data_files": files, "_fingerprint": hashlib.sha256(json.dumps([channel, files]).encode()).hexdigest()[:16],
-             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
-    store.write_bytes(folder + INFO, json.dumps(info, indent=2).encode())
-    store.write_bytes(folder + STATE, json.dumps(state, indent=2).encode())  # the switch
+    publish_state(store, folder, wanted, info)  # the switch
     publish_all_channels(store)  # names this channel's new files: the old ones are unreferenced now
     keep = set(wanted)
     removed = [folder + rest for rest in present if "/" in rest and rest not in keep]
@@ -119,6 +113,20 @@ def save_channel_to_disk(store: ObjectStore, record: dict, workdir: Path, local:
         store.delete(key)
     return {"folder": folder, "arrow_files": len(wanted), "converted": len(todo), "kept": len(wanted) - len(todo),
             "removed": len(removed)}
+
+
+def publish_state(store: ObjectStore, folder: str, filenames: list[str], info: dict) -> None:
+    """A load_from_disk folder made of Arrow files that separate `save_to_disk` calls wrote (one
+    per shard, each `num_shards=1`): its dataset_info.json (`info`, one of those calls', less the
+    sizes, which would be one file's), then its state.json naming `filenames` (relative to
+    `folder`) in order, last: the switch. The state has the fields `save_to_disk` writes
+    (datasets 5.x); test_hf_dataset and test_training_pairs open the result with `load_from_disk`."""
+    info = {k: v for k, v in info.items() if k not in ("splits", "dataset_size", "size_in_bytes", "download_size")}
+    files = [{"filename": f} for f in filenames]
+    state = {"_data_files": files, "_fingerprint": hashlib.sha256(json.dumps([folder, files]).encode()).hexdigest()[:16],
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+    store.write_bytes(folder + INFO, json.dumps(info, indent=2).encode())
+    store.write_bytes(folder + STATE, json.dumps(state, indent=2).encode())
 
 
 def publish_all_channels(store: ObjectStore) -> list[str]:

@@ -7,8 +7,8 @@ The rules:
 - rows of the channel's published dataset with min_duration_sec <= duration_sec <= max_duration_sec
   (both bounds inclusive; 0.5 and 15 s by default) and at least one code;
 - grouped by (recording, speaker_id), where the recording is the audio_id's part before its last
-  "_seg_" (speaker ids are only unique within one recording); within a group, rows keep the
-  dataset's order (its shards in record order, their rows in order);
+  "_seg_" (speaker ids are only unique within one recording); within a group, rows are in
+  segment order (the i of `{ID}_seg_{i}`, as a number);
 - groups with fewer than min_segments_per_speaker (2) rows are dropped;
 - groups in sorted (recording, speaker_id) order; a group of n rows has n*(n-1) ordered pairs,
   numbered m = 0 .. n*(n-1)-1 in (i, j) order, i != j: i = m // (n-1), r = m % (n-1),
@@ -39,6 +39,7 @@ then the previous build's files are removed and the dataset card rewritten with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -65,7 +66,6 @@ STATE, INFO = "state.json", "dataset_info.json"
 INDEX_FILE = "pairs_index.parquet"
 BATCH_PAIRS = 20_000  # pairs per Arrow batch without audio: at most 2 x 20,000 x 750 codes, 120 MB
 AUDIO_BATCH_PAIRS = 500  # with audio: 1,000 clips of at most 15 s of FLAC, well under Arrow's 2 GB binary limit
-MAX_SHARD_SIZE = "500MB"
 TOP_SPEAKERS = 50
 
 # The non-audio columns of the dataset, as the index reads them from its Parquet shards.
@@ -116,7 +116,7 @@ class PairSettings:
 class Group:
     recording: str
     speaker_id: str
-    rows: np.ndarray  # int64 row numbers in the index, in the dataset's order
+    rows: np.ndarray  # int64 row numbers in the index, in segment order
 
     @property
     def n(self) -> int:
@@ -143,7 +143,16 @@ def group_rows(audio_ids: list[str], speaker_ids: list[str], keep: np.ndarray) -
     members: dict[tuple[str, str], list[int]] = {}
     for row in np.flatnonzero(keep).tolist():
         members.setdefault((recording_of(audio_ids[row]), speaker_ids[row]), []).append(row)
-    return [Group(rec, spk, np.asarray(rows, dtype=np.int64)) for (rec, spk), rows in sorted(members.items())]
+    # Rows in segment order (seg_2 before seg_10), not the dataset's: an incremental dataset build
+    # moves rows between shards, and a recording's pairs must not change when its rows move.
+    return [Group(rec, spk, np.asarray(sorted(rows, key=lambda r: segment_order(audio_ids[r])), dtype=np.int64))
+            for (rec, spk), rows in sorted(members.items())]
+
+
+def segment_order(audio_id: str) -> tuple:
+    """`{ID}_seg_{i}` sorts by i as a number; anything else after the ids that have one."""
+    tail = audio_id.rsplit("_seg_", 1)[-1]
+    return (0, int(tail), "") if tail.isdigit() else (1, 0, tail)
 
 
 def pair_of(m: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +238,7 @@ def read_index(parquet_files: Iterable[Path], include_audio: bool = False) -> pa
 @dataclass
 class Plan:
     groups: list[Group]  # the groups that make pairs (>= min_segments_per_speaker rows)
-    dropped_groups: int  # groups with fewer rows
+    dropped: list[tuple[str, str]]  # (recording, speaker_id) of the groups with fewer rows
     rows_in_dataset: int
     rows_eligible: int  # within the duration bounds, with codes
     settings: PairSettings
@@ -253,7 +262,7 @@ class Plan:
         per = self.pairs_per_group()
         return {
             "speakers": len(self.groups),
-            "speakers_dropped": self.dropped_groups,
+            "speakers_dropped": len(self.dropped),
             "pairs": int(sum(per)),
             "pairs_per_speaker": {"min": int(min(per)) if per else 0, "median": float(np.median(per)) if per else 0.0,
                                   "max": int(max(per)) if per else 0},
@@ -274,7 +283,8 @@ def plan_pairs(index: pa.Table, settings: PairSettings) -> Plan:
     keep = eligible_mask(index["duration_sec"].to_numpy(zero_copy_only=False), code_lengths, settings)
     groups = group_rows(index["audio_id"].to_pylist(), index["speaker_id"].to_pylist(), keep)
     big = [g for g in groups if g.n >= max(2, settings.min_segments_per_speaker)]
-    return Plan(big, len(groups) - len(big), index.num_rows, int(keep.sum()), settings)
+    dropped = [(g.recording, g.speaker_id) for g in groups if g.n < max(2, settings.min_segments_per_speaker)]
+    return Plan(big, dropped, index.num_rows, int(keep.sum()), settings)
 
 
 def pairs_batch(index: pa.Table, ref: np.ndarray, target: np.ndarray, schema: pa.Schema) -> pa.Table:
@@ -323,51 +333,160 @@ def read_pair_records(store: ObjectStore) -> dict[str, dict]:
 @dataclass
 class PairsBuild:
     record: dict
-    plan: Plan
+    plan: "PairsPlan"
     removed: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
-    arrow_files: int = 0
+    files_written: int = 0
+    shards_read: int = 0
+    recordings_paired: int = 0
 
 
-def write_pairs(index: pa.Table, plan: Plan, channel: str, workdir: Path) -> tuple[Path, Path, int]:
-    """The pairs as one local Arrow stream (schema carrying the features) and their row references
-    as Parquet; returns both paths and the number of pairs written."""
-    features = pairs_features(plan.settings.include_audio)
-    schema = features.arrow_schema
-    arrow_path, index_path = Path(workdir) / "pairs.arrow", Path(workdir) / INDEX_FILE
+# ---- incremental builds -------------------------------------------------------------------------
+#
+# A recording's pairs depend only on its own rows (groups never cross recordings) and the settings.
+# So the pairs are published as files that each hold whole recordings, and the record says which
+# recordings each file holds, with a fingerprint of their rows (file name, version and size of each
+# segment, from the dataset record's shard members). A new dataset build then rewrites only the
+# files holding a recording whose rows changed (and pairs new recordings), reading only the
+# dataset shards that hold those recordings' rows.
+
+PAIRS_WRITER = 2
+FILE_BYTES = 500 * 1000 * 1000  # a pairs file is closed at the first recording boundary past this
+ARROW_FILE = "data-00000-of-00001.arrow"
+
+
+@dataclass(frozen=True)
+class RecordingRows:
+    fingerprint: str  # of its rows in the dataset: changes when any of them changes, comes or goes
+    shards: tuple[str, ...]  # the dataset shards holding them
+
+
+def recordings_in(dataset: dict) -> dict[str, RecordingRows] | None:
+    """Each recording of the dataset record, from its shards' members; None for a record without
+    members (an older writer's), which can only be paired whole."""
+    if any("members" not in shard for shard in dataset["shards"]):
+        return None
+    lines: dict[str, list[str]] = {}
+    shards: dict[str, set] = {}
+    for shard in dataset["shards"]:
+        for name, version, size in shard["members"]:
+            rec = recording_of(name[:-4] if name.endswith(".npz") else name)
+            lines.setdefault(rec, []).append(f"{name}\t{version}\t{size}")
+            shards.setdefault(rec, set()).add(shard["path"])
+    return {rec: RecordingRows(hashlib.sha256("\n".join(sorted(ls)).encode()).hexdigest()[:20], tuple(sorted(shards[rec])))
+            for rec, ls in lines.items()}
+
+
+@dataclass
+class PairsPlan:
+    """What a build keeps and what it makes (pure: from the records, no store)."""
+
+    keep: list[dict]  # the previous record's files, kept as they are
+    regenerate: set[str] | None  # recordings paired now; None: every recording (a full build)
+    shards: list[str]  # dataset shards to read, in record order
+    idle: dict[str, dict]  # recordings without pairs, carried over unread
+
+    @property
+    def full(self) -> bool:
+        return self.regenerate is None
+
+
+def plan_pairs_build(previous: dict | None, dataset: dict, settings: PairSettings, force: bool = False) -> PairsPlan:
+    every_shard = [s["path"] for s in dataset["shards"]]
+    current = recordings_in(dataset)
+    if (force or current is None or previous is None or previous.get("writer") != PAIRS_WRITER
+            or previous.get("settings") != settings.to_dict()):
+        return PairsPlan([], None, every_shard, {})
+
+    def unchanged(recordings: dict) -> bool:
+        return all(r in current and current[r].fingerprint == v["fingerprint"] for r, v in recordings.items())
+
+    keep = [f for f in previous["files"] if f["recordings"] and unchanged(f["recordings"])]
+    idle = {r: v for r, v in previous.get("idle", {}).items() if unchanged({r: v})}
+    covered = {r for f in keep for r in f["recordings"]} | set(idle)
+    regenerate = set(current) - covered
+    wanted = {shard for r in regenerate for shard in current[r].shards}
+    return PairsPlan(keep, regenerate, [p for p in every_shard if p in wanted], idle)
+
+
+def _recording_tallies(index: pa.Table, plan: Plan) -> dict[str, dict]:
+    """Per recording of the index: its rows within the rules, and its groups too small to pair."""
+    code_lengths = pc.fill_null(pc.list_value_length(index["codes"]), 0).to_numpy()
+    keep = eligible_mask(index["duration_sec"].to_numpy(zero_copy_only=False), code_lengths, plan.settings)
+    ids = index["audio_id"].to_pylist()
+    out: dict[str, dict] = {}
+    for row, ok in enumerate(keep.tolist()):
+        t = out.setdefault(recording_of(ids[row]), {"eligible": 0, "dropped": 0})
+        t["eligible"] += int(ok)
+    for rec, spk in plan.dropped:
+        out[rec]["dropped"] += 1
+    return out
+
+
+def _pairs_file(index: pa.Table, groups: list[Group], settings: PairSettings, workdir: Path, name: str) -> tuple[Path, Path, int]:
+    """The pairs of `groups` as one `save_to_disk` Arrow file (`datasets` writes it from an Arrow
+    stream whose schema carries the features) and their row references as Parquet."""
+    from datasets import Dataset
+
+    schema = pairs_features(settings.include_audio).arrow_schema
+    stream, refs_path, out = workdir / f"{name}.stream", workdir / f"{name}.{INDEX_FILE}", workdir / name
     ids = index["audio_id"]
     ref_schema = pa.schema([("ref_audio_id", pa.string()), ("target_audio_id", pa.string())])
     written = 0
-    with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer, \
-            pq.ParquetWriter(str(index_path), ref_schema, compression="zstd") as refs:
-        for ref, target in plan.chunks():
+    chunk = AUDIO_BATCH_PAIRS if settings.include_audio else BATCH_PAIRS
+    with pa.OSFile(str(stream), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer, \
+            pq.ParquetWriter(str(refs_path), ref_schema, compression="zstd") as refs:
+        for ref, target in pair_chunks(groups, settings.max_pairs_per_speaker, settings.random_seed, chunk):
             writer.write_table(pairs_batch(index, ref, target, schema))
             refs.write_table(pa.Table.from_arrays([ids.take(pa.array(ref)), ids.take(pa.array(target))], schema=ref_schema))
             written += len(ref)
         if written == 0:
             refs.write_table(ref_schema.empty_table())
-    return arrow_path, index_path, written
-
-
-def save_pairs_to_disk(arrow_path: Path, out: Path, cache: Path) -> dict:
-    """`datasets` turns the Arrow stream into a `save_to_disk` folder (memory-mapped, not loaded)."""
-    from datasets import Dataset
-
-    ds = Dataset.from_file(str(arrow_path))
-    # An empty dataset still needs one Arrow file: load_from_disk cannot concatenate none.
-    ds.save_to_disk(str(out), **({"max_shard_size": MAX_SHARD_SIZE} if len(ds) else {"num_shards": 1}))
+    ds = Dataset.from_file(str(stream))  # memory-mapped, not loaded
+    ds.save_to_disk(str(out), num_shards=1)
     del ds
-    return json.loads((Path(out) / STATE).read_text())
+    stream.unlink(missing_ok=True)
+    return out, refs_path, written
 
 
-def remove_other_builds(store: ObjectStore, channel: str, build_id: str) -> list[str]:
-    """Everything under the channel's folder in a build folder other than `build_id`'s."""
-    prefix = folder(channel)
-    removed = [o.key for o in store.list(prefix)
-               if "/" in o.key[len(prefix):] and not o.key.startswith(f"{prefix}{build_id}/")]
-    for key in removed:
-        store.delete(key)
-    return removed
+def _split_at_recordings(groups: list[Group], settings: PairSettings, index: pa.Table) -> Iterator[list[Group]]:
+    """The groups (sorted: a recording's are together) in runs of whole recordings of about
+    FILE_BYTES of pairs each (estimated from the codes and text they repeat)."""
+    code_lengths = pc.fill_null(pc.list_value_length(index["codes"]), 0).to_numpy()
+    text_lengths = pc.fill_null(pc.binary_length(index["text"]), 0).to_numpy()
+    audio_lengths = (pc.fill_null(pc.binary_length(pc.struct_field(index["audio"], "bytes")), 0).to_numpy()
+                     if settings.include_audio else np.zeros(len(code_lengths), np.int64))
+    per_row = code_lengths * 4 + text_lengths + audio_lengths + 64
+    run: list[Group] = []
+    size = 0.0
+    for k, group in enumerate(groups):
+        run.append(group)
+        # each row of a group appears in about 2 x pairs / n pairs
+        size += float(per_row[group.rows].mean()) * 2 * group.num_pairs(settings.max_pairs_per_speaker)
+        last_of_recording = k + 1 == len(groups) or groups[k + 1].recording != group.recording
+        if last_of_recording and size >= FILE_BYTES:
+            yield run
+            run, size = [], 0.0
+    if run:
+        yield run
+
+
+def _counts(files: list[dict], idle: dict[str, dict], rows_in_dataset: int) -> tuple[dict, list[dict]]:
+    groups = [g for f in files for g in f["groups"]]  # [recording, speaker_id, segments, pairs]
+    recordings = [v for f in files for v in f["recordings"].values()] + list(idle.values())
+    per = [g[3] for g in groups]
+    counts = {
+        "speakers": len(groups),
+        "speakers_dropped": sum(v["dropped"] for v in recordings),
+        "pairs": int(sum(per)),
+        "pairs_per_speaker": {"min": int(min(per)) if per else 0, "median": float(np.median(per)) if per else 0.0,
+                              "max": int(max(per)) if per else 0},
+        "rows_in_dataset": rows_in_dataset,
+        "rows_eligible": sum(v["eligible"] for v in recordings),
+        "rows_used": int(sum(g[2] for g in groups)),
+    }
+    top = sorted(groups, key=lambda g: (-g[3], g[0], g[1]))[:TOP_SPEAKERS]
+    return counts, [{"recording": g[0], "speaker_id": g[1], "segments": g[2], "pairs": g[3]} for g in top]
 
 
 def new_build_id() -> str:
@@ -375,63 +494,96 @@ def new_build_id() -> str:
 
 
 def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, workdir: Path, title: str,
-                      guard: Callable[[], None] | None = None, log: Callable[[str], None] | None = None) -> PairsBuild:
-    """Reads the channel's published dataset, writes its pairs and publishes them (see the module)."""
+                      guard: Callable[[], None] | None = None, log: Callable[[str], None] | None = None,
+                      force: bool = False) -> PairsBuild:
+    """Reads what changed of the channel's published dataset, writes those recordings' pairs and
+    publishes them beside the files kept (see the module and `plan_pairs_build`)."""
+    from neutts_assets.core.dataset_disk import publish_state
+
     guard = guard or (lambda: None)
     log = log or (lambda _msg: None)
     started = time.perf_counter()
     dataset = read_record(store, channel)
     if dataset is None:
         raise LookupError(f"channel {channel!r} has no published dataset: materialize hf_dataset first")
+    previous = read_pair_record(store, channel)
+    plan = plan_pairs_build(previous, dataset, settings, force)
     workdir = Path(workdir)
-    shards_dir = workdir / "shards"
-    shards_dir.mkdir(parents=True, exist_ok=True)
+    (workdir / "shards").mkdir(parents=True, exist_ok=True)
     tables = []
-    for shard in dataset["shards"]:  # one shard on local disk at a time; its projected columns kept
-        local = fetch_shards(store, dataset, shards_dir, only=[shard["path"]])[shard["path"]]
-        tables.append(read_index([local], settings.include_audio))
+    for path in plan.shards:  # one shard on local disk at a time; its projected columns kept
+        local = fetch_shards(store, dataset, workdir / "shards", only=[path])[path]
+        table = read_index([local], settings.include_audio)
         local.unlink(missing_ok=True)
+        if not plan.full:  # only the recordings this build pairs
+            recs = [recording_of(a) for a in table["audio_id"].to_pylist()]
+            table = table.filter(pa.array([r in plan.regenerate for r in recs]))
+        tables.append(table)
     index = pa.concat_tables(tables).combine_chunks() if tables else read_index([], settings.include_audio)
     del tables
-    plan = plan_pairs(index, settings)
-    log(f"{channel}: {plan.pairs} pairs of {len(plan.groups)} speakers from {plan.rows_used} of {index.num_rows} rows")
+    pairing = plan_pairs(index, settings)
+    tallies = _recording_tallies(index, pairing)
+    log(f"{channel}: {len(plan.keep)} pairs file(s) kept; {pairing.pairs} pairs of {len(pairing.groups)} speakers "
+        f"from {len(tallies)} recording(s) made, {len(plan.shards)} of {len(dataset['shards'])} dataset shard(s) read")
 
     build_id = new_build_id()
-    arrow_path, index_path, written = write_pairs(index, plan, channel, workdir)
-    del index
-    assert written == plan.pairs, (written, plan.pairs)
-    out = workdir / "save_to_disk"
-    state = save_pairs_to_disk(arrow_path, out, workdir / "hf_cache")
-    arrow_path.unlink(missing_ok=True)
-
     prefix = folder(channel)
-    uploaded = 0
-    for data_file in state["_data_files"]:
+    files, info = [], None
+    with_pairs: set[str] = set()
+    for k, groups in enumerate(_split_at_recordings(pairing.groups, settings, index)):
+        out, refs, written = _pairs_file(index, groups, settings, workdir, f"{k:05d}")
+        name = f"{build_id}/{k:05d}"
         guard()
-        uploaded += store.upload(out / data_file["filename"], f"{prefix}{build_id}/{data_file['filename']}")
-        data_file["filename"] = f"{build_id}/{data_file['filename']}"
-    index_bytes = store.upload(index_path, f"{prefix}{build_id}/{INDEX_FILE}")
+        size = store.upload(out / ARROW_FILE, f"{prefix}{name}/{ARROW_FILE}")
+        store.upload(refs, f"{prefix}{name}/{INDEX_FILE}")
+        info = info or json.loads((out / INFO).read_text())
+        shutil.rmtree(out, ignore_errors=True)
+        refs.unlink(missing_ok=True)
+        recs = sorted({g.recording for g in groups})
+        with_pairs |= set(recs)
+        current = recordings_in(dataset) or {}
+        files.append({
+            "arrow": f"{name}/{ARROW_FILE}", "index": f"{name}/{INDEX_FILE}", "pairs": written, "bytes": size,
+            "recordings": {r: {"fingerprint": current[r].fingerprint if r in current else "", **tallies[r]} for r in recs},
+            "groups": [[g.recording, g.speaker_id, g.n, g.num_pairs(settings.max_pairs_per_speaker)] for g in groups],
+        })
+    current = recordings_in(dataset) or {}
+    idle = {**plan.idle, **{r: {"fingerprint": current[r].fingerprint if r in current else "", **t}
+                            for r, t in tallies.items() if r not in with_pairs}}
+    files = plan.keep + files
+    if not files:  # load_from_disk cannot concatenate no file: one empty one, never kept
+        out, refs, _ = _pairs_file(index, [], settings, workdir, "empty")
+        name = f"{build_id}/empty"
+        store.upload(out / ARROW_FILE, f"{prefix}{name}/{ARROW_FILE}")
+        store.upload(refs, f"{prefix}{name}/{INDEX_FILE}")
+        info = json.loads((out / INFO).read_text())
+        files = [{"arrow": f"{name}/{ARROW_FILE}", "index": f"{name}/{INDEX_FILE}", "pairs": 0, "bytes": 0,
+                  "recordings": {}, "groups": []}]
+    if info is None:  # only kept files: the features from the folder as published
+        info = json.loads(store.read_bytes(prefix + INFO))
+    del index
     guard()
-    store.write_bytes(prefix + INFO, (out / INFO).read_bytes())
-    store.write_bytes(prefix + STATE, json.dumps(state, indent=2).encode())  # the switch to the new build
+    publish_state(store, prefix, [f["arrow"] for f in files], info)  # the switch
+    counts, top = _counts(files, idle, dataset["stats"]["rows"])
     record = {
         "channel": channel,
+        "writer": PAIRS_WRITER,
         "build_id": build_id,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset_build_id": dataset["build_id"],
         "settings": settings.to_dict(),
         "folder": prefix,
-        "arrow_files": [f["filename"] for f in state["_data_files"]],
-        "index_file": f"{build_id}/{INDEX_FILE}",
-        "counts": plan.counts(),
-        "bytes": uploaded,
-        "index_bytes": index_bytes,
-        "top_speakers": plan.top_speakers(),
+        "files": files,
+        "idle": idle,
+        "arrow_files": [f["arrow"] for f in files],
+        "index_files": [f["index"] for f in files],
+        "counts": counts,
+        "bytes": sum(f["bytes"] for f in files),
+        "top_speakers": top,
     }
     store.write_bytes(record_key(channel), json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(workdir / "hf_cache", ignore_errors=True)
-    build = PairsBuild(record, plan, arrow_files=len(state["_data_files"]))
+    build = PairsBuild(record, plan, files_written=len(files) - len(plan.keep), shards_read=len(plan.shards),
+                       recordings_paired=len(tallies))
     build.removed = finish_publishing(store, record, title, guard)
     build.wall_seconds = time.perf_counter() - started
     return build
@@ -439,7 +591,7 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
 
 def is_current(store: ObjectStore, record: dict | None, dataset_build_id: str | None, settings: PairSettings) -> bool:
     """Whether the published pairs were made from this dataset build with these settings, and
-    their state.json still names that build."""
+    their state.json names exactly the record's files."""
     if record is None or dataset_build_id is None:
         return False
     if record.get("dataset_build_id") != dataset_build_id or record.get("settings") != settings.to_dict():
@@ -447,16 +599,26 @@ def is_current(store: ObjectStore, record: dict | None, dataset_build_id: str | 
     blob = store.read_bytes_or_none(folder(record["channel"]) + STATE)
     if blob is None:
         return False
-    files = json.loads(blob)["_data_files"]
-    return bool(files) and all(f["filename"].startswith(record["build_id"] + "/") for f in files)
+    return [f["filename"] for f in json.loads(blob)["_data_files"]] == record.get("arrow_files")
+
+
+def remove_unreferenced(store: ObjectStore, record: dict) -> list[str]:
+    """Every file under the channel's folder that the record does not name (replaced files, and
+    what a killed build left)."""
+    prefix = folder(record["channel"])
+    keep = {prefix + name for name in record.get("arrow_files", []) + record.get("index_files", [])}
+    removed = [o.key for o in store.list(prefix) if "/" in o.key[len(prefix):] and o.key not in keep]
+    for key in removed:
+        store.delete(key)
+    return removed
 
 
 def finish_publishing(store: ObjectStore, record: dict, title: str, guard: Callable[[], None] | None = None) -> list[str]:
-    """After the record: the previous build's files removed, the card rewritten if it does not
+    """After the record: the files it no longer names removed, the card rewritten if it does not
     name this build. Also what an unchanged rerun does, for a run killed after the record."""
     guard = guard or (lambda: None)
     guard()
-    removed = remove_other_builds(store, record["channel"], record["build_id"])
+    removed = remove_unreferenced(store, record)
     card = store.read_bytes_or_none(CARD_KEY)
     if card is None or record["build_id"] not in card.decode():
         guard()

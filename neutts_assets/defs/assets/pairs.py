@@ -62,6 +62,7 @@ def _build(context, config: TrainingPairsConfig, store: SegmentStore, hub: Huggi
     previous = read_pair_record(dst, channel)
     started = time.perf_counter()
     removed: list = []
+    incremental: dict = {}
     if not config.force and is_current(dst, previous, dataset["build_id"], settings):
         context.log.info(f"{channel}: pairs of dataset build {dataset['build_id']} with these settings already published")
         record, rebuilt = previous, False
@@ -69,11 +70,14 @@ def _build(context, config: TrainingPairsConfig, store: SegmentStore, hub: Huggi
     else:
         with tempfile.TemporaryDirectory(prefix="neutts-pairs-") as tmp:
             try:
-                build = build_and_publish(dst, channel, settings, Path(tmp), hub.title, guard, log=context.log.info)
+                build = build_and_publish(dst, channel, settings, Path(tmp), hub.title, guard, log=context.log.info,
+                                          force=config.force)
             except FileNotFoundError as exc:  # hf_dataset published another build (and removed shards) meanwhile
                 raise Failure(description=f"{channel}: a shard of dataset build {dataset['build_id']} went away while "
                               f"it was read ({exc}); the dataset was republished meanwhile: rerun") from exc
         record, rebuilt, removed = build.record, True, build.removed
+        incremental = {"full_rebuild": build.plan.full, "files_kept": len(build.plan.keep), "files_written": build.files_written,
+                       "dataset_shards_read": build.shards_read, "recordings_paired": build.recordings_paired}
     wall = time.perf_counter() - started
 
     counts = record["counts"]
@@ -99,6 +103,7 @@ def _build(context, config: TrainingPairsConfig, store: SegmentStore, hub: Huggi
         "bytes": record["bytes"],
         "arrow_files": len(record["arrow_files"]),
         "old_files_removed": len(removed),
+        **incremental,
         "wall_seconds": round(wall, 2),
         "top_speakers": MetadataValue.table(
             records=[TableRecord(data=s) for s in record["top_speakers"]],
