@@ -6,7 +6,8 @@
     .venv/bin/python bench/hf_dataset.py --incremental     # 20,000 segments: full build, +1 recording, force
     .venv/bin/python bench/hf_dataset.py --incremental --segments 500 --added 60   # its smoke run
 
-Input: stage-2 segment files (our format: FLAC bytes + codes, 50 per second) cut from the demo
+Input: stage-2 segment files (the default format: the float32 waveform + codes, 50 per second;
+so ours encodes each segment's FLAC for the audio column once) cut from the demo
 channel's speech at varied offsets, 4.5-6.5 s long, in a local folder (built once, cached in
 bench/.cache/, git-ignored).
 Ours: `core.dataset_writer.build_channel`, the asset's path: segment files streamed through a
@@ -53,10 +54,10 @@ def make_segments(n: int, first: int = 0, name: str | None = None, recording: in
     import soundfile as sf
     from stage1 import build_program  # the demo recordings decoded and concatenated (~78 s)
 
-    from neutts_assets.core.segment_file import Segment, encode_segment
+    from neutts_assets.core.segment_file import FORMAT_VERSION, Segment, encode_segment
     from neutts_assets.storage.local import LocalStore
 
-    root = CACHE / (name or f"hf_dataset_{n}")
+    root = CACHE / f"{name or f'hf_dataset_{n}'}_v{FORMAT_VERSION}"  # the segment-file format's own cache
     if (root / "done").exists():
         return root
     program, _, _ = build_program()
