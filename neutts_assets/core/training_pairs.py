@@ -26,22 +26,25 @@ columns; the audio too with include_audio): no Python object per pair.
 
 Layout in the store (`datasets.load_from_disk(<store>/training_pairs/{channel})` opens a channel):
 
-    training_pairs/{channel}/state.json, dataset_info.json   written by `save_to_disk`, state.json
-                                                             naming {build}/data-*.arrow
-    training_pairs/{channel}/{build}/data-*.arrow            the pairs
-    training_pairs/{channel}/{build}/pairs_index.parquet     ref_audio_id, target_audio_id of each
-                                                             pair, in the pairs' order (lineage)
+    training_pairs/{channel}/state.json, dataset_info.json   the load_from_disk folder: state.json
+                                                             names the pairs files, in order
+    training_pairs/{channel}/{build}/{k}/data-00000-of-00001.arrow
+                                                             pairs of whole recordings (~500 MB), an
+                                                             Arrow stream as save_to_disk writes it
+    training_pairs/{channel}/{build}/{k}/pairs_index.parquet ref_audio_id, target_audio_id of each
+                                                             pair, in the pairs' order (row references)
     training_pairs_builds/{channel}.json                     the published build's record
 
-The Arrow files go first, then dataset_info.json, then state.json (the switch), then the record,
-then the previous build's files are removed and the dataset card rewritten with the pairs section.
+Files are kept across builds while their recordings' rows are unchanged (see "incremental
+builds" below), so a folder holds files of several builds. The new files go first, then
+dataset_info.json, then state.json (the switch), then the record; then the files no record names
+are removed and the dataset card rewritten with the pairs section.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 import uuid
 import zlib
@@ -424,12 +427,11 @@ def _recording_tallies(index: pa.Table, plan: Plan) -> dict[str, dict]:
 
 
 def _pairs_file(index: pa.Table, groups: list[Group], settings: PairSettings, workdir: Path, name: str) -> tuple[Path, Path, int]:
-    """The pairs of `groups` as one `save_to_disk` Arrow file (`datasets` writes it from an Arrow
-    stream whose schema carries the features) and their row references as Parquet."""
-    from datasets import Dataset
-
+    """The pairs of `groups` as one Arrow stream file, the format `save_to_disk` writes (its schema
+    carries the features, so `load_from_disk` reads it as it is), written batch by batch and never
+    mapped back into memory; and their row references as Parquet."""
     schema = pairs_features(settings.include_audio).arrow_schema
-    stream, refs_path, out = workdir / f"{name}.stream", workdir / f"{name}.{INDEX_FILE}", workdir / name
+    stream, refs_path = workdir / f"{name}.arrow", workdir / f"{name}.{INDEX_FILE}"
     ids = index["audio_id"]
     ref_schema = pa.schema([("ref_audio_id", pa.string()), ("target_audio_id", pa.string())])
     written = 0
@@ -442,11 +444,18 @@ def _pairs_file(index: pa.Table, groups: list[Group], settings: PairSettings, wo
             written += len(ref)
         if written == 0:
             refs.write_table(ref_schema.empty_table())
-    ds = Dataset.from_file(str(stream))  # memory-mapped, not loaded
-    ds.save_to_disk(str(out), num_shards=1)
-    del ds
-    stream.unlink(missing_ok=True)
-    return out, refs_path, written
+    return stream, refs_path, written
+
+
+def pairs_info(settings: PairSettings) -> dict:
+    """The folder's dataset_info.json, as `datasets` writes it for these features."""
+    import tempfile
+
+    from datasets import DatasetInfo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        DatasetInfo(features=pairs_features(settings.include_audio)).write_to_directory(tmp)
+        return json.loads((Path(tmp) / INFO).read_text())
 
 
 def _split_at_recordings(groups: list[Group], settings: PairSettings, index: pa.Table) -> Iterator[list[Group]]:
@@ -528,16 +537,15 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
 
     build_id = new_build_id()
     prefix = folder(channel)
-    files, info = [], None
+    files = []
     with_pairs: set[str] = set()
     for k, groups in enumerate(_split_at_recordings(pairing.groups, settings, index)):
-        out, refs, written = _pairs_file(index, groups, settings, workdir, f"{k:05d}")
+        arrow, refs, written = _pairs_file(index, groups, settings, workdir, f"{k:05d}")
         name = f"{build_id}/{k:05d}"
         guard()
-        size = store.upload(out / ARROW_FILE, f"{prefix}{name}/{ARROW_FILE}")
+        size = store.upload(arrow, f"{prefix}{name}/{ARROW_FILE}")
         store.upload(refs, f"{prefix}{name}/{INDEX_FILE}")
-        info = info or json.loads((out / INFO).read_text())
-        shutil.rmtree(out, ignore_errors=True)
+        arrow.unlink(missing_ok=True)
         refs.unlink(missing_ok=True)
         recs = sorted({g.recording for g in groups})
         with_pairs |= set(recs)
@@ -552,18 +560,15 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
                             for r, t in tallies.items() if r not in with_pairs}}
     files = plan.keep + files
     if not files:  # load_from_disk cannot concatenate no file: one empty one, never kept
-        out, refs, _ = _pairs_file(index, [], settings, workdir, "empty")
+        arrow, refs, _ = _pairs_file(index, [], settings, workdir, "empty")
         name = f"{build_id}/empty"
-        store.upload(out / ARROW_FILE, f"{prefix}{name}/{ARROW_FILE}")
+        store.upload(arrow, f"{prefix}{name}/{ARROW_FILE}")
         store.upload(refs, f"{prefix}{name}/{INDEX_FILE}")
-        info = json.loads((out / INFO).read_text())
         files = [{"arrow": f"{name}/{ARROW_FILE}", "index": f"{name}/{INDEX_FILE}", "pairs": 0, "bytes": 0,
                   "recordings": {}, "groups": []}]
-    if info is None:  # only kept files: the features from the folder as published
-        info = json.loads(store.read_bytes(prefix + INFO))
     del index
     guard()
-    publish_state(store, prefix, [f["arrow"] for f in files], info)  # the switch
+    publish_state(store, prefix, [f["arrow"] for f in files], pairs_info(settings))  # the switch
     counts, top = _counts(files, idle, dataset["stats"]["rows"])
     record = {
         "channel": channel,
