@@ -30,6 +30,7 @@ from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.store import ObjectInfo
 
 from neutts_assets_tests.helpers import TEST_CODEC, asset_metadata, make_resources, run_dataset
+from neutts_assets_tests.test_hf_hub_push import hub  # noqa: F401  (the fake Hub fixture, shared)
 
 CH = "inc_ch"
 
@@ -289,18 +290,6 @@ def test_compaction_only_when_asked(tmp_path, monkeypatch):
 
 
 # ---- the asset: save_to_disk copy and the Hub follow --------------------------------------------
-
-@pytest.fixture
-def hub(monkeypatch):
-    from neutts_assets_tests.fake_hub import FakeHub
-    from neutts_assets_tests.test_hf_hub_push import TOKEN
-
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_XET", True)
-    with FakeHub(TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
-
 
 def test_asset_disk_copy_and_hub_push_follow_the_shards(tmp_path, small_row_groups, hub):
     from neutts_assets.defs.resources import HuggingFaceHub

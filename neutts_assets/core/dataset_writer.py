@@ -486,9 +486,10 @@ def _resumable(store: ObjectStore, channel: str, fingerprint: str, shard_bytes: 
     return progress
 
 
-def read_records(store: ObjectStore) -> dict[str, dict]:
+def read_records(store: ObjectStore, prefix: str = BUILDS_PREFIX) -> dict[str, dict]:
+    """Every channel's published record under `prefix` (the dataset's; training_pairs' has its own)."""
     records = {}
-    for o in store.list(BUILDS_PREFIX):
+    for o in store.list(prefix):
         if o.key.endswith(".json"):
             blob = store.read_bytes_or_none(o.key)
             if blob is not None:

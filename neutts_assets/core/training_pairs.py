@@ -59,7 +59,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neutts_assets.core.audio import SAMPLE_RATE
-from neutts_assets.core.dataset_writer import CARD_KEY, fetch_shards, publish_card, read_record
+from neutts_assets.core.dataset_writer import CARD_KEY, fetch_shards, publish_card, read_record, read_records
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.store import ObjectStore
 
@@ -323,14 +323,7 @@ def read_pair_record(store: ObjectStore, channel: str) -> dict | None:
 
 
 def read_pair_records(store: ObjectStore) -> dict[str, dict]:
-    records = {}
-    for o in store.list(PAIRS_BUILDS_PREFIX):
-        if o.key.endswith(".json"):
-            blob = store.read_bytes_or_none(o.key)
-            if blob is not None:
-                rec = json.loads(blob)
-                records[rec["channel"]] = rec
-    return records
+    return read_records(store, PAIRS_BUILDS_PREFIX)
 
 
 @dataclass
