@@ -253,8 +253,10 @@ class ChannelBuild:
     resumed_shards: int = 0  # shards a killed build of the same plan had finished, kept
 
 
-def _rows_in_order(store: ObjectStore, keys: list[str], workers: int) -> Iterator[tuple[str, bytes | Exception]]:
-    """Each key's bytes (or the error reading it), in key order, with a bounded read-ahead window."""
+def _rows_in_order(store: ObjectStore, keys: list[str], workers: int) -> Iterator[tuple[str, tuple[int, Row | BadSegment] | Exception]]:
+    """Each key's (bytes read, row or why it is no row), or the error reading it, in key order, with
+    a bounded read-ahead window. The rows are made in the reading threads: inflating the float32
+    waveform (ISA-L) and encoding its FLAC (libsndfile) release the GIL, so they use every core."""
     window = max(1, workers) * 4
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: deque = deque()
@@ -262,9 +264,13 @@ def _rows_in_order(store: ObjectStore, keys: list[str], workers: int) -> Iterato
 
         def read(key: str):
             try:
-                return store.read_bytes(key)
+                data = store.read_bytes(key)
             except Exception as exc:  # reported per object; the channel goes on
                 return exc
+            try:
+                return len(data), read_row(data)
+            except BadSegment as exc:
+                return len(data), exc
 
         for key in it:
             pending.append((key, pool.submit(read, key)))
@@ -413,12 +419,11 @@ def build_channel(
             else:
                 excluded.append([segment_name(key), o.version, o.size, "failed", f"cannot read: {data}"])
             continue
-        build.bytes_read += len(data)
+        nbytes, row = data
+        build.bytes_read += nbytes
         build.segments_read += 1
-        try:
-            row = read_row(data)
-        except BadSegment as exc:
-            excluded.append([segment_name(key), o.version, o.size, "failed", str(exc)])
+        if isinstance(row, BadSegment):
+            excluded.append([segment_name(key), o.version, o.size, "failed", str(row)])
             continue
         reason = row_filter.reason_to_skip(row)
         if reason:
