@@ -241,53 +241,27 @@ def read_index(parquet_files: Iterable[Path], include_audio: bool = False) -> pa
 @dataclass
 class Plan:
     groups: list[Group]  # the groups that make pairs (>= min_segments_per_speaker rows)
-    dropped: list[tuple[str, str]]  # (recording, speaker_id) of the groups with fewer rows
-    rows_in_dataset: int
-    rows_eligible: int  # within the duration bounds, with codes
+    recordings: dict[str, dict]  # every recording of the index: {"eligible": rows within the rules, "dropped": small groups}
     settings: PairSettings
 
     @property
-    def rows_used(self) -> int:
-        return int(sum(g.n for g in self.groups))
-
-    def pairs_per_group(self) -> list[int]:
-        return [g.num_pairs(self.settings.max_pairs_per_speaker) for g in self.groups]
-
-    @property
     def pairs(self) -> int:
-        return int(sum(self.pairs_per_group()))
-
-    def chunks(self, chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        chunk = chunk or (AUDIO_BATCH_PAIRS if self.settings.include_audio else BATCH_PAIRS)
-        return pair_chunks(self.groups, self.settings.max_pairs_per_speaker, self.settings.random_seed, chunk)
-
-    def counts(self) -> dict:
-        per = self.pairs_per_group()
-        return {
-            "speakers": len(self.groups),
-            "speakers_dropped": len(self.dropped),
-            "pairs": int(sum(per)),
-            "pairs_per_speaker": {"min": int(min(per)) if per else 0, "median": float(np.median(per)) if per else 0.0,
-                                  "max": int(max(per)) if per else 0},
-            "rows_in_dataset": self.rows_in_dataset,
-            "rows_eligible": self.rows_eligible,
-            "rows_used": self.rows_used,
-        }
-
-    def top_speakers(self, limit: int = TOP_SPEAKERS) -> list[dict]:
-        per = self.pairs_per_group()
-        order = sorted(range(len(self.groups)), key=lambda g: (-per[g], self.groups[g].recording, self.groups[g].speaker_id))
-        return [{"recording": self.groups[g].recording, "speaker_id": self.groups[g].speaker_id,
-                 "segments": self.groups[g].n, "pairs": per[g]} for g in order[:limit]]
+        return int(sum(g.num_pairs(self.settings.max_pairs_per_speaker) for g in self.groups))
 
 
 def plan_pairs(index: pa.Table, settings: PairSettings) -> Plan:
     code_lengths = pc.fill_null(pc.list_value_length(index["codes"]), 0).to_numpy()
     keep = eligible_mask(index["duration_sec"].to_numpy(zero_copy_only=False), code_lengths, settings)
-    groups = group_rows(index["audio_id"].to_pylist(), index["speaker_id"].to_pylist(), keep)
-    big = [g for g in groups if g.n >= max(2, settings.min_segments_per_speaker)]
-    dropped = [(g.recording, g.speaker_id) for g in groups if g.n < max(2, settings.min_segments_per_speaker)]
-    return Plan(big, dropped, index.num_rows, int(keep.sum()), settings)
+    audio_ids = index["audio_id"].to_pylist()
+    groups = group_rows(audio_ids, index["speaker_id"].to_pylist(), keep)
+    recordings: dict[str, dict] = {}
+    for audio_id, ok in zip(audio_ids, keep.tolist()):
+        recordings.setdefault(recording_of(audio_id), {"eligible": 0, "dropped": 0})["eligible"] += int(ok)
+    smallest = max(2, settings.min_segments_per_speaker)
+    for g in groups:
+        if g.n < smallest:
+            recordings[g.recording]["dropped"] += 1
+    return Plan([g for g in groups if g.n >= smallest], recordings, settings)
 
 
 def pairs_batch(index: pa.Table, ref: np.ndarray, target: np.ndarray, schema: pa.Schema) -> pa.Table:
@@ -381,6 +355,7 @@ class PairsPlan:
     regenerate: set[str] | None  # recordings paired now; None: every recording (a full build)
     shards: list[str]  # dataset shards to read, in record order
     idle: dict[str, dict]  # recordings without pairs, carried over unread
+    current: dict[str, RecordingRows] = field(default_factory=dict)  # the dataset's recordings now (recordings_in)
 
     @property
     def full(self) -> bool:
@@ -392,7 +367,7 @@ def plan_pairs_build(previous: dict | None, dataset: dict, settings: PairSetting
     current = recordings_in(dataset)
     if (force or current is None or previous is None or previous.get("writer") != PAIRS_WRITER
             or previous.get("settings") != settings.to_dict()):
-        return PairsPlan([], None, every_shard, {})
+        return PairsPlan([], None, every_shard, {}, current or {})
 
     def unchanged(recordings: dict) -> bool:
         return all(r in current and current[r].fingerprint == v["fingerprint"] for r, v in recordings.items())
@@ -402,21 +377,7 @@ def plan_pairs_build(previous: dict | None, dataset: dict, settings: PairSetting
     covered = {r for f in keep for r in f["recordings"]} | set(idle)
     regenerate = set(current) - covered
     wanted = {shard for r in regenerate for shard in current[r].shards}
-    return PairsPlan(keep, regenerate, [p for p in every_shard if p in wanted], idle)
-
-
-def _recording_tallies(index: pa.Table, plan: Plan) -> dict[str, dict]:
-    """Per recording of the index: its rows within the rules, and its groups too small to pair."""
-    code_lengths = pc.fill_null(pc.list_value_length(index["codes"]), 0).to_numpy()
-    keep = eligible_mask(index["duration_sec"].to_numpy(zero_copy_only=False), code_lengths, plan.settings)
-    ids = index["audio_id"].to_pylist()
-    out: dict[str, dict] = {}
-    for row, ok in enumerate(keep.tolist()):
-        t = out.setdefault(recording_of(ids[row]), {"eligible": 0, "dropped": 0})
-        t["eligible"] += int(ok)
-    for rec, spk in plan.dropped:
-        out[rec]["dropped"] += 1
-    return out
+    return PairsPlan(keep, regenerate, [p for p in every_shard if p in wanted], idle, current)
 
 
 def _pairs_file(index: pa.Table, groups: list[Group], settings: PairSettings, workdir: Path, name: str) -> tuple[Path, Path, int]:
@@ -524,9 +485,12 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
     index = pa.concat_tables(tables).combine_chunks() if tables else read_index([], settings.include_audio)
     del tables
     pairing = plan_pairs(index, settings)
-    tallies = _recording_tallies(index, pairing)
+    tallies = pairing.recordings
     log(f"{channel}: {len(plan.keep)} pairs file(s) kept; {pairing.pairs} pairs of {len(pairing.groups)} speakers "
         f"from {len(tallies)} recording(s) made, {len(plan.shards)} of {len(dataset['shards'])} dataset shard(s) read")
+
+    def fingerprint(recording: str) -> str:  # "" (never matches again) without members to take it from
+        return plan.current[recording].fingerprint if recording in plan.current else ""
 
     build_id = new_build_id()
     prefix = folder(channel)
@@ -542,15 +506,12 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
         refs.unlink(missing_ok=True)
         recs = sorted({g.recording for g in groups})
         with_pairs |= set(recs)
-        current = recordings_in(dataset) or {}
         files.append({
             "arrow": f"{name}/{ARROW_FILE}", "index": f"{name}/{INDEX_FILE}", "pairs": written, "bytes": size,
-            "recordings": {r: {"fingerprint": current[r].fingerprint if r in current else "", **tallies[r]} for r in recs},
+            "recordings": {r: {"fingerprint": fingerprint(r), **tallies[r]} for r in recs},
             "groups": [[g.recording, g.speaker_id, g.n, g.num_pairs(settings.max_pairs_per_speaker)] for g in groups],
         })
-    current = recordings_in(dataset) or {}
-    idle = {**plan.idle, **{r: {"fingerprint": current[r].fingerprint if r in current else "", **t}
-                            for r, t in tallies.items() if r not in with_pairs}}
+    idle = {**plan.idle, **{r: {"fingerprint": fingerprint(r), **t} for r, t in tallies.items() if r not in with_pairs}}
     files = plan.keep + files
     if not files:  # load_from_disk cannot concatenate no file: one empty one, never kept
         arrow, refs, _ = _pairs_file(index, [], settings, workdir, "empty")
