@@ -20,7 +20,7 @@ import numpy as np
 
 from neutts_assets.core.audio import SAMPLE_RATE
 from neutts_assets.core.npz_zip import member_bytes, raw_members
-from neutts_assets.core.segment_file import STRING_KEYS, flac_bytes, read_audio
+from neutts_assets.core.segment_file import STRING_KEYS, flac_bytes, pcm16_of
 
 
 def dataset_features():
@@ -101,10 +101,10 @@ def read_row(data: bytes) -> Row:
         elif audio_format == "flac":  # format 1: FLAC under `audio`
             flac = npz["audio"].tobytes()
         else:  # a float waveform (ours, or the old scripts'): encoded once
-            pcm16 = read_audio(data)
+            pcm16 = pcm16_of(npz)
             flac, num_samples = flac_bytes(pcm16), len(pcm16)
         if num_samples is None:  # an incomplete header: decode to count
-            num_samples = len(read_audio(data))
+            num_samples = len(pcm16_of(npz))
     except BadSegment:
         raise
     except Exception as exc:  # zip, numpy and decoding errors: the object is unusable

@@ -106,7 +106,7 @@ def encode_segment(seg: Segment, audio_format: str = DEFAULT_AUDIO_FORMAT) -> by
     return write_npz(members)
 
 
-def _float_to_pcm16(wave: np.ndarray) -> np.ndarray:
+def _float_topcm16_of(wave: np.ndarray) -> np.ndarray:
     """Samples times 2**15, rounded and clipped: exact for the float32 we write from int16 (the
     product is already an integer), and the old scripts' floats (librosa's) are rounded."""
     if not np.isfinite(wave).all():
@@ -114,7 +114,7 @@ def _float_to_pcm16(wave: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(wave * wave.dtype.type(32768)), -32768, 32767).astype(np.int16)
 
 
-def _flac_to_pcm16(raw: np.ndarray) -> np.ndarray:
+def _flac_topcm16_of(raw: np.ndarray) -> np.ndarray:
     pcm16, sr = sf.read(io.BytesIO(raw.tobytes()), dtype="int16")
     if sr != SAMPLE_RATE:
         raise ValueError(f"segment audio is {sr} Hz, expected {SAMPLE_RATE}")
@@ -124,15 +124,15 @@ def _flac_to_pcm16(raw: np.ndarray) -> np.ndarray:
 def _decode(get, names, audio_format: str) -> np.ndarray:
     """The int16 samples, whichever format: `get(key)` gives a member's array, `names` the keys."""
     if "audio_flac" in names:
-        return _flac_to_pcm16(get("audio_flac"))
+        return _flac_topcm16_of(get("audio_flac"))
     if "audio" not in names:
         raise ValueError("segment file holds no audio (neither 'audio' nor 'audio_flac')")
     raw = get("audio")
     if audio_format == "flac":  # format 1: FLAC bytes under `audio`
-        return _flac_to_pcm16(raw)
+        return _flac_topcm16_of(raw)
     if raw.dtype.kind != "f" or raw.ndim != 1:
         raise ValueError(f"'audio' is {raw.dtype} of shape {raw.shape}, not a mono float waveform")
-    return _float_to_pcm16(raw)
+    return _float_topcm16_of(raw)
 
 
 def read_audio(data: bytes) -> np.ndarray:
@@ -144,7 +144,9 @@ def read_audio(data: bytes) -> np.ndarray:
     return _decode(lambda key: read_npy(members[f"{key}.npy"]), names, fmt)
 
 
-def _pcm16(npz) -> np.ndarray:
+def pcm16_of(npz) -> np.ndarray:
+    """The int16 samples of an opened segment file (any format): numpy's NpzFile, or anything
+    with its `files` and `[key]`."""
     return _decode(lambda key: npz[key], set(npz.files), _str(npz, "audio_format"))
 
 
@@ -189,7 +191,7 @@ def read_segment(source: str | os.PathLike | bytes | BinaryIO) -> Segment:
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     with np.load(source, allow_pickle=False) as npz:
-        pcm16 = _pcm16(npz)
+        pcm16 = pcm16_of(npz)
         return Segment(
             **{key: _str(npz, key) for key in STRING_KEYS},
             pcm16=pcm16,
