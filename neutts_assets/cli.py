@@ -116,6 +116,7 @@ def print_dataset_paths(channels: list[str]) -> None:
     """The last lines of a run: the folders to hand to the users' scripts, those that exist."""
     from neutts_assets.core.dataset_disk import DISK_PREFIX, STATE
     from neutts_assets.core.dataset_writer import CARD_KEY, DATASET_PREFIX
+    from neutts_assets.core.training_pairs import folder as pairs_folder
 
     store, base = _open_store()
     print(f"segment store: {base}")
@@ -126,8 +127,8 @@ def print_dataset_paths(channels: list[str]) -> None:
     for channel in channels:
         if store.exists(f"{DISK_PREFIX}{channel}/{STATE}"):
             print(f"load_from_disk, channel {channel}: {_where(base, DISK_PREFIX.rstrip('/'), channel)}")
-        if next(iter(store.list(f"training_pairs/{channel}/")), None) is not None:
-            print(f"training pairs (load_from_disk), channel {channel}: {_where(base, 'training_pairs', channel)}")
+        if next(iter(store.list(pairs_folder(channel))), None) is not None:
+            print(f"training pairs (load_from_disk), channel {channel}: {_where(base, pairs_folder(channel).rstrip('/'))}")
 
 
 def save_to_disk(names: list[str], force: bool = False) -> int:
@@ -137,7 +138,7 @@ def save_to_disk(names: list[str], force: bool = False) -> int:
     import uuid
     from pathlib import Path
 
-    from neutts_assets.core.dataset_disk import disk_copy_current, publish_all_channels, save_channel_to_disk
+    from neutts_assets.core.dataset_disk import DISK_PREFIX, disk_copy_current, publish_all_channels, save_channel_to_disk
     from neutts_assets.core.dataset_writer import read_record, read_records
     from neutts_assets.core.lease import LeaseHeld, acquire
 
@@ -171,9 +172,9 @@ def save_to_disk(names: list[str], force: bool = False) -> int:
             failed += 1
     if done_channels:
         print("datasets.load_from_disk(...) folders:")
-        print(f"all channels: {_where(base, 'hf_dataset_disk')}")
+        print(f"all channels: {_where(base, DISK_PREFIX.rstrip('/'))}")
         for channel in done_channels:
-            print(f"channel {channel}: {_where(base, 'hf_dataset_disk', channel)}")
+            print(f"channel {channel}: {_where(base, DISK_PREFIX.rstrip('/'), channel)}")
     return 1 if failed else 0
 
 

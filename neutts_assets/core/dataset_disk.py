@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -149,9 +148,3 @@ def publish_all_channels(store: ObjectStore) -> list[str]:
     store.write_bytes(DISK_PREFIX + INFO, json.dumps(info, indent=2).encode())
     store.write_bytes(DISK_PREFIX + STATE, json.dumps(state, indent=2).encode())
     return channels
-
-
-def disk_path(store_url: str, *parts: str) -> str:
-    """Where to point `load_from_disk`: the store URL (a local folder or s3:// / gs://) plus the folder."""
-    base = str(store_url).rstrip("/")
-    return "/".join([base, DISK_PREFIX.rstrip("/"), *parts]) if "://" in base else os.path.join(base, DISK_PREFIX.rstrip("/"), *parts)
