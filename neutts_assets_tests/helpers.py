@@ -79,14 +79,19 @@ def make_resources(source_url: str, store_url: str, s3_endpoint: str | None = No
     }
 
 
-def run_stage1(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
+def run_partition(assets: list, configured: str, instance: DagsterInstance, resources: dict, channel: str,
+                  config: dict | None = None, raise_on_error: bool = True):
+    """Materializes `assets` for the channel partition (added if new), `config` going to the asset
+    named `configured`."""
     if channel not in instance.get_dynamic_partitions("channels"):
         instance.add_dynamic_partitions("channels", [channel])
-    run_config = {"ops": {"segments_npz": {"config": config}}} if config else None
-    return materialize(
-        [raw_audio, segments_npz], partition_key=channel, instance=instance, resources=resources,
-        run_config=run_config, raise_on_error=raise_on_error,
-    )
+    run_config = {"ops": {configured: {"config": config}}} if config else None
+    return materialize(assets, partition_key=channel, instance=instance, resources=resources,
+                       run_config=run_config, raise_on_error=raise_on_error)
+
+
+def run_stage1(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
+    return run_partition([raw_audio, segments_npz], "segments_npz", instance, resources, channel, config, raise_on_error)
 
 
 def asset_metadata(result, asset: str) -> dict:
@@ -128,8 +133,10 @@ def encode_stage2(store: ObjectStore, channel: str, only=None) -> list[str]:
 def run_dataset(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
     from neutts_assets.defs.assets.dataset import hf_dataset
 
-    if channel not in instance.get_dynamic_partitions("channels"):
-        instance.add_dynamic_partitions("channels", [channel])
-    run_config = {"ops": {"hf_dataset": {"config": config}}} if config else None
-    return materialize([hf_dataset], partition_key=channel, instance=instance, resources=resources,
-                       run_config=run_config, raise_on_error=raise_on_error)
+    return run_partition([hf_dataset], "hf_dataset", instance, resources, channel, config, raise_on_error)
+
+
+def run_pairs(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
+    from neutts_assets.defs.assets.pairs import training_pairs
+
+    return run_partition([training_pairs], "training_pairs", instance, resources, channel, config, raise_on_error)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 from datasets import load_dataset, load_from_disk
 
 from neutts_assets.core.dataset_card import TEXT_CODES_CONFIG, text_codes_features
@@ -26,7 +26,7 @@ from neutts_assets.core.training_pairs import (
 )
 from neutts_assets.storage.local import LocalStore
 
-from neutts_assets_tests.helpers import TEST_CODEC, asset_metadata, fake_codes, make_resources, run_dataset
+from neutts_assets_tests.helpers import TEST_CODEC, asset_metadata, fake_codes, make_resources, run_dataset, run_pairs
 
 CH = "pairs_ch"
 USERS_COLUMNS = ["ref_text", "ref_codes", "ref_speaker_id", "ref_gender", "ref_dialect", "ref_tone", "ref_duration_sec",
@@ -66,16 +66,6 @@ def _segment(audio_id: str, speaker: str, samples: int, codes: bool) -> Segment:
     return Segment(audio_id=audio_id, channel=CH, text=f"نص {audio_id}", speaker_id=speaker,
                    gender="female" if speaker == "SPEAKER_02" else "male", dialect="gulf", tone="neutral", pcm16=pcm,
                    codes=fake_codes(audio_id, samples) if codes else np.zeros(0, np.int32), codec=TEST_CODEC if codes else "")
-
-
-def run_pairs(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
-    from neutts_assets.defs.assets.pairs import training_pairs
-
-    if channel not in instance.get_dynamic_partitions("channels"):
-        instance.add_dynamic_partitions("channels", [channel])
-    run_config = {"ops": {"training_pairs": {"config": config}}} if config else None
-    return materialize([training_pairs], partition_key=channel, instance=instance, resources=resources,
-                       run_config=run_config, raise_on_error=raise_on_error)
 
 
 @pytest.fixture(scope="module")
