@@ -40,14 +40,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neutts_assets.core.audio import SAMPLE_RATE, decode_pcm16  # noqa: E402
-from neutts_assets.core.codec import (  # noqa: E402
+from neutts_assets.pipeline.segments.audio import SAMPLE_RATE, decode_pcm16  # noqa: E402
+from neutts_assets.pipeline.encoding.codec import (  # noqa: E402
     MIN_SAMPLES, Codec, CodecSettings, _load_pretrained, batch_key, build_random_neucodec, codec_label, pad_batch,
 )
-from neutts_assets.core.segment_file import DEFAULT_AUDIO_FORMAT, FORMAT_VERSION, Segment, encode_segment, read_segment  # noqa: E402
-from neutts_assets.core.simulated_codec import SimulatedCodec  # noqa: E402
-from neutts_assets.core.stage2 import StreamSettings, encode_stream  # noqa: E402
-from neutts_assets.core.stage2_store import Stage2Layout, plan_encoding  # noqa: E402
+from neutts_assets.pipeline.segments.segment_file import DEFAULT_AUDIO_FORMAT, FORMAT_VERSION, Segment, encode_segment, read_segment  # noqa: E402
+from neutts_assets.pipeline.encoding.simulated_codec import SimulatedCodec  # noqa: E402
+from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream  # noqa: E402
+from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding  # noqa: E402
 from neutts_assets.demo import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE  # noqa: E402
 from neutts_assets.storage.local import LocalStore  # noqa: E402
 
@@ -131,7 +131,7 @@ def run_old_stream(store, manifest, sources) -> dict:
     from transformers import SeamlessM4TFeatureExtractor
     import torch
 
-    from neutts_assets.core.codec import model_input
+    from neutts_assets.pipeline.encoding.codec import model_input
 
     extractor = SeamlessM4TFeatureExtractor()
     shutil.rmtree(store.root / "stage2_old", ignore_errors=True)

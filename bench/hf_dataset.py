@@ -54,7 +54,7 @@ def make_segments(n: int, first: int = 0, name: str | None = None, recording: in
     import soundfile as sf
     from stage1 import build_program  # the demo recordings decoded and concatenated (~78 s)
 
-    from neutts_assets.core.segment_file import FORMAT_VERSION, Segment, encode_segment
+    from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, Segment, encode_segment
     from neutts_assets.storage.local import LocalStore
 
     root = CACHE / f"{name or f'hf_dataset_{n}'}_v{FORMAT_VERSION}"  # the segment-file format's own cache
@@ -91,7 +91,7 @@ def _cpu_s() -> float:
 
 
 def _inputs(root: str, limit: int) -> list:
-    from neutts_assets.core.dataset_writer import segment_objects
+    from neutts_assets.pipeline.dataset.writer import segment_objects
     from neutts_assets.storage.local import LocalStore
 
     objects = segment_objects(LocalStore(root, create=False), f"stage2_with_codes/{CHANNEL}/")
@@ -99,8 +99,8 @@ def _inputs(root: str, limit: int) -> list:
 
 
 def run_ours(root: str, limit: int, out: str) -> dict:
-    from neutts_assets.core.dataset_rows import RowFilter, dataset_features
-    from neutts_assets.core.dataset_writer import build_channel
+    from neutts_assets.pipeline.dataset.rows import RowFilter, dataset_features
+    from neutts_assets.pipeline.dataset.writer import build_channel
     from neutts_assets.storage.local import LocalStore
 
     dataset_features()  # imports `datasets` before the clock starts, as the old method does
@@ -124,7 +124,7 @@ def run_ours(root: str, limit: int, out: str) -> dict:
 def run_old(root: str, limit: int, out: str) -> dict:
     from datasets import Audio, Dataset, Features, Sequence, Value
 
-    from neutts_assets.core.segment_file import read_segment
+    from neutts_assets.pipeline.segments.segment_file import read_segment
 
     objects = _inputs(root, limit)
     baseline = _peak_rss_mb()
@@ -167,8 +167,8 @@ def _reset_peak_rss() -> None:
 
 def run_incremental(n: int, added: int, shard_mb: float, workers: int) -> dict:
     """Full build, one recording added and built incrementally, then a forced rebuild: one process."""
-    from neutts_assets.core.dataset_rows import RowFilter, dataset_features
-    from neutts_assets.core.dataset_writer import build_channel, publish_channel, read_record, segment_objects
+    from neutts_assets.pipeline.dataset.rows import RowFilter, dataset_features
+    from neutts_assets.pipeline.dataset.writer import build_channel, publish_channel, read_record, segment_objects
     from neutts_assets.storage.local import LocalStore
 
     base = make_segments(n)

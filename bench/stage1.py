@@ -57,7 +57,7 @@ def build_program() -> tuple[Path, list[dict], float]:
     """Every demo recording decoded to 16 kHz mono and concatenated into one program (~78 s),
     with the demo transcripts' segments shifted to their place in it. Returns the program's
     wav, its segments and its length in ms."""
-    from neutts_assets.core.layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
+    from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
     from neutts_assets.demo import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE
 
     wav, meta = CACHE / "program.wav", CACHE / "program.json"
@@ -88,7 +88,7 @@ def build_channel(name: str, n_recordings: int, loops: int, seconds: float | Non
     """A source folder in the users' layout: `n_recordings` recordings cycling through FORMATS,
     each the program looped `loops` times (cut to `seconds` if given), with matching transcripts.
     Built once and cached."""
-    from neutts_assets.core.layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
+    from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
 
     src = CACHE / name
     if (src / "done").exists():
@@ -132,10 +132,10 @@ def _peak_rss_mb() -> float:
 def run_ours(source: str, out: str, limit: int | None, workers: int = 1, audio_format: str = "float32") -> list[dict]:
     """The real stage-1 path, one recording at a time as one worker of the asset runs it, or
     `workers` at once as the asset does by default (then per-recording CPU cannot be told apart)."""
-    from neutts_assets.core.cutting import CutRules
-    from neutts_assets.core.inventory import build_inventory
-    from neutts_assets.core.layout import ChannelLayout
-    from neutts_assets.core.stage1 import cut_recording
+    from neutts_assets.pipeline.segments.cutting import CutRules
+    from neutts_assets.pipeline.inventory.manifest import build_inventory
+    from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
+    from neutts_assets.pipeline.segments.recordings import cut_recording
     from neutts_assets.storage.local import LocalStore
 
     src, dst = LocalStore(source, create=False), LocalStore(out)
@@ -256,7 +256,7 @@ def main() -> int:
         if p.is_file():
             p.read_bytes()
 
-    from neutts_assets.core.segment_file import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT
+    from neutts_assets.pipeline.segments.segment_file import AUDIO_FORMATS, DEFAULT_AUDIO_FORMAT
 
     runs = {fmt: in_child(partial(run_ours, audio_format=fmt), source, warmup) for fmt in AUDIO_FORMATS}
     ours = runs[DEFAULT_AUDIO_FORMAT]

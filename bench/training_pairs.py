@@ -74,9 +74,9 @@ def segments_per_speaker(pairs: int) -> int:
 
 def build_input(pairs: int, durations: tuple[float, float]) -> Path:
     """The published synthetic channel for about `pairs` pairs (see the module), cached."""
-    from neutts_assets.core.dataset_rows import RowFilter
-    from neutts_assets.core.dataset_writer import WRITER_VERSION, build_channel, publish_channel, segment_objects, stage2_prefix
-    from neutts_assets.core.segment_file import FORMAT_VERSION, Segment, encode_segment
+    from neutts_assets.pipeline.dataset.rows import RowFilter
+    from neutts_assets.pipeline.dataset.writer import WRITER_VERSION, build_channel, publish_channel, segment_objects, stage2_prefix
+    from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, Segment, encode_segment
     from neutts_assets.storage.local import LocalStore
 
     n = segments_per_speaker(pairs)
@@ -164,7 +164,7 @@ def _folder_bytes(path: Path) -> int:
 
 
 def run_ours(store_root: Path, tmp: Path, include_audio: bool) -> dict:
-    from neutts_assets.core.training_pairs import PairSettings, build_and_publish
+    from neutts_assets.pipeline.pairs.training_pairs import PairSettings, build_and_publish
     from neutts_assets.storage.local import LocalStore
 
     store, work = LocalStore(store_root), tmp / "work"
@@ -182,8 +182,8 @@ def run_old(store_root: Path, tmp: Path, include_audio: bool) -> dict:
     import pyarrow.parquet as pq
     from datasets import Dataset
 
-    from neutts_assets.core.dataset_writer import DATASET_PREFIX, read_record
-    from neutts_assets.core.training_pairs import INDEX_COLUMNS, pairs_features
+    from neutts_assets.pipeline.dataset.writer import DATASET_PREFIX, read_record
+    from neutts_assets.pipeline.pairs.training_pairs import INDEX_COLUMNS, pairs_features
     from neutts_assets.storage.local import LocalStore
 
     assert not include_audio
@@ -226,7 +226,7 @@ def run_old(store_root: Path, tmp: Path, include_audio: bool) -> dict:
 def _measure(method: str, store_root: str, workdir: str, include_audio: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-pairs-{method}-", dir=workdir) as tmp:
         os.environ["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf_cache")
-        from neutts_assets.core.training_pairs import pairs_features
+        from neutts_assets.pipeline.pairs.training_pairs import pairs_features
 
         import datasets
 

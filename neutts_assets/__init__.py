@@ -4,6 +4,6 @@ The package root stays importable without Dagster: `from neutts_assets import re
 The Dagster code location is `neutts_assets.definitions`.
 """
 
-from neutts_assets.core.segment_file import Segment, read_segment
+from neutts_assets.pipeline.segments.segment_file import Segment, read_segment
 
 __all__ = ["Segment", "read_segment"]

@@ -49,7 +49,7 @@ def check_stores(write: bool) -> int:
 def add_channels(names: list[str]) -> int:
     from dagster import DagsterInstance
 
-    from neutts_assets.core.layout import UnsafeNameError, check_channel_name
+    from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError, check_channel_name
     from neutts_assets.defs.partitions import channels
 
     try:
@@ -114,9 +114,9 @@ def _where(base: str, *parts: str) -> str:
 
 def print_dataset_paths(channels: list[str]) -> None:
     """The last lines of a run: the folders to hand to the users' scripts, those that exist."""
-    from neutts_assets.core.dataset_disk import DISK_PREFIX, STATE
-    from neutts_assets.core.dataset_writer import CARD_KEY, DATASET_PREFIX
-    from neutts_assets.core.training_pairs import folder as pairs_folder
+    from neutts_assets.pipeline.dataset.disk import DISK_PREFIX, STATE
+    from neutts_assets.pipeline.dataset.writer import CARD_KEY, DATASET_PREFIX
+    from neutts_assets.pipeline.pairs.training_pairs import folder as pairs_folder
 
     store, base = _open_store()
     print(f"segment store: {base}")
@@ -138,9 +138,9 @@ def save_to_disk(names: list[str], force: bool = False) -> int:
     import uuid
     from pathlib import Path
 
-    from neutts_assets.core.dataset_disk import DISK_PREFIX, disk_copy_current, publish_all_channels, save_channel_to_disk
-    from neutts_assets.core.dataset_writer import read_record, read_records
-    from neutts_assets.core.lease import LeaseHeld, acquire
+    from neutts_assets.pipeline.dataset.disk import DISK_PREFIX, disk_copy_current, publish_all_channels, save_channel_to_disk
+    from neutts_assets.pipeline.dataset.writer import read_record, read_records
+    from neutts_assets.pipeline.orchestration.lease import LeaseHeld, acquire
 
     store, base = _open_store()
     channels = names or sorted(read_records(store))
@@ -186,7 +186,7 @@ def choose_demo_codec() -> None:
     if choice:
         print(f"codec: NEUTTS_CODEC={choice}", flush=True)
         return
-    from neutts_assets.core.codec import pretrained_reachable
+    from neutts_assets.pipeline.encoding.codec import pretrained_reachable
 
     model = os.environ.get("NEUTTS_CODEC_MODEL") or "neuphonic/neucodec"
     ok, why = pretrained_reachable(model)

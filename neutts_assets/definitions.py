@@ -1,30 +1,31 @@
-"""The code location: `dagster dev` (see README) loads `defs` from here."""
+"""The code location (`dagster dev`, `dg dev`, the workspace.yaml): every definition in the defs
+folder, found by Dagster's loader, so that a new asset, check, job or sensor needs no list here."""
 
-from dagster import Definitions
+from pathlib import Path
 
-from neutts_assets.defs.assets.dataset import hf_dataset
-from neutts_assets.defs.assets.encoded import encoded_segments
-from neutts_assets.defs.assets.pairs import training_pairs
-from neutts_assets.defs.assets.raw_audio import raw_audio
-from neutts_assets.defs.assets.segments import segments_npz
-from neutts_assets.defs.checks import dataset_shards_present, encoded_segments_present, every_object_paired, segments_present_in_store
-from neutts_assets.defs.io_managers import ManifestIOManager
-from neutts_assets.defs.cleanup import clean_up_segments
-from neutts_assets.defs.jobs import stage1_job
+from dagster import Definitions, load_from_defs_folder
+
 from neutts_assets.defs.orchestration.backfills import split_backfills_by_machine
-from neutts_assets.defs.orchestration.sensors import new_audio_sensor, watch_settings_from_env
-from neutts_assets.defs.resources import resources_from_env
 
-_resources = resources_from_env()
 
-defs = Definitions(
-    assets=split_backfills_by_machine([raw_audio, segments_npz, encoded_segments, hf_dataset, training_pairs]),
-    asset_checks=[every_object_paired, segments_present_in_store, encoded_segments_present, dataset_shards_present],
-    jobs=[stage1_job, clean_up_segments],
-    sensors=[new_audio_sensor],
-    resources={
-        **_resources,
-        "manifest_io_manager": ManifestIOManager(store=_resources["store"]),
-        "watch": watch_settings_from_env(),
-    },
-)
+def _once(objects) -> list:
+    # The loader collects every module's attributes, so an asset imported by a check's or a job's
+    # module is seen twice: it is one definition, kept once, in load order.
+    return list({id(o): o for o in objects or []}.values())
+
+
+def build_defs() -> Definitions:
+    loaded = load_from_defs_folder(path_within_project=Path(__file__).parent)
+    # Backfills are split by machine class (defs/orchestration/backfills.py): that is a property of the
+    # whole graph, so it is applied here, after loading, rather than in each asset's module.
+    return Definitions(
+        assets=split_backfills_by_machine(_once(loaded.assets)),
+        asset_checks=_once(loaded.asset_checks),
+        jobs=_once(loaded.jobs),
+        sensors=_once(loaded.sensors),
+        schedules=_once(loaded.schedules),
+        resources=loaded.resources,
+    )
+
+
+defs = build_defs()

@@ -7,8 +7,8 @@ import functools
 
 import numpy as np
 
-from neutts_assets.core.audio import decode_pcm16
-from neutts_assets.core.codec import HOP, CodecSettings, load_codec
+from neutts_assets.pipeline.segments.audio import decode_pcm16
+from neutts_assets.pipeline.encoding.codec import HOP, CodecSettings, load_codec
 
 from neutts_assets_tests.helpers import demo_audio
 

@@ -124,7 +124,8 @@ def counted(cls_of, key_of):
 
 
 def install() -> None:
-    from neutts_assets.core import codec as codec_mod, dataset_writer
+    from neutts_assets.pipeline.encoding import codec as codec_mod
+    from neutts_assets.pipeline.dataset import writer as dataset_writer
     from neutts_assets.storage.gcs import GCSStore
     from neutts_assets.storage.local import LocalStore
     from neutts_assets.storage.s3 import S3Store
@@ -260,14 +261,17 @@ def zygote() -> None:
     import pyarrow.parquet  # noqa: F401
     import torch  # noqa: F401
 
-    import neutts_assets.defs.assets.dataset  # noqa: F401
-    import neutts_assets.defs.assets.encoded  # noqa: F401
-    import neutts_assets.defs.assets.raw_audio  # noqa: F401
-    import neutts_assets.defs.assets.segments  # noqa: F401
-    import neutts_assets.defs.checks  # noqa: F401
-    import neutts_assets.defs.cleanup  # noqa: F401
+    import neutts_assets.defs.dataset.hf_dataset  # noqa: F401
+    import neutts_assets.defs.encoding.encoded_segments  # noqa: F401
+    import neutts_assets.defs.inventory.raw_audio  # noqa: F401
+    import neutts_assets.defs.segments.segments_npz  # noqa: F401
+    import neutts_assets.defs.dataset.checks  # noqa: F401
+    import neutts_assets.defs.encoding.checks  # noqa: F401
+    import neutts_assets.defs.inventory.checks  # noqa: F401
+    import neutts_assets.defs.segments.checks  # noqa: F401
+    import neutts_assets.defs.dataset.cleanup  # noqa: F401
     import neutts_assets.defs.orchestration.backfills  # noqa: F401
-    import neutts_assets.defs.orchestration.sensors  # noqa: F401
+    import neutts_assets.defs.inventory.sensors  # noqa: F401
     import neutts_assets.defs.resources  # noqa: F401
 
     install()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from dagster import DagsterInstance, materialize
 
-from neutts_assets.core.layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
-from neutts_assets.defs.assets.raw_audio import raw_audio
-from neutts_assets.defs.assets.segments import segments_npz
+from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
+from neutts_assets.defs.inventory.raw_audio import raw_audio
+from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.defs.io_managers import ManifestIOManager
 from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket
 from neutts_assets.demo import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE
@@ -116,7 +116,7 @@ def fake_codes(audio_id: str, num_samples: int) -> "np.ndarray":
 def encode_stage2(store: ObjectStore, channel: str, only=None) -> list[str]:
     """Writes stage-2 objects (codes filled) for a channel's stage-1 segments: the encoded_segments
     contract's layout, made here until that asset runs in these tests. Returns the stage-2 keys."""
-    from neutts_assets.core.segment_file import encode_segment, read_segment
+    from neutts_assets.pipeline.segments.segment_file import encode_segment, read_segment
 
     keys = []
     for o in sorted(store.list(f"stage1/{channel}/"), key=lambda o: o.key):
@@ -131,12 +131,12 @@ def encode_stage2(store: ObjectStore, channel: str, only=None) -> list[str]:
 
 
 def run_dataset(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
-    from neutts_assets.defs.assets.dataset import hf_dataset
+    from neutts_assets.defs.dataset.hf_dataset import hf_dataset
 
     return run_partition([hf_dataset], "hf_dataset", instance, resources, channel, config, raise_on_error)
 
 
 def run_pairs(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
-    from neutts_assets.defs.assets.pairs import training_pairs
+    from neutts_assets.defs.pairs.training_pairs import training_pairs
 
     return run_partition([training_pairs], "training_pairs", instance, resources, channel, config, raise_on_error)

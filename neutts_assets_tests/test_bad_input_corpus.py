@@ -36,15 +36,15 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from neutts_assets.core.audio import decode_pcm16
-from neutts_assets.core.cutting import ms_to_sample
-from neutts_assets.core.segment_file import read_segment
-from neutts_assets.core.transcripts import MAX_TRANSCRIPT_BYTES
-from neutts_assets.defs.assets.dataset import hf_dataset
-from neutts_assets.defs.assets.encoded import encoded_segments
-from neutts_assets.defs.assets.raw_audio import raw_audio
-from neutts_assets.defs.assets.segments import segments_npz
-from neutts_assets.defs.codec import NeuCodecResource
+from neutts_assets.pipeline.segments.audio import decode_pcm16
+from neutts_assets.pipeline.segments.cutting import ms_to_sample
+from neutts_assets.pipeline.segments.segment_file import read_segment
+from neutts_assets.pipeline.inventory.transcripts import MAX_TRANSCRIPT_BYTES
+from neutts_assets.defs.dataset.hf_dataset import hf_dataset
+from neutts_assets.defs.encoding.encoded_segments import encoded_segments
+from neutts_assets.defs.inventory.raw_audio import raw_audio
+from neutts_assets.defs.segments.segments_npz import segments_npz
+from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.storage.local import LocalStore
 
 from neutts_assets_tests.helpers import (
@@ -447,10 +447,10 @@ def test_a_ten_hour_recording_is_streamed_in_bounded_memory(tmp_path):
     work.mkdir()
     script = textwrap.dedent(f"""
         import json, os, threading, time, resource
-        from neutts_assets.core.cutting import CutRules
-        from neutts_assets.core.inventory import build_inventory
-        from neutts_assets.core.layout import ChannelLayout
-        from neutts_assets.core.stage1 import cut_recording
+        from neutts_assets.pipeline.segments.cutting import CutRules
+        from neutts_assets.pipeline.inventory.manifest import build_inventory
+        from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
+        from neutts_assets.pipeline.segments.recordings import cut_recording
         from neutts_assets.storage.local import LocalStore
 
         def hwm():

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from neutts_assets.core.codec import (
+from neutts_assets.pipeline.encoding.codec import (
     MIN_SAMPLES, CodecSettings, CodecUnavailable, batch_key, build_random_neucodec, load_codec, n_codes, pad_batch,
 )
-from neutts_assets.core.segment_file import Segment, encode_segment, read_segment
-from neutts_assets.core.stage2 import StreamSettings, encode_stream, item_cost
-from neutts_assets.core.stage2_store import Stage2Layout, plan_encoding
+from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
+from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream, item_cost
+from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding
 from neutts_assets.storage.local import LocalStore
 
 from neutts_assets_tests.codec_corpus import mixed_length_clips, small_random_codec

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neutts_assets.core.codec import CodecSettings, load_codec
+from neutts_assets.pipeline.encoding.codec import CodecSettings, load_codec
 
 from neutts_assets_tests.codec_corpus import mixed_length_clips
 from neutts_assets_tests.test_codec import (
@@ -32,8 +32,8 @@ def test_features_on_the_gpu_equal_the_extractor():
     """w2v-BERT's input features computed on CUDA (float64, as the codec does) against the numpy extractor."""
     import numpy as np
 
-    from neutts_assets.core.codec import model_input
-    from neutts_assets.core.w2v_features import W2vBertFeatures
+    from neutts_assets.pipeline.encoding.codec import model_input
+    from neutts_assets.pipeline.encoding.w2v_features import W2vBertFeatures
     from neutts_assets_tests.test_w2v_features import reference
 
     features = W2vBertFeatures(device="cuda")

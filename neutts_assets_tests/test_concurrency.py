@@ -1,5 +1,5 @@
 """Runs at once on the three stores (a local folder, the S3 server, the GCS emulator): the store
-lease that keeps two runs of one asset and channel apart (core/lease.py), its take-over when the
+lease that keeps two runs of one asset and channel apart (pipeline/orchestration/lease.py), its take-over when the
 holder is dead, and the dataset card when two channels publish at the same moment."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import pytest
 import yaml
 from dagster import DagsterInstance, materialize
 
-from neutts_assets.core.dataset_rows import RowFilter
-from neutts_assets.core.dataset_writer import CARD_KEY, build_channel, publish_channel, record_key, segment_objects, shard_prefix
-from neutts_assets.core.lease import LeaseHeld, LeaseLost, LeaseRecord, acquire, lease_key
-from neutts_assets.core.segment_file import read_segment
-from neutts_assets.core.segment_store import channel_prefix
-from neutts_assets.defs.assets.raw_audio import raw_audio
-from neutts_assets.defs.assets.segments import segments_npz
+from neutts_assets.pipeline.dataset.rows import RowFilter
+from neutts_assets.pipeline.dataset.writer import CARD_KEY, build_channel, publish_channel, record_key, segment_objects, shard_prefix
+from neutts_assets.pipeline.orchestration.lease import LeaseHeld, LeaseLost, LeaseRecord, acquire, lease_key
+from neutts_assets.pipeline.segments.segment_file import read_segment
+from neutts_assets.pipeline.segments.store import channel_prefix
+from neutts_assets.defs.inventory.raw_audio import raw_audio
+from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
@@ -153,7 +153,7 @@ else:
     from google.cloud import storage
     from neutts_assets.storage.gcs import GCSStore
     store = GCSStore(storage.Client(project="test", credentials=AnonymousCredentials()), bucket, "segs")
-from neutts_assets.core.lease import acquire
+from neutts_assets.pipeline.orchestration.lease import acquire
 acquire(store, "segments_npz", sys.argv[6], "run-killed-by-sigkill").__enter__()
 print("held", flush=True)
 time.sleep(600)
@@ -357,7 +357,7 @@ def test_orphan_clean_up_spares_live_writers_of_this_and_other_hosts(tmp_path):
 def test_two_hf_dataset_runs_of_one_channel_leave_one_shard_set(single_run, source, s3_client, s3_bucket, s3_endpoint):
     """Two builds of one channel would each publish their own shard names and delete the other's;
     the second run stops at the lease, so the channel has exactly the shards its card lists."""
-    from neutts_assets.defs.assets.dataset import hf_dataset
+    from neutts_assets.defs.dataset.hf_dataset import hf_dataset
 
     store = S3Store(s3_client, s3_bucket, "segs")  # a build reading over HTTP: time for the second run to arrive
     for o in single_run.list(""):
@@ -466,7 +466,7 @@ def test_a_renewal_or_release_whose_write_landed_but_raised_keeps_the_lease(tmp_
 
 
 def test_the_lease_client_gives_up_within_a_third_of_the_ttl(s3_endpoint):
-    from neutts_assets.core.lease import DEFAULT_TTL_S
+    from neutts_assets.pipeline.orchestration.lease import DEFAULT_TTL_S
     from neutts_assets.defs.leases import LEASE_CLIENT_SETTINGS
     from neutts_assets.defs.resources import SegmentStore
 
@@ -522,7 +522,7 @@ def test_a_run_that_loses_its_lease_publishes_no_further_recording(tmp_path, sou
 
 
 def test_publishing_steps_ask_the_lease_first(tmp_path):
-    from neutts_assets.core.dataset_writer import finish_publishing, progress_key
+    from neutts_assets.pipeline.dataset.writer import finish_publishing, progress_key
 
     store = LocalStore(tmp_path / "store")
     record = {"channel": "chan_a", "build_id": "b1", "shards": [], "stats": {}}

@@ -11,12 +11,12 @@ import pytest
 import soundfile as sf
 
 from neutts_assets import read_segment
-from neutts_assets.core.audio import AudioDecodeError, decode_pcm16
-from neutts_assets.core.cutting import CutRules, ms_to_sample, plan_cuts
-from neutts_assets.core.inventory import build_inventory
-from neutts_assets.core.layout import ChannelLayout, UnsafeNameError, check_name
-from neutts_assets.core.segment_file import Segment, encode_segment
-from neutts_assets.core.transcripts import SegmentProblem, TranscriptError, TranscriptSegment, parse_transcript
+from neutts_assets.pipeline.segments.audio import AudioDecodeError, decode_pcm16
+from neutts_assets.pipeline.segments.cutting import CutRules, ms_to_sample, plan_cuts
+from neutts_assets.pipeline.inventory.manifest import build_inventory
+from neutts_assets.pipeline.inventory.source_layout import ChannelLayout, UnsafeNameError, check_name
+from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment
+from neutts_assets.pipeline.inventory.transcripts import SegmentProblem, TranscriptError, TranscriptSegment, parse_transcript
 from neutts_assets.storage.store import ObjectInfo
 
 from neutts_assets_tests.helpers import DEMO_IDS, convert, demo_audio
@@ -190,7 +190,7 @@ def test_the_streamed_cut_equals_cutting_the_whole_audio():
     """Random transcripts (overlaps, reversed, empty, past the end, too long for max_duration)
     against random audio arriving in random block sizes: the same decisions as plan_cuts, and
     samples equal to the slice of the whole, with only a bounded window held."""
-    from neutts_assets.core.cutting import StreamCutter
+    from neutts_assets.pipeline.segments.cutting import StreamCutter
 
     rng = np.random.default_rng(1)
     audio = rng.integers(-32768, 32767, size=16000 * 20, dtype=np.int16)
@@ -217,7 +217,7 @@ def test_the_streamed_cut_equals_cutting_the_whole_audio():
 
 
 def test_segments_over_the_ceiling_are_skipped_without_holding_audio():
-    from neutts_assets.core.cutting import MAX_SEGMENT_S, StreamCutter
+    from neutts_assets.pipeline.segments.cutting import MAX_SEGMENT_S, StreamCutter
 
     cutter = StreamCutter([_seg(0, 0, (MAX_SEGMENT_S + 1) * 1000), _seg(1, 1000, 2000)], 16000, CutRules())
     for _ in range(10):

@@ -46,10 +46,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from neutts_assets.core.dataset_writer import BUILDS_PREFIX, CARD_KEY, DATASET_PREFIX, progress_key, record_key, shard_prefix
-from neutts_assets.core.segment_file import read_segment
-from neutts_assets.core.segment_store import index_prefix
-from neutts_assets.core.stage2_store import Stage2Layout
+from neutts_assets.pipeline.dataset.writer import BUILDS_PREFIX, CARD_KEY, DATASET_PREFIX, progress_key, record_key, shard_prefix
+from neutts_assets.pipeline.segments.segment_file import read_segment
+from neutts_assets.pipeline.segments.store import index_prefix
+from neutts_assets.pipeline.encoding.store import Stage2Layout
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
 from neutts_assets.storage.store import TEMP_MARK

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from dagster import DagsterInstance
 
-from neutts_assets.defs.cleanup import clean_up_segments
+from neutts_assets.defs.dataset.cleanup import clean_up_segments
 from neutts_assets.storage.local import LocalStore
 
 from neutts_assets_tests.helpers import encode_stage2, make_resources, run_dataset
@@ -58,7 +58,7 @@ def test_cleanup_deletes_only_after_the_dataset_is_verified(stage1_template, tmp
     store.write_bytes(shard, good)
 
     # While a run of a writer of A holds its lease, nothing is verified or deleted.
-    from neutts_assets.core.lease import acquire
+    from neutts_assets.pipeline.orchestration.lease import acquire
 
     with acquire(store, "encoded_segments", A, "encoding-run"):
         result = _clean(instance, resources, A)

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from neutts_assets.core import codec as codec_module
-from neutts_assets.core.segment_file import read_segment
-from neutts_assets.core.stage2_store import Stage2Layout
-from neutts_assets.defs.assets.encoded import encoded_segments
-from neutts_assets.defs.assets.raw_audio import raw_audio
-from neutts_assets.defs.assets.segments import segments_npz
-from neutts_assets.defs.checks import encoded_segments_present
-from neutts_assets.defs.codec import NeuCodecResource
+from neutts_assets.pipeline.encoding import codec as codec_module
+from neutts_assets.pipeline.segments.segment_file import read_segment
+from neutts_assets.pipeline.encoding.store import Stage2Layout
+from neutts_assets.defs.encoding.encoded_segments import encoded_segments
+from neutts_assets.defs.inventory.raw_audio import raw_audio
+from neutts_assets.defs.segments.segments_npz import segments_npz
+from neutts_assets.defs.encoding.checks import encoded_segments_present
+from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.storage.local import LocalStore
 
 from neutts_assets_tests.codec_corpus import small_random_codec

@@ -14,9 +14,9 @@ import pytest
 from dagster import DagsterInstance
 from datasets import load_dataset, load_from_disk
 
-from neutts_assets.core.dataset_rows import BadSegment, RowFilter, dataset_features, read_row
-from neutts_assets.core.dataset_writer import ROW_GROUP_ROWS, build_channel, record_key, segment_objects
-from neutts_assets.core.segment_file import Segment, encode_segment, read_segment
+from neutts_assets.pipeline.dataset.rows import BadSegment, RowFilter, dataset_features, read_row
+from neutts_assets.pipeline.dataset.writer import ROW_GROUP_ROWS, build_channel, record_key, segment_objects
+from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.storage.local import LocalStore
 
 from neutts_assets_tests.helpers import (
@@ -229,7 +229,7 @@ def test_dataset_in_an_s3_store(stage1_template, s3_endpoint, s3_bucket, s3_stor
 
 
 def test_fast_segment_reader_agrees_with_numpy(tmp_path):
-    from neutts_assets.core.dataset_rows import _Npz
+    from neutts_assets.pipeline.dataset.rows import _Npz
 
     seg = Segment(audio_id="a_seg_3", channel="قناة", text="مرحبا بكم", speaker_id="SPEAKER_01", gender="male",
                   dialect="gulf", tone="neutral", pcm16=np.arange(-5000, 5000, dtype=np.int16), codes=np.arange(31, dtype=np.int32),
@@ -267,8 +267,8 @@ def test_codes_mode_follows_the_encoded_segments_manifest(env):
 def test_asset_check_finds_a_missing_shard(env):
     from dagster import AssetSelection, Definitions, define_asset_job
 
-    from neutts_assets.defs.assets.dataset import hf_dataset
-    from neutts_assets.defs.checks import dataset_shards_present
+    from neutts_assets.defs.dataset.hf_dataset import hf_dataset
+    from neutts_assets.defs.dataset.checks import dataset_shards_present
 
     resources, instance, store, tmp = env
     encode_stage2(store, A)
@@ -307,7 +307,7 @@ def test_a_published_builds_leftover_progress_is_not_resumed(tmp_path):
     a failure would then discard)."""
     import json as _json
 
-    from neutts_assets.core.dataset_writer import _resumable, progress_key, record_key
+    from neutts_assets.pipeline.dataset.writer import _resumable, progress_key, record_key
     from neutts_assets.storage.local import LocalStore
 
     store = LocalStore(tmp_path / "store")

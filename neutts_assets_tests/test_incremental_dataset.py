@@ -19,13 +19,13 @@ import pytest
 from dagster import DagsterInstance
 from datasets import load_dataset, load_from_disk
 
-from neutts_assets.core import dataset_writer
-from neutts_assets.core.dataset_rows import ChannelStats, RowFilter
-from neutts_assets.core.dataset_writer import (
+from neutts_assets.pipeline.dataset import writer as dataset_writer
+from neutts_assets.pipeline.dataset.rows import ChannelStats, RowFilter
+from neutts_assets.pipeline.dataset.writer import (
     DATASET_PREFIX, WRITER_VERSION, build_basis, build_channel, plan_build, progress_key, publish_channel, read_record,
     segment_objects, shard_prefix, source_fingerprint,
 )
-from neutts_assets.core.segment_file import Segment, encode_segment
+from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.store import ObjectInfo
 
@@ -364,8 +364,8 @@ def test_asset_disk_copy_and_hub_push_follow_the_shards(tmp_path, small_row_grou
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from neutts_assets.core import dataset_writer
-    from neutts_assets.core.dataset_rows import RowFilter
+    from neutts_assets.pipeline.dataset import writer as dataset_writer
+    from neutts_assets.pipeline.dataset.rows import RowFilter
     from neutts_assets.storage.local import LocalStore
     dataset_writer.ROW_GROUP_ROWS = 4
     store = LocalStore(sys.argv[1])

@@ -1,6 +1,6 @@
 """Labels and text that training can trust, and channel names that cannot break a glob, a path or the card.
 
-- a label that is not a JSON string follows one rule (core/transcripts.py), never Python's repr;
+- a label that is not a JSON string follows one rule (pipeline/inventory/transcripts.py), never Python's repr;
 - text that shows nothing (only zero-width or direction marks) is skipped as empty text;
 - a channel name with characters special to globs, paths or the dataset card is refused by
   add-channel, skipped by the new-audio sensor, and fails segments_npz before anything is written.
@@ -18,13 +18,13 @@ from dagster import DagsterInstance, Failure, build_asset_context, instance_for_
 
 from neutts_assets import read_segment
 from neutts_assets.cli import main as cli_main
-from neutts_assets.core.cutting import CutRules, StreamCutter
-from neutts_assets.core.layout import (
+from neutts_assets.pipeline.segments.cutting import CutRules, StreamCutter
+from neutts_assets.pipeline.inventory.source_layout import (
     CHANNEL_SPECIAL_CHARACTERS, ChannelLayout, UnsafeNameError, check_channel_name, check_name,
 )
-from neutts_assets.core.source_watch import changed_channels
-from neutts_assets.core.transcripts import DEFAULT_LABELS, is_visibly_empty, parse_transcript
-from neutts_assets.defs.assets.segments import SegmentsConfig, segments_npz
+from neutts_assets.pipeline.inventory.source_watch import changed_channels
+from neutts_assets.pipeline.inventory.transcripts import DEFAULT_LABELS, is_visibly_empty, parse_transcript
+from neutts_assets.defs.segments.segments_npz import SegmentsConfig, segments_npz
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
 from neutts_assets.storage.local import LocalStore
 
@@ -311,7 +311,7 @@ def test_stage1_writes_numeric_speaker_ids_as_one_speaker_and_notes_it(tmp_path,
 # --- the dataset card --------------------------------------------------------------------------
 
 def test_the_card_lists_no_config_for_a_bad_channel_and_stays_loadable_for_the_others():
-    from neutts_assets.core.dataset_card import ALL_CONFIG, TEXT_CODES_CONFIG, _configs_yaml
+    from neutts_assets.pipeline.dataset.card import ALL_CONFIG, TEXT_CODES_CONFIG, _configs_yaml
 
     def record(channel):
         return {"channel": channel, "shards": [{"path": f"data/{channel}/part-0.parquet", "bytes": 10}], "stats": {"rows": 3}}

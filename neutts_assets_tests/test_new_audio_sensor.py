@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from dagster import SensorResult, build_sensor_context, instance_for_test
 
-from neutts_assets.core.source_watch import WatchCursor, changed_channels, new_objects
-from neutts_assets.defs.orchestration.sensors import FOUND_TAG, SourceWatchSettings, new_audio_sensor
+from neutts_assets.pipeline.inventory.source_watch import WatchCursor, changed_channels, new_objects
+from neutts_assets.defs.inventory.sensors import FOUND_TAG, SourceWatchSettings, new_audio_sensor
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
 from neutts_assets.storage.store import ObjectInfo
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from neutts_assets.core.routing import MIXED_TAG, QUEUE_TAG, ROUTED_BY_TAG, UnknownMachineError, job_tags, machine_for, routing_tags
-from neutts_assets.defs.jobs import stage1_job
+from neutts_assets.pipeline.orchestration.routing import MIXED_TAG, QUEUE_TAG, ROUTED_BY_TAG, UnknownMachineError, job_tags, machine_for, routing_tags
+from neutts_assets.defs.segments.jobs import stage1_job
 
 
 def test_selection_decides_when_the_run_names_no_machine():
@@ -70,7 +70,7 @@ def test_the_run_queue_holds_the_h200_to_one_run_unless_configured():
 
 
 def test_a_run_is_tagged_with_its_one_channel_whichever_partition_tag_it_carries():
-    from neutts_assets.core.routing import channel_of
+    from neutts_assets.pipeline.orchestration.routing import channel_of
 
     assert channel_of({"dagster/partition": "ch"}) == "ch"  # UI, sensor, CLI launches
     # a backfill run of an asset with a backfill policy (the H200 assets): a range of one channel

@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 from datasets import Audio, Dataset, Features
 
-from neutts_assets.core.dataset_rows import read_row
-from neutts_assets.core.npz_zip import raw_members
-from neutts_assets.core.segment_file import (
+from neutts_assets.pipeline.dataset.rows import read_row
+from neutts_assets.pipeline.segments.npz_zip import raw_members
+from neutts_assets.pipeline.segments.segment_file import (
     AUDIO_FORMATS, STRING_KEYS, Segment, encode_segment, flac_bytes, read_audio, read_segment, same_audio_and_text,
     same_members_but_codes, with_codes,
 )

@@ -9,9 +9,9 @@ import pytest
 from dagster import DagsterInstance
 
 from neutts_assets import read_segment
-from neutts_assets.core.audio import decode_pcm16
-from neutts_assets.core.cutting import ms_to_sample
-from neutts_assets.core.segment_store import channel_prefix
+from neutts_assets.pipeline.segments.audio import decode_pcm16
+from neutts_assets.pipeline.segments.cutting import ms_to_sample
+from neutts_assets.pipeline.segments.store import channel_prefix
 from neutts_assets.defs.io_managers import manifest_key
 
 from neutts_assets_tests.helpers import (
@@ -209,8 +209,9 @@ def test_local_source_may_keep_audio_behind_a_symlink(tmp_path):
 def test_asset_check_finds_missing_segments_and_a_rerun_repairs_them(setup):
     from dagster import AssetSelection, Definitions, define_asset_job
 
-    from neutts_assets.defs.assets.segments import segments_npz
-    from neutts_assets.defs.checks import every_object_paired, segments_present_in_store
+    from neutts_assets.defs.segments.segments_npz import segments_npz
+    from neutts_assets.defs.inventory.checks import every_object_paired
+    from neutts_assets.defs.segments.checks import segments_present_in_store
     from neutts_assets_tests.helpers import raw_audio
 
     resources, instance, source, store = setup
@@ -275,8 +276,8 @@ def test_audio_replaced_after_the_inventory_is_not_cut_under_the_old_version(set
     raw_audio + segments_npz run cuts the new bytes."""
     from dagster import materialize
 
-    from neutts_assets.defs.assets.raw_audio import raw_audio
-    from neutts_assets.defs.assets.segments import segments_npz
+    from neutts_assets.defs.inventory.raw_audio import raw_audio
+    from neutts_assets.defs.segments.segments_npz import segments_npz
 
     resources, instance, source, store = setup
     instance.add_dynamic_partitions("channels", [CHANNEL])

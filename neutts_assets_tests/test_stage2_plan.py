@@ -3,7 +3,7 @@ segment makes stale, what must be checked, what is gone; and the manifest hf_dat
 
 from __future__ import annotations
 
-from neutts_assets.core.stage2_store import Stage2Layout, encoded_manifest, plan_encoding
+from neutts_assets.pipeline.encoding.store import Stage2Layout, encoded_manifest, plan_encoding
 
 A, B = "neuphonic/neucodec@aaaa", "neuphonic/neucodec@bbbb"
 LAYOUT = Stage2Layout("ch")

@@ -1,5 +1,5 @@
 """The stage-2 stream's host side and its overlap with the device, with codecs that cost nothing or
-sleep like a GPU (core/simulated_codec.py): every segment gets its own codes from worker processes,
+sleep like a GPU (pipeline/encoding/simulated_codec.py): every segment gets its own codes from worker processes,
 the next batch is prepared while the device works, the lease stops publishing, a dead worker stops
 the run, a killed run leaves no worker behind. Behaviour only; the speeds are in bench/encode.py."""
 
@@ -17,12 +17,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from neutts_assets.core.codec import HOP, MIN_SAMPLES, batch_key, batch_seconds_for_memory, default_batch_seconds
-from neutts_assets.core.lease import LeaseLost
-from neutts_assets.core.segment_file import Segment, encode_segment, read_segment
-from neutts_assets.core.simulated_codec import SimulatedCodec, simulated_codes
-from neutts_assets.core.stage2 import StreamSettings, encode_stream, item_cost
-from neutts_assets.core.stage2_store import Stage2Layout, plan_encoding
+from neutts_assets.pipeline.encoding.codec import HOP, MIN_SAMPLES, batch_key, batch_seconds_for_memory, default_batch_seconds
+from neutts_assets.pipeline.orchestration.lease import LeaseLost
+from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
+from neutts_assets.pipeline.encoding.simulated_codec import SimulatedCodec, simulated_codes
+from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream, item_cost
+from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding
 from neutts_assets.storage.local import LocalStore
 
 from neutts_assets_tests.codec_corpus import demo_speech
@@ -226,8 +226,8 @@ def test_a_dead_worker_fails_the_run_with_its_exit_code(tmp_path):
 
 KILLED_RUN = """
 import sys, time
-from neutts_assets.core.simulated_codec import SimulatedCodec
-from neutts_assets.core.stage2 import StreamSettings, encode_stream
+from neutts_assets.pipeline.encoding.simulated_codec import SimulatedCodec
+from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream
 from neutts_assets.storage.local import LocalStore
 from neutts_assets_tests.test_stage2_stream import plan_for, stage1
 store = LocalStore(sys.argv[1])
@@ -267,7 +267,7 @@ def test_batch_size_follows_the_device_memory():
 
 def test_a_stage2_file_is_the_same_bytes_whenever_it_is_written(tmp_path, monkeypatch):
     """A rerun that rewrites a file (after a kill) writes what the first run wrote: no timestamps."""
-    from neutts_assets.core.segment_file import with_codes
+    from neutts_assets.pipeline.segments.segment_file import with_codes
 
     store = LocalStore(tmp_path)
     stage1(store, 1)

@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from neutts_assets.core.dataset_writer import CARD_KEY, DATASET_PREFIX, read_record, record_key
-from neutts_assets.core.segment_file import read_segment
-from neutts_assets.core.segment_store import index_key, segment_key
-from neutts_assets.core.stage2_store import Stage2Layout
-from neutts_assets.defs.assets.encoded import encoded_segments
-from neutts_assets.defs.assets.raw_audio import raw_audio
-from neutts_assets.defs.assets.segments import segments_npz
-from neutts_assets.defs.codec import NeuCodecResource
+from neutts_assets.pipeline.dataset.writer import CARD_KEY, DATASET_PREFIX, read_record, record_key
+from neutts_assets.pipeline.segments.segment_file import read_segment
+from neutts_assets.pipeline.segments.store import index_key, segment_key
+from neutts_assets.pipeline.encoding.store import Stage2Layout
+from neutts_assets.defs.encoding.encoded_segments import encoded_segments
+from neutts_assets.defs.inventory.raw_audio import raw_audio
+from neutts_assets.defs.segments.segments_npz import segments_npz
+from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.io_managers import ManifestIOManager, manifest_key
 from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket
 from neutts_assets.storage.gcs import GCSStore

@@ -19,9 +19,9 @@ import pytest
 from dagster import DagsterInstance
 from datasets import load_dataset, load_from_disk
 
-from neutts_assets.core.dataset_card import TEXT_CODES_CONFIG, text_codes_features
-from neutts_assets.core.segment_file import Segment, encode_segment
-from neutts_assets.core.training_pairs import (
+from neutts_assets.pipeline.dataset.card import TEXT_CODES_CONFIG, text_codes_features
+from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment
+from neutts_assets.pipeline.pairs.training_pairs import (
     INDEX_FILE, Group, PairSettings, pair_chunks, pair_of, pairs_features, sampled_pair_numbers,
 )
 from neutts_assets.storage.local import LocalStore

@@ -1,4 +1,4 @@
-"""core/w2v_features against transformers' SeamlessM4TFeatureExtractor (the numpy extractor NeuCodec
+"""pipeline/encoding/w2v_features against transformers' SeamlessM4TFeatureExtractor (the numpy extractor NeuCodec
 calls) on the shipped demo speech: whole recordings, cuts of many lengths (odd and even frame
 counts, the shortest model inputs), silence, a DC offset, and batches of equal-length clips."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from neutts_assets.core.audio import decode_pcm16
-from neutts_assets.core.codec import as_float, model_input
-from neutts_assets.core.w2v_features import W2vBertFeatures, num_frames, num_output_frames
+from neutts_assets.pipeline.segments.audio import decode_pcm16
+from neutts_assets.pipeline.encoding.codec import as_float, model_input
+from neutts_assets.pipeline.encoding.w2v_features import W2vBertFeatures, num_frames, num_output_frames
 
 from neutts_assets_tests.helpers import DEMO_AUDIO
 

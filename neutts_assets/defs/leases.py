@@ -1,4 +1,4 @@
-"""The store lease (core/lease.py) as asset bodies take it: a second run of the same asset and
+"""The store lease (pipeline/orchestration/lease.py) as asset bodies take it: a second run of the same asset and
 channel fails at once with a Failure naming the run that holds it; a taken-over stale lease is
 logged and shown in the materialization's metadata."""
 
@@ -9,7 +9,7 @@ from typing import Iterator
 
 from dagster import AssetExecutionContext, Failure
 
-from neutts_assets.core.lease import DEFAULT_TTL_S, Lease, LeaseHeld, acquire
+from neutts_assets.pipeline.orchestration.lease import DEFAULT_TTL_S, Lease, LeaseHeld, acquire
 from neutts_assets.defs.resources import SegmentStore
 
 # The renewals' and the release's own client settings: a renewal must fail fast enough to be tried

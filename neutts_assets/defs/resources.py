@@ -21,8 +21,8 @@ from dagster import ConfigurableResource, EnvVar
 from dagster_gcp import GCSResource
 from pydantic import Field
 
-from neutts_assets.core.layout import ChannelLayout
-from neutts_assets.defs.codec import codec_from_env
+from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
+from neutts_assets.defs.encoding.codec import codec_from_env
 from neutts_assets.demo import DEMO_CHANNEL_MAPPING, DEMO_SOURCE
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.local import LocalStore

@@ -137,7 +137,7 @@ class ObjectStore(abc.ABC):
 
     # Conditional writes: the one primitive each backend has for "only if nobody got there first"
     # (a link or a lock on a folder, S3 If-None-Match / If-Match, GCS generation preconditions).
-    # Leases (core/lease.py) are built on them. A version here is opaque and only compared.
+    # Leases (pipeline/orchestration/lease.py) are built on them. A version here is opaque and only compared.
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and the version a conditional write compares against, or None if absent."""

@@ -4,7 +4,7 @@ Dagster's asset backfill never puts a parent and a child with different backfill
 run: it runs the parent, then the child in a run of its own. Giving H200 assets a policy of their
 own (one channel per run, as T4 assets get by default) therefore makes a backfill over the whole
 graph run stage 1 on the T4 and encoding on the H200, each run tagged by the run coordinator. A
-single run launched by hand over both classes is not split: it goes to the H200 (core/routing.py).
+single run launched by hand over both classes is not split: it goes to the H200 (pipeline/orchestration/routing.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 
 from dagster import AssetsDefinition, AssetSpec, BackfillPolicy
 
-from neutts_assets.core.routing import MACHINE_TAG
+from neutts_assets.pipeline.orchestration.routing import MACHINE_TAG
 
 # One channel per run: a failed channel fails only its own run, and resuming redoes only that one.
 H200_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=1)

@@ -4,7 +4,7 @@ Runs launched from the UI or by a backfill run Dagster's implicit `__ASSET_JOB`,
 definition never reach them. Every launch (UI, backfill, sensor, schedule, CLI) goes through the
 instance's run coordinator, though, so that is where the tags are set: before the run is queued, so
 the queue's per-machine limits and dagster-celery's run launcher (which picks the Celery queue from
-the run tag) both see them. The rules are in neutts_assets.core.routing.
+the run tag) both see them. The rules are in neutts_assets.pipeline.orchestration.routing.
 
 dagster.yaml:
     run_coordinator:
@@ -26,7 +26,7 @@ from dagster import AssetKey, Field, IntSource, Permissive, StringSource
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
 
-from neutts_assets.core.routing import (
+from neutts_assets.pipeline.orchestration.routing import (
     CHANNEL_TAG, DEFAULT_MACHINE, MACHINE_RANK, MACHINE_TAG, UnknownMachineError, channel_of, check_machine, routing_tags,
 )
 

@@ -16,7 +16,7 @@ from dagster import DagsterInstance
 from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
 from dagster._serdes import unpack_value
 
-from neutts_assets.core.routing import MACHINE_TAG
+from neutts_assets.pipeline.orchestration.routing import MACHINE_TAG
 
 WORKER_TAG = "neutts/worker"
 WORKER_MACHINE_TAG = "neutts/worker-machine"

@@ -1,0 +1,51 @@
+from collections import Counter
+
+from dagster import AssetExecutionContext, DataVersion, Failure, Output, asset
+
+from neutts_assets.pipeline.inventory.manifest import build_inventory
+from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError
+from neutts_assets.defs.metadata import md_table, retry_metadata
+from neutts_assets.defs.partitions import channels
+from neutts_assets.defs.resources import ChannelSettings, SourceBucket
+
+
+@asset(
+    partitions_def=channels,
+    group_name="stage1",
+    io_manager_key="manifest_io_manager",
+    tags={"machine": "t4"},
+    kinds={"gcs"},
+    description="The channel's inventory in the source bucket: each transcript paired with its audio "
+    "object, with versions, sizes and transcript content hashes. Its data version changes when any "
+    "audio or transcript changes, so the UI marks segments_npz stale.",
+)
+def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_settings: ChannelSettings) -> Output[dict]:
+    channel = context.partition_key
+    try:  # a partition added around `add-channel` (the UI) with a name the dataset cannot carry
+        layout = channel_settings.layout(channel)
+    except UnsafeNameError as exc:
+        raise Failure(description=f"channel {channel!r} refused: {exc}") from exc
+    bucket = source.open()
+
+    transcripts = list(bucket.list(layout.transcripts_prefix))
+    audio = list(bucket.list(layout.audio_prefix))
+    inventory = build_inventory(layout, transcripts, audio, bucket.read_bytes)
+    context.log.info(f"{channel}: {len(inventory.entries)} recordings paired, {len(inventory.unpaired)} objects unpaired")
+
+    return Output(
+        inventory.to_dict(),
+        data_version=DataVersion(inventory.fingerprint()),
+        metadata={
+            "source": bucket.describe(),
+            "audio_folder": layout.audio_folder,
+            "recordings": len(inventory.entries),
+            "transcripts_found": len(transcripts),
+            "audio_objects_found": len(audio),
+            "unpaired_objects": len(inventory.unpaired),
+            "audio_bytes": sum(e.audio_size for e in inventory.entries),
+            "partial_downloads": sum(e.audio_partial for e in inventory.entries),
+            "formats": md_table(["extension", "recordings"], Counter(e.audio_ext or ".part" for e in inventory.entries).most_common()),
+            "unpaired": md_table(["object", "reason"], [(u.key, u.reason) for u in inventory.unpaired], empty="every object paired"),
+            **retry_metadata(source=bucket),
+        },
+    )

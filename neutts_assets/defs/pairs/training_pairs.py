@@ -1,0 +1,118 @@
+"""training_pairs: the channel's voice-cloning (ref, target) pairs from its published dataset
+(the work is pipeline/pairs/training_pairs.py; this is the Dagster side: config, lease, metadata)."""
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+from pydantic import Field
+
+from neutts_assets.pipeline.dataset.writer import read_record
+from neutts_assets.pipeline.pairs.training_pairs import (
+    PairSettings, build_and_publish, finish_publishing, folder, is_current, local_path, read_pair_record, record_key,
+)
+from neutts_assets.defs.leases import channel_lease
+from neutts_assets.defs.metadata import retry_metadata
+from neutts_assets.defs.partitions import channels
+from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
+
+
+class TrainingPairsConfig(Config):
+    min_duration_sec: float = Field(default=0.5, description="shortest segment paired (inclusive)")
+    max_duration_sec: float = Field(default=15.0, description="longest segment paired (inclusive)")
+    min_segments_per_speaker: int = Field(default=2, description="a (recording, speaker) group with fewer is left out")
+    max_pairs_per_speaker: Optional[int] = Field(
+        default=None, description="at most this many pairs per speaker, a seeded sample; None: every ordered pair")
+    random_seed: int = Field(default=42, description="seed of the per-speaker sample (with max_pairs_per_speaker)")
+    include_audio: bool = Field(default=False, description="also ref_audio / target_audio (Audio, 16 kHz): much larger")
+    force: bool = Field(default=False, description="rebuild even when the dataset build and the settings are unchanged")
+
+    def settings(self) -> PairSettings:
+        return PairSettings(self.min_duration_sec, self.max_duration_sec, self.min_segments_per_speaker,
+                            self.max_pairs_per_speaker, self.random_seed, self.include_audio)
+
+
+@asset(
+    partitions_def=channels,
+    group_name="dataset",
+    deps=["hf_dataset"],  # read from the store: the channel's published dataset record and shards
+    io_manager_key="manifest_io_manager",
+    tags={"machine": "t4"},
+    kinds={"huggingface"},
+    description="The channel's voice-cloning (ref, target) pairs, as the users' pair builder makes them, as a "
+    "load_from_disk folder under training_pairs/{channel}/, built in memory bounded by the channel's rows.",
+)
+def training_pairs(context: AssetExecutionContext, config: TrainingPairsConfig, store: SegmentStore,
+                   hub: HuggingFaceHub) -> Output[dict]:
+    with channel_lease(context, store, "training_pairs") as lease:
+        return _build(context, config, store, hub, lease.check)
+
+
+def _build(context, config: TrainingPairsConfig, store: SegmentStore, hub: HuggingFaceHub, guard) -> Output[dict]:
+    channel = context.partition_key
+    dst = store.open()
+    try:
+        settings = config.settings()
+    except ValueError as exc:
+        raise Failure(description=str(exc)) from exc
+    dataset = read_record(dst, channel)
+    if dataset is None:
+        raise Failure(description=f"channel {channel!r} has no published dataset: materialize hf_dataset first")
+    previous = read_pair_record(dst, channel)
+    started = time.perf_counter()
+    removed: list = []
+    incremental: dict = {}
+    if not config.force and is_current(dst, previous, dataset["build_id"], settings):
+        context.log.info(f"{channel}: pairs of dataset build {dataset['build_id']} with these settings already published")
+        record, rebuilt = previous, False
+        removed = finish_publishing(dst, record, hub.title, guard)  # a run killed after the record left the rest
+    else:
+        with tempfile.TemporaryDirectory(prefix="neutts-pairs-") as tmp:
+            try:
+                build = build_and_publish(dst, channel, settings, Path(tmp), hub.title, guard, log=context.log.info,
+                                          force=config.force)
+            except FileNotFoundError as exc:  # hf_dataset published another build (and removed shards) meanwhile
+                raise Failure(description=f"{channel}: a shard of dataset build {dataset['build_id']} went away while "
+                              f"it was read ({exc}); the dataset was republished meanwhile: rerun") from exc
+        record, rebuilt, removed = build.record, True, build.removed
+        incremental = {"full_rebuild": build.plan.full, "files_kept": len(build.plan.keep), "files_written": build.files_written,
+                       "dataset_shards_read": build.shards_read, "recordings_paired": build.recordings_paired}
+    wall = time.perf_counter() - started
+
+    counts = record["counts"]
+    per = counts["pairs_per_speaker"]
+    manifest = {"channel": channel, "build_id": record["build_id"], "dataset_build_id": record["dataset_build_id"],
+                "folder": record["folder"], "pairs": counts["pairs"], "record": record_key(channel)}
+    metadata = {
+        "rebuilt": rebuilt,
+        "build_id": record["build_id"],
+        "dataset_build_id": record["dataset_build_id"],
+        "pairs": counts["pairs"],
+        "speakers": counts["speakers"],
+        "speakers_dropped": counts["speakers_dropped"],
+        "pairs_per_speaker_min": per["min"],
+        "pairs_per_speaker_median": per["median"],
+        "pairs_per_speaker_max": per["max"],
+        "rows_used": counts["rows_used"],
+        "rows_eligible": counts["rows_eligible"],
+        "rows_in_dataset": counts["rows_in_dataset"],
+        "include_audio": record["settings"]["include_audio"],
+        "settings": MetadataValue.json(record["settings"]),
+        "folder": f"{dst.describe()} {folder(channel)}",
+        "bytes": record["bytes"],
+        "arrow_files": len(record["arrow_files"]),
+        "old_files_removed": len(removed),
+        **incremental,
+        "wall_seconds": round(wall, 2),
+        "top_speakers": MetadataValue.table(
+            records=[TableRecord(data=s) for s in record["top_speakers"]],
+            schema=TableSchema(columns=[TableColumn("recording", "string"), TableColumn("speaker_id", "string"),
+                                        TableColumn("segments", "int"), TableColumn("pairs", "int")]),
+        ),
+    }
+    path = local_path(dst, channel)
+    if path is not None:
+        metadata["local_path"] = MetadataValue.path(path)  # what load_from_disk opens
+    return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})

@@ -1,0 +1,150 @@
+"""The `save_to_disk` copy that `datasets.load_from_disk` opens (the users' pair builder reads the
+dataset that way), kept beside the Parquet dataset in the store:
+
+    hf_dataset_disk/state.json, dataset_info.json           "all channels": lists every channel's Arrow files
+    hf_dataset_disk/{channel}/state.json, dataset_info.json  one channel
+    hf_dataset_disk/{channel}/{shard}/data-00000-of-00001.arrow
+                                                             one per Parquet shard, named after it:
+                                                             `Dataset.from_parquet(shard).save_to_disk(num_shards=1)`
+
+It follows the Parquet shards' rule: a shard kept by an incremental build keeps its Arrow file
+untouched; only new shards are converted. `load_from_disk` reads the Arrow files a state.json
+names, relative to its folder, in that order: the channel's state.json lists its shards' files in
+the record's order (the rows come in the order of the Parquet config), and the all-channels
+state.json names `{channel}/{shard}/data-*.arrow`. The channel's state.json is the switch: it is
+written after the new Arrow files, the files it no longer names are deleted after it, and then
+the all-channels state.json is rewritten. A channel with no rows gets one empty Arrow file
+(`_empty/`), as load_from_disk cannot concatenate none. A run killed halfway leaves the old
+state.json in force and whole Arrow files the next run reuses or deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from neutts_assets.storage.store import ObjectStore
+
+DISK_PREFIX = "hf_dataset_disk/"
+STATE, INFO = "state.json", "dataset_info.json"
+ARROW_FILE = "data-00000-of-00001.arrow"
+EMPTY = "_empty"
+
+
+def channel_folder(channel: str) -> str:
+    return f"{DISK_PREFIX}{channel}/"
+
+
+def arrow_files(record: dict) -> list[str]:
+    """The channel's Arrow files, relative to its folder, in record order: one per Parquet shard."""
+    stems = [Path(s["path"]).stem for s in record["shards"]] or [EMPTY]
+    return [f"{stem}/{ARROW_FILE}" for stem in stems]
+
+
+def disk_copy_current(store: ObjectStore, record: dict) -> bool:
+    """Whether the channel's save_to_disk copy lists exactly the record's shards, in its order."""
+    blob = store.read_bytes_or_none(f"{channel_folder(record['channel'])}{STATE}")
+    if blob is None:
+        return False
+    files = [f["filename"] for f in json.loads(blob)["_data_files"]]
+    return files == arrow_files(record)
+
+
+def _convert(source: Path | None, out: Path, cache: Path) -> Path:
+    """One Parquet shard (None: no rows) as one Arrow file set, written by `datasets` itself."""
+    from datasets import Dataset
+
+    from neutts_assets.pipeline.dataset.rows import dataset_features
+
+    features = dataset_features()
+    if source is not None:
+        ds = Dataset.from_parquet(str(source), features=features, cache_dir=str(cache))
+    else:
+        ds = Dataset.from_dict({name: [] for name in features}, features=features)
+    ds.save_to_disk(str(out), num_shards=1)
+    del ds
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def save_channel_to_disk(store: ObjectStore, record: dict, workdir: Path, local: dict[str, Path] | None = None,
+                         rewrite: bool = False) -> dict:
+    """Brings the channel's save_to_disk copy to the record: converts the shards whose Arrow file is
+    not in the store yet (from `local` copies, path in the dataset folder -> file, or downloads),
+    keeps the others (`rewrite`: converts them all again), switches the channel's state.json, deletes what it no longer names, and
+    rewrites the all-channels state.json."""
+    from neutts_assets.pipeline.dataset.writer import fetch_shards
+
+    channel = record["channel"]
+    folder = channel_folder(channel)
+    workdir = Path(workdir)
+    wanted = arrow_files(record)
+    present = {o.key[len(folder):]: o.size for o in store.list(folder)}
+    by_file = dict(zip(wanted, record["shards"] or [None]))
+    todo = [f for f in wanted if rewrite or not present.get(f)]
+    info = None
+    for name in todo:
+        shard = by_file[name]
+        source = None
+        if shard is not None:
+            source = fetch_shards(store, record, workdir, have=local, only=[shard["path"]])[shard["path"]]
+        out = _convert(source, workdir / "save_to_disk" / name.split("/")[0], workdir / "hf_cache")
+        store.upload(out / ARROW_FILE, folder + name)
+        info = info or json.loads((out / INFO).read_text())
+        shutil.rmtree(out, ignore_errors=True)
+        if source is not None and (local is None or shard["path"] not in local):
+            source.unlink(missing_ok=True)  # downloaded for this: not needed again
+    if info is None:  # nothing converted: the features, from the copy already there or from an empty set
+        blob = store.read_bytes_or_none(folder + INFO)
+        if blob is not None:
+            info = json.loads(blob)
+        else:
+            out = _convert(None, workdir / "save_to_disk" / "_info", workdir / "hf_cache")
+            info = json.loads((out / INFO).read_text())
+            shutil.rmtree(out, ignore_errors=True)
+    publish_state(store, folder, wanted, info)  # the switch
+    publish_all_channels(store)  # names this channel's new files: the old ones are unreferenced now
+    keep = set(wanted)
+    removed = [folder + rest for rest in present if "/" in rest and rest not in keep]
+    for key in removed:
+        store.delete(key)
+    return {"folder": folder, "arrow_files": len(wanted), "converted": len(todo), "kept": len(wanted) - len(todo),
+            "removed": len(removed)}
+
+
+def publish_state(store: ObjectStore, folder: str, filenames: list[str], info: dict) -> None:
+    """A load_from_disk folder made of Arrow files that separate `save_to_disk` calls wrote (one
+    per shard, each `num_shards=1`): its dataset_info.json (`info`, one of those calls', less the
+    sizes, which would be one file's), then its state.json naming `filenames` (relative to
+    `folder`) in order, last: the switch. The state has the fields `save_to_disk` writes
+    (datasets 5.x); test_hf_dataset and test_training_pairs open the result with `load_from_disk`."""
+    info = {k: v for k, v in info.items() if k not in ("splits", "dataset_size", "size_in_bytes", "download_size")}
+    files = [{"filename": f} for f in filenames]
+    state = {"_data_files": files, "_fingerprint": hashlib.sha256(json.dumps([folder, files]).encode()).hexdigest()[:16],
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+    store.write_bytes(folder + INFO, json.dumps(info, indent=2).encode())
+    store.write_bytes(folder + STATE, json.dumps(state, indent=2).encode())
+
+
+def publish_all_channels(store: ObjectStore) -> list[str]:
+    """Rewrites the top-level state.json so `load_from_disk(hf_dataset_disk/)` reads every channel."""
+    states = {}
+    for o in store.list(DISK_PREFIX):
+        rest = o.key[len(DISK_PREFIX):]
+        if rest.count("/") == 1 and rest.endswith("/" + STATE):
+            states[rest.split("/")[0]] = json.loads(store.read_bytes(o.key))
+    if not states:
+        return []
+    channels = sorted(states)
+    first = states[channels[0]]
+    files = [{"filename": f"{c}/{f['filename']}"} for c in channels for f in states[c]["_data_files"]]
+    state = {**first, "_data_files": files, "_split": None,
+             "_fingerprint": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
+    info = json.loads(store.read_bytes(f"{DISK_PREFIX}{channels[0]}/{INFO}"))
+    info.pop("splits", None)  # one channel's counts would be wrong for all of them
+    info.pop("dataset_size", None)
+    store.write_bytes(DISK_PREFIX + INFO, json.dumps(info, indent=2).encode())
+    store.write_bytes(DISK_PREFIX + STATE, json.dumps(state, indent=2).encode())
+    return channels
