@@ -70,9 +70,18 @@ def make_segments(n: int, first: int = 0, name: str | None = None, recording: in
         audio_id = f"rec{i // 20:05d}_seg_{i % 20}" if recording is None else f"rec{recording:05d}_seg_{i - first}"
         seed = zlib.crc32(audio_id.encode())
         codes = ((np.arange(length // 320, dtype=np.int64) * 7919 + seed) % 65536).astype(np.int32)
-        seg = Segment(audio_id=audio_id, channel=CHANNEL, text=f"نص تجريبي رقم {i}", speaker_id=f"SPEAKER_{i % 3:02d}",
-                      gender=("male", "female")[i % 2], dialect="gulf", tone="neutral", pcm16=pcm[start:start + length],
-                      codes=codes, codec="bench deterministic codes")
+        seg = Segment(
+            audio_id=audio_id,
+            channel=CHANNEL,
+            text=f"نص تجريبي رقم {i}",
+            speaker_id=f"SPEAKER_{i % 3:02d}",
+            gender=("male", "female")[i % 2],
+            dialect="gulf",
+            tone="neutral",
+            pcm16=pcm[start : start + length],
+            codes=codes,
+            codec="bench deterministic codes",
+        )
         store.write_bytes(f"stage2_with_codes/{CHANNEL}/{audio_id}.npz", encode_segment(seg))
     (root / "done").touch()
     return root
@@ -116,9 +125,15 @@ def run_ours(root: str, limit: int, out: str) -> dict:
             return src.read_bytes(key)
 
     build = build_channel(Split(Path(out) / "store"), CHANNEL, objects, RowFilter(), work, "bench")
-    return {"rows": build.record["stats"]["rows"], "hours": build.record["stats"]["hours"], "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s() - c0,
-            "peak_rss_mb": _peak_rss_mb(), "rss_after_imports_mb": baseline,
-            "bytes_out": sum(s["bytes"] for s in build.record["shards"])}
+    return {
+        "rows": build.record["stats"]["rows"],
+        "hours": build.record["stats"]["hours"],
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": _cpu_s() - c0,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_after_imports_mb": baseline,
+        "bytes_out": sum(s["bytes"] for s in build.record["shards"]),
+    }
 
 
 def run_old(root: str, limit: int, out: str) -> dict:
@@ -132,19 +147,46 @@ def run_old(root: str, limit: int, out: str) -> dict:
     rows = []
     for o in objects:  # the old script: every segment loaded into one list
         seg = read_segment(Path(root) / o.key)
-        rows.append({"audio": {"array": seg.audio, "sampling_rate": SR}, "codes": seg.codes.tolist(), "text": seg.text,
-                     "speaker_id": seg.speaker_id, "channel": seg.channel, "gender": seg.gender, "dialect": seg.dialect,
-                     "tone": seg.tone, "audio_id": seg.audio_id, "duration_sec": seg.duration_sec})
-    features = Features({"audio": Audio(sampling_rate=SR), "codes": Sequence(Value("int32")), "text": Value("string"),
-                         "speaker_id": Value("string"), "channel": Value("string"), "gender": Value("string"),
-                         "dialect": Value("string"), "tone": Value("string"), "audio_id": Value("string"),
-                         "duration_sec": Value("float32")})
+        rows.append(
+            {
+                "audio": {"array": seg.audio, "sampling_rate": SR},
+                "codes": seg.codes.tolist(),
+                "text": seg.text,
+                "speaker_id": seg.speaker_id,
+                "channel": seg.channel,
+                "gender": seg.gender,
+                "dialect": seg.dialect,
+                "tone": seg.tone,
+                "audio_id": seg.audio_id,
+                "duration_sec": seg.duration_sec,
+            }
+        )
+    features = Features(
+        {
+            "audio": Audio(sampling_rate=SR),
+            "codes": Sequence(Value("int32")),
+            "text": Value("string"),
+            "speaker_id": Value("string"),
+            "channel": Value("string"),
+            "gender": Value("string"),
+            "dialect": Value("string"),
+            "tone": Value("string"),
+            "audio_id": Value("string"),
+            "duration_sec": Value("float32"),
+        }
+    )
     ds = Dataset.from_list(rows, features=features)
     ds.save_to_disk(str(Path(out) / "old"))
     n = len(ds)
     bytes_out = sum(p.stat().st_size for p in (Path(out) / "old").glob("*.arrow"))
-    return {"rows": n, "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s() - c0, "peak_rss_mb": _peak_rss_mb(),
-            "rss_after_imports_mb": baseline, "bytes_out": bytes_out}
+    return {
+        "rows": n,
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": _cpu_s() - c0,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_after_imports_mb": baseline,
+        "bytes_out": bytes_out,
+    }
 
 
 def _measure(method: str, root: str, limit: int) -> dict:
@@ -193,22 +235,41 @@ def run_incremental(n: int, added: int, shard_mb: float, workers: int) -> dict:
     phases = {}
     with tempfile.TemporaryDirectory(prefix="bench-incremental-") as out:
         store = Split(Path(out) / "store")
-        for phase, objects, force in (("full", base_objects, False), ("incremental", base_objects + extra_objects, False),
-                                      ("force", base_objects + extra_objects, True)):
+        for phase, objects, force in (
+            ("full", base_objects, False),
+            ("incremental", base_objects + extra_objects, False),
+            ("force", base_objects + extra_objects, True),
+        ):
             work = Path(out) / f"work-{phase}"
             work.mkdir()
             _reset_peak_rss()
             t0, c0 = time.perf_counter(), _cpu_s()
-            build = build_channel(store, CHANNEL, objects, RowFilter(), work, "bench", shard_bytes=int(shard_mb * 1e6),
-                                  workers=workers, previous=read_record(store, CHANNEL), force=force)
+            build = build_channel(
+                store,
+                CHANNEL,
+                objects,
+                RowFilter(),
+                work,
+                "bench",
+                shard_bytes=int(shard_mb * 1e6),
+                workers=workers,
+                previous=read_record(store, CHANNEL),
+                force=force,
+            )
             publish_channel(store, build.record, "bench")
             wall = time.perf_counter() - t0
             phases[phase] = {
-                "rows": build.record["stats"]["rows"], "full_rebuild": build.plan.full,
-                "segments_read": build.segments_read, "bytes_written": build.bytes_written,
-                "shards_written": build.shards_written, "shards_kept": len(build.plan.keep),
-                "shards_total": len(build.record["shards"]), "wall_s": round(wall, 2), "cpu_s": round(_cpu_s() - c0, 2),
-                "peak_rss_mb": round(_peak_rss_mb(), 1), "record_kb": round(len(json.dumps(build.record)) / 1e3, 1),
+                "rows": build.record["stats"]["rows"],
+                "full_rebuild": build.plan.full,
+                "segments_read": build.segments_read,
+                "bytes_written": build.bytes_written,
+                "shards_written": build.shards_written,
+                "shards_kept": len(build.plan.keep),
+                "shards_total": len(build.record["shards"]),
+                "wall_s": round(wall, 2),
+                "cpu_s": round(_cpu_s() - c0, 2),
+                "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "record_kb": round(len(json.dumps(build.record)) / 1e3, 1),
             }
             print(f"{phase:>12}: {phases[phase]}", flush=True)
     inc, force = phases["incremental"], phases["force"]
@@ -217,7 +278,11 @@ def run_incremental(n: int, added: int, shard_mb: float, workers: int) -> dict:
     if inc["full_rebuild"] or inc["segments_read"] != added or inc["shards_kept"] != phases["full"]["shards_written"]:
         raise SystemExit(f"the incremental build was not incremental: {inc}")
     return {
-        "mode": "incremental", "segments": n, "added": added, "shard_mb": shard_mb, **{k: v for k, v in phases.items()},
+        "mode": "incremental",
+        "segments": n,
+        "added": added,
+        "shard_mb": shard_mb,
+        **{k: v for k, v in phases.items()},
         "ratios_incremental_vs_force": {
             "segments_read": round(inc["segments_read"] / force["segments_read"], 5),
             "bytes_written": round(inc["bytes_written"] / force["bytes_written"], 5),
@@ -232,7 +297,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--segments", type=int, default=None, help="default 5000 (20000 with --incremental)")
     parser.add_argument("--quick", action="store_true", help="500 segments")
-    parser.add_argument("--incremental", action="store_true", help="full build, +1 recording incrementally, forced rebuild")
+    parser.add_argument(
+        "--incremental", action="store_true", help="full build, +1 recording incrementally, forced rebuild"
+    )
     parser.add_argument("--added", type=int, default=75, help="--incremental: segments of the added recording")
     parser.add_argument("--shard-mb", type=float, default=500, help="--incremental: shard size (the asset's default)")
     parser.add_argument("--workers", type=int, default=8, help="--incremental: segment files read at once")
@@ -242,8 +309,10 @@ def main() -> None:
         t = time.perf_counter()
         result = run_incremental(n, args.added, args.shard_mb, args.workers)
         r = result["ratios_incremental_vs_force"]
-        print(f"incremental vs forced rebuild: reads x{r['segments_read']}, bytes written x{r['bytes_written']}, "
-              f"wall x{r['wall_s']} ({time.perf_counter() - t:.0f} s in all)")
+        print(
+            f"incremental vs forced rebuild: reads x{r['segments_read']}, bytes written x{r['bytes_written']}, "
+            f"wall x{r['wall_s']} ({time.perf_counter() - t:.0f} s in all)"
+        )
         print(json.dumps(result))
         return
     n = 500 if args.quick else (args.segments or 5000)
@@ -260,9 +329,11 @@ def main() -> None:
     if not (ours["rows"] == old["rows"] == n and ours_tenth["rows"] == n // 10):
         raise SystemExit(f"row counts differ: ours {ours['rows']}, old {old['rows']}, ours/10 {ours_tenth['rows']}")
     for name, r in (("ours", ours), (f"ours ({n // 10})", ours_tenth), ("old", old)):
-        print(f"{name:>14}: {r['rows']} rows, wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
-              f"{r['rows'] / r['wall_s']:.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f} MB "
-              f"({r['rss_after_imports_mb']:.0f} MB after imports), output {r['bytes_out'] / 1e6:.0f} MB")
+        print(
+            f"{name:>14}: {r['rows']} rows, wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
+            f"{r['rows'] / r['wall_s']:.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f} MB "
+            f"({r['rss_after_imports_mb']:.0f} MB after imports), output {r['bytes_out'] / 1e6:.0f} MB"
+        )
     result = {
         "segments": n,
         "audio_hours": ours["hours"],
@@ -277,7 +348,9 @@ def main() -> None:
         "output_mb_ours": round(ours["bytes_out"] / 1e6, 1),
         "output_mb_old": round(old["bytes_out"] / 1e6, 1),
     }
-    print(f"targets: speedup_vs_old >= 5: {result['speedup_vs_old']} | rss_growth_ours <= 1.2: {result['rss_growth_ours']}")
+    print(
+        f"targets: speedup_vs_old >= 5: {result['speedup_vs_old']} | rss_growth_ours <= 1.2: {result['rss_growth_ours']}"
+    )
     print(json.dumps(result))
 
 

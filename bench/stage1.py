@@ -57,8 +57,8 @@ def build_program() -> tuple[Path, list[dict], float]:
     """Every demo recording decoded to 16 kHz mono and concatenated into one program (~78 s),
     with the demo transcripts' segments shifted to their place in it. Returns the program's
     wav, its segments and its length in ms."""
-    from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
     from neutts_assets.demo import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE
+    from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
 
     wav, meta = CACHE / "program.wav", CACHE / "program.json"
     if meta.exists():
@@ -69,7 +69,7 @@ def build_program() -> tuple[Path, list[dict], float]:
     a_dir = DEMO_SOURCE / AUDIO_PREFIX.format(audio_folder=DEMO_CHANNEL_MAPPING[DEMO_CHANNEL])
     part, parts, segments, offset_ms = CACHE / "part.wav", [], [], 0.0
     for t in sorted(t_dir.glob("audio_*.json")):
-        rec_id = t.name[len("audio_"):-len(".json")]
+        rec_id = t.name[len("audio_") : -len(".json")]
         (audio,) = a_dir.glob(f"{rec_id}.*")
         _ffmpeg("-i", str(audio), "-ac", "1", "-ar", str(SR), "-c:a", "pcm_s16le", str(part))
         pcm, _ = sf.read(part, dtype="int16")
@@ -99,8 +99,11 @@ def build_channel(name: str, n_recordings: int, loops: int, seconds: float | Non
     t_dir.mkdir(parents=True, exist_ok=True)
     a_dir.mkdir(parents=True, exist_ok=True)
     cut = ["-t", str(seconds)] if seconds else []
-    shifted = [{**s, "start_ms": s["start_ms"] + k * length_ms, "end_ms": s["end_ms"] + k * length_ms}
-               for k in range(loops) for s in segments]
+    shifted = [
+        {**s, "start_ms": s["start_ms"] + k * length_ms, "end_ms": s["end_ms"] + k * length_ms}
+        for k in range(loops)
+        for s in segments
+    ]
     if seconds:
         shifted = [s for s in shifted if s["end_ms"] <= seconds * 1000]
     for i in range(n_recordings):
@@ -132,23 +135,29 @@ def _peak_rss_mb() -> float:
 def run_ours(source: str, out: str, limit: int | None, workers: int = 1, audio_format: str = "float32") -> list[dict]:
     """The real stage-1 path, one recording at a time as one worker of the asset runs it, or
     `workers` at once as the asset does by default (then per-recording CPU cannot be told apart)."""
-    from neutts_assets.pipeline.segments.cutting import CutRules
     from neutts_assets.pipeline.inventory.manifest import build_inventory
     from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
+    from neutts_assets.pipeline.segments.cutting import CutRules
     from neutts_assets.pipeline.segments.recordings import cut_recording
     from neutts_assets.storage.local import LocalStore
 
     src, dst = LocalStore(source, create=False), LocalStore(out)
     layout = ChannelLayout.for_channel(CHANNEL)
     inv = build_inventory(layout, src.list(layout.transcripts_prefix), src.list(layout.audio_prefix), src.read_bytes)
+
     def one(entry):
         cpu0 = _cpu_s()
         r = cut_recording(entry, CHANNEL, src, dst, CutRules(audio_format=audio_format), previous=None)
         if r.error:
             raise RuntimeError(f"{entry.recording_id}: {r.error}")
-        return {"ext": entry.audio_ext.lstrip("."), "audio_s": r.index.audio_seconds, "segments": len(r.index.segments),
-                "segment_s": sum(s.duration_sec for s in r.index.segments), "bytes": r.written_bytes,
-                "cpu_s": _cpu_s() - cpu0 if workers == 1 else math.nan}
+        return {
+            "ext": entry.audio_ext.lstrip("."),
+            "audio_s": r.index.audio_seconds,
+            "segments": len(r.index.segments),
+            "segment_s": sum(s.duration_sec for s in r.index.segments),
+            "bytes": r.written_bytes,
+            "cpu_s": _cpu_s() - cpu0 if workers == 1 else math.nan,
+        }
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, inv.entries[:limit]))
@@ -170,7 +179,7 @@ def run_old(source: str, out: str, limit: int | None) -> list[dict]:
     rows = []
     for t in sorted(t_dir.glob("audio_*.json"))[:limit]:
         cpu0 = _cpu_s()
-        rec_id = t.name[len("audio_"):-len(".json")]
+        rec_id = t.name[len("audio_") : -len(".json")]
         (path,) = a_dir.glob(f"{rec_id}.*")
         audio, sr = librosa.load(str(path), sr=SR, mono=True)
         doc = json.loads(t.read_text())
@@ -179,12 +188,20 @@ def run_old(source: str, out: str, limit: int | None) -> list[dict]:
             text = (seg.get("text") or "").strip()
             if not text or (seg["end_ms"] - seg["start_ms"]) / 1000 < 0.3:
                 continue
-            piece = audio[int(seg["start_ms"] / 1000 * sr):int(seg["end_ms"] / 1000 * sr)]
+            piece = audio[int(seg["start_ms"] / 1000 * sr) : int(seg["end_ms"] / 1000 * sr)]
             target = out_dir / f"{rec_id}_seg_{i}.npz"
             np.savez_compressed(
-                target, audio=piece, codes=np.array([]), text=text, speaker_id=seg.get("speaker_id", "UNKNOWN"),
-                channel=CHANNEL, gender=seg.get("gender", "unknown"), dialect=seg.get("dialect", "unknown"),
-                tone=seg.get("tone", "neutral"), duration_sec=len(piece) / sr, audio_id=f"{rec_id}_seg_{i}",
+                target,
+                audio=piece,
+                codes=np.array([]),
+                text=text,
+                speaker_id=seg.get("speaker_id", "UNKNOWN"),
+                channel=CHANNEL,
+                gender=seg.get("gender", "unknown"),
+                dialect=seg.get("dialect", "unknown"),
+                tone=seg.get("tone", "neutral"),
+                duration_sec=len(piece) / sr,
+                audio_id=f"{rec_id}_seg_{i}",
             )
             row["segments"] += 1
             row["segment_s"] += len(piece) / sr
@@ -226,7 +243,9 @@ def decode_floor(source: Path) -> dict[str, float]:
     cpu: dict[str, float] = {}
     for path in sorted(p for p in source.rglob("*") if p.suffix[1:] in dict(FORMATS)):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"], check=True)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"], check=True
+        )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         cpu[path.suffix[1:]] = cpu.get(path.suffix[1:], 0.0) + spent
@@ -268,9 +287,11 @@ def main() -> int:
 
     named = [(f"ours, {fmt}", r) for fmt, r in runs.items()]
     for name, r in (*named, ("old", old), ("ours, 1/4 of the files", quarter), ("ours, 4 workers", concurrent)):
-        print(f"{name:>22}: {r['files']} files, {r['audio_s'] / 60:.1f} audio-min, {r['segments']} segments "
-              f"({r['segment_s'] / 60:.1f} min), {r['cpu_s']:.2f} CPU-s = {r['realtime_per_core']:.0f}x realtime per core, "
-              f"wall {r['wall_s']:.2f} s, {r['bytes_per_audio_hour'] / 2**20:.1f} MiB per audio hour, peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(
+            f"{name:>22}: {r['files']} files, {r['audio_s'] / 60:.1f} audio-min, {r['segments']} segments "
+            f"({r['segment_s'] / 60:.1f} min), {r['cpu_s']:.2f} CPU-s = {r['realtime_per_core']:.0f}x realtime per core, "
+            f"wall {r['wall_s']:.2f} s, {r['bytes_per_audio_hour'] / 2**20:.1f} MiB per audio hour, peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
     print(f"{'ffmpeg decode-only':>22}: {floor_cpu:.2f} CPU-s = {ours['audio_s'] / floor_cpu:.0f}x realtime per core")
     # Per segment-file format: what the issue asks of each (bytes and CPU against old and decode-only).
     formats = {}
@@ -285,8 +306,10 @@ def main() -> int:
             "realtime_per_core": round(r["realtime_per_core"], 1),
         }
         f = formats[fmt]
-        print(f"{fmt:>22}: {f['mib_per_audio_hour']} MiB/audio-h ({f['bytes_ratio_vs_old']}x old), "
-              f"{f['cpu_ms_per_audio_s']} CPU-ms/audio-s ({f['cpu_ratio_vs_old']}x old, {f['cpu_vs_decode_only']}x decode-only)")
+        print(
+            f"{fmt:>22}: {f['mib_per_audio_hour']} MiB/audio-h ({f['bytes_ratio_vs_old']}x old), "
+            f"{f['cpu_ms_per_audio_s']} CPU-ms/audio-s ({f['cpu_ratio_vs_old']}x old, {f['cpu_vs_decode_only']}x decode-only)"
+        )
     per_format = {}
     for ext, o in ours["per_format"].items():
         d = old["per_format"][ext]
@@ -300,13 +323,17 @@ def main() -> int:
             "cpu_vs_decode_only": round(o["cpu_s"] / floor[ext], 2),
             "speedup_ceiling_vs_old": round(d["cpu_s"] / floor[ext], 2),
         }
-        print(f"{ext:>22}: {o['realtime_per_core']:.0f}x vs {d['realtime_per_core']:.0f}x realtime per core "
-              f"(speedup {per_format[ext]['speedup_vs_old']}), bytes ratio {per_format[ext]['bytes_ratio_vs_old']}; "
-              f"ffmpeg decoding alone {per_format[ext]['realtime_per_core_ffmpeg_decode_only']}x "
-              f"(ours {per_format[ext]['cpu_vs_decode_only']}x its CPU; speedup ceiling {per_format[ext]['speedup_ceiling_vs_old']})")
+        print(
+            f"{ext:>22}: {o['realtime_per_core']:.0f}x vs {d['realtime_per_core']:.0f}x realtime per core "
+            f"(speedup {per_format[ext]['speedup_vs_old']}), bytes ratio {per_format[ext]['bytes_ratio_vs_old']}; "
+            f"ffmpeg decoding alone {per_format[ext]['realtime_per_core_ffmpeg_decode_only']}x "
+            f"(ours {per_format[ext]['cpu_vs_decode_only']}x its CPU; speedup ceiling {per_format[ext]['speedup_ceiling_vs_old']})"
+        )
     # Same transcripts, same skip rules: a different count would mean the comparison is unfair.
     if any(r["segments"] != old["segments"] for r in runs.values()):
-        raise SystemExit(f"ours cut {[r['segments'] for r in runs.values()]} segments, old {old['segments']}: not the same work")
+        raise SystemExit(
+            f"ours cut {[r['segments'] for r in runs.values()]} segments, old {old['segments']}: not the same work"
+        )
 
     result = {
         "default_format": DEFAULT_AUDIO_FORMAT,
@@ -335,8 +362,10 @@ def main() -> int:
         "segment_formats": formats,
         "per_container": per_format,
     }
-    for field, target, met in (("speedup_vs_old", ">= 5", result["speedup_vs_old"] >= 5),
-                               ("cpu_vs_decode_only", "<= 1.5", result["cpu_vs_decode_only"] <= 1.5)):
+    for field, target, met in (
+        ("speedup_vs_old", ">= 5", result["speedup_vs_old"] >= 5),
+        ("cpu_vs_decode_only", "<= 1.5", result["cpu_vs_decode_only"] <= 1.5),
+    ):
         print(f"{'target':>22}: {field} {result[field]} {target}: {'met' if met else 'NOT met'}")
     print(json.dumps(result))
     return 0

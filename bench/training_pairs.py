@@ -66,6 +66,7 @@ DISK_MARGIN = 2 * 2**30  # left free for the others on the machine
 
 # ---- input ---------------------------------------------------------------------------------------
 
+
 def segments_per_speaker(pairs: int) -> int:
     """n with RECORDINGS x SPEAKERS x n(n-1) closest to `pairs`."""
     per_group = pairs / (RECORDINGS * SPEAKERS)
@@ -75,7 +76,13 @@ def segments_per_speaker(pairs: int) -> int:
 def build_input(pairs: int, durations: tuple[float, float]) -> Path:
     """The published synthetic channel for about `pairs` pairs (see the module), cached."""
     from neutts_assets.pipeline.dataset.rows import RowFilter
-    from neutts_assets.pipeline.dataset.writer import WRITER_VERSION, build_channel, publish_channel, segment_objects, stage2_prefix
+    from neutts_assets.pipeline.dataset.writer import (
+        WRITER_VERSION,
+        build_channel,
+        publish_channel,
+        segment_objects,
+        stage2_prefix,
+    )
     from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, Segment, encode_segment
     from neutts_assets.storage.local import LocalStore
 
@@ -96,11 +103,21 @@ def build_input(pairs: int, durations: tuple[float, float]) -> Path:
             speaker, gender = speakers[k % SPEAKERS]
             samples = int(rng.uniform(lo, hi) * SR) // 320 * 320
             pcm = np.zeros(samples, np.int16)
-            pcm[:len(noise)] = noise[:samples]
+            pcm[: len(noise)] = noise[:samples]
             codes = rng.integers(0, 65536, size=samples // 320, dtype=np.int32)
             audio_id = f"rec{rec:03d}_seg_{k}"
-            seg = Segment(audio_id=audio_id, channel=CHANNEL, text=f"نص تجريبي رقم {i}", speaker_id=speaker, gender=gender,
-                          dialect="gulf", tone="neutral", pcm16=pcm, codes=codes, codec="bench random codes")
+            seg = Segment(
+                audio_id=audio_id,
+                channel=CHANNEL,
+                text=f"نص تجريبي رقم {i}",
+                speaker_id=speaker,
+                gender=gender,
+                dialect="gulf",
+                tone="neutral",
+                pcm16=pcm,
+                codes=codes,
+                codec="bench random codes",
+            )
             store.write_bytes(f"{stage2_prefix(CHANNEL)}{audio_id}.npz", encode_segment(seg, "flac"))
             i += 1
     work = root / "work"
@@ -111,12 +128,16 @@ def build_input(pairs: int, durations: tuple[float, float]) -> Path:
     shutil.rmtree(work)
     shutil.rmtree(store.root / stage2_prefix(CHANNEL))  # only the published dataset is kept
     (root / "done").write_text(json.dumps({"rows": build.record["stats"]["rows"], "segments_per_speaker": n}))
-    print(f"input: {i} rows ({n} per speaker, {RECORDINGS * SPEAKERS} speakers) built in {root} "
-          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"input: {i} rows ({n} per speaker, {RECORDINGS * SPEAKERS} speakers) built in {root} "
+        f"in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     return root
 
 
 # ---- measuring -----------------------------------------------------------------------------------
+
 
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -171,10 +192,17 @@ def run_ours(store_root: Path, tmp: Path, include_audio: bool) -> dict:
     work.mkdir()
     build = build_and_publish(store, CHANNEL, PairSettings(include_audio=include_audio), work, "bench")
     counts = build.record["counts"]
-    published = store.root / "training_pairs" / CHANNEL  # the Arrow files, their pairs index, state.json, dataset_info.json
-    return {"pairs": counts["pairs"], "speakers": counts["speakers"], "rows": counts["rows_used"],
-            "bytes_out": build.record["bytes"], "bytes_total": _folder_bytes(published),
-            "arrow_files": len(build.record["arrow_files"])}
+    published = (
+        store.root / "training_pairs" / CHANNEL
+    )  # the Arrow files, their pairs index, state.json, dataset_info.json
+    return {
+        "pairs": counts["pairs"],
+        "speakers": counts["speakers"],
+        "rows": counts["rows_used"],
+        "bytes_out": build.record["bytes"],
+        "bytes_total": _folder_bytes(published),
+        "arrow_files": len(build.record["arrow_files"]),
+    }
 
 
 def run_old(store_root: Path, tmp: Path, include_audio: bool) -> dict:
@@ -206,29 +234,44 @@ def run_old(store_root: Path, tmp: Path, include_audio: bool) -> dict:
             for j, target in enumerate(segments):
                 if i == j:
                     continue
-                pairs.append({
-                    "ref_text": ref["text"], "ref_codes": ref["codes"], "ref_speaker_id": ref["speaker_id"],
-                    "ref_gender": ref["gender"], "ref_dialect": ref["dialect"], "ref_tone": ref["tone"],
-                    "ref_duration_sec": ref["duration_sec"],
-                    "target_text": target["text"], "target_codes": target["codes"], "target_speaker_id": target["speaker_id"],
-                    "target_gender": target["gender"], "target_dialect": target["dialect"], "target_tone": target["tone"],
-                    "target_duration_sec": target["duration_sec"],
-                    "channel": ref["channel"],
-                })
+                pairs.append(
+                    {
+                        "ref_text": ref["text"],
+                        "ref_codes": ref["codes"],
+                        "ref_speaker_id": ref["speaker_id"],
+                        "ref_gender": ref["gender"],
+                        "ref_dialect": ref["dialect"],
+                        "ref_tone": ref["tone"],
+                        "ref_duration_sec": ref["duration_sec"],
+                        "target_text": target["text"],
+                        "target_codes": target["codes"],
+                        "target_speaker_id": target["speaker_id"],
+                        "target_gender": target["gender"],
+                        "target_dialect": target["dialect"],
+                        "target_tone": target["tone"],
+                        "target_duration_sec": target["duration_sec"],
+                        "channel": ref["channel"],
+                    }
+                )
     ds = Dataset.from_list(pairs, features=pairs_features(False))
     out = tmp / "pairs"
     ds.save_to_disk(str(out))
-    return {"pairs": len(ds), "speakers": sum(1 for g in groups.values() if len(g) >= 2), "rows": used,
-            "bytes_out": sum(p.stat().st_size for p in out.glob("*.arrow")), "bytes_total": _folder_bytes(out),
-            "arrow_files": len(list(out.glob("*.arrow")))}
+    return {
+        "pairs": len(ds),
+        "speakers": sum(1 for g in groups.values() if len(g) >= 2),
+        "rows": used,
+        "bytes_out": sum(p.stat().st_size for p in out.glob("*.arrow")),
+        "bytes_total": _folder_bytes(out),
+        "arrow_files": len(list(out.glob("*.arrow"))),
+    }
 
 
 def _measure(method: str, store_root: str, workdir: str, include_audio: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-pairs-{method}-", dir=workdir) as tmp:
         os.environ["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf_cache")
-        from neutts_assets.pipeline.pairs.training_pairs import pairs_features
-
         import datasets
+
+        from neutts_assets.pipeline.pairs.training_pairs import pairs_features
 
         datasets.disable_progress_bars()  # save_to_disk's bars would bury the figures
         pairs_features(include_audio)  # imports `datasets` and pyarrow before the clock starts, for both
@@ -241,8 +284,13 @@ def _measure(method: str, store_root: str, workdir: str, include_audio: bool) ->
         t0, c0 = time.perf_counter(), _cpu_s()
         result = (run_ours if method == "ours" else run_old)(Path(tmp) / "store", Path(tmp), include_audio)
         wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
-        result.update(wall_s=wall, cpu_s=cpu, peak_rss_mb=_peak_rss_mb(), peak_anon_mb=sampler.stop(),
-                      rss_after_imports_mb=baseline)
+        result.update(
+            wall_s=wall,
+            cpu_s=cpu,
+            peak_rss_mb=_peak_rss_mb(),
+            peak_anon_mb=sampler.stop(),
+            rss_after_imports_mb=baseline,
+        )
     result["bytes_per_pair"] = result["bytes_out"] / result["pairs"] if result["pairs"] else math.nan
     return result
 
@@ -265,15 +313,29 @@ def _fmt_pairs(p: int) -> str:
 
 
 def _line(name: str, r: dict) -> str:
-    return (f"{name:>24}: {r['pairs']} pairs ({r['speakers']} speakers, {r['rows']} rows), wall {r['wall_s']:.1f} s, "
-            f"CPU {r['cpu_s']:.1f} s, {r['pairs'] / r['wall_s'] / 1e3:.0f}k pairs/s, peak RSS {r['peak_rss_mb']:.0f} MB "
-            f"(heap {r['peak_anon_mb']:.0f} MB; {r['rss_after_imports_mb']:.0f} MB after imports), "
-            f"output {r['bytes_out'] / 1e6:.0f} MB = {r['bytes_per_pair']:.0f} B/pair")
+    return (
+        f"{name:>24}: {r['pairs']} pairs ({r['speakers']} speakers, {r['rows']} rows), wall {r['wall_s']:.1f} s, "
+        f"CPU {r['cpu_s']:.1f} s, {r['pairs'] / r['wall_s'] / 1e3:.0f}k pairs/s, peak RSS {r['peak_rss_mb']:.0f} MB "
+        f"(heap {r['peak_anon_mb']:.0f} MB; {r['rss_after_imports_mb']:.0f} MB after imports), "
+        f"output {r['bytes_out'] / 1e6:.0f} MB = {r['bytes_per_pair']:.0f} B/pair"
+    )
 
 
 def _rounded(r: dict) -> dict:
-    keys = ("pairs", "speakers", "rows", "wall_s", "cpu_s", "peak_rss_mb", "peak_anon_mb", "rss_after_imports_mb",
-            "bytes_out", "bytes_total", "bytes_per_pair", "arrow_files")
+    keys = (
+        "pairs",
+        "speakers",
+        "rows",
+        "wall_s",
+        "cpu_s",
+        "peak_rss_mb",
+        "peak_anon_mb",
+        "rss_after_imports_mb",
+        "bytes_out",
+        "bytes_total",
+        "bytes_per_pair",
+        "arrow_files",
+    )
     return {k: (round(r[k], 2) if isinstance(r[k], float) else r[k]) for k in keys}
 
 
@@ -282,11 +344,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the smallest size only (~0.2M pairs), a smoke run")
     parser.add_argument("--sizes", default=None, help="comma-separated pair counts (default 200000,2000000,20000000)")
     parser.add_argument("--durations", default="1,10", help="segment durations, seconds: LO,HI (default 1,10)")
-    parser.add_argument("--audio", action="store_true", default=None, help="also ours with include_audio=True at the smallest size")
+    parser.add_argument(
+        "--audio", action="store_true", default=None, help="also ours with include_audio=True at the smallest size"
+    )
     parser.add_argument("--no-audio", dest="audio", action="store_false", help="not the include_audio run")
-    parser.add_argument("--old-max-pairs", type=int, default=2_100_000, help="the old method is skipped above this (default 2.1M)")
-    parser.add_argument("--old-cap-gb", type=float, default=8.0, help="nor where its projected peak RSS exceeds this (default 8)")
-    parser.add_argument("--workdir", default=tempfile.gettempdir(), help="where the runs write (default the temp folder)")
+    parser.add_argument(
+        "--old-max-pairs", type=int, default=2_100_000, help="the old method is skipped above this (default 2.1M)"
+    )
+    parser.add_argument(
+        "--old-cap-gb", type=float, default=8.0, help="nor where its projected peak RSS exceeds this (default 8)"
+    )
+    parser.add_argument(
+        "--workdir", default=tempfile.gettempdir(), help="where the runs write (default the temp folder)"
+    )
     args = parser.parse_args()
 
     if args.sizes:
@@ -312,8 +382,10 @@ def main() -> int:
         need = DISK_FACTOR * est_bpp * pairs
         free = shutil.disk_usage(workdir).free - DISK_MARGIN
         if need > free:
-            skipped_ours[str(pairs)] = (f"needs ~{need / 2**30:.0f} GiB of disk in {workdir} "
-                                        f"({est_bpp:.0f} B/pair x {DISK_FACTOR}), {max(free, 0) / 2**30:.0f} GiB free")
+            skipped_ours[str(pairs)] = (
+                f"needs ~{need / 2**30:.0f} GiB of disk in {workdir} "
+                f"({est_bpp:.0f} B/pair x {DISK_FACTOR}), {max(free, 0) / 2**30:.0f} GiB free"
+            )
             print(f"{'ours, ' + label:>24}: skipped: {skipped_ours[str(pairs)]}", flush=True)
             continue
         root = inputs[asked] = build_input(asked, durations)
@@ -335,13 +407,17 @@ def main() -> int:
         elif 2 * ours["bytes_out"] + DISK_MARGIN > shutil.disk_usage(workdir).free:
             reason = "not enough disk for its save_to_disk"
         if reason:
-            skipped_old[str(pairs)] = reason + (f" (projected {projected / 1024:.1f} GB)" if projected and "projected" not in reason else "")
+            skipped_old[str(pairs)] = reason + (
+                f" (projected {projected / 1024:.1f} GB)" if projected and "projected" not in reason else ""
+            )
             print(f"{'old, ' + label:>24}: skipped: {skipped_old[str(pairs)]}", flush=True)
         else:
             old = measure("old", root / "store", workdir)
             print(_line(f"old, {label}", old), flush=True)
             if old["pairs"] != ours["pairs"]:
-                raise SystemExit(f"pair counts differ at {label}: ours {ours['pairs']}, old {old['pairs']}: not the same work")
+                raise SystemExit(
+                    f"pair counts differ at {label}: ours {ours['pairs']}, old {old['pairs']}: not the same work"
+                )
             old_base_mb = old["rss_after_imports_mb"]
             old_per_pair_mb = (old["peak_rss_mb"] - old_base_mb) / old["pairs"]
             entry["old"] = _rounded(old)
@@ -352,9 +428,12 @@ def main() -> int:
                 "bytes_ours_vs_old": round(ours["bytes_out"] / old["bytes_out"], 4),
             }
             r = entry["ratios"]
-            print(f"{'ours / old, ' + label:>24}: peak RSS x{r['peak_rss_ours_vs_old']}, wall x{r['wall_ours_vs_old']}, "
-                  f"CPU x{r['cpu_ours_vs_old']}, bytes x{r['bytes_ours_vs_old']} (old's memory: "
-                  f"{old_per_pair_mb * 1024:.2f} KB per pair over its imports)", flush=True)
+            print(
+                f"{'ours / old, ' + label:>24}: peak RSS x{r['peak_rss_ours_vs_old']}, wall x{r['wall_ours_vs_old']}, "
+                f"CPU x{r['cpu_ours_vs_old']}, bytes x{r['bytes_ours_vs_old']} (old's memory: "
+                f"{old_per_pair_mb * 1024:.2f} KB per pair over its imports)",
+                flush=True,
+            )
         results.append(entry)
 
     if not results:
@@ -363,17 +442,24 @@ def main() -> int:
     if audio_run:
         smallest = results[0]
         store = inputs[min(inputs)] / "store"
-        shards = sum(p.stat().st_size for p in store.rglob("*.parquet"))  # about the rows' FLAC bytes: each pair has two
+        shards = sum(
+            p.stat().st_size for p in store.rglob("*.parquet")
+        )  # about the rows' FLAC bytes: each pair has two
         need = DISK_FACTOR * smallest["pairs"] * (smallest["ours"]["bytes_per_pair"] + 2 * shards / smallest["rows"])
         free = shutil.disk_usage(workdir).free - DISK_MARGIN
         if need > free:
-            audio = {"skipped": f"needs ~{need / 2**30:.0f} GiB of disk in {workdir}, {max(free, 0) / 2**30:.0f} GiB free"}
+            audio = {
+                "skipped": f"needs ~{need / 2**30:.0f} GiB of disk in {workdir}, {max(free, 0) / 2**30:.0f} GiB free"
+            }
             print(f"{'ours + audio':>24}: skipped: {audio['skipped']}", flush=True)
         else:
             a = measure("ours", store, workdir, include_audio=True)
             print(_line(f"ours + audio, {_fmt_pairs(a['pairs'])} pairs", a), flush=True)
-            audio = {**_rounded(a), "peak_rss_vs_no_audio": round(a["peak_rss_mb"] / smallest["ours"]["peak_rss_mb"], 4),
-                     "wall_vs_no_audio": round(a["wall_s"] / smallest["ours"]["wall_s"], 4)}
+            audio = {
+                **_rounded(a),
+                "peak_rss_vs_no_audio": round(a["peak_rss_mb"] / smallest["ours"]["peak_rss_mb"], 4),
+                "wall_vs_no_audio": round(a["wall_s"] / smallest["ours"]["wall_s"], 4),
+            }
 
     first, last = results[0]["ours"], results[-1]["ours"]
     result = {
@@ -397,9 +483,11 @@ def main() -> int:
         result["peak_rss_ours_vs_old"] = {str(e["pairs"]): e["ratios"]["peak_rss_ours_vs_old"] for e in common}
         result["wall_ours_vs_old"] = {str(e["pairs"]): e["ratios"]["wall_ours_vs_old"] for e in common}
     if len(results) > 1:
-        print(f"ours' peak RSS from {_fmt_pairs(first['pairs'])} to {_fmt_pairs(last['pairs'])} pairs "
-              f"(x{result['pairs_growth']}): {first['peak_rss_mb']:.0f} -> {last['peak_rss_mb']:.0f} MB, x{result['rss_growth_ours']}; "
-              f"heap {first['peak_anon_mb']:.0f} -> {last['peak_anon_mb']:.0f} MB, x{result['heap_growth_ours']}")
+        print(
+            f"ours' peak RSS from {_fmt_pairs(first['pairs'])} to {_fmt_pairs(last['pairs'])} pairs "
+            f"(x{result['pairs_growth']}): {first['peak_rss_mb']:.0f} -> {last['peak_rss_mb']:.0f} MB, x{result['rss_growth_ours']}; "
+            f"heap {first['peak_anon_mb']:.0f} -> {last['peak_anon_mb']:.0f} MB, x{result['heap_growth_ours']}"
+        )
     else:
         print("one size measured: no growth to show (rss_growth_ours is 1 by construction)")
     print(json.dumps(result, ensure_ascii=False))

@@ -49,8 +49,8 @@ def check_stores(write: bool) -> int:
 def add_channels(names: list[str]) -> int:
     from dagster import DagsterInstance
 
-    from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError, check_channel_name
     from neutts_assets.defs.partitions import channels
+    from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError, check_channel_name
 
     try:
         for name in names:  # all or nothing: no channel is added when one name is refused
@@ -77,10 +77,17 @@ def executable_assets() -> list[str]:
 def materialize(channel: str, save_to_disk: bool = False) -> int:
     assets = executable_assets()
     cmd = [
-        sys.executable, "-m", "dagster", "asset", "materialize",
-        "-m", "neutts_assets.definitions",
-        "--select", ",".join(assets),
-        "--partition", channel,
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "neutts_assets.definitions",
+        "--select",
+        ",".join(assets),
+        "--partition",
+        channel,
     ]
     dataset_config = {}
     if "hf_dataset" in assets and "encoded_segments" not in assets:
@@ -93,8 +100,10 @@ def materialize(channel: str, save_to_disk: bool = False) -> int:
     print("$ " + " ".join(cmd[1:]), flush=True)
     rc = subprocess.call(cmd)
     if rc == 0:
-        print(f"\nchannel {channel!r} materialized; see it in the UI: "
-              f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '<your DAGSTER_HOME>')} dagster dev")
+        print(
+            f"\nchannel {channel!r} materialized; see it in the UI: "
+            f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '<your DAGSTER_HOME>')} dagster dev"
+        )
         print_dataset_paths([channel])
     return rc
 
@@ -121,14 +130,18 @@ def print_dataset_paths(channels: list[str]) -> None:
     store, base = _open_store()
     print(f"segment store: {base}")
     if store.exists(CARD_KEY):
-        print(f"dataset folder (datasets.load_dataset(folder, 'all' or CHANNEL, split='train')): {_where(base, DATASET_PREFIX.rstrip('/'))}")
+        print(
+            f"dataset folder (datasets.load_dataset(folder, 'all' or CHANNEL, split='train')): {_where(base, DATASET_PREFIX.rstrip('/'))}"
+        )
     if store.exists(DISK_PREFIX + STATE):
         print(f"load_from_disk, all channels: {_where(base, DISK_PREFIX.rstrip('/'))}")
     for channel in channels:
         if store.exists(f"{DISK_PREFIX}{channel}/{STATE}"):
             print(f"load_from_disk, channel {channel}: {_where(base, DISK_PREFIX.rstrip('/'), channel)}")
         if next(iter(store.list(pairs_folder(channel))), None) is not None:
-            print(f"training pairs (load_from_disk), channel {channel}: {_where(base, pairs_folder(channel).rstrip('/'))}")
+            print(
+                f"training pairs (load_from_disk), channel {channel}: {_where(base, pairs_folder(channel).rstrip('/'))}"
+            )
 
 
 def save_to_disk(names: list[str], force: bool = False) -> int:
@@ -138,20 +151,31 @@ def save_to_disk(names: list[str], force: bool = False) -> int:
     import uuid
     from pathlib import Path
 
-    from neutts_assets.pipeline.dataset.disk import DISK_PREFIX, disk_copy_current, publish_all_channels, save_channel_to_disk
+    from neutts_assets.pipeline.dataset.disk import (
+        DISK_PREFIX,
+        disk_copy_current,
+        publish_all_channels,
+        save_channel_to_disk,
+    )
     from neutts_assets.pipeline.dataset.writer import read_record, read_records
     from neutts_assets.pipeline.orchestration.lease import LeaseHeld, acquire
 
     store, base = _open_store()
     channels = names or sorted(read_records(store))
     if not channels:
-        print("error: no channel has a published hf_dataset build in this store: materialize hf_dataset first", file=sys.stderr)
+        print(
+            "error: no channel has a published hf_dataset build in this store: materialize hf_dataset first",
+            file=sys.stderr,
+        )
         return 1
     failed, done_channels = 0, []
     for channel in channels:
         record = read_record(store, channel)
         if record is None:
-            print(f"error: channel {channel!r} has no published hf_dataset build: materialize hf_dataset for it first", file=sys.stderr)
+            print(
+                f"error: channel {channel!r} has no published hf_dataset build: materialize hf_dataset for it first",
+                file=sys.stderr,
+            )
             failed += 1
             continue
         try:
@@ -159,13 +183,17 @@ def save_to_disk(names: list[str], force: bool = False) -> int:
                 record = read_record(store, channel)  # the published build now that nothing else writes it
                 if not force and disk_copy_current(store, record):
                     publish_all_channels(store)
-                    print(f"{channel}: the copy is current ({len(record['shards'])} shard(s), build {record['build_id']})")
+                    print(
+                        f"{channel}: the copy is current ({len(record['shards'])} shard(s), build {record['build_id']})"
+                    )
                 else:
                     with tempfile.TemporaryDirectory(prefix="neutts-save-to-disk-") as tmp:
                         lease.check()
                         done = save_channel_to_disk(store, record, Path(tmp), rewrite=force)
-                    print(f"{channel}: {done['arrow_files']} Arrow file(s), {done['converted']} converted, {done['kept']} kept, "
-                          f"{done['removed']} removed (build {record['build_id']}, {record['stats']['rows']} rows)")
+                    print(
+                        f"{channel}: {done['arrow_files']} Arrow file(s), {done['converted']} converted, {done['kept']} kept, "
+                        f"{done['removed']} removed (build {record['build_id']}, {record['stats']['rows']} rows)"
+                    )
             done_channels.append(channel)
         except LeaseHeld as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -206,7 +234,9 @@ def choose_demo_codec() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="neutts-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="neutts-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check-stores", help="check that the source bucket and the segment store are reachable")
     p.add_argument("--write", action="store_true", help="also write and delete a probe object in the segment store")
@@ -214,12 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="+")
     p = sub.add_parser("materialize", help="add a channel and materialize every built asset for it")
     p.add_argument("channel")
-    p.add_argument("--save-to-disk", action="store_true", help="hf_dataset also writes the load_from_disk copy (hf_dataset_disk/)")
+    p.add_argument(
+        "--save-to-disk", action="store_true", help="hf_dataset also writes the load_from_disk copy (hf_dataset_disk/)"
+    )
     p = sub.add_parser("demo", help="add the shipped demo channel and materialize every built asset for it")
-    p.add_argument("--save-to-disk", action="store_true", help="the load_from_disk copy (written by the demo in any case)")
-    p = sub.add_parser("save-to-disk", help="(re)write the load_from_disk copy of channels' published datasets, from the store")
+    p.add_argument(
+        "--save-to-disk", action="store_true", help="the load_from_disk copy (written by the demo in any case)"
+    )
+    p = sub.add_parser(
+        "save-to-disk", help="(re)write the load_from_disk copy of channels' published datasets, from the store"
+    )
     p.add_argument("channels", nargs="*", help="channels (default: every channel with a published build)")
-    p.add_argument("--force", action="store_true", help="convert every shard again, even those whose Arrow file is there")
+    p.add_argument(
+        "--force", action="store_true", help="convert every shard again, even those whose Arrow file is there"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "check-stores":

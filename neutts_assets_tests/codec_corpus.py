@@ -7,9 +7,8 @@ import functools
 
 import numpy as np
 
-from neutts_assets.pipeline.segments.audio import decode_pcm16
 from neutts_assets.pipeline.encoding.codec import HOP, CodecSettings, load_codec
-
+from neutts_assets.pipeline.segments.audio import decode_pcm16
 from neutts_assets_tests.helpers import demo_audio
 
 
@@ -29,7 +28,7 @@ def mixed_length_clips(groups: int = 8, per_group: int = 3, seed: int = 0) -> li
         for r in rng.choice(HOP, size=per_group, replace=False):
             length = int(n) * HOP + int(r)
             start = int(rng.integers(0, len(speech) - length))
-            clips.append(speech[start:start + length])
+            clips.append(speech[start : start + length])
     order = rng.permutation(len(clips))  # arrival order must not matter
     return [clips[i] for i in order]
 

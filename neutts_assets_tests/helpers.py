@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 import os
 import socket
 import subprocess
@@ -9,12 +14,12 @@ from pathlib import Path
 
 from dagster import DagsterInstance, materialize
 
-from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
 from neutts_assets.defs.inventory.raw_audio import raw_audio
-from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.defs.io_managers import ManifestIOManager
 from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket
+from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.demo import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE
+from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
 from neutts_assets.storage.store import ObjectStore
 
 # Credentials the suite hands to the S3 client. Sentinel values, so a test can grep for leaks.
@@ -23,7 +28,7 @@ S3_SECRET = "sentinel-secret-Zq9xW3vT7"
 DEMO_FOLDER = DEMO_CHANNEL_MAPPING[DEMO_CHANNEL]
 DEMO_TRANSCRIPTS = DEMO_SOURCE / TRANSCRIPTS_PREFIX.format(channel=DEMO_CHANNEL)
 DEMO_AUDIO = DEMO_SOURCE / AUDIO_PREFIX.format(audio_folder=DEMO_FOLDER)
-DEMO_IDS = sorted(p.name[len("audio_"):-len(".json")] for p in DEMO_TRANSCRIPTS.glob("audio_*.json"))
+DEMO_IDS = sorted(p.name[len("audio_") : -len(".json")] for p in DEMO_TRANSCRIPTS.glob("audio_*.json"))
 
 
 def clean_env(**extra: str) -> dict:
@@ -67,9 +72,16 @@ def convert(src: Path, dst: Path, *args: str) -> Path:
     return dst
 
 
-def make_resources(source_url: str, store_url: str, s3_endpoint: str | None = None, mapping: dict | None = None) -> dict:
-    store = SegmentStore(url=store_url, endpoint_url=s3_endpoint, access_key=S3_ACCESS if s3_endpoint else None,
-                         secret_key=S3_SECRET if s3_endpoint else None, region="us-east-1" if s3_endpoint else None)
+def make_resources(
+    source_url: str, store_url: str, s3_endpoint: str | None = None, mapping: dict | None = None
+) -> dict:
+    store = SegmentStore(
+        url=store_url,
+        endpoint_url=s3_endpoint,
+        access_key=S3_ACCESS if s3_endpoint else None,
+        secret_key=S3_SECRET if s3_endpoint else None,
+        region="us-east-1" if s3_endpoint else None,
+    )
     return {
         "source": SourceBucket(url=source_url),
         "store": store,
@@ -79,19 +91,36 @@ def make_resources(source_url: str, store_url: str, s3_endpoint: str | None = No
     }
 
 
-def run_partition(assets: list, configured: str, instance: DagsterInstance, resources: dict, channel: str,
-                  config: dict | None = None, raise_on_error: bool = True):
+def run_partition(
+    assets: list,
+    configured: str,
+    instance: DagsterInstance,
+    resources: dict,
+    channel: str,
+    config: dict | None = None,
+    raise_on_error: bool = True,
+):
     """Materializes `assets` for the channel partition (added if new), `config` going to the asset
     named `configured`."""
     if channel not in instance.get_dynamic_partitions("channels"):
         instance.add_dynamic_partitions("channels", [channel])
     run_config = {"ops": {configured: {"config": config}}} if config else None
-    return materialize(assets, partition_key=channel, instance=instance, resources=resources,
-                       run_config=run_config, raise_on_error=raise_on_error)
+    return materialize(
+        assets,
+        partition_key=channel,
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
+        raise_on_error=raise_on_error,
+    )
 
 
-def run_stage1(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
-    return run_partition([raw_audio, segments_npz], "segments_npz", instance, resources, channel, config, raise_on_error)
+def run_stage1(
+    instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True
+):
+    return run_partition(
+        [raw_audio, segments_npz], "segments_npz", instance, resources, channel, config, raise_on_error
+    )
 
 
 def asset_metadata(result, asset: str) -> dict:
@@ -103,7 +132,7 @@ def asset_metadata(result, asset: str) -> dict:
 TEST_CODEC = "test-fixture deterministic codes (random-weights stand-in)"
 
 
-def fake_codes(audio_id: str, num_samples: int) -> "np.ndarray":
+def fake_codes(audio_id: str, num_samples: int) -> np.ndarray:
     """Deterministic stand-in codes, 50 per second, that differ per segment (test data, not a codec)."""
     import zlib
 
@@ -130,13 +159,17 @@ def encode_stage2(store: ObjectStore, channel: str, only=None) -> list[str]:
     return keys
 
 
-def run_dataset(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
+def run_dataset(
+    instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True
+):
     from neutts_assets.defs.dataset.hf_dataset import hf_dataset
 
     return run_partition([hf_dataset], "hf_dataset", instance, resources, channel, config, raise_on_error)
 
 
-def run_pairs(instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True):
+def run_pairs(
+    instance: DagsterInstance, resources: dict, channel: str, config: dict | None = None, raise_on_error: bool = True
+):
     from neutts_assets.defs.pairs.training_pairs import training_pairs
 
     return run_partition([training_pairs], "training_pairs", instance, resources, channel, config, raise_on_error)

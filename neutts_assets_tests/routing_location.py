@@ -7,12 +7,21 @@ holds for every H200 asset. The probe records where its step ran, sleeps on requ
 H200 busy), and fails for a channel while the store holds `routing-test-failures/{channel}`.
 """
 
-
 import os
 import socket
 import time
 
-from dagster import define_asset_job, in_process_executor, multiprocess_executor, AssetExecutionContext, Config, Definitions, Failure, MaterializeResult, asset
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Definitions,
+    Failure,
+    MaterializeResult,
+    asset,
+    define_asset_job,
+    in_process_executor,
+    multiprocess_executor,
+)
 
 import neutts_assets.definitions as project  # a module, not its `defs`: one Definitions object per module
 from neutts_assets.defs.orchestration.backfills import split_backfills_by_machine
@@ -32,20 +41,26 @@ def h200_probe(context: AssetExecutionContext, config: ProbeConfig, store: Segme
     if store.open().exists(FAIL_PREFIX + context.partition_key):
         raise Failure(f"{context.partition_key}: failure requested by the test")
     time.sleep(config.sleep_s)
-    return MaterializeResult(metadata={
-        "machine_env": os.environ.get("NEUTTS_MACHINE", ""),
-        "host": socket.gethostname(),
-        "dagster_home": os.environ.get("DAGSTER_HOME", ""),
-        "step_started": started,
-        "step_finished": time.time(),
-    })
+    return MaterializeResult(
+        metadata={
+            "machine_env": os.environ.get("NEUTTS_MACHINE", ""),
+            "host": socket.gethostname(),
+            "dagster_home": os.environ.get("DAGSTER_HOME", ""),
+            "step_started": started,
+            "step_finished": time.time(),
+        }
+    )
 
 
 # Steps run in the run's process here, which saves a Python start per step on this 2-core machine;
 # this job keeps the project's process-per-step executor, to show the workers allow that too.
-stage1_multiprocess = define_asset_job("stage1_multiprocess", selection=["raw_audio", "segments_npz"], executor_def=multiprocess_executor)
+stage1_multiprocess = define_asset_job(
+    "stage1_multiprocess", selection=["raw_audio", "segments_npz"], executor_def=multiprocess_executor
+)
 
 defs = Definitions.merge(
     project.defs,
-    Definitions(assets=split_backfills_by_machine([h200_probe]), jobs=[stage1_multiprocess], executor=in_process_executor),
+    Definitions(
+        assets=split_backfills_by_machine([h200_probe]), jobs=[stage1_multiprocess], executor=in_process_executor
+    ),
 )

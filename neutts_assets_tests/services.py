@@ -10,16 +10,22 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from neutts_assets_tests.helpers import free_port
 
 PG_PASSWORD = "pg-sentinel-Jq4vL8"  # a password, so the deployment's password-from-env path is exercised
 
 
-def wait_for(check: Callable[[], object], what: str, timeout: float = 120, proc: subprocess.Popen | None = None, log: Path | None = None):
+def wait_for(
+    check: Callable[[], object],
+    what: str,
+    timeout: float = 120,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+):
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -31,7 +37,9 @@ def wait_for(check: Callable[[], object], what: str, timeout: float = 120, proc:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}: " + (log.read_text()[-3000:] if log else ""))
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {timeout}s: " + (log.read_text()[-3000:] if log and log.exists() else ""))
+            raise RuntimeError(
+                f"{what} not ready after {timeout}s: " + (log.read_text()[-3000:] if log and log.exists() else "")
+            )
         time.sleep(0.3)
 
 
@@ -53,18 +61,63 @@ def postgres_server() -> Iterator[dict]:
         shutil.chown(root, "postgres")
         shutil.chown(pwfile, "postgres")
     data, log, port = root / "data", root / "server.log", free_port()
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "dagster", "--pwfile", str(pwfile),
-                                 "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"]), check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "120", "-o",
-                                 f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start"]),
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "dagster",
+                "--pwfile",
+                str(pwfile),
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "120",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                "start",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         env = {**os.environ, "PGPASSWORD": PG_PASSWORD}
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"], check=True, env=env)
-        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": "dagster",
-               "DAGSTER_PG_PASSWORD": PG_PASSWORD, "DAGSTER_PG_DB": "dagster"}
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster"],
+            check=True,
+            env=env,
+        )
+        yield {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(port),
+            "DAGSTER_PG_USER": "dagster",
+            "DAGSTER_PG_PASSWORD": PG_PASSWORD,
+            "DAGSTER_PG_DB": "dagster",
+        }
     finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), stdout=subprocess.DEVNULL)
+        subprocess.run(
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            stdout=subprocess.DEVNULL,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -74,8 +127,11 @@ def redis_server(workdir: Path) -> Iterator[str]:
     assert exe, "redis-server is required (scripts/install.sh installs it)"
     port = free_port()
     log = workdir / "redis.log"
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=port)
@@ -96,7 +152,9 @@ class Processes:
 
     def start(self, name: str, args: list[str], env: dict, cwd: Path) -> tuple[subprocess.Popen, Path]:
         log = self.logdir / f"{name}.log"
-        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append((name, proc))
         return proc, log
 

@@ -8,13 +8,19 @@ import os
 import shutil
 import struct
 
-import pytest
 from dagster import DagsterInstance
 
 from neutts_assets import read_segment
-
 from neutts_assets_tests.helpers import (
-    DEMO_TRANSCRIPTS, asset_metadata, audio_key, convert, demo_audio, make_resources, populate_source, run_stage1, transcript_key,
+    DEMO_TRANSCRIPTS,
+    asset_metadata,
+    audio_key,
+    convert,
+    demo_audio,
+    make_resources,
+    populate_source,
+    run_stage1,
+    transcript_key,
 )
 
 CHANNEL = "bad_channel"
@@ -72,32 +78,48 @@ def populate_bad_channel(store) -> dict[str, str]:
     recording("not_utf8", b'[{"start_ms": 0, "end_ms": 900, "text": "\xff\xfe"}]', wav)
     expect[transcript_key(CHANNEL, "not_utf8")] = "not UTF-8"
     # Segment-level problems: these recordings still succeed, minus the bad segments.
-    recording("bad_segments", json.dumps([
-        {"start_ms": 0, "end_ms": 1500, "text": "a good segment"},          # 0 kept
-        {"end_ms": 1500, "text": "no start"},                                # 1 missing field
-        {"start_ms": "zero", "end_ms": 1500, "text": "x"},                    # 2 non-numeric
-        {"start_ms": 2000, "end_ms": 1000, "text": "reversed"},               # 3 reversed
-        {"start_ms": 1000, "end_ms": 1000, "text": "zero length"},            # 4 zero length
-        {"start_ms": 60000, "end_ms": 61000, "text": "past the end"},         # 5 outside
-        {"start_ms": 6000, "end_ms": 9000, "text": "overhangs the end"},      # 6 clipped at 7.1 s
-        {"start_ms": 100, "end_ms": 300, "text": "too short"},                # 7 < 0.3 s
-        {"start_ms": 100, "end_ms": 900, "text": "   "},                      # 8 empty text
-        "not an object",                                                      # 9
-        {"start_ms": True, "end_ms": 900, "text": "bool time"},               # 10
-    ]).encode(), wav)
-    recording("nan_times", b'[{"start_ms": NaN, "end_ms": 900, "text": "nan"}, {"start_ms": 0, "end_ms": Infinity, "text": "inf"},'
-              b' {"start_ms": 0, "end_ms": 900, "text": "fine"}]', wav)
+    recording(
+        "bad_segments",
+        json.dumps(
+            [
+                {"start_ms": 0, "end_ms": 1500, "text": "a good segment"},  # 0 kept
+                {"end_ms": 1500, "text": "no start"},  # 1 missing field
+                {"start_ms": "zero", "end_ms": 1500, "text": "x"},  # 2 non-numeric
+                {"start_ms": 2000, "end_ms": 1000, "text": "reversed"},  # 3 reversed
+                {"start_ms": 1000, "end_ms": 1000, "text": "zero length"},  # 4 zero length
+                {"start_ms": 60000, "end_ms": 61000, "text": "past the end"},  # 5 outside
+                {"start_ms": 6000, "end_ms": 9000, "text": "overhangs the end"},  # 6 clipped at 7.1 s
+                {"start_ms": 100, "end_ms": 300, "text": "too short"},  # 7 < 0.3 s
+                {"start_ms": 100, "end_ms": 900, "text": "   "},  # 8 empty text
+                "not an object",  # 9
+                {"start_ms": True, "end_ms": 900, "text": "bool time"},  # 10
+            ]
+        ).encode(),
+        wav,
+    )
+    recording(
+        "nan_times",
+        b'[{"start_ms": NaN, "end_ms": 900, "text": "nan"}, {"start_ms": 0, "end_ms": Infinity, "text": "inf"},'
+        b' {"start_ms": 0, "end_ms": 900, "text": "fine"}]',
+        wav,
+    )
     # Hostile JSON that the json module itself chokes on in ways other than a syntax error.
     recording("deep_nesting", b"[" * 100_000 + b"]" * 100_000, wav)
     expect[transcript_key(CHANNEL, "deep_nesting")] = "nested too deeply"
     recording("long_integer", b'[{"start_ms": ' + b"7" * 5000 + b', "end_ms": 900}]', wav)
     expect[transcript_key(CHANNEL, "long_integer")] = "unreadable JSON"
     # Segment-level: absurd numbers are skipped with a reason, odd characters are replaced.
-    recording("absurd_times", json.dumps([
-        {"start_ms": int("9" * 400), "end_ms": 900, "text": "an integer too large for a float"},  # 0
-        {"start_ms": 0, "end_ms": 1e305, "text": "a float too large for samples"},               # 1
-        {"start_ms": 0, "end_ms": 1200, "text": "lone \ud800 surrogate", "speaker_id": "\udfff"},  # 2 kept
-    ]).encode(), wav)
+    recording(
+        "absurd_times",
+        json.dumps(
+            [
+                {"start_ms": int("9" * 400), "end_ms": 900, "text": "an integer too large for a float"},  # 0
+                {"start_ms": 0, "end_ms": 1e305, "text": "a float too large for samples"},  # 1
+                {"start_ms": 0, "end_ms": 1200, "text": "lone \ud800 surrogate", "speaker_id": "\udfff"},  # 2 kept
+            ]
+        ).encode(),
+        wav,
+    )
     # A hostile name: a '..' recording ID.
     store.write_bytes(f"processed_runs/processed_{CHANNEL}/transcripts/audio_...json", _ok_transcript())
     expect[f"processed_runs/processed_{CHANNEL}/transcripts/audio_...json"] = REFUSED
@@ -119,8 +141,17 @@ def _check(meta, store, expect):
     assert "| absurd_times_seg_0 | malformed segment | start_ms is out of range" in meta["skipped_segments"]
     assert "| absurd_times_seg_1 | malformed segment | end_ms is out of range (1e+305 ms)" in meta["skipped_segments"]
     reasons = meta["skipped_segments"]
-    for words in ("missing start_ms", "not a number", "reversed times", "zero length", "outside the audio",
-                  "shorter than 0.3 s", "empty text", "not an object", "not finite"):
+    for words in (
+        "missing start_ms",
+        "not a number",
+        "reversed times",
+        "zero length",
+        "outside the audio",
+        "shorter than 0.3 s",
+        "empty text",
+        "not an object",
+        "not finite",
+    ):
         assert words in reasons, f"{words!r} not in\n{reasons}"
     assert "| bad_segments_seg_3 | reversed times |" in reasons
     assert "malformed segment" in meta["skip_reasons"]
@@ -148,7 +179,10 @@ def test_bad_input_on_gcs_and_s3(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_
     assert written == ["bad_segments_seg_0.npz", "bad_segments_seg_6.npz"]
     # every object the run wrote stays under the store's prefix
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert all(k.startswith((f"neutts_segments/stage1/{CHANNEL}/", "neutts_segments/manifests/", "neutts_segments/_leases/")) for k in keys)
+    assert all(
+        k.startswith((f"neutts_segments/stage1/{CHANNEL}/", "neutts_segments/manifests/", "neutts_segments/_leases/"))
+        for k in keys
+    )
 
     # A second run does not download the deterministic failures again, and still reports them.
     meta2 = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
@@ -202,14 +236,18 @@ def test_a_killed_decoder_is_retried_not_recorded_as_bad_audio(tmp_path, monkeyp
 
     populate_source(LocalStore(tmp_path / "source"), CHANNEL, ids=["austen_0870", "sonnet001"])
     # mp3 input (sonnet001) only: the samples stop after 0.5 MB and the decoder dies by SIGKILL.
-    limited = _ffmpeg_wrapper(tmp_path, 'case "$*" in *audio.mp3*) "{real}" "$@" | head -c 500000; kill -KILL $$;; esac\nexec "{real}" "$@"')
+    limited = _ffmpeg_wrapper(
+        tmp_path, 'case "$*" in *audio.mp3*) "{real}" "$@" | head -c 500000; kill -KILL $$;; esac\nexec "{real}" "$@"'
+    )
     resources = make_resources(str(tmp_path / "source"), str(tmp_path / "store"))
     instance = DagsterInstance.ephemeral()
 
     monkeypatch.setenv("PATH", f"{limited}{os.pathsep}{os.environ['PATH']}")
     result = run_stage1(instance, resources, CHANNEL, raise_on_error=False)
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and e.step_key == "segments_npz")
+    failure = next(
+        e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and e.step_key == "segments_npz"
+    )
     text = failure.event_specific_data.error.message
     assert "sonnet001.mp3" in text and "ffmpeg failed" in text and "rerun to retry" in text, text
     store = LocalStore(tmp_path / "store")
@@ -238,7 +276,9 @@ def test_audio_failing_halfway_through_the_stream(tmp_path, monkeypatch):
 
     quieter = convert(demo_audio("austen_0870"), tmp_path / "quieter.wav", "-af", "volume=0.5")  # other samples
     # 3.5 s of samples (enough for the first segments to be cut), then a decoding error.
-    failing = _ffmpeg_wrapper(tmp_path, '"{real}" "$@" | head -c 112000\necho "[error] Invalid data found when processing input" >&2\nexit 1')
+    failing = _ffmpeg_wrapper(
+        tmp_path, '"{real}" "$@" | head -c 112000\necho "[error] Invalid data found when processing input" >&2\nexit 1'
+    )
     monkeypatch.setenv("PATH", f"{failing}{os.pathsep}{os.environ['PATH']}")
     # A new recording, and new audio for the good one (another file: a new version).
     populate_source(source, CHANNEL, ids=["austen_0930"])

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from neutts_assets import read_segment
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.helpers import DEMO_IDS, clean_env, free_port, populate_source
 
 BIN = Path(sys.executable).parent
@@ -28,11 +27,27 @@ def _run(cmd, env, cwd=None):
 
 def test_materialize_any_local_folder_with_the_documented_commands(tmp_path):
     populate_source(LocalStore(tmp_path / "bucket"), "Atheer_-", "Atheer - أثير", ids=DEMO_IDS[:3])
-    env = _env(tmp_path, NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "segments"),
-               NEUTTS_CHANNEL_MAPPING=json.dumps({"Atheer_-": "Atheer - أثير"}))
+    env = _env(
+        tmp_path,
+        NEUTTS_SOURCE=str(tmp_path / "bucket"),
+        NEUTTS_STORE=str(tmp_path / "segments"),
+        NEUTTS_CHANNEL_MAPPING=json.dumps({"Atheer_-": "Atheer - أثير"}),
+    )
     _run([str(BIN / "neutts-assets"), "add-channel", "Atheer_-"], env)
-    proc = _run([str(BIN / "dagster"), "asset", "materialize", "-m", "neutts_assets.definitions",
-                 "--select", "raw_audio,segments_npz", "--partition", "Atheer_-"], env)
+    proc = _run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "neutts_assets.definitions",
+            "--select",
+            "raw_audio,segments_npz",
+            "--partition",
+            "Atheer_-",
+        ],
+        env,
+    )
     assert "files 3/3" in proc.stdout + proc.stderr  # the progress line
     written = sorted((tmp_path / "segments" / "stage1" / "Atheer_-").glob("*.npz"))
     assert len(written) == 7  # austen_0870: 3, austen_0880: 2, austen_0890: 2
@@ -40,7 +55,9 @@ def test_materialize_any_local_folder_with_the_documented_commands(tmp_path):
 
 
 def test_add_channel_refuses_unsafe_names(tmp_path):
-    proc = subprocess.run([str(BIN / "neutts-assets"), "add-channel", "../etc"], env=_env(tmp_path), capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "neutts-assets"), "add-channel", "../etc"], env=_env(tmp_path), capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "'..'" in proc.stderr
 
 
@@ -72,8 +89,28 @@ def test_demo_command_runs_the_whole_built_graph(tmp_path):
     assert all(len(codes) > 0 for codes in ds["codes"])  # rows carry encoded_segments' codes
 
     # The README's clean-up command: the dataset verifies against every segment, so they go.
-    proc = _run([str(BIN / "dagster"), "job", "execute", "-m", "neutts_assets.definitions", "-j", "clean_up_segments",
-                 "--tags", json.dumps({"dagster/partition": "demo_librivox"})], env, cwd=tmp_path)
+    proc = _run(
+        [
+            str(BIN / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "neutts_assets.definitions",
+            "-j",
+            "clean_up_segments",
+            "--tags",
+            json.dumps({"dagster/partition": "demo_librivox"}),
+        ],
+        env,
+        cwd=tmp_path,
+    )
     assert "RUN_SUCCESS" in proc.stdout + proc.stderr
     assert not list((store / "stage1" / "demo_librivox").glob("*.npz"))
-    assert len(load_dataset(str(store / "hf_dataset"), "demo_librivox", split="train", cache_dir=str(tmp_path / "hf_cache2"))) == segments
+    assert (
+        len(
+            load_dataset(
+                str(store / "hf_dataset"), "demo_librivox", split="train", cache_dir=str(tmp_path / "hf_cache2")
+            )
+        )
+        == segments
+    )

@@ -8,13 +8,19 @@ import pytest
 import torch
 
 from neutts_assets.pipeline.encoding.codec import (
-    MIN_SAMPLES, CodecSettings, CodecUnavailable, batch_key, build_random_neucodec, load_codec, n_codes, pad_batch,
+    MIN_SAMPLES,
+    CodecSettings,
+    CodecUnavailable,
+    batch_key,
+    build_random_neucodec,
+    load_codec,
+    n_codes,
+    pad_batch,
 )
-from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
-from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream, item_cost
 from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding
+from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream, item_cost
+from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.codec_corpus import mixed_length_clips, small_random_codec
 
 OVERALL, PER_SEGMENT = 0.999, 0.99
@@ -54,7 +60,7 @@ def naive_batches(codec, clips, size=8):
     out = []
     with torch.inference_mode():
         for i in range(0, len(clips), size):
-            chunk = clips[i:i + size]
+            chunk = clips[i : i + size]
             codes = codec.model.encode_code(torch.from_numpy(pad_batch(chunk)))[:, 0].numpy()
             out += [codes[j, : n_codes(len(c))] for j, c in enumerate(chunk)]
     return out
@@ -135,7 +141,9 @@ def test_settings_reject_unknown_model_weights_and_dtype():
         CodecSettings(weights="lucky")
     with pytest.raises(ValueError, match="not one of"):
         CodecSettings(dtype="int4")
-    with pytest.raises(CodecUnavailable, match="CUDA is not available") if not torch.cuda.is_available() else _nothing():
+    with (
+        pytest.raises(CodecUnavailable, match="CUDA is not available") if not torch.cuda.is_available() else _nothing()
+    ):
         load_codec(CodecSettings(weights="random", device="cuda"))
 
 
@@ -155,7 +163,15 @@ def _stage1(store: LocalStore, channel: str, clips) -> dict:
         key = f"stage1/{channel}/{audio_id}.npz"
         data = encode_segment(Segment(audio_id, channel, f"text {i}", "S1", "f", "d", "neutral", clip))
         store.write_bytes(key, data)
-        segments.append({"key": key, "audio_id": audio_id, "duration_sec": len(clip) / 16000, "bytes": len(data), "speaker_id": "S1"})
+        segments.append(
+            {
+                "key": key,
+                "audio_id": audio_id,
+                "duration_sec": len(clip) / 16000,
+                "bytes": len(data),
+                "speaker_id": "S1",
+            }
+        )
     return {"channel": channel, "recordings": [{"recording_id": "rec", "audio_key": "a", "segments": segments}]}
 
 
@@ -168,7 +184,9 @@ def test_stream_on_a_store_writes_single_clip_codes_within_its_budget(tmp_path):
     sources = {o.key: (o.version, o.size) for o in store.list("stage1/")}
     plan = plan_encoding(manifest, layout, codec.label, sources, set(), MIN_SAMPLES)
     budget = 200_000  # a few segments at a time: forces the stream to wait for uploads
-    tally = encode_stream(plan.todo, codec, store, StreamSettings(batch_seconds=3.0, budget_bytes=budget, host_workers=2, io_threads=2))
+    tally = encode_stream(
+        plan.todo, codec, store, StreamSettings(batch_seconds=3.0, budget_bytes=budget, host_workers=2, io_threads=2)
+    )
     assert not tally.failed and len(tally.encoded) == len(clips)
     assert tally.peak_inflight_bytes <= budget + max(item_cost(i) for i in plan.todo)
     assert max(tally.batch_seconds) <= 3.0 or max(tally.batch_sizes) == 1

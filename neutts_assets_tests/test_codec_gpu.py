@@ -8,10 +8,15 @@ import pytest
 import torch
 
 from neutts_assets.pipeline.encoding.codec import CodecSettings, load_codec
-
 from neutts_assets_tests.codec_corpus import mixed_length_clips
 from neutts_assets_tests.test_codec import (
-    OVERALL, PER_SEGMENT, agreement, batched_codes, code_count_groups, naive_batches, single_codes,
+    OVERALL,
+    PER_SEGMENT,
+    agreement,
+    batched_codes,
+    code_count_groups,
+    naive_batches,
+    single_codes,
 )
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the device machine)")

@@ -18,20 +18,34 @@ import pytest
 import yaml
 from dagster import DagsterInstance, materialize
 
+from neutts_assets.defs.inventory.raw_audio import raw_audio
+from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.pipeline.dataset.rows import RowFilter
-from neutts_assets.pipeline.dataset.writer import CARD_KEY, build_channel, publish_channel, record_key, segment_objects, shard_prefix
+from neutts_assets.pipeline.dataset.writer import (
+    CARD_KEY,
+    build_channel,
+    publish_channel,
+    record_key,
+    segment_objects,
+    shard_prefix,
+)
 from neutts_assets.pipeline.orchestration.lease import LeaseHeld, LeaseLost, LeaseRecord, acquire, lease_key
 from neutts_assets.pipeline.segments.segment_file import read_segment
 from neutts_assets.pipeline.segments.store import channel_prefix
-from neutts_assets.defs.inventory.raw_audio import raw_audio
-from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
 from neutts_assets.storage.store import ObjectStore, StoreError
-
 from neutts_assets_tests.helpers import (
-    DEMO_AUDIO, DEMO_TRANSCRIPTS, S3_ACCESS, S3_SECRET, asset_metadata, audio_key, make_resources, run_stage1, transcript_key,
+    DEMO_AUDIO,
+    DEMO_TRANSCRIPTS,
+    S3_ACCESS,
+    S3_SECRET,
+    asset_metadata,
+    audio_key,
+    make_resources,
+    run_stage1,
+    transcript_key,
 )
 
 CHANNEL = "concurrent_ch"
@@ -106,6 +120,7 @@ def _race(n: int, fn) -> list:
 
 # ---- the backends' conditional writes ------------------------------------------------------------
 
+
 def test_conditional_writes(target):
     store = target.store
     v1 = store.create_if_absent("_leases/x/a.json", b"one")
@@ -121,13 +136,16 @@ def test_conditional_writes(target):
 
 # ---- the lease -----------------------------------------------------------------------------------
 
+
 def test_runs_started_at_once_exactly_one_gets_the_lease(target):
     results = _race(6, lambda i: acquire(target.store, "segments_npz", CHANNEL, f"run-{i}"))
     (winner,) = [r for r in results if not isinstance(r, Exception)]
     losers = [r for r in results if isinstance(r, Exception)]
     assert len(losers) == 5 and all(isinstance(e, LeaseHeld) for e in losers), losers
     for exc in losers:
-        assert str(exc).startswith(f"segments_npz for channel {CHANNEL!r} is already being materialized by run {winner.record.run_id} ")
+        assert str(exc).startswith(
+            f"segments_npz for channel {CHANNEL!r} is already being materialized by run {winner.record.run_id} "
+        )
         assert f"pid {os.getpid()}" in str(exc) and "stopped before writing anything" in str(exc)
     with winner:
         pass
@@ -162,8 +180,11 @@ time.sleep(600)
 
 def test_lease_of_a_sigkilled_run_is_taken_over_at_once(target, source):
     where = target.endpoint if target.kind == "s3" else target.url
-    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, target.kind, where, target.bucket or "", S3_ACCESS, S3_SECRET, CHANNEL],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, target.kind, where, target.bucket or "", S3_ACCESS, S3_SECRET, CHANNEL],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         with pytest.raises(LeaseHeld, match="run-killed-by-sigkill"):  # alive: held
@@ -185,10 +206,23 @@ def test_lease_of_a_sigkilled_run_is_taken_over_at_once(target, source):
 def test_expired_lease_from_another_host_is_taken_over_by_one_taker(target):
     key = lease_key("hf_dataset", CHANNEL)
     now = time.time()
-    other = LeaseRecord(asset="hf_dataset", channel=CHANNEL, run_id="run-on-t4-2", host="t4-2", boot_id="b", pid=1, pid_started="",
-                        acquired_at=now - 50, heartbeat_at=now - 5, expires_at=now + 60, nonce="n")
+    other = LeaseRecord(
+        asset="hf_dataset",
+        channel=CHANNEL,
+        run_id="run-on-t4-2",
+        host="t4-2",
+        boot_id="b",
+        pid=1,
+        pid_started="",
+        acquired_at=now - 50,
+        heartbeat_at=now - 5,
+        expires_at=now + 60,
+        nonce="n",
+    )
     target.store.write_bytes(key, other.to_json())
-    with pytest.raises(LeaseHeld, match=r"run run-on-t4-2 \(host t4-2, pid 1,"):  # live elsewhere: its pid means nothing here
+    with pytest.raises(
+        LeaseHeld, match=r"run run-on-t4-2 \(host t4-2, pid 1,"
+    ):  # live elsewhere: its pid means nothing here
         acquire(target.store, "hf_dataset", CHANNEL, "mine")
 
     other.heartbeat_at, other.expires_at = now - 200, now - 80  # that machine died 3 minutes ago
@@ -236,6 +270,7 @@ def test_a_failed_run_releases_its_lease(target):
 
 # ---- two runs of segments_npz for one channel, through Dagster -----------------------------------
 
+
 def _stage1_state(store: ObjectStore) -> dict:
     """Keys and decoded contents of a channel's stage-1 output (npz archives carry write times)."""
     state = {}
@@ -258,9 +293,16 @@ def test_two_segments_npz_runs_at_once(target, source, single_run):
     results = {}
 
     def run(name):
-        results[name] = materialize([raw_audio, segments_npz], selection=[segments_npz], partition_key=CHANNEL, instance=instance,
-                                    resources=resources, raise_on_error=False, tags={"which": name},
-                                    run_config={"ops": {"segments_npz": {"config": {"workers": 1}}}})
+        results[name] = materialize(
+            [raw_audio, segments_npz],
+            selection=[segments_npz],
+            partition_key=CHANNEL,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            tags={"which": name},
+            run_config={"ops": {"segments_npz": {"config": {"workers": 1}}}},
+        )
 
     first = threading.Thread(target=run, args=("first",))
     first.start()
@@ -293,6 +335,7 @@ def test_two_segments_npz_runs_at_once(target, source, single_run):
 
 # ---- two channels publish the dataset card at the same moment ------------------------------------
 
+
 def test_two_channels_publishing_at_once_both_stay_on_the_card(target, single_run, tmp_path):
     # Build two channels' shards from the same stage-1 segments (copied into this store).
     for o in single_run.list(channel_prefix(CHANNEL)):
@@ -302,10 +345,11 @@ def test_two_channels_publishing_at_once_both_stay_on_the_card(target, single_ru
     records = {}
     for channel in ("chan_a", "chan_b"):
         (tmp_path / channel).mkdir()
-        records[channel] = build_channel(target.store, channel, objects, RowFilter(require_codes=False), tmp_path / channel,
-                                         source="test").record
+        records[channel] = build_channel(
+            target.store, channel, objects, RowFilter(require_codes=False), tmp_path / channel, source="test"
+        ).record
     lost = 0
-    for round_ in range(8):
+    for _round in range(8):
         for channel in records:  # each round starts from a store with neither channel published
             target.store.delete(record_key(channel))
         target.store.delete(CARD_KEY)
@@ -315,10 +359,13 @@ def test_two_channels_publishing_at_once_both_stay_on_the_card(target, single_ru
         lost += configs != {"all", "text_codes", "chan_a", "chan_b"}
     assert lost == 0, f"{lost} of 8 rounds left a channel off the card"
     for channel, record in records.items():  # and neither publish deleted the other's shards
-        assert sorted(o.key for o in target.store.list(shard_prefix(channel))) == sorted(f"hf_dataset/{s['path']}" for s in record["shards"])
+        assert sorted(o.key for o in target.store.list(shard_prefix(channel))) == sorted(
+            f"hf_dataset/{s['path']}" for s in record["shards"]
+        )
 
 
 # ---- clean-up of orphan temporaries beside live writers ------------------------------------------
+
 
 def test_orphan_clean_up_spares_live_writers_of_this_and_other_hosts(tmp_path):
     from neutts_assets.storage.local import _temp_prefix
@@ -365,13 +412,29 @@ def test_two_hf_dataset_runs_of_one_channel_leave_one_shard_set(single_run, sour
     resources = make_resources(str(source), f"s3://{s3_bucket}/segs", s3_endpoint)
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("channels", [CHANNEL])
-    config = {"ops": {"hf_dataset": {"config": {"include_segments_without_codes": True, "workers": 1, "shard_size_mb": 0.05,
-                                                         "save_to_disk": True}}}}
+    config = {
+        "ops": {
+            "hf_dataset": {
+                "config": {
+                    "include_segments_without_codes": True,
+                    "workers": 1,
+                    "shard_size_mb": 0.05,
+                    "save_to_disk": True,
+                }
+            }
+        }
+    }
     results = {}
 
     def run(name):
-        results[name] = materialize([hf_dataset], partition_key=CHANNEL, instance=instance, resources=resources,
-                                    run_config=config, raise_on_error=False)
+        results[name] = materialize(
+            [hf_dataset],
+            partition_key=CHANNEL,
+            instance=instance,
+            resources=resources,
+            run_config=config,
+            raise_on_error=False,
+        )
 
     first = threading.Thread(target=run, args=("first",))
     first.start()
@@ -387,17 +450,20 @@ def test_two_hf_dataset_runs_of_one_channel_leave_one_shard_set(single_run, sour
     assert instance.get_run_stats(results["first"].run_id).end_time > second_done  # they did overlap
     (failure,) = [e for e in results["second"].all_events if e.event_type_value == "STEP_FAILURE"]
     message = failure.step_failure_data.error.message
-    assert f"hf_dataset for channel {CHANNEL!r} is already being materialized by run {results['first'].run_id} " in message
+    assert (
+        f"hf_dataset for channel {CHANNEL!r} is already being materialized by run {results['first'].run_id} " in message
+    )
 
     record = json.loads(store.read_bytes(record_key(CHANNEL)))
     card = yaml.safe_load(store.read_bytes(CARD_KEY).decode().split("---")[1])
     (listed,) = [c["data_files"][0]["path"] for c in card["configs"] if c["config_name"] == CHANNEL]
-    on_disk = sorted(o.key[len("hf_dataset/"):] for o in store.list(shard_prefix(CHANNEL)))
+    on_disk = sorted(o.key[len("hf_dataset/") :] for o in store.list(shard_prefix(CHANNEL)))
     assert on_disk == sorted(listed) == sorted(s["path"] for s in record["shards"]) and len(on_disk) > 1
     assert record["stats"]["rows"] == 150
 
 
 # ---- a holder whose lease may be gone stops writing; its own writes never make it a stranger ------
+
 
 class _FlakyLocalStore(LocalStore):
     """A local store whose next conditional replace can be made to misbehave once, as a retrying
@@ -466,17 +532,24 @@ def test_a_renewal_or_release_whose_write_landed_but_raised_keeps_the_lease(tmp_
 
 
 def test_the_lease_client_gives_up_within_a_third_of_the_ttl(s3_endpoint):
-    from neutts_assets.pipeline.orchestration.lease import DEFAULT_TTL_S
     from neutts_assets.defs.leases import LEASE_CLIENT_SETTINGS
     from neutts_assets.defs.resources import SegmentStore
+    from neutts_assets.pipeline.orchestration.lease import DEFAULT_TTL_S
 
-    data = SegmentStore(url="s3://b/p", endpoint_url=s3_endpoint, access_key=S3_ACCESS, secret_key=S3_SECRET, region="us-east-1")
+    data = SegmentStore(
+        url="s3://b/p", endpoint_url=s3_endpoint, access_key=S3_ACCESS, secret_key=S3_SECRET, region="us-east-1"
+    )
     store = data.model_copy(update=LEASE_CLIENT_SETTINGS).open()
     s, config = store.settings, store.client.meta.config
     assert (config.retries["total_max_attempts"], config.connect_timeout, config.read_timeout) == (
-        s.max_attempts, s.connect_timeout_s, s.read_timeout_s)
+        s.max_attempts,
+        s.connect_timeout_s,
+        s.read_timeout_s,
+    )
     # Every try waits at most connect + read timeout, and botocore backs off at most 2**retry s between tries.
-    worst = s.max_attempts * (s.connect_timeout_s + s.read_timeout_s) + sum(min(20, 2 ** i) for i in range(1, s.max_attempts))
+    worst = s.max_attempts * (s.connect_timeout_s + s.read_timeout_s) + sum(
+        min(20, 2**i) for i in range(1, s.max_attempts)
+    )
     assert worst <= DEFAULT_TTL_S / 3 and s.deadline_s <= DEFAULT_TTL_S / 3, worst
     assert data.open().settings.max_attempts == 10  # the data's own client is left as it was
 
@@ -486,7 +559,9 @@ def test_a_run_that_loses_its_lease_publishes_no_further_recording(tmp_path, sou
     recordings not indexed yet are the new holder's to write."""
     import neutts_assets.defs.leases as leases
 
-    short = lambda *a, **kw: acquire(*a, **{**kw, "ttl_s": 1.2})  # renewed every 0.2 s: the loss is seen at once
+    def short(*a, **kw):  # renewed every 0.2 s: the loss is seen at once
+        return acquire(*a, **{**kw, "ttl_s": 1.2})
+
     monkeypatch.setattr(leases, "acquire", short)
     store = LocalStore(tmp_path / "store")
     key = lease_key("segments_npz", CHANNEL)
@@ -501,15 +576,31 @@ def test_a_run_that_loses_its_lease_publishes_no_further_recording(tmp_path, sou
         while indexes() == 0 and time.monotonic() < deadline:
             time.sleep(0.005)
         now = time.time()
-        taker = LeaseRecord(asset="segments_npz", channel=CHANNEL, run_id="taker", host="elsewhere", boot_id="b", pid=1,
-                            pid_started="", acquired_at=now, heartbeat_at=now, expires_at=now + 600, nonce="t")
+        taker = LeaseRecord(
+            asset="segments_npz",
+            channel=CHANNEL,
+            run_id="taker",
+            host="elsewhere",
+            boot_id="b",
+            pid=1,
+            pid_started="",
+            acquired_at=now,
+            heartbeat_at=now,
+            expires_at=now + 600,
+            nonce="t",
+        )
         store.write_bytes(key, taker.to_json())
         seen["indexes"] = indexes()
 
     thread = threading.Thread(target=take_over)
     thread.start()
-    result = run_stage1(DagsterInstance.ephemeral(), make_resources(str(source), str(tmp_path / "store")), CHANNEL,
-                        config={"workers": 1}, raise_on_error=False)
+    result = run_stage1(
+        DagsterInstance.ephemeral(),
+        make_resources(str(source), str(tmp_path / "store")),
+        CHANNEL,
+        config={"workers": 1},
+        raise_on_error=False,
+    )
     thread.join()
     print(f"indexes at the take-over {seen['indexes']}, at the end {indexes()} of {len(COPIES)}")
     assert not result.success
@@ -536,7 +627,9 @@ def test_publishing_steps_ask_the_lease_first(tmp_path):
         publish_channel(store, record, "T", guard=lost)
     with pytest.raises(LeaseLost):
         finish_publishing(store, record, "T", guard=lost)
-    assert sorted(o.key for o in store.list("")) == sorted([progress_key("chan_a"), "hf_dataset/data/chan_a/old-shard.parquet"])
+    assert sorted(o.key for o in store.list("")) == sorted(
+        [progress_key("chan_a"), "hf_dataset/data/chan_a/old-shard.parquet"]
+    )
 
 
 def test_read_versioned_retries_a_connection_reset_mid_response(s3_endpoint, s3_client, s3_bucket):
@@ -548,12 +641,23 @@ def test_read_versioned_retries_a_connection_reset_mid_response(s3_endpoint, s3_
     direct = S3Store(s3_client, s3_bucket, "segs")
     version = direct.create_if_absent("_leases/x/a.json", b"a lease record, long enough to be cut in half")
     with FaultProxy(s3_endpoint, "s3", faults=("reset",), seed=0) as proxy:
-        store = SegmentStore(url=f"s3://{s3_bucket}/segs", endpoint_url=proxy.url, access_key=S3_ACCESS, secret_key=S3_SECRET,
-                             region="us-east-1", max_attempts=10, read_timeout_s=2.0, initial_backoff_s=0.01,
-                             max_backoff_s=0.05).open()
+        store = SegmentStore(
+            url=f"s3://{s3_bucket}/segs",
+            endpoint_url=proxy.url,
+            access_key=S3_ACCESS,
+            secret_key=S3_SECRET,
+            region="us-east-1",
+            max_attempts=10,
+            read_timeout_s=2.0,
+            initial_backoff_s=0.01,
+            max_backoff_s=0.05,
+        ).open()
         proxy.enabled = True  # the first requests are reset: the floor serves the fault first
         for _ in range(6):
-            assert store.read_versioned("_leases/x/a.json") == (b"a lease record, long enough to be cut in half", version)
+            assert store.read_versioned("_leases/x/a.json") == (
+                b"a lease record, long enough to be cut in half",
+                version,
+            )
             assert store.read_versioned("_leases/x/missing.json") is None
     assert proxy.counts["reset_mid_body"] >= 2, proxy.counts
     retries = store.retries
@@ -568,8 +672,13 @@ def test_gcs_conditional_writes_and_reads_retry_through_the_stores_own_retry(gcs
 
     with FaultProxy(gcs_endpoint, "gcs", faults=("reset",), seed=0) as proxy:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        store = SegmentStore(url=f"gs://{gcs_bucket}/segs", max_attempts=10, read_timeout_s=2.0, initial_backoff_s=0.01,
-                             max_backoff_s=0.05).open()
+        store = SegmentStore(
+            url=f"gs://{gcs_bucket}/segs",
+            max_attempts=10,
+            read_timeout_s=2.0,
+            initial_backoff_s=0.01,
+            max_backoff_s=0.05,
+        ).open()
         proxy.enabled = True
         record = b"a lease record, long enough to be cut in half"
         for i in range(4):

@@ -46,14 +46,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from neutts_assets.pipeline.dataset.writer import BUILDS_PREFIX, CARD_KEY, DATASET_PREFIX, progress_key, record_key, shard_prefix
+from neutts_assets.pipeline.dataset.writer import (
+    BUILDS_PREFIX,
+    CARD_KEY,
+    DATASET_PREFIX,
+    progress_key,
+    record_key,
+    shard_prefix,
+)
+from neutts_assets.pipeline.encoding.store import Stage2Layout
 from neutts_assets.pipeline.segments.segment_file import read_segment
 from neutts_assets.pipeline.segments.store import index_prefix
-from neutts_assets.pipeline.encoding.store import Stage2Layout
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
 from neutts_assets.storage.store import TEMP_MARK
-
 from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET, clean_env, populate_source
 
 BIN = Path(sys.executable).parent
@@ -68,20 +74,54 @@ IDS = ["austen_0870", "austen_0880", "austen_0890"]  # 7 segments, 3 encode batc
 # stage-2 file written / marker not, mid-encode, mid-shard-writing, and each gap between shard
 # uploads, build record, card and old-shard deletion.
 SEQUENCES = [
-    ("s3", [("raw_audio.manifest", "during"), ("segments_npz.segment", "during"), ("segments_npz.index", "before"),
-            ("segments_npz.manifest", "*"), ("time", None), ("encoded_segments.encode", "during"),
-            ("encoded_segments.file", "after"), ("encoded_segments.marker", "during"), ("hf_dataset.row", "before"),
-            ("hf_dataset.shard", "during"), ("hf_dataset.record", "after")]),
-    ("s3", [("source.transcript_read", "before"), ("segments_npz.segment", "after"), ("time", None),
-            ("encoded_segments.file", "during"), ("encoded_segments.marker", "after"), ("encoded_segments.manifest", "*"),
-            ("hf_dataset.progress", "before"), ("hf_dataset.shard", "after"), ("hf_dataset.card", "after"),
-            ("hf_dataset.manifest", "*")]),
-    ("local", [("source.transcript_read", "after"), ("segments_npz.segment", "during"), ("segments_npz.index", "during"),
-               ("time", None), ("encoded_segments.file", "during"), ("encoded_segments.encode", "before"),
-               ("hf_dataset.shard", "during", 1),
-               # the first shard of a build, uploaded before the build's first progress record: the next
-               # build starts afresh, and deletes that shard when it publishes
-               ("hf_dataset.shard", "after", 1), ("hf_dataset.record", "before"), ("hf_dataset.shard.delete", "after")]),
+    (
+        "s3",
+        [
+            ("raw_audio.manifest", "during"),
+            ("segments_npz.segment", "during"),
+            ("segments_npz.index", "before"),
+            ("segments_npz.manifest", "*"),
+            ("time", None),
+            ("encoded_segments.encode", "during"),
+            ("encoded_segments.file", "after"),
+            ("encoded_segments.marker", "during"),
+            ("hf_dataset.row", "before"),
+            ("hf_dataset.shard", "during"),
+            ("hf_dataset.record", "after"),
+        ],
+    ),
+    (
+        "s3",
+        [
+            ("source.transcript_read", "before"),
+            ("segments_npz.segment", "after"),
+            ("time", None),
+            ("encoded_segments.file", "during"),
+            ("encoded_segments.marker", "after"),
+            ("encoded_segments.manifest", "*"),
+            ("hf_dataset.progress", "before"),
+            ("hf_dataset.shard", "after"),
+            ("hf_dataset.card", "after"),
+            ("hf_dataset.manifest", "*"),
+        ],
+    ),
+    (
+        "local",
+        [
+            ("source.transcript_read", "after"),
+            ("segments_npz.segment", "during"),
+            ("segments_npz.index", "during"),
+            ("time", None),
+            ("encoded_segments.file", "during"),
+            ("encoded_segments.encode", "before"),
+            ("hf_dataset.shard", "during", 1),
+            # the first shard of a build, uploaded before the build's first progress record: the next
+            # build starts afresh, and deletes that shard when it publishes
+            ("hf_dataset.shard", "after", 1),
+            ("hf_dataset.record", "before"),
+            ("hf_dataset.shard.delete", "after"),
+        ],
+    ),
 ]
 STAGES = ("raw_audio", "segments_npz", "encoded_segments", "hf_dataset")
 
@@ -101,17 +141,34 @@ class Harness:
         self.home = tmp_path / "home"
         self.home.mkdir()
         self.base_env = clean_env(
-            DAGSTER_HOME=str(self.home), NEUTTS_SOURCE=f"gs://{gcs_bucket}", STORAGE_EMULATOR_HOST=gcs_endpoint,
-            S3_ENDPOINT_URL=s3_endpoint, S3_ACCESS_KEY=S3_ACCESS, S3_SECRET_KEY=S3_SECRET, S3_REGION="us-east-1",
-            NEUTTS_CODEC="random", NEUTTS_CODEC_DEVICE="cpu", NEUTTS_CODEC_BATCH_SECONDS="6",
-            HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONUNBUFFERED="1",
+            DAGSTER_HOME=str(self.home),
+            NEUTTS_SOURCE=f"gs://{gcs_bucket}",
+            STORAGE_EMULATOR_HOST=gcs_endpoint,
+            S3_ENDPOINT_URL=s3_endpoint,
+            S3_ACCESS_KEY=S3_ACCESS,
+            S3_SECRET_KEY=S3_SECRET,
+            S3_REGION="us-east-1",
+            NEUTTS_CODEC="random",
+            NEUTTS_CODEC_DEVICE="cpu",
+            NEUTTS_CODEC_BATCH_SECONDS="6",
+            HF_HUB_OFFLINE="1",
+            HF_HOME=str(tmp_path / "hf"),
+            PYTHONUNBUFFERED="1",
         )
-        subprocess.run([str(BIN / "neutts-assets"), "add-channel", CHANNEL], env=self.base_env, check=True, capture_output=True)
+        subprocess.run(
+            [str(BIN / "neutts-assets"), "add-channel", CHANNEL], env=self.base_env, check=True, capture_output=True
+        )
         self.runs, self.logs = 0, []
         # Runs are forked from one process that has imported the libraries already (crash_child.zygote).
-        self.zygote = subprocess.Popen([sys.executable, "-m", "neutts_assets_tests.crash_child", "--zygote"], env=self.base_env,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "zygote.log", "wb"),
-                                       text=True, bufsize=1)
+        self.zygote = subprocess.Popen(
+            [sys.executable, "-m", "neutts_assets_tests.crash_child", "--zygote"],
+            env=self.base_env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(tmp_path / "zygote.log", "wb"),
+            text=True,
+            bufsize=1,
+        )
         self._pending = b""
         assert self._line(120) == "ready", (tmp_path / "zygote.log").read_text()[-3000:]
 
@@ -233,7 +290,15 @@ def snapshot(store) -> dict:
     layout = Stage2Layout(CHANNEL)
     keys = sorted(o.key for o in store.list(""))
     versions = {o.key: o.version for o in store.list(f"stage1/{CHANNEL}/")}
-    snap: dict = {"stage1": {}, "stage2": {}, "file_sha256": {}, "indexes": {}, "markers": [], "marker_keys_s3": [], "manifests": {}}
+    snap: dict = {
+        "stage1": {},
+        "stage2": {},
+        "file_sha256": {},
+        "indexes": {},
+        "markers": [],
+        "marker_keys_s3": [],
+        "manifests": {},
+    }
     for key in keys:
         if key.startswith(f"stage1/{CHANNEL}/_index/"):
             snap["indexes"][key] = json.loads(store.read_bytes(key))
@@ -244,8 +309,21 @@ def snapshot(store) -> dict:
             with np.load(io.BytesIO(data)) as npz:
                 flac = hashlib.sha256(npz["audio"].tobytes()).hexdigest()
             snap["stage1" if key.startswith("stage1/") else "stage2"][key] = (
-                hashlib.sha256(seg.pcm16.tobytes()).hexdigest(), flac, seg.codes.tolist(), seg.codec, seg.text, seg.speaker_id,
-                seg.gender, seg.dialect, seg.tone, seg.channel, seg.audio_id, seg.source_key, seg.start_ms, seg.end_ms)
+                hashlib.sha256(seg.pcm16.tobytes()).hexdigest(),
+                flac,
+                seg.codes.tolist(),
+                seg.codec,
+                seg.text,
+                seg.speaker_id,
+                seg.gender,
+                seg.dialect,
+                seg.tone,
+                seg.channel,
+                seg.audio_id,
+                seg.source_key,
+                seg.start_ms,
+                seg.end_ms,
+            )
         elif key.startswith(layout.marker_prefix):
             audio_id, _ = layout.parse_marker(key)
             # A marker vouches for codes made from one stage-1 version: it must name the current one.
@@ -264,22 +342,43 @@ def snapshot(store) -> dict:
         store.download(DATASET_PREFIX + shard["path"], local)
         table = pq.read_table(local)
         local.unlink()
-        rows.append([{**r, "audio": (r["audio"]["path"], hashlib.sha256(r["audio"]["bytes"]).hexdigest())} for r in table.to_pylist()])
+        rows.append(
+            [
+                {**r, "audio": (r["audio"]["path"], hashlib.sha256(r["audio"]["bytes"]).hexdigest())}
+                for r in table.to_pylist()
+            ]
+        )
         assert shard["path"] == f"data/{CHANNEL}/{build_id}-{i:05d}.parquet"
     snap["rows"] = rows
-    snap["record"] = {k: v for k, v in record.items() if k not in ("build_id", "built_at", "shards", "source", "source_fingerprint")}
+    snap["record"] = {
+        k: v for k, v in record.items() if k not in ("build_id", "built_at", "shards", "source", "source_fingerprint")
+    }
     snap["source_fingerprint_s3"] = record["source_fingerprint"] if isinstance(store, S3Store) else None
     snap["record"]["shards"] = [(s["rows"], s["bytes"]) for s in record["shards"]]
-    card = store.read_bytes(CARD_KEY).decode().replace(build_id, "BUILD").replace(built_at, "BUILT_AT").replace(record["source"], "SOURCE")
+    card = (
+        store.read_bytes(CARD_KEY)
+        .decode()
+        .replace(build_id, "BUILD")
+        .replace(built_at, "BUILT_AT")
+        .replace(record["source"], "SOURCE")
+    )
     snap["card"] = re.sub(r"Card generated \S+;", "Card generated TIME;", card)
     hf = snap["manifests"].pop(f"manifests/hf_dataset/{CHANNEL}.json")
     snap["hf_manifest_rows"] = hf["rows"]
     assert hf["build_id"] == build_id and [s["path"] for s in hf["shards"]] == [s["path"] for s in record["shards"]]
     # Nothing but the published build's shards in the dataset folder.
-    snap["shard_objects_unlisted"] = sorted(k for k in keys if k.startswith(shard_prefix(CHANNEL))
-                                            and k[len(DATASET_PREFIX):] not in {s["path"] for s in record["shards"]})
-    snap["other_keys"] = sorted(k for k in keys if not k.startswith((f"stage1/{CHANNEL}/", layout.channel_prefix, "manifests/",
-                                                                     shard_prefix(CHANNEL), CARD_KEY, BUILDS_PREFIX)))
+    snap["shard_objects_unlisted"] = sorted(
+        k
+        for k in keys
+        if k.startswith(shard_prefix(CHANNEL)) and k[len(DATASET_PREFIX) :] not in {s["path"] for s in record["shards"]}
+    )
+    snap["other_keys"] = sorted(
+        k
+        for k in keys
+        if not k.startswith(
+            (f"stage1/{CHANNEL}/", layout.channel_prefix, "manifests/", shard_prefix(CHANNEL), CARD_KEY, BUILDS_PREFIX)
+        )
+    )
     return snap
 
 
@@ -325,13 +424,16 @@ def redo_figures(events: list[dict], ref: dict, final_shards: set[str]) -> dict:
         "markers_rewritten_after_finished": fig["encoded_segments.marker:finished_redone"],
         "shards_rewritten": fig["hf_dataset.shard:done"] - ref["shards"],
         "shards_rewritten_same_name": fig["hf_dataset.shard:finished_redone"],
-        "shards_of_killed_builds_discarded": len({e["k"] for e in events if e.get("c") == "hf_dataset.shard" and e.get("ph") == "d"} - final_shards),
+        "shards_of_killed_builds_discarded": len(
+            {e["k"] for e in events if e.get("c") == "hf_dataset.shard" and e.get("ph") == "d"} - final_shards
+        ),
         "build_records_rewritten": fig["hf_dataset.record:done"] - 1,
     }
 
 
-def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_endpoint, gcs_store, gcs_bucket, s3_endpoint,
-                                                                s3_client, small_multipart_parts, request):
+def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(
+    tmp_path, gcs_endpoint, gcs_store, gcs_bucket, s3_endpoint, s3_client, small_multipart_parts, request
+):
     seed = int(os.environ.get("CRASH_SEED") or random.SystemRandom().randrange(10**6))
     print(f"\nCRASH_SEED={seed}  (replay: CRASH_SEED={seed} pytest {__file__} -s)")
     rng = random.Random(seed)
@@ -349,7 +451,8 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
     ref_ops = Counter(e["c"] for e in trace_events(ref_trace) if e.get("ph") == "d")
     ref_index = {o.key: json.loads(ref_store.read_bytes(o.key)) for o in ref_store.list(index_prefix(CHANNEL))}
     ref = {
-        "segments": ref_ops["segments_npz.segment"], "shards": ref_ops["hf_dataset.shard"],
+        "segments": ref_ops["segments_npz.segment"],
+        "shards": ref_ops["hf_dataset.shard"],
         "segments_per_recording": {v["recording_id"]: len(v["segments"]) for v in ref_index.values()},
         "wall": ref_run["wall"],
     }
@@ -383,11 +486,24 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
                 assert r["rc"] == -signal.SIGKILL, r["log"].read_text()[-4000:]
                 ops = [e for e in trace_events(trace)[before:] if e.get("c")]
                 # Attributed to the stage of the last operation the run began (start-up: none yet).
-                stage = ("raw_audio" if ops[-1]["c"].startswith("source.") else ops[-1]["c"].split(".")[0]) if ops else "start-up"
-                kills.append((f"time {delay}s", f"after {ops[-1]['c']} #{ops[-1]['n']} ({ops[-1]['ph']})" if ops else "during start-up"))
+                stage = (
+                    ("raw_audio" if ops[-1]["c"].startswith("source.") else ops[-1]["c"].split(".")[0])
+                    if ops
+                    else "start-up"
+                )
+                kills.append(
+                    (
+                        f"time {delay}s",
+                        f"after {ops[-1]['c']} #{ops[-1]['n']} ({ops[-1]['ph']})" if ops else "during start-up",
+                    )
+                )
                 fired.append(stage)
                 continue
-            when = rng.choice(["before", "during", "after"] if not cls.endswith(".delete") else ["before", "after"]) if when == "*" else when
+            when = (
+                rng.choice(["before", "during", "after"] if not cls.endswith(".delete") else ["before", "after"])
+                if when == "*"
+                else when
+            )
             pending = view.pending(cls)
             if pending < (fixed_nth[0] if fixed_nth else 1):
                 kills.append((f"{cls} {when}", "nothing of it left to do: skipped"))
@@ -411,7 +527,9 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
         for part in expected:
             if part in ("marker_keys_s3", "source_fingerprint_s3") and backend != "s3":
                 continue
-            assert got[part] == expected[part], f"sequence {number} ({backend}): {part} differs from the uninterrupted run"
+            assert got[part] == expected[part], (
+                f"sequence {number} ({backend}): {part} differs from the uninterrupted run"
+            )
         assert got["shard_objects_unlisted"] == [], got["shard_objects_unlisted"]
         assert orphans(store, s3_client) == []
         final_record = json.loads(store.read_bytes(record_key(CHANNEL)))
@@ -422,12 +540,19 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
         # Stage 1's unit of finished work is the recording (its index is published last): a
         # recording killed before its index is downloaded and cut again, but the segment files it
         # had written are kept as they are.
-        for name in ("segments_recut_after_their_recording_was_indexed", "segment_files_rewritten_after_finished",
-                     "recordings_reindexed_after_finished", "stage2_files_rewritten_after_finished",
-                     "markers_rewritten_after_finished", "build_records_rewritten"):
+        for name in (
+            "segments_recut_after_their_recording_was_indexed",
+            "segment_files_rewritten_after_finished",
+            "recordings_reindexed_after_finished",
+            "stage2_files_rewritten_after_finished",
+            "markers_rewritten_after_finished",
+            "build_records_rewritten",
+        ):
             assert figures[name] == 0, (name, figures, kills)
 
-    print(f"\nCRASH_SEED={seed}: {len(fired)} kills ({dict(Counter(fired))}), {h.runs} runs, {time.monotonic() - started:.0f} s")
+    print(
+        f"\nCRASH_SEED={seed}: {len(fired)} kills ({dict(Counter(fired))}), {h.runs} runs, {time.monotonic() - started:.0f} s"
+    )
     for number, backend, kills, figures in report:
         print(f"sequence {number} ({backend}):")
         for what, how in kills:
@@ -439,9 +564,15 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(tmp_path, gcs_end
 def test_s3_unfinished_multipart_uploads_are_aborted_under_a_prefix_only(s3_client, s3_store):
     """What a shard upload killed before its completion leaves on S3 (parts, no object) is removed
     under the channel's prefix; elsewhere a recent upload may be another run's, and stays."""
-    mine = s3_client.create_multipart_upload(Bucket=s3_store.bucket, Key=s3_store.prefix + "hf_dataset/data/a/x.parquet")
-    s3_client.upload_part(Bucket=s3_store.bucket, Key=mine["Key"], UploadId=mine["UploadId"], PartNumber=1, Body=b"x" * 100)
-    other = s3_client.create_multipart_upload(Bucket=s3_store.bucket, Key=s3_store.prefix + "hf_dataset/data/b/y.parquet")
+    mine = s3_client.create_multipart_upload(
+        Bucket=s3_store.bucket, Key=s3_store.prefix + "hf_dataset/data/a/x.parquet"
+    )
+    s3_client.upload_part(
+        Bucket=s3_store.bucket, Key=mine["Key"], UploadId=mine["UploadId"], PartNumber=1, Body=b"x" * 100
+    )
+    other = s3_client.create_multipart_upload(
+        Bucket=s3_store.bucket, Key=s3_store.prefix + "hf_dataset/data/b/y.parquet"
+    )
     assert s3_store.remove_orphan_temporaries() == 0  # store-wide: any of them may be in progress
     assert s3_store.remove_orphan_temporaries("hf_dataset/data/a/") == 1
     left = s3_client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", [])

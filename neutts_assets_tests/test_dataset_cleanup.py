@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 from dagster import DagsterInstance
 
 from neutts_assets.defs.dataset.cleanup import clean_up_segments
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.helpers import encode_stage2, make_resources, run_dataset
 from neutts_assets_tests.test_hf_dataset import A, B, stage1_template  # noqa: F401  (the shared stage-1 fixture)
 
 
 def _clean(instance, resources, channel, dry_run=False):
     return clean_up_segments.execute_in_process(
-        partition_key=channel, instance=instance, resources={"store": resources["store"]},
-        run_config={"ops": {"delete_channel_segments": {"config": {"dry_run": dry_run}}}}, raise_on_error=False,
+        partition_key=channel,
+        instance=instance,
+        resources={"store": resources["store"]},
+        run_config={"ops": {"delete_channel_segments": {"config": {"dry_run": dry_run}}}},
+        raise_on_error=False,
     )
 
 
@@ -62,7 +63,11 @@ def test_cleanup_deletes_only_after_the_dataset_is_verified(stage1_template, tmp
 
     with acquire(store, "encoded_segments", A, "encoding-run"):
         result = _clean(instance, resources, A)
-    assert not result.success and "encoded_segments for channel 'Atheer_-' is already being materialized by run encoding-run" in _failure(result)
+    assert (
+        not result.success
+        and "encoded_segments for channel 'Atheer_-' is already being materialized by run encoding-run"
+        in _failure(result)
+    )
     assert _objects(store, A) == before
 
     # Verified: a dry run reports, the real run deletes stage 1 and stage 2 of A only.
@@ -77,4 +82,6 @@ def test_cleanup_deletes_only_after_the_dataset_is_verified(stage1_template, tmp
     # The dataset itself is untouched and still loads.
     from datasets import load_dataset
 
-    assert len(load_dataset(str(tmp_path / "store" / "hf_dataset"), A, split="train", cache_dir=str(tmp_path / "c"))) == 7
+    assert (
+        len(load_dataset(str(tmp_path / "store" / "hf_dataset"), A, split="train", cache_dir=str(tmp_path / "c"))) == 7
+    )

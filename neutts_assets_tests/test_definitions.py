@@ -12,7 +12,13 @@ def test_channel_partitioned_assets_all_built():
     assert keys == {"raw_audio", "segments_npz", "encoded_segments", "hf_dataset", "training_pairs"}
     for key in keys:
         assert graph.get(AssetKey(key)).partitions_def == channels
-    assert {k.to_user_string() for k in graph.executable_asset_keys} == {"raw_audio", "segments_npz", "encoded_segments", "hf_dataset", "training_pairs"}
+    assert {k.to_user_string() for k in graph.executable_asset_keys} == {
+        "raw_audio",
+        "segments_npz",
+        "encoded_segments",
+        "hf_dataset",
+        "training_pairs",
+    }
     # Rows come from encoded_segments' files, or from segments_npz's with the no-codes option.
     assert graph.get(AssetKey("hf_dataset")).parent_keys == {AssetKey("encoded_segments"), AssetKey("segments_npz")}
     assert graph.get(AssetKey("encoded_segments")).parent_keys == {AssetKey("segments_npz")}
@@ -32,8 +38,9 @@ def test_machine_tags():
 
 
 def test_workspace_yaml_points_at_the_code_location():
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     ws = yaml.safe_load((Path(__file__).parents[1] / "workspace.yaml").read_text())
     assert ws["load_from"][0]["python_module"]["module_name"] == "neutts_assets.definitions"

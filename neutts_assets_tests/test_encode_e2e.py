@@ -15,29 +15,39 @@ from pathlib import Path
 import numpy as np
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from neutts_assets.pipeline.encoding import codec as codec_module
-from neutts_assets.pipeline.segments.segment_file import read_segment
-from neutts_assets.pipeline.encoding.store import Stage2Layout
+from neutts_assets.defs.encoding.checks import encoded_segments_present
+from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.encoding.encoded_segments import encoded_segments
 from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.segments.segments_npz import segments_npz
-from neutts_assets.defs.encoding.checks import encoded_segments_present
-from neutts_assets.defs.encoding.codec import NeuCodecResource
+from neutts_assets.pipeline.encoding import codec as codec_module
+from neutts_assets.pipeline.encoding.store import Stage2Layout
+from neutts_assets.pipeline.segments.segment_file import read_segment
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.codec_corpus import small_random_codec
 from neutts_assets_tests.helpers import (
-    DEMO_IDS, DEMO_TRANSCRIPTS, asset_metadata, audio_key, clean_env, demo_audio, free_port, make_resources,
-    populate_source, run_stage1, transcript_key,
+    asset_metadata,
+    audio_key,
+    clean_env,
+    demo_audio,
+    free_port,
+    make_resources,
+    populate_source,
+    run_stage1,
+    transcript_key,
 )
 
 BIN = Path(sys.executable).parent
 
 
-def run_encode(instance, resources: dict, channel: str, codec: NeuCodecResource | None = None, raise_on_error: bool = True):
+def run_encode(
+    instance, resources: dict, channel: str, codec: NeuCodecResource | None = None, raise_on_error: bool = True
+):
     return materialize(
-        [raw_audio, segments_npz, encoded_segments, encoded_segments_present], selection=AssetSelection.assets(encoded_segments),
-        partition_key=channel, instance=instance,
+        [raw_audio, segments_npz, encoded_segments, encoded_segments_present],
+        selection=AssetSelection.assets(encoded_segments),
+        partition_key=channel,
+        instance=instance,
         resources={**resources, "codec": codec or NeuCodecResource(weights="random", device="cpu", batch_seconds=8.0)},
         raise_on_error=raise_on_error,
     )
@@ -57,8 +67,16 @@ def test_encoded_segments_on_s3_resume_and_codec_change(s3_endpoint, s3_bucket, 
     assert md["segments_encoded"] == 7 and md["segments_failed"] == 0 and md["segments_skipped"] == 0
     assert md["codec"] == manifest["codec"] == codec.label and manifest["test_only_codes"] is True
     assert "tests only" in md["test_only_codes"] and md["device"] == "cpu" and md["batches"] >= 1
-    for key in ("audio_hours_encoded", "segments_per_second", "audio_seconds_per_second", "download_seconds",
-                "encode_seconds", "upload_seconds", "batch_segments_mean", "peak_inflight_mb"):
+    for key in (
+        "audio_hours_encoded",
+        "segments_per_second",
+        "audio_seconds_per_second",
+        "download_seconds",
+        "encode_seconds",
+        "upload_seconds",
+        "batch_segments_mean",
+        "peak_inflight_mb",
+    ):
         assert md[key] > 0, key
     (check,) = result.get_asset_check_evaluations()
     assert check.passed and check.metadata["segments_expected"].value == 7
@@ -71,12 +89,16 @@ def test_encoded_segments_on_s3_resume_and_codec_change(s3_endpoint, s3_bucket, 
         source = read_segment(store.read_bytes(f"stage1/{channel}/{s['audio_id']}.npz"))
         assert np.array_equal(seg.pcm16, source.pcm16) and seg.text == source.text
         assert seg.codec == codec.label and seg.codes.dtype == np.int32
-        assert len(seg.codes) == s["n_codes"] == len(seg.pcm16) // 320 and 0 <= seg.codes.min() and seg.codes.max() < 65536
+        assert (
+            len(seg.codes) == s["n_codes"] == len(seg.pcm16) // 320 and 0 <= seg.codes.min() and seg.codes.max() < 65536
+        )
         assert np.array_equal(seg.codes, codec.encode_one(seg.pcm16))  # the single-clip codes
         # the users' old reader on both stages' files from a real run: the waveform, exactly
         for key in (s["key"], f"stage1/{channel}/{s['audio_id']}.npz"):
             with np.load(io.BytesIO(store.read_bytes(key)), allow_pickle=True) as npz:
-                assert npz["audio"].dtype == np.float32 and np.array_equal(npz["audio"], source.pcm16 / np.float32(32768))
+                assert npz["audio"].dtype == np.float32 and np.array_equal(
+                    npz["audio"], source.pcm16 / np.float32(32768)
+                )
 
     assert md["codec_loaded"] is True and 0 < md["device_busy_fraction"] <= 1 and md["host_workers"] >= 1
     assert set(md["host_seconds_per_step"]) == {"read", "decode", "prepare_batches", "stage2_file", "write"}
@@ -124,7 +146,9 @@ def test_too_short_segments_are_recorded_with_their_reason(tmp_path):
     md = asset_metadata(result, "encoded_segments")
     manifest = result.output_for_node("encoded_segments")
     assert md["segments_encoded"] == 1 and md["segments_skipped"] == 1 and md["segments_failed"] == 0
-    assert manifest["skipped"] == [{"audio_id": f"{rec}_seg_0", "reason": "too short for the codec: 240 samples, needs at least 320"}]
+    assert manifest["skipped"] == [
+        {"audio_id": f"{rec}_seg_0", "reason": "too short for the codec: 240 samples, needs at least 320"}
+    ]
     assert "240 samples" in md["skipped_segments"]
     assert [s["audio_id"] for r in manifest["recordings"] for s in r["segments"]] == [f"{rec}_seg_1"]
 
@@ -132,13 +156,28 @@ def test_too_short_segments_are_recorded_with_their_reason(tmp_path):
 def _cli_env(tmp_path: Path, store: Path, **extra) -> dict:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    return clean_env(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(store),
-                     HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HOME=str(tmp_path / "hf"), **extra)
+    return clean_env(
+        DAGSTER_HOME=str(home),
+        NEUTTS_SOURCE=str(tmp_path / "bucket"),
+        NEUTTS_STORE=str(store),
+        HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        HF_HOME=str(tmp_path / "hf"),
+        **extra,
+    )
 
 
 def _encode_cmd(channel: str) -> list[str]:
-    return [str(BIN / "dagster"), "asset", "materialize", "-m", "neutts_assets.definitions",
-            "--select", "encoded_segments", "--partition", channel]
+    return [
+        str(BIN / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "neutts_assets.definitions",
+        "--select",
+        "encoded_segments",
+        "--partition",
+        channel,
+    ]
 
 
 def test_unreachable_hub_fails_clearly_and_writes_nothing(tmp_path):
@@ -163,9 +202,13 @@ def test_sigkill_mid_encode_then_resume_encodes_nothing_finished(tmp_path):
     resources = make_resources(str(tmp_path / "bucket"), str(store_root))
     instance = DagsterInstance.ephemeral()
     run_stage1(instance, resources, channel)
-    env = _cli_env(tmp_path, store_root, NEUTTS_CODEC="random", NEUTTS_CODEC_BATCH_SECONDS="1", NEUTTS_CODEC_DEVICE="cpu")
+    env = _cli_env(
+        tmp_path, store_root, NEUTTS_CODEC="random", NEUTTS_CODEC_BATCH_SECONDS="1", NEUTTS_CODEC_DEVICE="cpu"
+    )
     subprocess.run([str(BIN / "neutts-assets"), "add-channel", channel], env=env, check=True, capture_output=True)
-    proc = subprocess.Popen(_encode_cmd(channel), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _encode_cmd(channel), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     layout = Stage2Layout(channel)
     markers = store_root / layout.marker_prefix
     deadline = time.monotonic() + 240

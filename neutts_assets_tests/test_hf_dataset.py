@@ -18,9 +18,16 @@ from neutts_assets.pipeline.dataset.rows import BadSegment, RowFilter, dataset_f
 from neutts_assets.pipeline.dataset.writer import ROW_GROUP_ROWS, build_channel, record_key, segment_objects
 from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.helpers import (
-    DEMO_IDS, TEST_CODEC, asset_metadata, encode_stage2, fake_codes, make_resources, populate_source, run_dataset, run_stage1,
+    DEMO_IDS,
+    TEST_CODEC,
+    asset_metadata,
+    encode_stage2,
+    fake_codes,
+    make_resources,
+    populate_source,
+    run_dataset,
+    run_stage1,
 )
 
 A, B = "Atheer_-", "ZadTVchannel"
@@ -57,8 +64,10 @@ def _samples(row) -> np.ndarray:
 
 
 def _stage1_segments(store, channel) -> dict:
-    return {read_segment(store.read_bytes(k)).audio_id: read_segment(store.read_bytes(k))
-            for k in segment_objects(store, f"stage1/{channel}/")}
+    return {
+        read_segment(store.read_bytes(k)).audio_id: read_segment(store.read_bytes(k))
+        for k in segment_objects(store, f"stage1/{channel}/")
+    }
 
 
 def test_rows_equal_their_segments_and_load_back(env):
@@ -71,23 +80,53 @@ def test_rows_equal_their_segments_and_load_back(env):
     assert "Atheer_-" in meta["channel_card"] and TEST_CODEC in meta["dataset_card"]
 
     folder = tmp / "store" / "hf_dataset"
-    for ds in (_load(folder, cache=tmp / "c1"), _load(folder, A, cache=tmp / "c2"),
-               load_from_disk(str(tmp / "store" / "hf_dataset_disk")), load_from_disk(str(tmp / "store" / "hf_dataset_disk" / A))):
+    for ds in (
+        _load(folder, cache=tmp / "c1"),
+        _load(folder, A, cache=tmp / "c2"),
+        load_from_disk(str(tmp / "store" / "hf_dataset_disk")),
+        load_from_disk(str(tmp / "store" / "hf_dataset_disk" / A)),
+    ):
         assert ds.features == dataset_features()
-        assert list(ds.features) == ["audio", "codes", "text", "speaker_id", "channel", "gender", "dialect", "tone", "audio_id", "duration_sec"]
+        assert list(ds.features) == [
+            "audio",
+            "codes",
+            "text",
+            "speaker_id",
+            "channel",
+            "gender",
+            "dialect",
+            "tone",
+            "audio_id",
+            "duration_sec",
+        ]
         assert len(ds) == 7
         for row in ds:
             seg = segments[row["audio_id"]]
             assert (row["text"], row["speaker_id"], row["channel"], row["gender"], row["dialect"], row["tone"]) == (
-                seg.text, seg.speaker_id, A, seg.gender, seg.dialect, seg.tone)
+                seg.text,
+                seg.speaker_id,
+                A,
+                seg.gender,
+                seg.dialect,
+                seg.tone,
+            )
             assert row["codes"] == fake_codes(seg.audio_id, len(seg.pcm16)).tolist() and len(row["codes"]) > 0
             assert row["duration_sec"] == pytest.approx(seg.duration_sec, abs=1e-6)
             np.testing.assert_array_equal(_samples(row), seg.pcm16.astype(np.float32) / 32768.0)  # lossless
 
     card = (folder / "README.md").read_text()
     assert "config_name: all" in card and f"config_name: {A}" in card and "default: true" in card
-    for fact in ("| segments | 7 |", "speakers (per recording)", "| gender |", "| dialect |", "| tone |",
-                 "| duration | segments |", TEST_CODEC, "stage2_with_codes/Atheer_-/", "| built |"):
+    for fact in (
+        "| segments | 7 |",
+        "speakers (per recording)",
+        "| gender |",
+        "| dialect |",
+        "| tone |",
+        "| duration | segments |",
+        TEST_CODEC,
+        "stage2_with_codes/Atheer_-/",
+        "| built |",
+    ):
         assert fact in card, fact
 
 
@@ -97,7 +136,9 @@ def test_replacing_a_channel_leaves_the_other_untouched(env):
     encode_stage2(store, B)
     run_dataset(instance, resources, A, {"save_to_disk": True})
     run_dataset(instance, resources, B, {"save_to_disk": True})
-    b_objects = {o.key: o.version for p in ("hf_dataset/data/", "hf_dataset_disk/") for o in store.list(p) if f"/{B}/" in o.key}
+    b_objects = {
+        o.key: o.version for p in ("hf_dataset/data/", "hf_dataset_disk/") for o in store.list(p) if f"/{B}/" in o.key
+    }
     old_a = {o.key for o in store.list(f"hf_dataset/data/{A}/")}
     n_b = len(segment_objects(store, f"stage2_with_codes/{B}/"))
     assert len(_load(tmp / "store" / "hf_dataset", cache=tmp / "c0")) == 7 + n_b
@@ -113,7 +154,9 @@ def test_replacing_a_channel_leaves_the_other_untouched(env):
     assert meta["rebuilt"] is True and meta["rows"] == 6 and meta["old_shards_removed"] == len(old_a)
     new_a = {o.key for o in store.list(f"hf_dataset/data/{A}/")}
     assert new_a and not new_a & old_a
-    assert {o.key: o.version for p in ("hf_dataset/data/", "hf_dataset_disk/") for o in store.list(p) if f"/{B}/" in o.key} == b_objects
+    assert {
+        o.key: o.version for p in ("hf_dataset/data/", "hf_dataset_disk/") for o in store.list(p) if f"/{B}/" in o.key
+    } == b_objects
 
     ds = _load(tmp / "store" / "hf_dataset", cache=tmp / "c1")
     assert len(ds) == 6 + n_b and sorted(set(ds["channel"])) == sorted([A, B])
@@ -130,7 +173,9 @@ def test_no_codes_mode(env):
     result = run_dataset(instance, resources, B, raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "no encoded segments" in str(failure.event_specific_data.error) and "include_segments_without_codes" in str(failure.event_specific_data.error)
+    assert "no encoded segments" in str(failure.event_specific_data.error) and "include_segments_without_codes" in str(
+        failure.event_specific_data.error
+    )
     assert store.read_bytes_or_none(record_key(B)) is None
 
     meta = asset_metadata(run_dataset(instance, resources, B, {"include_segments_without_codes": True}), "hf_dataset")
@@ -158,7 +203,9 @@ def test_duration_range_and_a_bad_segment(env):
     bad = f"stage2_with_codes/{A}/zzz_seg_0.npz"
     store.write_bytes(bad, b"PK\x03\x04 not really a zip")
     lo, hi = durations[1], durations[-2]
-    meta = asset_metadata(run_dataset(instance, resources, A, {"min_duration_s": lo, "max_duration_s": hi}), "hf_dataset")
+    meta = asset_metadata(
+        run_dataset(instance, resources, A, {"min_duration_s": lo, "max_duration_s": hi}), "hf_dataset"
+    )
     assert meta["rows"] == len([d for d in durations if lo <= d <= hi]) < 7
     assert meta["segments_failed"] == 1 and bad in meta["failures"] and "unreadable segment file" in meta["failures"]
     assert "shorter than" in meta["skip_reasons"] and "longer than" in meta["skip_reasons"]
@@ -167,9 +214,18 @@ def test_duration_range_and_a_bad_segment(env):
 def _synthetic(store, channel, n, seconds=1.0):
     rng = np.random.default_rng(1)
     for i in range(n):
-        seg = Segment(audio_id=f"r{i // 10}_seg_{i % 10}", channel=channel, text=f"نص {i}", speaker_id="SPEAKER_00",
-                      gender="female", dialect="gulf", tone="neutral", pcm16=(rng.standard_normal(int(16000 * seconds)) * 3000).astype(np.int16),
-                      codes=np.arange(50, dtype=np.int32), codec=TEST_CODEC)
+        seg = Segment(
+            audio_id=f"r{i // 10}_seg_{i % 10}",
+            channel=channel,
+            text=f"نص {i}",
+            speaker_id="SPEAKER_00",
+            gender="female",
+            dialect="gulf",
+            tone="neutral",
+            pcm16=(rng.standard_normal(int(16000 * seconds)) * 3000).astype(np.int16),
+            codes=np.arange(50, dtype=np.int32),
+            codec=TEST_CODEC,
+        )
         store.write_bytes(f"stage2_with_codes/{channel}/{seg.audio_id}.npz", encode_segment(seg))
 
 
@@ -177,27 +233,53 @@ def test_shards_roll_over_at_the_configured_size(tmp_path):
     store = LocalStore(tmp_path / "store")
     _synthetic(store, "c", 450)
     (tmp_path / "w").mkdir()
-    build = build_channel(store, "c", list(segment_objects(store, "stage2_with_codes/c/").values()), RowFilter(),
-                          tmp_path / "w", "test", shard_bytes=3_000_000, workers=4)
+    build = build_channel(
+        store,
+        "c",
+        list(segment_objects(store, "stage2_with_codes/c/").values()),
+        RowFilter(),
+        tmp_path / "w",
+        "test",
+        shard_bytes=3_000_000,
+        workers=4,
+    )
     shards = build.record["shards"]
     assert len(shards) >= 3 and sum(s["rows"] for s in shards) == 450 == build.record["stats"]["rows"]
     for s in shards:
         pf = pq.ParquetFile(tmp_path / "store" / "hf_dataset" / s["path"])
         assert pf.metadata.num_rows == s["rows"] and all(
-            pf.metadata.row_group(i).num_rows <= ROW_GROUP_ROWS for i in range(pf.num_row_groups))
+            pf.metadata.row_group(i).num_rows <= ROW_GROUP_ROWS for i in range(pf.num_row_groups)
+        )
         last_group = pf.metadata.row_group(pf.num_row_groups - 1)
         last_group_bytes = sum(last_group.column(i).total_compressed_size for i in range(last_group.num_columns))
         assert s["bytes"] - last_group_bytes < 3_000_000  # closed at the first row group past the target
         assert s is shards[-1] or s["bytes"] >= 3_000_000
-    ids = [r for s in shards for r in pq.read_table(tmp_path / "store" / "hf_dataset" / s["path"], columns=["audio_id"])["audio_id"].to_pylist()]
+    ids = [
+        r
+        for s in shards
+        for r in pq.read_table(tmp_path / "store" / "hf_dataset" / s["path"], columns=["audio_id"])[
+            "audio_id"
+        ].to_pylist()
+    ]
     assert ids == sorted(ids) and len(set(ids)) == 450  # key order, no duplicates
 
 
 def test_old_float_segment_files_and_garbage(tmp_path):
     pcm = (np.sin(np.arange(8000) / 7) * 10000).astype(np.int16)
     buf = io.BytesIO()  # the old scripts' savez_compressed of a float waveform, codes as a plain list
-    np.savez_compressed(buf, audio=pcm.astype(np.float32) / 32768.0, codes=np.array([1, 2, 3]), text="t", speaker_id="S",
-                        channel="c", gender="male", dialect="gulf", tone="neutral", duration_sec=0.5, audio_id="x_seg_0")
+    np.savez_compressed(
+        buf,
+        audio=pcm.astype(np.float32) / 32768.0,
+        codes=np.array([1, 2, 3]),
+        text="t",
+        speaker_id="S",
+        channel="c",
+        gender="male",
+        dialect="gulf",
+        tone="neutral",
+        duration_sec=0.5,
+        audio_id="x_seg_0",
+    )
     row = read_row(buf.getvalue())
     import soundfile as sf
 
@@ -216,7 +298,9 @@ def test_dataset_in_an_s3_store(stage1_template, s3_endpoint, s3_bucket, s3_stor
     for o in src.list(f"stage1/{A}/"):
         s3_store.write_bytes(o.key, src.read_bytes(o.key))
     encode_stage2(s3_store, A)
-    resources = make_resources(str(stage1_template / "source"), f"s3://{s3_bucket}/neutts_segments", s3_endpoint=s3_endpoint)
+    resources = make_resources(
+        str(stage1_template / "source"), f"s3://{s3_bucket}/neutts_segments", s3_endpoint=s3_endpoint
+    )
     meta = asset_metadata(run_dataset(DagsterInstance.ephemeral(), resources, A), "hf_dataset")
     assert meta["rows"] == 7 and meta["dataset_folder"].startswith("s3://")
     local = LocalStore(tmp_path / "copy")
@@ -231,9 +315,18 @@ def test_dataset_in_an_s3_store(stage1_template, s3_endpoint, s3_bucket, s3_stor
 def test_fast_segment_reader_agrees_with_numpy(tmp_path):
     from neutts_assets.pipeline.dataset.rows import _Npz
 
-    seg = Segment(audio_id="a_seg_3", channel="قناة", text="مرحبا بكم", speaker_id="SPEAKER_01", gender="male",
-                  dialect="gulf", tone="neutral", pcm16=np.arange(-5000, 5000, dtype=np.int16), codes=np.arange(31, dtype=np.int32),
-                  codec="neuphonic/neucodec@abc")
+    seg = Segment(
+        audio_id="a_seg_3",
+        channel="قناة",
+        text="مرحبا بكم",
+        speaker_id="SPEAKER_01",
+        gender="male",
+        dialect="gulf",
+        tone="neutral",
+        pcm16=np.arange(-5000, 5000, dtype=np.int16),
+        codes=np.arange(31, dtype=np.int32),
+        codec="neuphonic/neucodec@abc",
+    )
     data = encode_segment(seg)
     fast, ref = _Npz(data), np.load(io.BytesIO(data))
     assert sorted(fast.files) == sorted(ref.files)
@@ -253,28 +346,42 @@ def test_codes_mode_follows_the_encoded_segments_manifest(env):
         store.write_bytes(k.replace("stage2_with_codes/", "codes_v2/"), store.read_bytes(k))
         store.delete(k)
     listed = [k.replace("stage2_with_codes/", "codes_v2/") for k in keys[:4]] + [f"codes_v2/{A}/gone_seg_0.npz"]
-    manifest = {"channel": A, "codec": TEST_CODEC, "test_only_codes": True, "prefix": f"codes_v2/{A}/",
-                "recordings": [{"recording_id": "r", "segments": [{"key": k, "audio_id": k.rsplit("/", 1)[1][:-4]} for k in listed]}]}
+    manifest = {
+        "channel": A,
+        "codec": TEST_CODEC,
+        "test_only_codes": True,
+        "prefix": f"codes_v2/{A}/",
+        "recordings": [
+            {"recording_id": "r", "segments": [{"key": k, "audio_id": k.rsplit("/", 1)[1][:-4]} for k in listed]}
+        ],
+    }
     store.write_bytes(f"manifests/encoded_segments/{A}.json", json.dumps(manifest).encode())
     meta = asset_metadata(run_dataset(instance, resources, A), "hf_dataset")
     assert meta["rows"] == 4 and meta["segments_failed"] == 1 and "gone_seg_0" in meta["failures"]
     assert meta["segments_not_encoded_yet"] == 0  # every stage-1 segment has a stage-2 file under the prefix
     ds = _load(tmp / "store" / "hf_dataset", A, cache=tmp / "c")
     assert sorted(ds["audio_id"]) == sorted(k.rsplit("/", 1)[1][:-4] for k in listed[:4])
-    assert "test-only codes" in meta["channel_card"] and "codes_v2/Atheer_-/" in (tmp / "store" / "hf_dataset" / "README.md").read_text()
+    assert (
+        "test-only codes" in meta["channel_card"]
+        and "codes_v2/Atheer_-/" in (tmp / "store" / "hf_dataset" / "README.md").read_text()
+    )
 
 
 def test_asset_check_finds_a_missing_shard(env):
     from dagster import AssetSelection, Definitions, define_asset_job
 
-    from neutts_assets.defs.dataset.hf_dataset import hf_dataset
     from neutts_assets.defs.dataset.checks import dataset_shards_present
+    from neutts_assets.defs.dataset.hf_dataset import hf_dataset
 
     resources, instance, store, tmp = env
     encode_stage2(store, A)
     run_dataset(instance, resources, A)
-    defs = Definitions(assets=[hf_dataset], asset_checks=[dataset_shards_present], resources=resources,
-                       jobs=[define_asset_job("check_only", selection=AssetSelection.checks(dataset_shards_present))])
+    defs = Definitions(
+        assets=[hf_dataset],
+        asset_checks=[dataset_shards_present],
+        resources=resources,
+        jobs=[define_asset_job("check_only", selection=AssetSelection.checks(dataset_shards_present))],
+    )
 
     def check():
         result = defs.resolve_job_def("check_only").execute_in_process(instance=instance, tags={"dagster/partition": A})
@@ -293,7 +400,9 @@ def test_a_channel_with_every_segment_filtered_out_does_not_break_loading(env):
     encode_stage2(store, A)
     encode_stage2(store, B)
     run_dataset(instance, resources, A)
-    meta = asset_metadata(run_dataset(instance, resources, B, {"min_duration_s": 1000.0, "save_to_disk": True}), "hf_dataset")
+    meta = asset_metadata(
+        run_dataset(instance, resources, B, {"min_duration_s": 1000.0, "save_to_disk": True}), "hf_dataset"
+    )
     assert meta["rows"] == 0 and meta["shards"] == 0
     ds = _load(tmp / "store" / "hf_dataset", cache=tmp / "c")
     assert len(ds) == 7 and set(ds["channel"]) == {A}

@@ -14,7 +14,6 @@ from dagster import DagsterInstance
 
 from neutts_assets.defs.resources import HuggingFaceHub
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.fake_hub import FakeHub
 from neutts_assets_tests.helpers import asset_metadata, encode_stage2, make_resources, run_dataset
 from neutts_assets_tests.test_hf_dataset import A, B, stage1_template  # noqa: F401  (the shared stage-1 fixture)
@@ -182,7 +181,7 @@ def test_two_channels_pushed_at_once_both_stay_on_the_hub_card(env, hub):
         hub.repos.pop(REPO, None)  # each round pushes both channels to a fresh repo
         results, barrier = {}, threading.Barrier(2)
 
-        def push(channel):
+        def push(channel, barrier=barrier, results=results):
             barrier.wait()
             results[channel] = run_dataset(DagsterInstance.ephemeral(), resources, channel, raise_on_error=False)
 

@@ -22,13 +22,21 @@ from datasets import load_dataset, load_from_disk
 from neutts_assets.pipeline.dataset import writer as dataset_writer
 from neutts_assets.pipeline.dataset.rows import ChannelStats, RowFilter
 from neutts_assets.pipeline.dataset.writer import (
-    DATASET_PREFIX, WRITER_VERSION, build_basis, build_channel, plan_build, progress_key, publish_channel, read_record,
-    segment_objects, shard_prefix, source_fingerprint,
+    DATASET_PREFIX,
+    WRITER_VERSION,
+    build_basis,
+    build_channel,
+    plan_build,
+    progress_key,
+    publish_channel,
+    read_record,
+    segment_objects,
+    shard_prefix,
+    source_fingerprint,
 )
 from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.store import ObjectInfo
-
 from neutts_assets_tests.helpers import TEST_CODEC, asset_metadata, make_resources, run_dataset
 from neutts_assets_tests.test_hf_hub_push import hub  # noqa: F401  (the fake Hub fixture, shared)
 
@@ -50,9 +58,18 @@ class CountingStore(LocalStore):
 
 def _segment(audio_id: str, channel: str = CH, text: str | None = None, codes: bool = True) -> bytes:
     rng = np.random.default_rng(abs(hash(audio_id)) % 2**32)
-    seg = Segment(audio_id=audio_id, channel=channel, text=text or f"نص {audio_id}", speaker_id="SPEAKER_00",
-                  gender="female", dialect="gulf", tone="neutral", pcm16=(rng.standard_normal(4000) * 3000).astype(np.int16),
-                  codes=np.arange(25, dtype=np.int32) if codes else np.zeros(0, np.int32), codec=TEST_CODEC)
+    seg = Segment(
+        audio_id=audio_id,
+        channel=channel,
+        text=text or f"نص {audio_id}",
+        speaker_id="SPEAKER_00",
+        gender="female",
+        dialect="gulf",
+        tone="neutral",
+        pcm16=(rng.standard_normal(4000) * 3000).astype(np.int16),
+        codes=np.arange(25, dtype=np.int32) if codes else np.zeros(0, np.int32),
+        codec=TEST_CODEC,
+    )
     return encode_segment(seg)
 
 
@@ -72,8 +89,19 @@ def _build(store, tmp: Path, shard_bytes=1, compact=False, force=False, channel=
     work = tmp / f"w{len(list(tmp.glob('w*')))}"
     work.mkdir()
     store.reads.clear()
-    build = build_channel(store, channel, _objects(store, channel), filter_, work, "test", shard_bytes=shard_bytes, workers=2,
-                          previous=read_record(store, channel), compact=compact, force=force)
+    build = build_channel(
+        store,
+        channel,
+        _objects(store, channel),
+        filter_,
+        work,
+        "test",
+        shard_bytes=shard_bytes,
+        workers=2,
+        previous=read_record(store, channel),
+        compact=compact,
+        force=force,
+    )
     publish_channel(store, build.record, "T")
     return build
 
@@ -96,15 +124,28 @@ def small_row_groups(monkeypatch):
 
 # ---- the plan, without a store --------------------------------------------------------------------
 
+
 def _info(name, version="v1", size=10, prefix=f"stage2_with_codes/{CH}/"):
     return ObjectInfo(key=prefix + name, size=size, version=version)
 
 
 def _record(shards, excluded=(), row_filter=RowFilter(), objects=None):
-    rec = {"channel": CH, "build_id": "b0", "basis": build_basis(row_filter), "excluded": [list(e) for e in excluded],
-           "shards": [{"path": f"data/{CH}/b0-{i:05d}.parquet", "rows": len(m), "bytes": b,
-                       "members": [[n, "v1", 10] for n in m], "stats_state": ChannelStats().to_state()}
-                      for i, (m, b) in enumerate(shards)]}
+    rec = {
+        "channel": CH,
+        "build_id": "b0",
+        "basis": build_basis(row_filter),
+        "excluded": [list(e) for e in excluded],
+        "shards": [
+            {
+                "path": f"data/{CH}/b0-{i:05d}.parquet",
+                "rows": len(m),
+                "bytes": b,
+                "members": [[n, "v1", 10] for n in m],
+                "stats_state": ChannelStats().to_state(),
+            }
+            for i, (m, b) in enumerate(shards)
+        ],
+    }
     if objects is not None:
         rec["source_fingerprint"] = source_fingerprint(objects, row_filter)
     return rec
@@ -121,7 +162,11 @@ def test_plan_rules():
 
     # Added: a new shard only; row order: kept shards, then the new segments in name order.
     added = plan_build(prev, objs + [_info("z.npz"), _info("g.npz")], f, 1000)
-    assert not added.full and added.keep == prev["shards"] and [o.key.rsplit("/", 1)[1] for o in added.read] == ["g.npz", "z.npz"]
+    assert (
+        not added.full
+        and added.keep == prev["shards"]
+        and [o.key.rsplit("/", 1)[1] for o in added.read] == ["g.npz", "z.npz"]
+    )
     assert added.new == ["g.npz", "z.npz"] and not added.unchanged
 
     # Changed (version or size): its shard's members are read again, in their order; the others kept.
@@ -132,12 +177,18 @@ def test_plan_rules():
 
     # Removed: its shard's survivors are read; a shard with no survivor just goes.
     p = plan_build(prev, [o for o in objs if o.key.rsplit("/", 1)[1] != "e.npz"], f, 1000)
-    assert p.keep == prev["shards"][:2] and [o.key.rsplit("/", 1)[1] for o in p.read] == ["f.npz"] and p.removed == ["e.npz"]
+    assert (
+        p.keep == prev["shards"][:2]
+        and [o.key.rsplit("/", 1)[1] for o in p.read] == ["f.npz"]
+        and p.removed == ["e.npz"]
+    )
     p = plan_build(prev, objs[:4], f, 1000)
     assert p.keep == prev["shards"][:2] and p.read == [] and p.rewritten == [prev["shards"][2]] and not p.unchanged
 
     # Excluded at the same version: not read again; at a new version: read like a new one.
-    prev_x = _record([(names[:2], 1000)], excluded=[["x.npz", "v1", 10, "skipped", "no codes"]], objects=objs[:2] + [_info("x.npz")])
+    prev_x = _record(
+        [(names[:2], 1000)], excluded=[["x.npz", "v1", 10, "skipped", "no codes"]], objects=objs[:2] + [_info("x.npz")]
+    )
     p = plan_build(prev_x, objs[:2] + [_info("x.npz")], f, 1000)
     assert p.unchanged and p.carried == [(f"stage2_with_codes/{CH}/x.npz", ["x.npz", "v1", 10, "skipped", "no codes"])]
     p = plan_build(prev_x, objs[:2] + [_info("x.npz", version="v2")], f, 1000)
@@ -168,11 +219,20 @@ def test_plan_rules():
     p = plan_build(one_small, objs[:4], f, 1000, compact=True)  # with a new segment it merges
     assert p.compacted == [one_small["shards"][1]] and [o.key.rsplit("/", 1)[1] for o in p.read] == ["c.npz", "d.npz"]
     # Different plans, different fingerprints (a killed build resumes only into its own plan).
-    assert len({plan_build(small, objs, f, 1000, compact=True).fingerprint, plan_build(small, objs, f, 1000).fingerprint,
-                plan_build(small, objs, f, 2000).fingerprint}) == 3
+    assert (
+        len(
+            {
+                plan_build(small, objs, f, 1000, compact=True).fingerprint,
+                plan_build(small, objs, f, 1000).fingerprint,
+                plan_build(small, objs, f, 2000).fingerprint,
+            }
+        )
+        == 3
+    )
 
 
 # ---- builds on a real store ------------------------------------------------------------------------
+
 
 def test_add_change_remove_and_skip(tmp_path, small_row_groups):
     store = CountingStore(tmp_path / "store")
@@ -229,16 +289,24 @@ def test_add_change_remove_and_skip(tmp_path, small_row_groups):
     del expected[gone]
     before = _shard_objects(store)
     d = _build(store, tmp_path)
-    assert len(store.reads) == 3 and gone not in " ".join(store.reads) and [s["path"] for s in d.plan.rewritten] == [holder]
+    assert (
+        len(store.reads) == 3
+        and gone not in " ".join(store.reads)
+        and [s["path"] for s in d.plan.rewritten] == [holder]
+    )
     after = _shard_objects(store)
-    assert all(after[DATASET_PREFIX + s["path"]] == before[DATASET_PREFIX + s["path"]] for s in shards if s["path"] != holder)
+    assert all(
+        after[DATASET_PREFIX + s["path"]] == before[DATASET_PREFIX + s["path"]] for s in shards if s["path"] != holder
+    )
     check(3)
 
     # Segments without codes (skipped) and an unreadable one (failed): read once, never again at that version.
     skipped = _add(store, ["rec03_seg_00", "rec03_seg_01"], codes=False)
     store.write_bytes(f"stage2_with_codes/{CH}/rec03_seg_02.npz", b"PK\x03\x04 not a zip")
     e = _build(store, tmp_path)
-    assert sorted(store.reads) == sorted(skipped + [f"stage2_with_codes/{CH}/rec03_seg_02.npz"]) and e.shards_written == 0
+    assert (
+        sorted(store.reads) == sorted(skipped + [f"stage2_with_codes/{CH}/rec03_seg_02.npz"]) and e.shards_written == 0
+    )
     assert e.record["segments_skipped"] == 2 and e.record["segments_failed"] == 1
     more = _add(store, ["rec04_seg_00"])
     expected["rec04_seg_00"] = "نص rec04_seg_00"
@@ -269,7 +337,11 @@ def test_compaction_only_when_asked(tmp_path, monkeypatch):
     for i in range(3):  # three small additions: three small shards, none merged
         _add(store, [f"r1_seg_{i:02d}"])
         b = _build(store, tmp_path, shard_bytes=full)
-        assert b.shards_written == 1 and not b.plan.compacted and store.reads == [f"stage2_with_codes/{CH}/r1_seg_{i:02d}.npz"]
+        assert (
+            b.shards_written == 1
+            and not b.plan.compacted
+            and store.reads == [f"stage2_with_codes/{CH}/r1_seg_{i:02d}.npz"]
+        )
     record = read_record(store, CH)
     assert [s["rows"] for s in record["shards"]] == base_rows + [1, 1, 1]
     small = [s for s in record["shards"] if s["bytes"] < full / 4]
@@ -279,19 +351,24 @@ def test_compaction_only_when_asked(tmp_path, monkeypatch):
     c = _build(store, tmp_path, shard_bytes=full, compact=True)
     assert c.plan.compacted == small and c.plan.keep == big and len(store.reads) == sum(s["rows"] for s in small)
     record = read_record(store, CH)
-    assert record["shards"][:len(big)] == big and sum(s["rows"] for s in record["shards"][len(big):]) == sum(s["rows"] for s in small)
+    assert record["shards"][: len(big)] == big and sum(s["rows"] for s in record["shards"][len(big) :]) == sum(
+        s["rows"] for s in small
+    )
     assert len(record["shards"]) < len(big) + len(small)  # merged
-    assert {k: v for k, v in _shard_objects(store).items() if k in kept} == {DATASET_PREFIX + s["path"]: kept[DATASET_PREFIX + s["path"]]
-                                                                              for s in big}
+    assert {k: v for k, v in _shard_objects(store).items() if k in kept} == {
+        DATASET_PREFIX + s["path"]: kept[DATASET_PREFIX + s["path"]] for s in big
+    }
     # Compacted once: asking again has nothing (or at most one small shard) to merge.
     assert plan_build(record, _objects(store), RowFilter(), full, compact=True).unchanged
-    assert sorted(_rows(tmp_path / "store", CH, tmp_path / "c")) == sorted((f"r{r}_seg_{i:02d}", f"نص r{r}_seg_{i:02d}")
-                                                                            for r, n in ((0, 16), (1, 3)) for i in range(n))
+    assert sorted(_rows(tmp_path / "store", CH, tmp_path / "c")) == sorted(
+        (f"r{r}_seg_{i:02d}", f"نص r{r}_seg_{i:02d}") for r, n in ((0, 16), (1, 3)) for i in range(n)
+    )
 
 
 # ---- the asset: save_to_disk copy and the Hub follow --------------------------------------------
 
-def test_asset_disk_copy_and_hub_push_follow_the_shards(tmp_path, small_row_groups, hub):
+
+def test_asset_disk_copy_and_hub_push_follow_the_shards(tmp_path, small_row_groups, hub):  # noqa: F811  (the fixture)
     from neutts_assets.defs.resources import HuggingFaceHub
     from neutts_assets_tests.test_hf_hub_push import REPO, TOKEN
 
@@ -330,7 +407,12 @@ def test_asset_disk_copy_and_hub_push_follow_the_shards(tmp_path, small_row_grou
     new_ids = [f"rc_seg_{i:02d}" for i in range(3)]
     _add(store, new_ids)
     meta = asset_metadata(run_dataset(instance, resources, CH, config), "hf_dataset")
-    assert (meta["shards_kept"], meta["shards_written"], meta["segments_read"], meta["full_rebuild"]) == (3, 1, 3, False)
+    assert (meta["shards_kept"], meta["shards_written"], meta["segments_read"], meta["full_rebuild"]) == (
+        3,
+        1,
+        3,
+        False,
+    )
     assert meta["save_to_disk_arrow_converted"] == 1 and meta["save_to_disk_arrow_kept"] == 3
     assert meta["bytes_written"] > 0 and meta["hub_files_added"] == 1 and meta["hub_files_deleted"] == 0
     record = read_record(store, CH)
@@ -338,7 +420,8 @@ def test_asset_disk_copy_and_hub_push_follow_the_shards(tmp_path, small_row_grou
     last = repo.commits[-1]
     assert last["lfs_added"] == [new_path] and last["deleted"] == [] and last["added"] == ["README.md"]
     assert {p: f["oid"] for p, f in repo.files.items() if p in hub_files and p != "README.md"} == {
-        p: o for p, o in hub_files.items() if p != "README.md"}  # every kept file as it was
+        p: o for p, o in hub_files.items() if p != "README.md"
+    }  # every kept file as it was
     assert {k: v for k, v in arrow().items() if k in arrow_before} == arrow_before and len(arrow()) == 4
     assert arrow("other") == other_before
     check(a_ids + new_ids)
@@ -349,11 +432,18 @@ def test_asset_disk_copy_and_hub_push_follow_the_shards(tmp_path, small_row_grou
     store.delete(f"stage2_with_codes/{CH}/{gone}.npz")
     arrow_before = arrow()
     meta = asset_metadata(run_dataset(instance, resources, CH, config), "hf_dataset")
-    assert (meta["shards_kept"], meta["shards_written"], meta["shards_rewritten"], meta["segments_read"]) == (3, 1, 1, 3)
+    assert (meta["shards_kept"], meta["shards_written"], meta["shards_rewritten"], meta["segments_read"]) == (
+        3,
+        1,
+        1,
+        3,
+    )
     last = repo.commits[-1]
     assert last["deleted"] == [holder] and len(last["lfs_added"]) == 1 and holder not in repo.files
     stem = Path(holder).stem
-    assert {k: v for k, v in arrow().items() if k in arrow_before} == {k: v for k, v in arrow_before.items() if stem not in k}
+    assert {k: v for k, v in arrow().items() if k in arrow_before} == {
+        k: v for k, v in arrow_before.items() if stem not in k
+    }
     assert not [k for k in arrow() if stem in k] and len(arrow()) == 4
     check([i for i in a_ids if i != gone] + new_ids)
     assert hub.file_bytes(REPO, new_path) == store.read_bytes(DATASET_PREFIX + new_path)
@@ -361,7 +451,8 @@ def test_asset_disk_copy_and_hub_push_follow_the_shards(tmp_path, small_row_grou
 
 # ---- a kill mid-incremental-build ---------------------------------------------------------------
 
-CHILD = textwrap.dedent("""
+CHILD = textwrap.dedent(
+    f"""
     import os, signal, sys
     from pathlib import Path
     from neutts_assets.pipeline.dataset import writer as dataset_writer
@@ -374,11 +465,12 @@ CHILD = textwrap.dedent("""
         calls.append(1)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
-    objects = list(dataset_writer.segment_objects(store, "stage2_with_codes/%s/").values())
-    dataset_writer.build_channel(store, "%s", objects, RowFilter(), Path(sys.argv[2]), "test", shard_bytes=1, workers=2,
-                                 previous=dataset_writer.read_record(store, "%s"), guard=guard)
+    objects = list(dataset_writer.segment_objects(store, "stage2_with_codes/{CH}/").values())
+    dataset_writer.build_channel(store, "{CH}", objects, RowFilter(), Path(sys.argv[2]), "test", shard_bytes=1, workers=2,
+                                 previous=dataset_writer.read_record(store, "{CH}"), guard=guard)
     print("not killed")
-""" % (CH, CH, CH))
+"""
+)
 
 
 def test_a_killed_incremental_build_resumes(tmp_path, small_row_groups):
@@ -389,12 +481,19 @@ def test_a_killed_incremental_build_resumes(tmp_path, small_row_groups):
     _add(store, [f"r1_seg_{i:02d}" for i in range(12)])
     shutil.copytree(tmp_path / "store", tmp_path / "reference")
     (tmp_path / "child").mkdir()
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "store"), str(tmp_path / "child")],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path / "store"), str(tmp_path / "child")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     progress = json.loads(store.read_bytes(progress_key(CH)))
     assert progress["next"] == 4 and len(progress["shards"]) == 1
-    assert read_record(store, CH)["shards"] == [s for s in read_record(LocalStore(tmp_path / "reference"), CH)["shards"]]
+    assert read_record(store, CH)["shards"] == [
+        s for s in read_record(LocalStore(tmp_path / "reference"), CH)["shards"]
+    ]
 
     resumed = _build(store, tmp_path)
     assert resumed.resumed_shards == 1 and len(store.reads) == 8  # the 4 rows of the finished new shard not read again
@@ -414,6 +513,7 @@ def test_a_killed_incremental_build_resumes(tmp_path, small_row_groups):
 
 # ---- the load_from_disk route from the command line ---------------------------------------------
 
+
 def test_cli_save_to_disk_writes_the_copy_from_the_store(tmp_path, small_row_groups):
     store = CountingStore(tmp_path / "store")
     for channel in ("chan_x", "chan_y"):
@@ -426,7 +526,9 @@ def test_cli_save_to_disk_writes_the_copy_from_the_store(tmp_path, small_row_gro
     disk = tmp_path / "store" / "hf_dataset_disk"
     assert f"all channels: {disk}" in out.stdout and f"channel chan_x: {disk / 'chan_x'}" in out.stdout
     assert sorted(load_from_disk(str(disk))["audio_id"]) == sorted([f"r_seg_{i:02d}" for i in range(6)] * 2)
-    assert load_from_disk(str(disk / "chan_y"))["audio_id"] == [a for a, _ in _rows(tmp_path / "store", "chan_y", tmp_path / "c")]
+    assert load_from_disk(str(disk / "chan_y"))["audio_id"] == [
+        a for a, _ in _rows(tmp_path / "store", "chan_y", tmp_path / "c")
+    ]
     arrows = {o.key: o.version for o in store.list("hf_dataset_disk/") if o.key.endswith(".arrow")}
     assert len(arrows) == 4  # one per Parquet shard (6 rows in shards of 4)
 

@@ -18,18 +18,29 @@ from dagster import DagsterInstance, Failure, build_asset_context, instance_for_
 
 from neutts_assets import read_segment
 from neutts_assets.cli import main as cli_main
-from neutts_assets.pipeline.segments.cutting import CutRules, StreamCutter
+from neutts_assets.defs.resources import SegmentStore, SourceBucket
+from neutts_assets.defs.segments.segments_npz import SegmentsConfig, segments_npz
 from neutts_assets.pipeline.inventory.source_layout import (
-    CHANNEL_SPECIAL_CHARACTERS, ChannelLayout, UnsafeNameError, check_channel_name, check_name,
+    CHANNEL_SPECIAL_CHARACTERS,
+    ChannelLayout,
+    UnsafeNameError,
+    check_channel_name,
+    check_name,
 )
 from neutts_assets.pipeline.inventory.source_watch import changed_channels
 from neutts_assets.pipeline.inventory.transcripts import DEFAULT_LABELS, is_visibly_empty, parse_transcript
-from neutts_assets.defs.segments.segments_npz import SegmentsConfig, segments_npz
-from neutts_assets.defs.resources import SegmentStore, SourceBucket
+from neutts_assets.pipeline.segments.cutting import CutRules, StreamCutter
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.helpers import (
-    DEMO_IDS, asset_metadata, audio_key, clean_env, demo_audio, make_resources, populate_source, run_stage1, transcript_key,
+    DEMO_IDS,
+    asset_metadata,
+    audio_key,
+    clean_env,
+    demo_audio,
+    make_resources,
+    populate_source,
+    run_stage1,
+    transcript_key,
 )
 from neutts_assets_tests.test_new_audio_sensor import MAPPING, Watcher, runs
 
@@ -46,12 +57,25 @@ def _seg(**labels) -> dict:
 
 # --- labels -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("field", sorted(DEFAULT_LABELS))
-@pytest.mark.parametrize("value, expected", [
-    (42, "42"), (42.0, "42"), (-3, "-3"), (0, "0"), (-0.0, "0"), (1e15, "1000000000000000"),
-    (2 ** 53, str(2 ** 53)), (12345678901234567890, "12345678901234567890"),  # JSON ints are exact at any size
-    ("42", "42"), ("42.0", "42.0"), (" SPEAKER_01 ", "SPEAKER_01"), ("خليجي", "خليجي"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (42, "42"),
+        (42.0, "42"),
+        (-3, "-3"),
+        (0, "0"),
+        (-0.0, "0"),
+        (1e15, "1000000000000000"),
+        (2**53, str(2**53)),
+        (12345678901234567890, "12345678901234567890"),  # JSON ints are exact at any size
+        ("42", "42"),
+        ("42.0", "42.0"),
+        (" SPEAKER_01 ", "SPEAKER_01"),
+        ("خليجي", "خليجي"),
+    ],
+)
 def test_label_conversion_table(field, value, expected):
     (s,), problems = _parse(_seg(**{field: value}))
     assert problems == [] and getattr(s, field) == expected
@@ -67,11 +91,20 @@ def test_null_missing_and_blank_labels_get_the_default(field, value):
 
 
 @pytest.mark.parametrize("field", sorted(DEFAULT_LABELS))
-@pytest.mark.parametrize("value, words", [
-    (True, "boolean (True)"), (False, "boolean (False)"), (42.5, "fraction (42.5)"), (0.1, "fraction (0.1)"),
-    (1e300, "too large"), (2.0 ** 53 * 4, "too large"), ([1, 2], "list ([1, 2])"), ({"id": 7}, "JSON object ({'id': 7})"),
-    (["x" * 100], "list (['xxxxxxxxx"),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (True, "boolean (True)"),
+        (False, "boolean (False)"),
+        (42.5, "fraction (42.5)"),
+        (0.1, "fraction (0.1)"),
+        (1e300, "too large"),
+        (2.0**53 * 4, "too large"),
+        ([1, 2], "list ([1, 2])"),
+        ({"id": 7}, "JSON object ({'id': 7})"),
+        (["x" * 100], "list (['xxxxxxxxx"),
+    ],
+)
 def test_labels_without_one_spelling_refuse_the_segment(field, value, words):
     good = {"start_ms": 2000, "end_ms": 3000, "text": "kept"}
     segments, problems = _parse(_seg(**{field: value}), good)
@@ -83,15 +116,21 @@ def test_labels_without_one_spelling_refuse_the_segment(field, value, words):
 
 def test_non_finite_numbers_cannot_reach_a_label():
     # json.dumps writes NaN / Infinity, which Python's json reads back as floats
-    for raw in (b'[{"start_ms": 0, "end_ms": 1000, "text": "x", "speaker_id": NaN}]',
-                b'[{"start_ms": 0, "end_ms": 1000, "text": "x", "tone": -Infinity}]'):
+    for raw in (
+        b'[{"start_ms": 0, "end_ms": 1000, "text": "x", "speaker_id": NaN}]',
+        b'[{"start_ms": 0, "end_ms": 1000, "text": "x", "tone": -Infinity}]',
+    ):
         segments, (p,) = parse_transcript(raw, "t.json")
         assert segments == [] and p.kind == "bad label" and "not finite" in p.reason
 
 
 def test_42_and_42_point_0_are_one_speaker_and_the_string_42_0_is_another():
-    segs, problems = _parse(_seg(speaker_id=42), {**_seg(speaker_id=42.0), "text": "b"},
-                            {**_seg(speaker_id="42"), "text": "c"}, {**_seg(speaker_id="42.0"), "text": "d"})
+    segs, problems = _parse(
+        _seg(speaker_id=42),
+        {**_seg(speaker_id=42.0), "text": "b"},
+        {**_seg(speaker_id="42"), "text": "c"},
+        {**_seg(speaker_id="42.0"), "text": "d"},
+    )
     assert problems == []
     assert [s.speaker_id for s in segs] == ["42", "42", "42", "42.0"]
 
@@ -100,7 +139,9 @@ def test_notes_list_every_conversion_in_field_order():
     (s,), _ = _parse(_seg(speaker_id=42.0, gender="male", dialect=7, tone=None))
     assert s.notes == ("speaker_id: number 42.0 written as '42'", "dialect: number 7 written as '7'")
     (s,), _ = _parse(_seg(speaker_id="S1", gender=ZWSP))
-    assert s.gender == "unknown" and s.notes == ("gender: only invisible characters (U+200B), written as the default 'unknown'",)
+    assert s.gender == "unknown" and s.notes == (
+        "gender: only invisible characters (U+200B), written as the default 'unknown'",
+    )
     (s,), _ = _parse(_seg(speaker_id="S1"))
     assert s.notes == ()
 
@@ -112,9 +153,33 @@ def test_a_refused_segment_is_no_original_for_a_later_copy():
 
 # --- visibly empty text ------------------------------------------------------------------------
 
-INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u061c", "\u202a", "\u202b", "\u202c", "\u202d",
-             "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\u2060", "\ufeff", "\u00ad", "\u2028", "\u3000",
-             "\u00a0", "\t", "\u3164", "\ufe0f", "\U000e0001"]
+INVISIBLE = [
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u200e",
+    "\u200f",
+    "\u061c",
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\u2060",
+    "\ufeff",
+    "\u00ad",
+    "\u2028",
+    "\u3000",
+    "\u00a0",
+    "\t",
+    "\u3164",
+    "\ufe0f",
+    "\U000e0001",
+]
 
 
 @pytest.mark.parametrize("c", INVISIBLE)
@@ -157,12 +222,52 @@ def test_invisible_only_text_is_skipped_exactly_as_empty_text():
 
 # --- channel names -----------------------------------------------------------------------------
 
-SPECIAL = list("[]*?{},!#|:\"'\\") + ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u200f", "\u2028", "\u00a0", "`", "<", ">"]
-BAD_CHANNELS = ([f"chan{c}nel" for c in SPECIAL] + [" lead", "trail ", " ", "", "..", "a..b", ".hidden", "a/b", "x" * 201,
-                                                     "a[0-9]", "{a,b}", "a: b", "# title", "a|b",
-                                                     "all", "text_codes", "ALL"])  # the card's own configs
-GOOD_CHANNELS = ["Atheer_-", "ZadTVchannel", "demo_librivox", "Atheer - أثير", "قناة الجزيرة", "a.b", "my-channel_2",
-                 "x" * 200, "all_news", "text_codes2"]
+SPECIAL = list("[]*?{},!#|:\"'\\") + [
+    "\n",
+    "\r",
+    "\t",
+    "\x00",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\u200f",
+    "\u2028",
+    "\u00a0",
+    "`",
+    "<",
+    ">",
+]
+BAD_CHANNELS = [f"chan{c}nel" for c in SPECIAL] + [
+    " lead",
+    "trail ",
+    " ",
+    "",
+    "..",
+    "a..b",
+    ".hidden",
+    "a/b",
+    "x" * 201,
+    "a[0-9]",
+    "{a,b}",
+    "a: b",
+    "# title",
+    "a|b",
+    "all",
+    "text_codes",
+    "ALL",
+]  # the card's own configs
+GOOD_CHANNELS = [
+    "Atheer_-",
+    "ZadTVchannel",
+    "demo_librivox",
+    "Atheer - أثير",
+    "قناة الجزيرة",
+    "a.b",
+    "my-channel_2",
+    "x" * 200,
+    "all_news",
+    "text_codes2",
+]
 
 
 def test_every_listed_special_character_is_in_the_rule():
@@ -205,9 +310,13 @@ def test_add_channel_command_refuses_a_glob_name_and_adds_nothing(tmp_path):
     home.mkdir()
     env = clean_env(DAGSTER_HOME=str(home))
     exe = [sys.executable, "-m", "neutts_assets"]
-    proc = subprocess.run([*exe, "add-channel", "good_one", "bad[1]"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*exe, "add-channel", "good_one", "bad[1]"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2 and "'bad[1]'" in proc.stderr and "'['" in proc.stderr, proc.stderr[-2000:]
-    proc = subprocess.run([*exe, "add-channel", "good_one", "Atheer_-"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*exe, "add-channel", "good_one", "Atheer_-"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with DagsterInstance.from_config(str(home)) as instance:
         assert sorted(instance.get_dynamic_partitions("channels")) == ["Atheer_-", "good_one"]
@@ -240,22 +349,31 @@ def test_sensor_skips_a_bad_channel_folder_and_still_handles_a_good_one(instance
     assert "characters special to globs, paths or the dataset card" in message
 
     populate_source(gcs_store, "Atheer_-", MAPPING["Atheer_-"], ids=DEMO_IDS[:1])
-    gcs_store.write_bytes(audio_key("bad[1]", "late" + demo_audio(DEMO_IDS[1]).suffix), demo_audio(DEMO_IDS[1]).read_bytes())
+    gcs_store.write_bytes(
+        audio_key("bad[1]", "late" + demo_audio(DEMO_IDS[1]).suffix), demo_audio(DEMO_IDS[1]).read_bytes()
+    )
     result = w.tick()
     assert runs(result).keys() == {"Atheer_-"}
     assert instance.get_dynamic_partitions("channels") == ["Atheer_-"]
-    assert "1 new or changed transcript(s), 1 new or changed audio object(s)" in result.run_requests[0].tags["neutts/sensor-found"]
+    assert (
+        "1 new or changed transcript(s), 1 new or changed audio object(s)"
+        in result.run_requests[0].tags["neutts/sensor-found"]
+    )
 
 
 # --- stage 1 -----------------------------------------------------------------------------------
+
 
 def test_segments_npz_fails_a_bad_partition_before_writing_anything(tmp_path):
     store_root = tmp_path / "store"
     store_root.mkdir()
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("channels", ["bad[1]"])
-        ctx = build_asset_context(partition_key="bad[1]", instance=instance, resources={
-            "source": SourceBucket(url=str(tmp_path / "src")), "store": SegmentStore(url=str(store_root))})
+        ctx = build_asset_context(
+            partition_key="bad[1]",
+            instance=instance,
+            resources={"source": SourceBucket(url=str(tmp_path / "src")), "store": SegmentStore(url=str(store_root))},
+        )
         with pytest.raises(Failure) as info:
             segments_npz(ctx, config=SegmentsConfig(), raw_audio={})
     assert "channel 'bad[1]' cannot be processed" in info.value.description and "'['" in info.value.description
@@ -295,7 +413,7 @@ def test_stage1_writes_numeric_speaker_ids_as_one_speaker_and_notes_it(tmp_path,
     assert [segs[i].speaker_id for i in (0, 1, 3)] == ["42", "42", "42"]
     assert segs[1].dialect == "3"
     assert segs[3].text.encode() == arabic.encode()  # visible text keeps its marks byte for byte
-    assert not any(o.key.endswith((f"_seg_2.npz", f"_seg_4.npz")) for o in store.list("stage1/ch/"))
+    assert not any(o.key.endswith(("_seg_2.npz", "_seg_4.npz")) for o in store.list("stage1/ch/"))
     assert meta["segments_written"] == 3 and meta["segments_skipped"] == 2
 
     notes = meta["input_notes"]
@@ -310,15 +428,29 @@ def test_stage1_writes_numeric_speaker_ids_as_one_speaker_and_notes_it(tmp_path,
 
 # --- the dataset card --------------------------------------------------------------------------
 
+
 def test_the_card_lists_no_config_for_a_bad_channel_and_stays_loadable_for_the_others():
     from neutts_assets.pipeline.dataset.card import ALL_CONFIG, TEXT_CODES_CONFIG, _configs_yaml
 
     def record(channel):
-        return {"channel": channel, "shards": [{"path": f"data/{channel}/part-0.parquet", "bytes": 10}], "stats": {"rows": 3}}
+        return {
+            "channel": channel,
+            "shards": [{"path": f"data/{channel}/part-0.parquet", "bytes": 10}],
+            "stats": {"rows": 3},
+        }
 
-    records = [record("Atheer_-"), record("bad: [x]"), record("a|b"), record("قناة"), record("all"), record("text_codes")]
-    foreign = {"other": {"paths": ["data/other/p.parquet"], "num_examples": 1, "num_bytes": 5},
-               "also*bad": {"paths": ["data/also*bad/p.parquet"], "num_examples": 1, "num_bytes": 5}}
+    records = [
+        record("Atheer_-"),
+        record("bad: [x]"),
+        record("a|b"),
+        record("قناة"),
+        record("all"),
+        record("text_codes"),
+    ]
+    foreign = {
+        "other": {"paths": ["data/other/p.parquet"], "num_examples": 1, "num_bytes": 5},
+        "also*bad": {"paths": ["data/also*bad/p.parquet"], "num_examples": 1, "num_bytes": 5},
+    }
     configs, infos = _configs_yaml(records, foreign)
     assert sorted(configs) == sorted([ALL_CONFIG, TEXT_CODES_CONFIG, "Atheer_-", "other", "قناة"]) == sorted(infos)
     (split,) = configs[ALL_CONFIG]["data_files"]

@@ -45,26 +45,47 @@ class Deployment:
 
     def add_channel(self, channel: str) -> None:
         populate_source(self.source, channel, ids=REC)
-        out = self.gql("""mutation($repo: RepositorySelector!, $key: String!) {
+        out = self.gql(
+            """mutation($repo: RepositorySelector!, $key: String!) {
             addDynamicPartition(repositorySelector: $repo, partitionsDefName: "channels", partitionKey: $key) { __typename } }""",
-                       repo=REPO_SELECTOR, key=channel)["addDynamicPartition"]
+            repo=REPO_SELECTOR,
+            key=channel,
+        )["addDynamicPartition"]
         assert out["__typename"] == "AddDynamicPartitionSuccess", out
 
-    def launch(self, assets: list[str], channel: str, tags: dict | None = None, run_config: dict | None = None, job: str = "__ASSET_JOB") -> str:
+    def launch(
+        self,
+        assets: list[str],
+        channel: str,
+        tags: dict | None = None,
+        run_config: dict | None = None,
+        job: str = "__ASSET_JOB",
+    ) -> str:
         """A launch as the UI's Materialize button makes it: the implicit asset job, a partition tag."""
         tags = {"dagster/partition": channel, **(tags or {})}
-        out = self.gql("""mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
+        out = self.gql(
+            """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
             __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on InvalidSubsetError { message } } }""",
-                       params={"selector": {**REPO_SELECTOR, "pipelineName": job,
-                                            **({"assetSelection": [{"path": [a]} for a in assets]} if assets else {})},
-                               "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
-                               "runConfigData": run_config or {}, "mode": "default"})["launchPipelineExecution"]
+            params={
+                "selector": {
+                    **REPO_SELECTOR,
+                    "pipelineName": job,
+                    **({"assetSelection": [{"path": [a]} for a in assets]} if assets else {}),
+                },
+                "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+                "runConfigData": run_config or {},
+                "mode": "default",
+            },
+        )["launchPipelineExecution"]
         assert out["__typename"] == "LaunchRunSuccess", out
         return out["run"]["runId"]
 
     def run(self, run_id: str) -> dict:
-        run = self.gql("""query($id: ID!) { runOrError(runId: $id) { ... on Run {
-            runId status startTime endTime tags { key value } assetSelection { path } } } }""", id=run_id)["runOrError"]
+        run = self.gql(
+            """query($id: ID!) { runOrError(runId: $id) { ... on Run {
+            runId status startTime endTime tags { key value } assetSelection { path } } } }""",
+            id=run_id,
+        )["runOrError"]
         run["tags"] = {t["key"]: t["value"] for t in run["tags"]}
         run["assets"] = sorted(a["path"][0] for a in run["assetSelection"] or [])
         return run
@@ -73,35 +94,56 @@ class Deployment:
         return wait_for(lambda: (r := self.run(run_id))["status"] in TERMINAL and r, f"run {run_id}", timeout)
 
     def runs_with_tag(self, key: str, value: str) -> list[dict]:
-        out = self.gql("""query($key: String!, $value: String!) { runsOrError(filter: {tags: [{key: $key, value: $value}]}) {
-            ... on Runs { results { runId } } } }""", key=key, value=value)["runsOrError"]["results"]
+        out = self.gql(
+            """query($key: String!, $value: String!) { runsOrError(filter: {tags: [{key: $key, value: $value}]}) {
+            ... on Runs { results { runId } } } }""",
+            key=key,
+            value=value,
+        )["runsOrError"]["results"]
         return [self.run(r["runId"]) for r in out]
 
     def probe_metadata(self, channel: str) -> list[dict]:
-        node = self.gql("""query($p: [String!]) { assetNodeOrError(assetKey: {path: ["h200_probe"]}) { ... on AssetNode {
+        node = self.gql(
+            """query($p: [String!]) { assetNodeOrError(assetKey: {path: ["h200_probe"]}) { ... on AssetNode {
             assetMaterializations(partitions: $p) { runId metadataEntries { label
-              ... on TextMetadataEntry { text } ... on FloatMetadataEntry { floatValue } } } } } }""", p=[channel])["assetNodeOrError"]
-        return [{"runId": m["runId"], **{e["label"]: e.get("text", e.get("floatValue")) for e in m["metadataEntries"]}}
-                for m in node["assetMaterializations"]]
+              ... on TextMetadataEntry { text } ... on FloatMetadataEntry { floatValue } } } } } }""",
+            p=[channel],
+        )["assetNodeOrError"]
+        return [
+            {"runId": m["runId"], **{e["label"]: e.get("text", e.get("floatValue")) for e in m["metadataEntries"]}}
+            for m in node["assetMaterializations"]
+        ]
 
     def partition_status(self, asset: str) -> dict:
-        node = self.gql("""query($a: [String!]!) { assetNodeOrError(assetKey: {path: $a}) { ... on AssetNode {
+        node = self.gql(
+            """query($a: [String!]!) { assetNodeOrError(assetKey: {path: $a}) { ... on AssetNode {
             assetPartitionStatuses { ... on DefaultPartitionStatuses {
-              materializedPartitions failedPartitions materializingPartitions unmaterializedPartitions } } } } }""", a=[asset])
+              materializedPartitions failedPartitions materializingPartitions unmaterializedPartitions } } } } }""",
+            a=[asset],
+        )
         return node["assetNodeOrError"]["assetPartitionStatuses"]
 
     def backfill(self, assets: list[str], channels: list[str]) -> str:
-        out = self.gql("""mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+        out = self.gql(
+            """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
             __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
-                       p={"partitionNames": channels, "assetSelection": [{"path": [a]} for a in assets]})["launchPartitionBackfill"]
+            p={"partitionNames": channels, "assetSelection": [{"path": [a]} for a in assets]},
+        )["launchPartitionBackfill"]
         assert out["__typename"] == "LaunchBackfillSuccess", out
         return out["backfillId"]
 
     def wait_backfill(self, backfill_id: str, timeout: float = 420) -> str:
         def done():
-            status = self.gql("""query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }""",
-                              id=backfill_id)["partitionBackfillOrError"]["status"]
-            return status if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED") else None
+            status = self.gql(
+                """query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }""",
+                id=backfill_id,
+            )["partitionBackfillOrError"]["status"]
+            return (
+                status
+                if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+                else None
+            )
+
         return wait_for(done, f"backfill {backfill_id}", timeout)
 
 
@@ -113,26 +155,42 @@ def deployment(tmp_path_factory, gcs_endpoint, s3_endpoint):
 
     tmp = tmp_path_factory.mktemp("deployment")
     gcs_client = storage.Client(project="test", credentials=AnonymousCredentials())
-    s3_client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id=S3_ACCESS,
-                             aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+    s3_client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=S3_ACCESS,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
     gcs_client.create_bucket("routing-source")
     s3_client.create_bucket(Bucket="routing-store")
     procs = Processes(tmp)
     with postgres_server() as pg, redis_server(tmp) as redis_url:
         base = clean_env(
             **pg,
-            NEUTTS_CELERY_BROKER=f"{redis_url}/0", NEUTTS_CELERY_BACKEND=f"{redis_url}/1",
-            NEUTTS_H200_CONCURRENT_RUNS="1", NEUTTS_T4_CONCURRENT_RUNS="2",
-            NEUTTS_SOURCE="gs://routing-source", NEUTTS_STORE="s3://routing-store/neutts_segments",
-            S3_ENDPOINT_URL=s3_endpoint, S3_ACCESS_KEY=S3_ACCESS, S3_SECRET_KEY=S3_SECRET, S3_REGION="us-east-1",
+            NEUTTS_CELERY_BROKER=f"{redis_url}/0",
+            NEUTTS_CELERY_BACKEND=f"{redis_url}/1",
+            NEUTTS_H200_CONCURRENT_RUNS="1",
+            NEUTTS_T4_CONCURRENT_RUNS="2",
+            NEUTTS_SOURCE="gs://routing-source",
+            NEUTTS_STORE="s3://routing-store/neutts_segments",
+            S3_ENDPOINT_URL=s3_endpoint,
+            S3_ACCESS_KEY=S3_ACCESS,
+            S3_SECRET_KEY=S3_SECRET,
+            S3_REGION="us-east-1",
             # the new-audio sensor runs in the daemon, watching one channel so other tests' channels start nothing
-            NEUTTS_WATCH_ENABLED="1", NEUTTS_WATCH_INTERVAL_S="5", NEUTTS_WATCH_CHANNELS=SENSED,
+            NEUTTS_WATCH_ENABLED="1",
+            NEUTTS_WATCH_INTERVAL_S="5",
+            NEUTTS_WATCH_CHANNELS=SENSED,
             # encoded_segments with the real NeuCodec architecture, small and random-weight (no Hub here)
-            NEUTTS_CODEC="random", NEUTTS_CODEC_DEVICE="cpu",
+            NEUTTS_CODEC="random",
+            NEUTTS_CODEC_DEVICE="cpu",
         )
         workspace = tmp / "workspace.yaml"
-        workspace.write_text("load_from:\n  - python_module:\n      module_name: neutts_assets_tests.routing_location\n"
-                             "      location_name: neutts_assets\n")
+        workspace.write_text(
+            "load_from:\n  - python_module:\n      module_name: neutts_assets_tests.routing_location\n"
+            "      location_name: neutts_assets\n"
+        )
 
         def home(name: str) -> dict:
             h = tmp / name
@@ -148,31 +206,81 @@ def deployment(tmp_path_factory, gcs_endpoint, s3_endpoint):
         Definitions.validate_loadable(routing_location.defs)
         server_env = home("home_server")
         import subprocess
-        subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=server_env, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+
+        subprocess.run(
+            [str(BIN / "dagster"), "instance", "migrate"],
+            env=server_env,
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         port = free_port()
-        web, web_log = procs.start("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)], server_env, REPO)
-        daemon, daemon_log = procs.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], server_env, REPO)
+        web, web_log = procs.start(
+            "webserver",
+            [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)],
+            server_env,
+            REPO,
+        )
+        daemon, daemon_log = procs.start(
+            "daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], server_env, REPO
+        )
         # One run per worker process (`--pool=solo`), as in README: Celery's prefork children are
         # daemonic and cannot start the step processes of Dagster's multiprocess executor, and runs
         # in threads of one process fight over the process's stdout when their logs are captured.
         # Two H200 workers, so only the run queue can be what holds the H200 to one run.
         workers = {"t4-worker": "t4", "h200-worker-1": "h200", "h200-worker-2": "h200"}
         for name, machine in workers.items():
-            procs.start(name, [
-                str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(REPO / "deploy" / "celery.yaml"),
-                "-q", machine, "-n", name, "-i", "neutts_assets.defs.orchestration.worker", "--", "--pool=solo",
-            ], {**home(f"home_{name}"), "NEUTTS_MACHINE": machine, "PATH": f"{BIN}:{base.get('PATH', '')}"}, REPO)
+            procs.start(
+                name,
+                [
+                    str(BIN / "dagster-celery"),
+                    "worker",
+                    "start",
+                    "-A",
+                    "dagster_celery.app",
+                    "-y",
+                    str(REPO / "deploy" / "celery.yaml"),
+                    "-q",
+                    machine,
+                    "-n",
+                    name,
+                    "-i",
+                    "neutts_assets.defs.orchestration.worker",
+                    "--",
+                    "--pool=solo",
+                ],
+                {**home(f"home_{name}"), "NEUTTS_MACHINE": machine, "PATH": f"{BIN}:{base.get('PATH', '')}"},
+                REPO,
+            )
         try:
             url = f"http://127.0.0.1:{port}/graphql"
-            wait_for(lambda: requests.post(url, json={"query": "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"},
-                                           timeout=5).json()["data"]["repositoriesOrError"]["nodes"], "dagster-webserver", 240, web, web_log)
+            wait_for(
+                lambda: requests.post(
+                    url,
+                    json={"query": "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"},
+                    timeout=5,
+                ).json()["data"]["repositoriesOrError"]["nodes"],
+                "dagster-webserver",
+                240,
+                web,
+                web_log,
+            )
             from celery import Celery
 
             app = Celery(broker=f"{redis_url}/0", backend=f"{redis_url}/1")
-            wait_for(lambda: {n.split("@")[0] for r in app.control.ping(timeout=1.0) for n in r} >= set(workers),
-                     "the Celery workers", 240)
+            wait_for(
+                lambda: {n.split("@")[0] for r in app.control.ping(timeout=1.0) for n in r} >= set(workers),
+                "the Celery workers",
+                240,
+            )
             assert daemon.poll() is None, daemon_log.read_text()[-3000:]
-            deployment = Deployment(url, base, GCSStore(gcs_client, "routing-source"), S3Store(s3_client, "routing-store", "neutts_segments"), redis_url)
+            deployment = Deployment(
+                url,
+                base,
+                GCSStore(gcs_client, "routing-source"),
+                S3Store(s3_client, "routing-store", "neutts_segments"),
+                redis_url,
+            )
             deployment.workspace, deployment.server_env = workspace, server_env
             yield deployment
         finally:
@@ -206,7 +314,9 @@ def test_stage1_launched_from_the_ui_runs_on_the_t4_worker(deployment):
 def test_the_sensor_adds_a_new_channel_and_its_run_goes_to_the_t4(deployment):
     populate_source(deployment.source, SENSED, ids=REC)
     sensed = lambda: deployment.runs_with_tag("dagster/sensor_name", "new_audio_sensor")  # noqa: E731
-    (run,) = wait_for(lambda: (rs := sensed()) and all(r["status"] in TERMINAL for r in rs) and rs, "the sensor's run", 300)
+    (run,) = wait_for(
+        lambda: (rs := sensed()) and all(r["status"] in TERMINAL for r in rs) and rs, "the sensor's run", 300
+    )
     assert run["status"] == "SUCCESS" and run["tags"]["dagster/partition"] == SENSED
     assert run["tags"]["machine"] == "t4" and executed_on(run) == "t4"
     assert "new channel" in run["tags"]["neutts/sensor-found"]
@@ -252,9 +362,14 @@ def test_an_unknown_machine_tag_fails_the_run_with_the_reason_instead_of_guessin
     deployment.add_channel("ch_u")
     run = deployment.wait(deployment.launch(STAGE1, "ch_u", tags={"machine": "a100"}), timeout=60)
     assert run["status"] == "FAILURE" and "neutts/worker" not in run["tags"]
-    messages = deployment.gql("""query($id: ID!) { runOrError(runId: $id) { ... on Run { eventConnection { events {
-        __typename ... on MessageEvent { message } } } } } }""", id=run["runId"])["runOrError"]["eventConnection"]["events"]
-    assert any("Cannot route this run" in (e.get("message") or "") and "'a100'" in e["message"] for e in messages), messages
+    messages = deployment.gql(
+        """query($id: ID!) { runOrError(runId: $id) { ... on Run { eventConnection { events {
+        __typename ... on MessageEvent { message } } } } } }""",
+        id=run["runId"],
+    )["runOrError"]["eventConnection"]["events"]
+    assert any("Cannot route this run" in (e.get("message") or "") and "'a100'" in e["message"] for e in messages), (
+        messages
+    )
 
 
 def test_a_run_over_both_classes_goes_to_the_h200_never_the_t4(deployment):
@@ -276,12 +391,19 @@ def test_three_channel_backfill_runs_each_stage_on_its_machine_and_resumes_after
     # one run per channel and machine class, each on its machine (the failed one too)
     runs = deployment.runs_with_tag("dagster/backfill", first)
     by_stage = {(partition(r), tuple(r["assets"])): r for r in runs}
-    assert len(runs) == 6 and set(by_stage) == {(c, a) for c in channels for a in (tuple(STAGE1), ("h200_probe",))}, by_stage.keys()
+    assert len(runs) == 6 and set(by_stage) == {(c, a) for c in channels for a in (tuple(STAGE1), ("h200_probe",))}, (
+        by_stage.keys()
+    )
     for (channel, assets), run in by_stage.items():
-        assert run["tags"]["neutts/channel"] == channel  # the queue's one-run-per-channel limit sees range-tagged runs too
+        assert (
+            run["tags"]["neutts/channel"] == channel
+        )  # the queue's one-run-per-channel limit sees range-tagged runs too
         want = "h200" if assets == ("h200_probe",) else "t4"
         assert run["tags"]["machine"] == want and executed_on(run) == want, (channel, run["tags"])
-        assert run["status"] == ("FAILURE" if (channel, assets) == ("bf_3", ("h200_probe",)) else "SUCCESS"), (channel, assets)
+        assert run["status"] == ("FAILURE" if (channel, assets) == ("bf_3", ("h200_probe",)) else "SUCCESS"), (
+            channel,
+            assets,
+        )
 
     # the per-channel status shows which channel failed at which stage
     probe = deployment.partition_status("h200_probe")
@@ -290,13 +412,18 @@ def test_three_channel_backfill_runs_each_stage_on_its_machine_and_resumes_after
 
     # resume: Re-execute from failure on the backfill page
     deployment.store.delete(FAIL_PREFIX + "bf_3")
-    out = deployment.gql("""mutation($id: String!) { reexecutePartitionBackfill(reexecutionParams: {parentRunId: $id, strategy: FROM_FAILURE}) {
-        __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""", id=first)["reexecutePartitionBackfill"]
+    out = deployment.gql(
+        """mutation($id: String!) { reexecutePartitionBackfill(reexecutionParams: {parentRunId: $id, strategy: FROM_FAILURE}) {
+        __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
+        id=first,
+    )["reexecutePartitionBackfill"]
     assert out["__typename"] == "LaunchBackfillSuccess", out
     assert deployment.wait_backfill(out["backfillId"]) in ("COMPLETED", "COMPLETED_SUCCESS")
     resumed = deployment.runs_with_tag("dagster/backfill", out["backfillId"])
     # only the failed channel's failed stage ran again, on its machine; nothing finished was redone
-    assert [(partition(r), r["assets"], executed_on(r), r["status"]) for r in resumed] == [("bf_3", ["h200_probe"], "h200", "SUCCESS")]
+    assert [(partition(r), r["assets"], executed_on(r), r["status"]) for r in resumed] == [
+        ("bf_3", ["h200_probe"], "h200", "SUCCESS")
+    ]
     assert set(channels) <= set(deployment.partition_status("h200_probe")["materializedPartitions"])
 
 
@@ -306,13 +433,39 @@ def test_a_backfill_from_the_cli_runs_on_the_t4(deployment):
         deployment.add_channel(c)
     import subprocess
 
-    out = subprocess.run([str(BIN / "dagster"), "job", "backfill", "-w", str(deployment.workspace), "-j", "stage1",
-                          "--partitions", ",".join(channels), "--noprompt"],
-                         env=deployment.server_env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            str(BIN / "dagster"),
+            "job",
+            "backfill",
+            "-w",
+            str(deployment.workspace),
+            "-j",
+            "stage1",
+            "--partitions",
+            ",".join(channels),
+            "--noprompt",
+        ],
+        env=deployment.server_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    runs = wait_for(lambda: (rs := [r for c in channels for r in deployment.runs_with_tag("dagster/partition", c)])
-                    and len(rs) == 2 and all(r["status"] in TERMINAL for r in rs) and rs, "the CLI backfill's runs", 300)
-    assert all(r["status"] == "SUCCESS" and "dagster/backfill" in r["tags"] and executed_on(r) == "t4" for r in runs), runs
+    runs = wait_for(
+        lambda: (
+            (rs := [r for c in channels for r in deployment.runs_with_tag("dagster/partition", c)])
+            and len(rs) == 2
+            and all(r["status"] in TERMINAL for r in rs)
+            and rs
+        ),
+        "the CLI backfill's runs",
+        300,
+    )
+    assert all(r["status"] == "SUCCESS" and "dagster/backfill" in r["tags"] and executed_on(r) == "t4" for r in runs), (
+        runs
+    )
 
 
 def test_h200_runs_one_at_a_time_while_the_t4_keeps_working(deployment):
@@ -339,7 +492,12 @@ def test_h200_runs_one_at_a_time_while_the_t4_keeps_working(deployment):
     runs = [deployment.run(r) for r in gpu_runs]
     assert all(r["status"] == "SUCCESS" and executed_on(r) == "h200" for r in runs)
     # the steps themselves, timed inside the worker, never overlapped
-    steps = sorted((m["step_started"], m["step_finished"]) for c in gpu_channels for m in deployment.probe_metadata(c) if m["runId"] in gpu_runs)
+    steps = sorted(
+        (m["step_started"], m["step_finished"])
+        for c in gpu_channels
+        for m in deployment.probe_metadata(c)
+        if m["runId"] in gpu_runs
+    )
     assert len(steps) == 5 and all(a[1] <= b[0] for a, b in zip(steps, steps[1:])), steps
     # the T4 run did not wait for the H200 queue
     cpu = deployment.wait(cpu_run)

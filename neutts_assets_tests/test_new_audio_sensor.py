@@ -12,11 +12,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from dagster import SensorResult, build_sensor_context, instance_for_test
 
-from neutts_assets.pipeline.inventory.source_watch import WatchCursor, changed_channels, new_objects
 from neutts_assets.defs.inventory.sensors import FOUND_TAG, SourceWatchSettings, new_audio_sensor
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
+from neutts_assets.pipeline.inventory.source_watch import WatchCursor, changed_channels, new_objects
 from neutts_assets.storage.store import ObjectInfo
-
 from neutts_assets_tests.helpers import DEMO_IDS, audio_key, demo_audio, populate_source, transcript_key
 
 MAPPING = {"Atheer_-": "Atheer - أثير"}
@@ -159,7 +158,9 @@ def test_cursor_round_trips_and_forgets_what_is_far_below_the_watermark():
 def test_audio_in_a_shared_folder_belongs_to_every_channel_that_maps_to_it():
     report = changed_channels(
         [obj("shared/audio/x.wav", "1", 1), obj("elsewhere/file.txt", "1", 1)],
-        channels=["a", "b"], known_partitions=["a", "b"], mapping={"a": "shared", "b": "shared"},
+        channels=["a", "b"],
+        known_partitions=["a", "b"],
+        mapping={"a": "shared", "b": "shared"},
     )
     assert [c.channel for c in report.changes] == ["a", "b"] and report.ignored == 1
 

@@ -15,9 +15,16 @@ from dagster import DagsterInstance
 
 from neutts_assets import read_segment
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.helpers import (
-    DEMO_IDS, DEMO_TRANSCRIPTS, asset_metadata, audio_key, clean_env, demo_audio, make_resources, run_stage1, transcript_key,
+    DEMO_IDS,
+    DEMO_TRANSCRIPTS,
+    asset_metadata,
+    audio_key,
+    clean_env,
+    demo_audio,
+    make_resources,
+    run_stage1,
+    transcript_key,
 )
 
 CHANNEL = "kill_me"
@@ -50,9 +57,23 @@ def test_sigkill_then_resume(tmp_path):
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "neutts-assets"), "add-channel", CHANNEL], env=env, check=True, capture_output=True)
     proc = subprocess.Popen(
-        [str(bin_dir / "dagster"), "asset", "materialize", "-m", "neutts_assets.definitions", "--select", "raw_audio,segments_npz",
-         "--partition", CHANNEL, "--config-json", json.dumps({"ops": {"segments_npz": {"config": {"workers": 1}}}})],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(bin_dir / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "neutts_assets.definitions",
+            "--select",
+            "raw_audio,segments_npz",
+            "--partition",
+            CHANNEL,
+            "--config-json",
+            json.dumps({"ops": {"segments_npz": {"config": {"workers": 1}}}}),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     index_dir = store_root / "stage1" / CHANNEL / "_index"
     deadline = time.monotonic() + 180

@@ -5,8 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from neutts_assets.pipeline.orchestration.routing import MIXED_TAG, QUEUE_TAG, ROUTED_BY_TAG, UnknownMachineError, job_tags, machine_for, routing_tags
 from neutts_assets.defs.segments.jobs import stage1_job
+from neutts_assets.pipeline.orchestration.routing import (
+    MIXED_TAG,
+    QUEUE_TAG,
+    ROUTED_BY_TAG,
+    UnknownMachineError,
+    job_tags,
+    machine_for,
+    routing_tags,
+)
 
 
 def test_selection_decides_when_the_run_names_no_machine():
@@ -60,7 +68,9 @@ def test_the_run_queue_holds_the_h200_to_one_run_unless_configured():
     from neutts_assets.defs.orchestration.run_coordinator import MachineRoutingRunCoordinator
 
     def limits(**config):
-        return MachineRoutingRunCoordinator.from_config_value(None, config).get_run_queue_config().tag_concurrency_limits
+        return (
+            MachineRoutingRunCoordinator.from_config_value(None, config).get_run_queue_config().tag_concurrency_limits
+        )
 
     assert limits() == [{"key": "machine", "value": "h200", "limit": 1}]
     assert {"key": "machine", "value": "h200", "limit": 2} in limits(machine_limits={"h200": 2, "t4": 3})
@@ -89,7 +99,9 @@ def test_both_instances_queue_one_run_per_channel(path, monkeypatch):
     monkeypatch.setenv("NEUTTS_T4_CONCURRENT_RUNS", "2")
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / path).read_text())["run_coordinator"]["config"]
     config = {k: int(os.environ[v["env"]]) if isinstance(v, dict) and "env" in v else v for k, v in config.items()}
-    config["machine_limits"] = {m: int(os.environ[v["env"]]) if isinstance(v, dict) else v
-                                for m, v in (config.get("machine_limits") or {}).items()}
+    config["machine_limits"] = {
+        m: int(os.environ[v["env"]]) if isinstance(v, dict) else v
+        for m, v in (config.get("machine_limits") or {}).items()
+    }
     limits = MachineRoutingRunCoordinator.from_config_value(None, config).get_run_queue_config().tag_concurrency_limits
     assert {"key": "neutts/channel", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits

@@ -22,7 +22,6 @@ from dagster import DagsterInstance
 from dagster._serdes import serialize_value
 
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.fake_hub import FakeHub
 from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET, clean_env, free_port, populate_source
 from neutts_assets_tests.services import PG_PASSWORD, postgres_server, wait_for
@@ -45,7 +44,17 @@ ALL_ASSETS = "raw_audio,segments_npz,encoded_segments,hf_dataset"
 
 
 def _materialize(env: dict, select: str, config: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "dagster"), "asset", "materialize", "-m", "neutts_assets.definitions", "--select", select, "--partition", CHANNEL]
+    cmd = [
+        str(BIN / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "neutts_assets.definitions",
+        "--select",
+        select,
+        "--partition",
+        CHANNEL,
+    ]
     if config:
         cmd += ["--config-json", json.dumps(config)]
     return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
@@ -57,33 +66,52 @@ def auth_s3(tmp_path):
     the suite's shared server accepts any."""
     port = free_port()
     log = open(tmp_path / "moto-auth.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={**clean_env(), "INITIAL_NO_AUTH_ACTION_COUNT": "0"}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**clean_env(), "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: requests.get(f"{url}/moto-api/", timeout=1).status_code < 500, "moto with authentication", 60, proc)
+        wait_for(
+            lambda: requests.get(f"{url}/moto-api/", timeout=1).status_code < 500, "moto with authentication", 60, proc
+        )
         yield url
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def test_no_credential_anywhere_after_the_whole_graph_and_failed_runs(tmp_path, s3_endpoint, s3_client, s3_bucket, auth_s3, monkeypatch):
+def test_no_credential_anywhere_after_the_whole_graph_and_failed_runs(
+    tmp_path, s3_endpoint, s3_client, s3_bucket, auth_s3, monkeypatch
+):
     populate_source(LocalStore(tmp_path / "source"), CHANNEL, ids=["austen_0870", "austen_0880"])
     home = tmp_path / "home"
     home.mkdir()
     # The production instance's storage (deploy/dagster.yaml: Postgres, password from the environment);
     # runs execute in the launching process, as `dagster asset materialize` does.
     deploy = (REPO_ROOT / "deploy" / "dagster.yaml").read_text()
-    storage = deploy[deploy.index("storage:"):deploy.index("# Every run")]
+    storage = deploy[deploy.index("storage:") : deploy.index("# Every run")]
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + storage)
 
     with postgres_server() as pg, FakeHub(HF_TOKEN) as hub:
         env = clean_env(
-            **pg, DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "source"), NEUTTS_STORE=f"s3://{s3_bucket}/segs",
-            S3_ENDPOINT_URL=s3_endpoint, S3_ACCESS_KEY=S3_ACCESS, S3_SECRET_KEY=S3_SECRET, S3_REGION="us-east-1",
-            NEUTTS_CODEC="random", NEUTTS_CODEC_DEVICE="cpu", NEUTTS_HF_REPO=HF_REPO, HF_TOKEN=HF_TOKEN, HF_ENDPOINT=hub.url,
-            HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf"),
+            **pg,
+            DAGSTER_HOME=str(home),
+            NEUTTS_SOURCE=str(tmp_path / "source"),
+            NEUTTS_STORE=f"s3://{s3_bucket}/segs",
+            S3_ENDPOINT_URL=s3_endpoint,
+            S3_ACCESS_KEY=S3_ACCESS,
+            S3_SECRET_KEY=S3_SECRET,
+            S3_REGION="us-east-1",
+            NEUTTS_CODEC="random",
+            NEUTTS_CODEC_DEVICE="cpu",
+            NEUTTS_HF_REPO=HF_REPO,
+            HF_TOKEN=HF_TOKEN,
+            HF_ENDPOINT=hub.url,
+            HF_HUB_DISABLE_XET="1",
+            HF_HOME=str(tmp_path / "hf"),
         )
         for key, value in env.items():  # this process opens the same instance and code location
             monkeypatch.setenv(key, value)
@@ -99,12 +127,18 @@ def test_no_credential_anywhere_after_the_whole_graph_and_failed_runs(tmp_path, 
         assert any(p.endswith(".parquet") for p in commit["lfs_added"])  # the token was used, and accepted
         graph_seconds = time.monotonic() - started
 
-        bad = _materialize({**env, "HF_TOKEN": SENTINELS["wrong Hub token"]}, "hf_dataset", {"ops": {"hf_dataset": {"config": {"force": True}}}})
+        bad = _materialize(
+            {**env, "HF_TOKEN": SENTINELS["wrong Hub token"]},
+            "hf_dataset",
+            {"ops": {"hf_dataset": {"config": {"force": True}}}},
+        )
         outputs["wrong Hub token"] = bad.stdout + bad.stderr
         assert bad.returncode != 0 and "401" in outputs["wrong Hub token"] and HF_REPO in outputs["wrong Hub token"]
         assert len(hub.repos[HF_REPO].commits) == 1
 
-        bad = _materialize({**env, "S3_ENDPOINT_URL": auth_s3, "S3_SECRET_KEY": SENTINELS["wrong S3 secret"]}, "raw_audio,segments_npz")
+        bad = _materialize(
+            {**env, "S3_ENDPOINT_URL": auth_s3, "S3_SECRET_KEY": SENTINELS["wrong S3 secret"]}, "raw_audio,segments_npz"
+        )
         outputs["wrong S3 secret"] = bad.stdout + bad.stderr
         assert bad.returncode != 0 and "InvalidAccessKeyId" in outputs["wrong S3 secret"]
 
@@ -128,8 +162,12 @@ def test_no_credential_anywhere_after_the_whole_graph_and_failed_runs(tmp_path, 
                 places[f"file {path.relative_to(home)}"] = path.read_bytes()
         assert any("compute_logs" in name for name in places), sorted(places)
         for obj in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]:
-            places[f"store object {obj['Key']}"] = obj["Key"].encode() + s3_client.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read()
-        assert any(name.endswith("hf_dataset/README.md") for name in places) and any("/manifests/" in name for name in places)
+            places[f"store object {obj['Key']}"] = (
+                obj["Key"].encode() + s3_client.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read()
+            )
+        assert any(name.endswith("hf_dataset/README.md") for name in places) and any(
+            "/manifests/" in name for name in places
+        )
         repo = hub.repos[HF_REPO]
         for path in repo.files:
             places[f"Hub file {path}"] = path.encode() + hub.file_bytes(HF_REPO, path)
@@ -137,10 +175,17 @@ def test_no_credential_anywhere_after_the_whole_graph_and_failed_runs(tmp_path, 
         places.update(_what_the_ui_shows(instance, [r.run_id for r in runs]))
 
         # ---- search ---------------------------------------------------------------------------------
-        found = [(what, where) for where, data in places.items() for what, secret in SENTINELS.items() if secret.encode() in data]
+        found = [
+            (what, where)
+            for where, data in places.items()
+            for what, secret in SENTINELS.items()
+            if secret.encode() in data
+        ]
         total = sum(len(d) for d in places.values())
-        print(f"\nsearched {len(places)} places, {total / 1e6:.1f} MB, {n_events} events of {len(runs)} runs; "
-              f"whole graph {graph_seconds:.0f} s")
+        print(
+            f"\nsearched {len(places)} places, {total / 1e6:.1f} MB, {n_events} events of {len(runs)} runs; "
+            f"whole graph {graph_seconds:.0f} s"
+        )
         assert not found, found
 
 
@@ -165,9 +210,15 @@ def _what_the_ui_shows(instance: DagsterInstance, run_ids: list[str]) -> dict[st
             out[f"GraphQL run {run_id}"] = json.dumps(result.data).encode()
         result = execute_dagster_graphql(context, resources_query)
         assert not result.errors, result.errors
-        resources = {r["name"]: r for node in result.data["repositoriesOrError"]["nodes"] for r in node["allTopLevelResourceDetails"]}
+        resources = {
+            r["name"]: r
+            for node in result.data["repositoriesOrError"]["nodes"]
+            for r in node["allTopLevelResourceDetails"]
+        }
         store_values = {v["key"]: v for v in resources["store"]["configuredValues"]}
         # the UI shows which variable holds the secret, never its value
-        assert store_values["secret_key"]["type"] == "ENV_VAR" and store_values["secret_key"]["value"] == "S3_SECRET_KEY"
+        assert (
+            store_values["secret_key"]["type"] == "ENV_VAR" and store_values["secret_key"]["value"] == "S3_SECRET_KEY"
+        )
         out["GraphQL resources"] = json.dumps(result.data).encode()
     return out

@@ -9,13 +9,20 @@ import pytest
 from dagster import DagsterInstance
 
 from neutts_assets import read_segment
+from neutts_assets.defs.io_managers import manifest_key
 from neutts_assets.pipeline.segments.audio import decode_pcm16
 from neutts_assets.pipeline.segments.cutting import ms_to_sample
 from neutts_assets.pipeline.segments.store import channel_prefix
-from neutts_assets.defs.io_managers import manifest_key
-
 from neutts_assets_tests.helpers import (
-    DEMO_IDS, DEMO_TRANSCRIPTS, asset_metadata, audio_key, demo_audio, make_resources, populate_source, run_stage1, transcript_key,
+    DEMO_IDS,
+    DEMO_TRANSCRIPTS,
+    asset_metadata,
+    audio_key,
+    demo_audio,
+    make_resources,
+    populate_source,
+    run_stage1,
+    transcript_key,
 )
 
 CHANNEL = "Atheer_-"
@@ -25,7 +32,9 @@ FOLDER = "Atheer - أثير"  # the users' own mapping example: spaces and Arabi
 @pytest.fixture
 def setup(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint):
     populate_source(gcs_store, CHANNEL, FOLDER)
-    resources = make_resources(f"gs://{gcs_bucket}", f"s3://{s3_bucket}/neutts_segments", s3_endpoint, {CHANNEL: FOLDER})
+    resources = make_resources(
+        f"gs://{gcs_bucket}", f"s3://{s3_bucket}/neutts_segments", s3_endpoint, {CHANNEL: FOLDER}
+    )
     instance = DagsterInstance.ephemeral()
     return resources, instance, gcs_store, s3_store
 
@@ -46,8 +55,20 @@ def test_demo_channel_is_cut_with_the_seed_schema(setup):
 
     # The seed's keys, loadable by plain numpy without pickle.
     import io
+
     with np.load(io.BytesIO(store.read_bytes(f"stage1/{CHANNEL}/sonnet001_seg_1.npz")), allow_pickle=False) as npz:
-        for key in ("audio", "codes", "text", "speaker_id", "channel", "gender", "dialect", "tone", "duration_sec", "audio_id"):
+        for key in (
+            "audio",
+            "codes",
+            "text",
+            "speaker_id",
+            "channel",
+            "gender",
+            "dialect",
+            "tone",
+            "duration_sec",
+            "audio_id",
+        ):
             assert key in npz.files
         assert str(npz["text"]) == "From fairest creatures we desire increase,"
         assert str(npz["channel"]) == CHANNEL and str(npz["audio_id"]) == "sonnet001_seg_1"
@@ -74,7 +95,7 @@ def test_segment_samples_equal_the_slice_of_the_decoded_audio(setup, tmp_path):
             if data is None:
                 continue
             seg = read_segment(data)
-            expected = full[ms_to_sample(s["start_ms"], 16000):ms_to_sample(s["end_ms"], 16000)]
+            expected = full[ms_to_sample(s["start_ms"], 16000) : ms_to_sample(s["end_ms"], 16000)]
             assert np.array_equal(seg.pcm16, expected), f"{rec_id} segment {i}"
             assert abs(seg.duration_sec - (s["end_ms"] - s["start_ms"]) / 1000) < 1e-3
 
@@ -89,9 +110,13 @@ def test_rerun_downloads_and_writes_nothing(setup):
     assert _versions(store, "stage1/") == before
 
 
-def test_new_audio_in_existing_channel_processes_only_that_file(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint):
+def test_new_audio_in_existing_channel_processes_only_that_file(
+    gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint
+):
     populate_source(gcs_store, CHANNEL, FOLDER, ids=DEMO_IDS[:-1])
-    resources = make_resources(f"gs://{gcs_bucket}", f"s3://{s3_bucket}/neutts_segments", s3_endpoint, {CHANNEL: FOLDER})
+    resources = make_resources(
+        f"gs://{gcs_bucket}", f"s3://{s3_bucket}/neutts_segments", s3_endpoint, {CHANNEL: FOLDER}
+    )
     instance = DagsterInstance.ephemeral()
     run_stage1(instance, resources, CHANNEL)
     before = _versions(s3_store, "stage1/")
@@ -125,7 +150,9 @@ def test_changed_transcript_recuts_that_audio_and_removes_dropped_segments(setup
     assert sonnet_keys == sorted(f"stage1/{CHANNEL}/sonnet001_seg_{i}.npz" for i in range(5))
     assert read_segment(store.read_bytes(f"stage1/{CHANNEL}/sonnet001_seg_2.npz")).text == "A corrected line."
     # every other recording's objects are untouched
-    assert {k: v for k, v in after.items() if "sonnet001" not in k} == {k: v for k, v in before.items() if "sonnet001" not in k}
+    assert {k: v for k, v in after.items() if "sonnet001" not in k} == {
+        k: v for k, v in before.items() if "sonnet001" not in k
+    }
 
 
 def test_new_channel_leaves_other_channels_untouched(setup, gcs_store):
@@ -161,8 +188,11 @@ def test_raw_audio_data_version_follows_the_sources(setup):
 
     v1 = data_version()
     assert not stale()
-    source.write_bytes(audio_key(FOLDER, "extra.wav"), demo_audio("austen_0870").read_bytes())  # audio without transcript: not paired
+    source.write_bytes(
+        audio_key(FOLDER, "extra.wav"), demo_audio("austen_0870").read_bytes()
+    )  # audio without transcript: not paired
     from neutts_assets_tests.helpers import materialize, raw_audio
+
     materialize([raw_audio], partition_key=CHANNEL, instance=instance, resources=resources)
     assert data_version() == v1  # an unpaired object does not change the inventory's pairs
     source.write_bytes(transcript_key(CHANNEL, "sonnet001"), b'{"segments": []}')
@@ -199,7 +229,9 @@ def test_local_source_may_keep_audio_behind_a_symlink(tmp_path):
     populate_source(LocalStore(elsewhere), CHANNEL, FOLDER, ids=DEMO_IDS[:2])
     source = tmp_path / "source"
     (source / "processed_runs").mkdir(parents=True)
-    (source / "processed_runs" / f"processed_{CHANNEL}").symlink_to(elsewhere / "processed_runs" / f"processed_{CHANNEL}")
+    (source / "processed_runs" / f"processed_{CHANNEL}").symlink_to(
+        elsewhere / "processed_runs" / f"processed_{CHANNEL}"
+    )
     (source / FOLDER).symlink_to(elsewhere / FOLDER)
     resources = make_resources(str(source), str(tmp_path / "store"), mapping={CHANNEL: FOLDER})
     meta = asset_metadata(run_stage1(DagsterInstance.ephemeral(), resources, CHANNEL), "segments_npz")
@@ -209,16 +241,22 @@ def test_local_source_may_keep_audio_behind_a_symlink(tmp_path):
 def test_asset_check_finds_missing_segments_and_a_rerun_repairs_them(setup):
     from dagster import AssetSelection, Definitions, define_asset_job
 
-    from neutts_assets.defs.segments.segments_npz import segments_npz
     from neutts_assets.defs.inventory.checks import every_object_paired
     from neutts_assets.defs.segments.checks import segments_present_in_store
+    from neutts_assets.defs.segments.segments_npz import segments_npz
     from neutts_assets_tests.helpers import raw_audio
 
     resources, instance, source, store = setup
     run_stage1(instance, resources, CHANNEL)
-    defs = Definitions(assets=[raw_audio, segments_npz], asset_checks=[every_object_paired, segments_present_in_store], resources=resources,
-                       jobs=[define_asset_job("check_only", selection=AssetSelection.checks(segments_present_in_store)),
-                             define_asset_job("pairing", selection=AssetSelection.checks(every_object_paired))])
+    defs = Definitions(
+        assets=[raw_audio, segments_npz],
+        asset_checks=[every_object_paired, segments_present_in_store],
+        resources=resources,
+        jobs=[
+            define_asset_job("check_only", selection=AssetSelection.checks(segments_present_in_store)),
+            define_asset_job("pairing", selection=AssetSelection.checks(every_object_paired)),
+        ],
+    )
 
     def check(job="check_only"):
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, tags={"dagster/partition": CHANNEL})
@@ -244,10 +282,16 @@ def test_asset_check_finds_missing_segments_and_a_rerun_repairs_them(setup):
     source.write_bytes(audio_key(FOLDER, "orphan.wav"), demo_audio("austen_0870").read_bytes())
     run_stage1(instance, resources, CHANNEL)
     pairing = check("pairing")
-    assert not pairing.passed and pairing.severity.value == "WARN" and pairing.metadata["unpaired_audio_without_transcript"].value == 1
+    assert (
+        not pairing.passed
+        and pairing.severity.value == "WARN"
+        and pairing.metadata["unpaired_audio_without_transcript"].value == 1
+    )
 
 
-def test_environment_configuration_and_no_secret_in_events(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint, monkeypatch):
+def test_environment_configuration_and_no_secret_in_events(
+    gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint, monkeypatch
+):
     """The production wiring (resources_from_env, EnvVar credentials) against the servers; the
     secret key appears nowhere in the run's events or metadata."""
     from neutts_assets.defs.io_managers import ManifestIOManager
@@ -255,9 +299,15 @@ def test_environment_configuration_and_no_secret_in_events(gcs_store, gcs_bucket
     from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET
 
     populate_source(gcs_store, CHANNEL, FOLDER, ids=DEMO_IDS[:2])
-    for key, value in {"NEUTTS_SOURCE": f"gs://{gcs_bucket}", "NEUTTS_STORE": f"s3://{s3_bucket}/neutts_segments",
-                       "NEUTTS_CHANNEL_MAPPING": json.dumps({CHANNEL: FOLDER}), "S3_ENDPOINT_URL": s3_endpoint,
-                       "S3_ACCESS_KEY": S3_ACCESS, "S3_SECRET_KEY": S3_SECRET, "S3_REGION": "us-east-1"}.items():
+    for key, value in {
+        "NEUTTS_SOURCE": f"gs://{gcs_bucket}",
+        "NEUTTS_STORE": f"s3://{s3_bucket}/neutts_segments",
+        "NEUTTS_CHANNEL_MAPPING": json.dumps({CHANNEL: FOLDER}),
+        "S3_ENDPOINT_URL": s3_endpoint,
+        "S3_ACCESS_KEY": S3_ACCESS,
+        "S3_SECRET_KEY": S3_SECRET,
+        "S3_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     resources = resources_from_env()
     assert S3_SECRET not in repr(resources["store"])  # an EnvVar reference, not the value
@@ -290,13 +340,21 @@ def test_audio_replaced_after_the_inventory_is_not_cut_under_the_old_version(set
     shorter = convert(src, tmp_path / f"short{src.suffix}", "-t", "3")
     source.write_bytes(audio_key(FOLDER, src.name), shorter.read_bytes())
 
-    result = materialize([raw_audio, segments_npz], selection="segments_npz", partition_key=CHANNEL, instance=instance,
-                         resources=resources, raise_on_error=False)
+    result = materialize(
+        [raw_audio, segments_npz],
+        selection="segments_npz",
+        partition_key=CHANNEL,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = str(failure.event_specific_data.error)
     assert src.name in message and "changed since it was listed" in message and "raw_audio" in message
-    assert not [o for o in store.list(f"stage1/{CHANNEL}/") if f"/{rec}_seg_" in o.key or o.key.endswith(f"/{rec}.json")]
+    assert not [
+        o for o in store.list(f"stage1/{CHANNEL}/") if f"/{rec}_seg_" in o.key or o.key.endswith(f"/{rec}.json")
+    ]
     assert [o for o in store.list(f"stage1/{CHANNEL}/") if f"/{DEMO_IDS[1]}_seg_" in o.key]  # the others were cut
 
     meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")

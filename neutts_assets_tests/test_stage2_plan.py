@@ -10,9 +10,25 @@ LAYOUT = Stage2Layout("ch")
 
 
 def manifest(*durations):
-    return {"channel": "ch", "recordings": [{"recording_id": "r", "audio_key": "x", "segments": [
-        {"key": f"stage1/ch/r_seg_{i}.npz", "audio_id": f"r_seg_{i}", "duration_sec": d, "bytes": 100, "speaker_id": "S"}
-        for i, d in enumerate(durations)]}]}
+    return {
+        "channel": "ch",
+        "recordings": [
+            {
+                "recording_id": "r",
+                "audio_key": "x",
+                "segments": [
+                    {
+                        "key": f"stage1/ch/r_seg_{i}.npz",
+                        "audio_id": f"r_seg_{i}",
+                        "duration_sec": d,
+                        "bytes": 100,
+                        "speaker_id": "S",
+                    }
+                    for i, d in enumerate(durations)
+                ],
+            }
+        ],
+    }
 
 
 def sources(n, version="v1"):
@@ -59,8 +75,12 @@ def test_missing_stage1_files_fail_and_segments_stage1_dropped_are_removed():
     keys = finished(A, 3)
     plan = plan_encoding(manifest(1.0), LAYOUT, A, {}, keys, 320)
     assert plan.missing_source and plan.missing_source[0][0] == "stage1/ch/r_seg_0.npz"
-    assert set(plan.orphans) == {LAYOUT.segment_key("r_seg_1"), LAYOUT.segment_key("r_seg_2"),
-                                 LAYOUT.marker_key(A, "r_seg_1", "v1"), LAYOUT.marker_key(A, "r_seg_2", "v1")}
+    assert set(plan.orphans) == {
+        LAYOUT.segment_key("r_seg_1"),
+        LAYOUT.segment_key("r_seg_2"),
+        LAYOUT.marker_key(A, "r_seg_1", "v1"),
+        LAYOUT.marker_key(A, "r_seg_2", "v1"),
+    }
     assert plan.orphans.index(LAYOUT.segment_key("r_seg_1")) < plan.orphans.index(LAYOUT.marker_key(A, "r_seg_1", "v1"))
 
 
@@ -72,8 +92,9 @@ def test_marker_keys_stay_inside_the_channel_and_parse_back():
 
 
 def test_manifest_lists_only_segments_with_codes():
-    m = encoded_manifest(manifest(1.0, 0.01, 2.0), LAYOUT, A, False, {"r_seg_0", "r_seg_2"},
-                         [("r_seg_1", "too short")], [])
+    m = encoded_manifest(
+        manifest(1.0, 0.01, 2.0), LAYOUT, A, False, {"r_seg_0", "r_seg_2"}, [("r_seg_1", "too short")], []
+    )
     segs = m["recordings"][0]["segments"]
     assert [s["key"] for s in segs] == ["stage2_with_codes/ch/r_seg_0.npz", "stage2_with_codes/ch/r_seg_2.npz"]
     assert [s["n_codes"] for s in segs] == [50, 100] and m["code_count"] == 150

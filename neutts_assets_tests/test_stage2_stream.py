@@ -17,14 +17,19 @@ import zipfile
 import numpy as np
 import pytest
 
-from neutts_assets.pipeline.encoding.codec import HOP, MIN_SAMPLES, batch_key, batch_seconds_for_memory, default_batch_seconds
+from neutts_assets.pipeline.encoding.codec import (
+    HOP,
+    MIN_SAMPLES,
+    batch_key,
+    batch_seconds_for_memory,
+    default_batch_seconds,
+)
+from neutts_assets.pipeline.encoding.simulated_codec import SimulatedCodec, simulated_codes
+from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding
+from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream, item_cost
 from neutts_assets.pipeline.orchestration.lease import LeaseLost
 from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
-from neutts_assets.pipeline.encoding.simulated_codec import SimulatedCodec, simulated_codes
-from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream, item_cost
-from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.codec_corpus import demo_speech
 
 CHANNEL = "ch"
@@ -38,7 +43,9 @@ def stage1(store: LocalStore, n: int, seed: int = 0, corrupt: set[int] = frozens
         length = int(rng.integers(2, 40)) * HOP * 4 + int(rng.integers(0, HOP))
         start = int(rng.integers(0, len(speech) - length))
         audio_id, key = f"rec{i % 3}_seg_{i}", f"stage1/{CHANNEL}/rec{i % 3}_seg_{i}.npz"
-        data = encode_segment(Segment(audio_id, CHANNEL, f"text {i}", "SPEAKER_00", "f", "d", "t", speech[start:start + length]))
+        data = encode_segment(
+            Segment(audio_id, CHANNEL, f"text {i}", "SPEAKER_00", "f", "d", "t", speech[start : start + length])
+        )
         store.write_bytes(key, data[: len(data) // 2] if i in corrupt else data)
         segments.append({"key": key, "audio_id": audio_id, "duration_sec": length / 16000})
     return {"channel": CHANNEL, "recordings": [{"recording_id": "rec", "segments": segments}]}
@@ -62,8 +69,12 @@ def test_worker_processes_give_every_segment_its_own_codes_within_the_budget(tmp
     codec = SimulatedCodec(None)
     todo = plan_for(store, manifest, codec)
     budget = 400_000  # a handful of segments at a time: dispatch waits for writes
-    tally = encode_stream(todo, codec, store, StreamSettings(batch_seconds=2.0, budget_bytes=budget, host_workers=workers,
-                                                             io_threads=2, fetch_chunk=3))
+    tally = encode_stream(
+        todo,
+        codec,
+        store,
+        StreamSettings(batch_seconds=2.0, budget_bytes=budget, host_workers=workers, io_threads=2, fetch_chunk=3),
+    )
     assert tally.host_workers == workers
     assert [a for a, _ in tally.failed] == ["rec1_seg_7"] and "unreadable stage-1 segment file" in tally.failed[0][1]
     assert len(tally.encoded) == 59 and not tally.store_failed
@@ -81,7 +92,9 @@ def test_worker_processes_give_every_segment_its_own_codes_within_the_budget(tmp
         assert np.array_equal(seg.codes, simulated_codes(seg.pcm16)) and seg.codec == codec.label  # its own codes
         # the stage-1 file plus codes: every other entry byte for byte (the FLAC is not compressed again)
         s, t = entries(source), entries(target)
-        assert {k: v for k, v in s.items() if k not in ("codes.npy", "codec.npy")} == {k: v for k, v in t.items() if k not in ("codes.npy", "codec.npy")}
+        assert {k: v for k, v in s.items() if k not in ("codes.npy", "codec.npy")} == {
+            k: v for k, v in t.items() if k not in ("codes.npy", "codec.npy")
+        }
         assert store.exists(item.marker_key)
     assert len(list(store.list(layout.marker_prefix))) == 59
     assert not [p for p in tmp_path.rglob("*") if ".neutts-tmp-" in p.name]

@@ -11,28 +11,33 @@ import os
 import time
 import uuid
 
-import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from neutts_assets.pipeline.dataset.writer import CARD_KEY, DATASET_PREFIX, read_record, record_key
-from neutts_assets.pipeline.segments.segment_file import read_segment
-from neutts_assets.pipeline.segments.store import index_key, segment_key
-from neutts_assets.pipeline.encoding.store import Stage2Layout
+from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.encoding.encoded_segments import encoded_segments
 from neutts_assets.defs.inventory.raw_audio import raw_audio
-from neutts_assets.defs.segments.segments_npz import segments_npz
-from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.io_managers import ManifestIOManager, manifest_key
 from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket
+from neutts_assets.defs.segments.segments_npz import segments_npz
+from neutts_assets.pipeline.dataset.writer import CARD_KEY, DATASET_PREFIX, read_record, record_key
+from neutts_assets.pipeline.encoding.store import Stage2Layout
+from neutts_assets.pipeline.segments.segment_file import read_segment
+from neutts_assets.pipeline.segments.store import index_key, segment_key
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.s3 import S3Store
-
 from neutts_assets_tests.fault_proxy import FAULTS, FaultProxy
 from neutts_assets_tests.helpers import (
-    DEMO_IDS, S3_ACCESS, S3_SECRET, asset_metadata, encode_stage2, populate_source, run_dataset, run_stage1,
+    DEMO_IDS,
+    S3_ACCESS,
+    S3_SECRET,
+    asset_metadata,
+    encode_stage2,
+    populate_source,
+    run_dataset,
+    run_stage1,
 )
 
 CHANNEL, FOLDER = "Faults_ch", "Faults - أثير"
@@ -42,8 +47,14 @@ PREFIX = "neutts_segments"
 # Short timeouts and backoff, so that the delayed responses time out and the retries are quick; many
 # attempts, since about four requests in ten fail.
 READ_TIMEOUT_S, DELAY_S = 1.0, 1.8
-UNDER_FAULTS = dict(max_attempts=25, connect_timeout_s=2.0, read_timeout_s=READ_TIMEOUT_S, retry_deadline_s=300.0,
-                    initial_backoff_s=0.05, max_backoff_s=1.0)
+UNDER_FAULTS = dict(
+    max_attempts=25,
+    connect_timeout_s=2.0,
+    read_timeout_s=READ_TIMEOUT_S,
+    retry_deadline_s=300.0,
+    initial_backoff_s=0.05,
+    max_backoff_s=1.0,
+)
 FAIL_FAST = dict(max_attempts=3, connect_timeout_s=2.0, read_timeout_s=5.0, initial_backoff_s=0.05, max_backoff_s=0.2)
 
 
@@ -52,8 +63,14 @@ def _codec() -> NeuCodecResource:
 
 
 def _resources(gcs_bucket: str, s3_bucket: str, s3_url: str, **client) -> dict:
-    store = SegmentStore(url=f"s3://{s3_bucket}/{PREFIX}", endpoint_url=s3_url, access_key=S3_ACCESS,
-                         secret_key=S3_SECRET, region="us-east-1", **client)
+    store = SegmentStore(
+        url=f"s3://{s3_bucket}/{PREFIX}",
+        endpoint_url=s3_url,
+        access_key=S3_ACCESS,
+        secret_key=S3_SECRET,
+        region="us-east-1",
+        **client,
+    )
     return {
         "source": SourceBucket(url=f"gs://{gcs_bucket}", **client),
         "store": store,
@@ -65,8 +82,14 @@ def _resources(gcs_bucket: str, s3_bucket: str, s3_url: str, **client) -> dict:
 
 
 def _run_encode(instance, resources: dict, raise_on_error: bool = True):
-    return materialize([raw_audio, segments_npz, encoded_segments], selection=AssetSelection.assets(encoded_segments),
-                       partition_key=CHANNEL, instance=instance, resources=resources, raise_on_error=raise_on_error)
+    return materialize(
+        [raw_audio, segments_npz, encoded_segments],
+        selection=AssetSelection.assets(encoded_segments),
+        partition_key=CHANNEL,
+        instance=instance,
+        resources=resources,
+        raise_on_error=raise_on_error,
+    )
 
 
 def _run_all(resources: dict) -> dict:
@@ -75,8 +98,12 @@ def _run_all(resources: dict) -> dict:
     stage1 = run_stage1(instance, resources, CHANNEL)
     encode = _run_encode(instance, resources)
     dataset = run_dataset(instance, resources, CHANNEL)
-    return {"raw_audio": asset_metadata(stage1, "raw_audio"), "segments_npz": asset_metadata(stage1, "segments_npz"),
-            "encoded_segments": asset_metadata(encode, "encoded_segments"), "hf_dataset": asset_metadata(dataset, "hf_dataset")}
+    return {
+        "raw_audio": asset_metadata(stage1, "raw_audio"),
+        "segments_npz": asset_metadata(stage1, "segments_npz"),
+        "encoded_segments": asset_metadata(encode, "encoded_segments"),
+        "hf_dataset": asset_metadata(dataset, "hf_dataset"),
+    }
 
 
 def _direct_store(s3_client, bucket: str) -> S3Store:
@@ -86,6 +113,7 @@ def _direct_store(s3_client, bucket: str) -> S3Store:
 def _snapshot(store: S3Store) -> dict:
     """What the pipeline left in the store, in a form two runs can be compared by: segment keys,
     every field of every segment file (its audio and codes as bytes), the dataset's rows."""
+
     def fields(data: bytes) -> dict:
         seg = read_segment(data)
         return {k: (v.tobytes() if isinstance(v, np.ndarray) else v) for k, v in vars(seg).items()}
@@ -97,9 +125,13 @@ def _snapshot(store: S3Store) -> dict:
     for shard in record["shards"]:
         rows += pq.read_table(io.BytesIO(store.read_bytes(DATASET_PREFIX + shard["path"]))).to_pylist()
     return {
-        "stage1": {k: fields(store.read_bytes(k)) for k in keys if k.startswith(f"stage1/{CHANNEL}/") and k.endswith(".npz")},
+        "stage1": {
+            k: fields(store.read_bytes(k)) for k in keys if k.startswith(f"stage1/{CHANNEL}/") and k.endswith(".npz")
+        },
         "stage1_indexes": [k for k in keys if k.startswith(f"stage1/{CHANNEL}/") and k.endswith(".json")],
-        "stage2": {k: fields(store.read_bytes(k)) for k in keys if k.startswith(layout.channel_prefix) and k.endswith(".npz")},
+        "stage2": {
+            k: fields(store.read_bytes(k)) for k in keys if k.startswith(layout.channel_prefix) and k.endswith(".npz")
+        },
         # marker names carry the source's S3 ETag, which differs between runs (zip timestamps)
         "stage2_markers": sum(k.startswith(layout.marker_prefix) for k in keys),
         "manifests": [k for k in keys if k.startswith("manifests/")],
@@ -134,7 +166,8 @@ def _new_bucket(s3_client) -> str:
 
 
 def test_every_stage_completes_under_storage_faults_with_the_output_of_a_clean_run(
-        source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through):
+    source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through
+):
     clean_bucket, faulty_bucket = _new_bucket(s3_client), _new_bucket(s3_client)
     started = time.perf_counter()
     clean_meta = _run_all(_resources(source_bucket, clean_bucket, s3_endpoint))
@@ -160,7 +193,11 @@ def test_every_stage_completes_under_storage_faults_with_the_output_of_a_clean_r
     for proxy in (gcs, s3):
         for fault in FAULTS:
             assert proxy.share(fault) >= 0.10, (proxy.flavor, fault, dict(proxy.counts))
-    assert s3.counts["error_5xx_after_forward"] > 0 and s3.counts["reset_mid_body"] > 0 and gcs.counts["reset_mid_body"] > 0
+    assert (
+        s3.counts["error_5xx_after_forward"] > 0
+        and s3.counts["reset_mid_body"] > 0
+        and gcs.counts["reset_mid_body"] > 0
+    )
 
     # Every stage retried, and says so in its metadata; nothing was given up on.
     for stage in STAGES:
@@ -194,7 +231,8 @@ def _failure_text(result) -> str:
 
 
 def test_a_segment_write_that_always_fails_fails_stage1_naming_it_and_publishes_nothing_of_it(
-        source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through):
+    source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through
+):
     bucket, rec = _new_bucket(s3_client), IDS[1]
     doomed = segment_key(CHANNEL, f"{rec}_seg_1")
     store = _direct_store(s3_client, bucket)
@@ -221,13 +259,18 @@ def test_a_segment_write_that_always_fails_fails_stage1_naming_it_and_publishes_
 
 
 def test_a_source_that_always_fails_fails_raw_audio_naming_the_listing(
-        source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through):
+    source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through
+):
     bucket = _new_bucket(s3_client)
     with FaultProxy(gcs_endpoint, "gcs") as gcs:
         gcs.fail_forever, gcs.permanent_status = (lambda method, path: True), 500
         emulator_through(gcs.url)
-        result = run_stage1(DagsterInstance.ephemeral(), _resources(source_bucket, bucket, s3_endpoint, **FAIL_FAST),
-                            CHANNEL, raise_on_error=False)
+        result = run_stage1(
+            DagsterInstance.ephemeral(),
+            _resources(source_bucket, bucket, s3_endpoint, **FAIL_FAST),
+            CHANNEL,
+            raise_on_error=False,
+        )
     assert not result.success
     text = _failure_text(result)
     listing = ChannelSettings(channel_mapping={CHANNEL: FOLDER}).layout(CHANNEL).transcripts_prefix
@@ -238,7 +281,8 @@ def test_a_source_that_always_fails_fails_raw_audio_naming_the_listing(
 
 
 def test_an_encoded_segment_write_that_always_fails_fails_the_run_and_publishes_no_manifest(
-        source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through):
+    source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through
+):
     bucket = _new_bucket(s3_client)
     store = _direct_store(s3_client, bucket)
     layout = Stage2Layout(CHANNEL)
@@ -259,7 +303,8 @@ def test_an_encoded_segment_write_that_always_fails_fails_the_run_and_publishes_
 
 
 def test_a_segment_read_that_always_fails_fails_the_dataset_and_publishes_no_build(
-        source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through):
+    source_bucket, gcs_endpoint, s3_endpoint, s3_client, emulator_through
+):
     bucket = _new_bucket(s3_client)
     store = _direct_store(s3_client, bucket)
     instance = DagsterInstance.ephemeral()
@@ -269,7 +314,9 @@ def test_a_segment_read_that_always_fails_fails_the_dataset_and_publishes_no_bui
     doomed = stage2[len(stage2) // 2]
     with FaultProxy(s3_endpoint, "s3") as s3:
         s3.fail_forever = lambda method, path: method == "GET" and path.split("?")[0].endswith("/" + doomed)
-        result = run_dataset(instance, _resources(source_bucket, bucket, s3.url, **FAIL_FAST), CHANNEL, raise_on_error=False)
+        result = run_dataset(
+            instance, _resources(source_bucket, bucket, s3.url, **FAIL_FAST), CHANNEL, raise_on_error=False
+        )
     assert not result.success
     text = _failure_text(result)
     assert doomed in text, text
@@ -281,13 +328,22 @@ def test_a_segment_read_that_always_fails_fails_the_dataset_and_publishes_no_bui
 def test_retry_settings_come_from_the_environment(monkeypatch):
     from neutts_assets.defs.resources import resources_from_env
 
-    for name, value in {"NEUTTS_STORAGE_MAX_ATTEMPTS": "4", "NEUTTS_STORAGE_READ_TIMEOUT_S": "7.5",
-                        "NEUTTS_STORAGE_CONNECT_TIMEOUT_S": "3", "NEUTTS_STORAGE_RETRY_DEADLINE_S": "90"}.items():
+    for name, value in {
+        "NEUTTS_STORAGE_MAX_ATTEMPTS": "4",
+        "NEUTTS_STORAGE_READ_TIMEOUT_S": "7.5",
+        "NEUTTS_STORAGE_CONNECT_TIMEOUT_S": "3",
+        "NEUTTS_STORAGE_RETRY_DEADLINE_S": "90",
+    }.items():
         monkeypatch.setenv(name, value)
     resources = resources_from_env()
     for name in ("source", "store"):
         settings = resources[name].retry_settings()
-        assert (settings.max_attempts, settings.read_timeout_s, settings.connect_timeout_s, settings.deadline_s) == (4, 7.5, 3.0, 90.0)
+        assert (settings.max_attempts, settings.read_timeout_s, settings.connect_timeout_s, settings.deadline_s) == (
+            4,
+            7.5,
+            3.0,
+            90.0,
+        )
     monkeypatch.delenv("NEUTTS_STORAGE_MAX_ATTEMPTS")
     assert resources_from_env()["store"].retry_settings().max_attempts == 10  # the default
 
@@ -325,8 +381,14 @@ def test_a_reset_inside_an_s3_error_response_is_retried(s3_endpoint, s3_client):
     still reads as missing."""
     bucket = _new_bucket(s3_client)
     with FaultProxy(s3_endpoint, "s3", faults=("reset",), seed=0) as s3:
-        store = SegmentStore(url=f"s3://{bucket}/{PREFIX}", endpoint_url=s3.url, access_key=S3_ACCESS,
-                             secret_key=S3_SECRET, region="us-east-1", **UNDER_FAULTS).open()
+        store = SegmentStore(
+            url=f"s3://{bucket}/{PREFIX}",
+            endpoint_url=s3.url,
+            access_key=S3_ACCESS,
+            secret_key=S3_SECRET,
+            region="us-east-1",
+            **UNDER_FAULTS,
+        ).open()
         s3.enabled = True  # the first request is reset: the floor serves it first
         assert store.read_bytes_or_none("stage1/ch/missing.npz") is None
     assert s3.counts["reset_mid_body"] >= 1

@@ -13,7 +13,6 @@ import pytest
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.s3 import S3Store
 from neutts_assets.storage.store import ObjectChanged, StoreCheckError, UnsafeKeyError
-
 from neutts_assets_tests.helpers import S3_ACCESS, S3_SECRET, clean_env
 
 
@@ -33,7 +32,10 @@ def test_write_read_list_delete(store, tmp_path):
     assert listed == {"stage1/Atheer - أثير/a_seg_0.npz": 3, "stage1/Atheer - أثير/a_seg_1.npz": 4}
     assert {o.key for o in store.list("stage1/Atheer")} == set(listed) | {"stage1/Atheer2/x.npz"}  # partial prefix
     assert store.read_bytes("stage1/Atheer - أثير/a_seg_0.npz") == b"ONE"
-    assert store.download("stage1/Atheer - أثير/a_seg_1.npz", tmp_path / "dl") == 4 and (tmp_path / "dl").read_bytes() == b"two!"
+    assert (
+        store.download("stage1/Atheer - أثير/a_seg_1.npz", tmp_path / "dl") == 4
+        and (tmp_path / "dl").read_bytes() == b"two!"
+    )
     store.delete("stage1/Atheer - أثير/a_seg_0.npz")
     store.delete("stage1/Atheer - أثير/never-existed")
     assert store.read_bytes_or_none("stage1/Atheer - أثير/a_seg_0.npz") is None
@@ -85,7 +87,10 @@ def test_local_writes_are_atomic(tmp_path):
     assert list(store.list("")) == []
     assert store.remove_orphan_temporaries() == 1
     store.write_bytes("stage1/a_seg_0.npz", b"whole")
-    assert sorted(p.name for p in (tmp_path / "stage1").iterdir()) == [f".a_seg_1.npz.neutts-tmp-{os.getpid()}-x2", "a_seg_0.npz"]
+    assert sorted(p.name for p in (tmp_path / "stage1").iterdir()) == [
+        f".a_seg_1.npz.neutts-tmp-{os.getpid()}-x2",
+        "a_seg_0.npz",
+    ]
 
 
 def test_local_store_refuses_symlinks_out_of_its_root(tmp_path):
@@ -101,6 +106,7 @@ def test_local_store_refuses_symlinks_out_of_its_root(tmp_path):
 
 # connectivity checks ---------------------------------------------------------------------------
 
+
 def test_checks_pass_on_reachable_stores(store):
     store.check(write=True)
 
@@ -112,8 +118,14 @@ def test_s3_check_names_the_bucket(s3_client):
 
 
 def test_s3_check_names_the_endpoint():
-    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9", aws_access_key_id="a", aws_secret_access_key="b",
-                          region_name="us-east-1", config=boto3.session.Config(retries={"max_attempts": 1}, connect_timeout=1))
+    client = boto3.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        region_name="us-east-1",
+        config=boto3.session.Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
     with pytest.raises(StoreCheckError) as err:
         S3Store(client, "b").check()
     assert err.value.part == "endpoint" and "127.0.0.1:9" in str(err.value)
@@ -128,29 +140,73 @@ def test_gcs_check_names_the_bucket(gcs_client):
 
 
 def _cli(env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "neutts_assets", "check-stores", "--write"], env=clean_env(**env),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "neutts_assets", "check-stores", "--write"],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_check_stores_cli(s3_endpoint, s3_bucket, gcs_bucket, gcs_endpoint, tmp_path):
-    ok = _cli({"NEUTTS_SOURCE": f"gs://{gcs_bucket}", "NEUTTS_STORE": f"s3://{s3_bucket}/neutts_segments",
-               "S3_ENDPOINT_URL": s3_endpoint, "S3_ACCESS_KEY": S3_ACCESS, "S3_SECRET_KEY": S3_SECRET, "S3_REGION": "us-east-1",
-               "STORAGE_EMULATOR_HOST": gcs_endpoint, "HOME": str(tmp_path)})
+    ok = _cli(
+        {
+            "NEUTTS_SOURCE": f"gs://{gcs_bucket}",
+            "NEUTTS_STORE": f"s3://{s3_bucket}/neutts_segments",
+            "S3_ENDPOINT_URL": s3_endpoint,
+            "S3_ACCESS_KEY": S3_ACCESS,
+            "S3_SECRET_KEY": S3_SECRET,
+            "S3_REGION": "us-east-1",
+            "STORAGE_EMULATOR_HOST": gcs_endpoint,
+            "HOME": str(tmp_path),
+        }
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "source: OK" in ok.stdout and "store: OK" in ok.stdout
 
-    bad = _cli({"NEUTTS_SOURCE": f"gs://missing-{gcs_bucket}", "NEUTTS_STORE": "s3://missing-bucket/x",
-                "S3_ENDPOINT_URL": s3_endpoint, "S3_ACCESS_KEY": S3_ACCESS, "S3_SECRET_KEY": S3_SECRET, "S3_REGION": "us-east-1",
-                "STORAGE_EMULATOR_HOST": gcs_endpoint, "HOME": str(tmp_path)})
+    bad = _cli(
+        {
+            "NEUTTS_SOURCE": f"gs://missing-{gcs_bucket}",
+            "NEUTTS_STORE": "s3://missing-bucket/x",
+            "S3_ENDPOINT_URL": s3_endpoint,
+            "S3_ACCESS_KEY": S3_ACCESS,
+            "S3_SECRET_KEY": S3_SECRET,
+            "S3_REGION": "us-east-1",
+            "STORAGE_EMULATOR_HOST": gcs_endpoint,
+            "HOME": str(tmp_path),
+        }
+    )
     assert bad.returncode == 1
-    assert "source: FAILED bucket" in bad.stdout and "store: FAILED bucket" in bad.stdout and "missing-bucket" in bad.stdout
+    assert (
+        "source: FAILED bucket" in bad.stdout
+        and "store: FAILED bucket" in bad.stdout
+        and "missing-bucket" in bad.stdout
+    )
 
-    down = _cli({"NEUTTS_STORE": "s3://b/x", "S3_ENDPOINT_URL": "http://127.0.0.1:9", "S3_ACCESS_KEY": S3_ACCESS,
-                 "S3_SECRET_KEY": S3_SECRET, "S3_REGION": "us-east-1", "HOME": str(tmp_path)})
+    down = _cli(
+        {
+            "NEUTTS_STORE": "s3://b/x",
+            "S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            "S3_ACCESS_KEY": S3_ACCESS,
+            "S3_SECRET_KEY": S3_SECRET,
+            "S3_REGION": "us-east-1",
+            "HOME": str(tmp_path),
+        }
+    )
     assert "store: FAILED endpoint" in down.stdout and "127.0.0.1:9" in down.stdout
 
-    nocreds = _cli({"NEUTTS_STORE": "s3://b/x", "S3_ENDPOINT_URL": s3_endpoint, "S3_REGION": "us-east-1", "HOME": str(tmp_path),
-                    "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"})
+    nocreds = _cli(
+        {
+            "NEUTTS_STORE": "s3://b/x",
+            "S3_ENDPOINT_URL": s3_endpoint,
+            "S3_REGION": "us-east-1",
+            "HOME": str(tmp_path),
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
     assert "store: FAILED credentials" in nocreds.stdout
 
     for run in (ok, bad, down, nocreds):  # the secret is never printed
@@ -180,7 +236,7 @@ def test_gcs_errors_never_quote_an_upload_session():
 
     from neutts_assets.storage.gcs import _store_error
 
-    url = ("http://127.0.0.1:1/upload/storage/v1/b/bkt/o?uploadType=resumable&upload_id=ADPycdsSECRETsession123&name=x")
+    url = "http://127.0.0.1:1/upload/storage/v1/b/bkt/o?uploadType=resumable&upload_id=ADPycdsSECRETsession123&name=x"
     try:
         raise requests.exceptions.ConnectionError(f"HTTPConnectionPool: Max retries exceeded with url: {url}")
     except requests.exceptions.ConnectionError as exc:

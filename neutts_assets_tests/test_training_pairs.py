@@ -20,40 +20,60 @@ from dagster import DagsterInstance
 from datasets import load_dataset, load_from_disk
 
 from neutts_assets.pipeline.dataset.card import TEXT_CODES_CONFIG, text_codes_features
-from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment
 from neutts_assets.pipeline.pairs.training_pairs import (
-    INDEX_FILE, Group, PairSettings, pair_chunks, pair_of, pairs_features, sampled_pair_numbers,
+    Group,
+    PairSettings,
+    pair_chunks,
+    pair_of,
+    pairs_features,
+    sampled_pair_numbers,
 )
+from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.helpers import TEST_CODEC, asset_metadata, fake_codes, make_resources, run_dataset, run_pairs
 
 CH = "pairs_ch"
-USERS_COLUMNS = ["ref_text", "ref_codes", "ref_speaker_id", "ref_gender", "ref_dialect", "ref_tone", "ref_duration_sec",
-                 "target_text", "target_codes", "target_speaker_id", "target_gender", "target_dialect", "target_tone",
-                 "target_duration_sec", "channel"]
+USERS_COLUMNS = [
+    "ref_text",
+    "ref_codes",
+    "ref_speaker_id",
+    "ref_gender",
+    "ref_dialect",
+    "ref_tone",
+    "ref_duration_sec",
+    "target_text",
+    "target_codes",
+    "target_speaker_id",
+    "target_gender",
+    "target_dialect",
+    "target_tone",
+    "target_duration_sec",
+    "channel",
+]
 SIDE = ("text", "codes", "speaker_id", "gender", "dialect", "tone", "duration_sec")
 
 # (audio_id, speaker_id, samples at 16 kHz, has codes)
 SEGMENTS = [
-    ("recA_seg_0", "SPEAKER_00", 8000, True),     # 0.5 s: kept (bounds are inclusive)
+    ("recA_seg_0", "SPEAKER_00", 8000, True),  # 0.5 s: kept (bounds are inclusive)
     ("recA_seg_1", "SPEAKER_00", 16000, True),
     ("recA_seg_2", "SPEAKER_00", 24000, True),
-    ("recA_seg_3", "SPEAKER_00", 6400, True),     # 0.4 s: too short
-    ("recA_seg_4", "SPEAKER_00", 16000, False),   # no codes
-    ("recA_seg_5", "SPEAKER_01", 16000, True),    # alone in its group: dropped
-    ("recA_seg_6", "SPEAKER_00", 240000, True),   # 15.0 s: kept
-    ("recA_seg_7", "SPEAKER_00", 240320, True),   # 15.02 s: too long
-    ("recB_seg_0", "SPEAKER_00", 12000, True),    # SPEAKER_00 of another recording: another speaker
+    ("recA_seg_3", "SPEAKER_00", 6400, True),  # 0.4 s: too short
+    ("recA_seg_4", "SPEAKER_00", 16000, False),  # no codes
+    ("recA_seg_5", "SPEAKER_01", 16000, True),  # alone in its group: dropped
+    ("recA_seg_6", "SPEAKER_00", 240000, True),  # 15.0 s: kept
+    ("recA_seg_7", "SPEAKER_00", 240320, True),  # 15.02 s: too long
+    ("recB_seg_0", "SPEAKER_00", 12000, True),  # SPEAKER_00 of another recording: another speaker
     ("recB_seg_1", "SPEAKER_00", 20000, True),
     ("rec_seg_x_seg_0", "SPEAKER_02", 9000, True),  # recording "rec_seg_x": the part before the last _seg_
     ("rec_seg_x_seg_1", "SPEAKER_02", 11000, True),
     ("rec_seg_x_seg_2", "SPEAKER_02", 13000, True),
 ]
 # (recording, speaker) -> its eligible rows, in dataset order
-GROUPS = {("recA", "SPEAKER_00"): ["recA_seg_0", "recA_seg_1", "recA_seg_2", "recA_seg_6"],
-          ("recB", "SPEAKER_00"): ["recB_seg_0", "recB_seg_1"],
-          ("rec_seg_x", "SPEAKER_02"): ["rec_seg_x_seg_0", "rec_seg_x_seg_1", "rec_seg_x_seg_2"]}
+GROUPS = {
+    ("recA", "SPEAKER_00"): ["recA_seg_0", "recA_seg_1", "recA_seg_2", "recA_seg_6"],
+    ("recB", "SPEAKER_00"): ["recB_seg_0", "recB_seg_1"],
+    ("rec_seg_x", "SPEAKER_02"): ["rec_seg_x_seg_0", "rec_seg_x_seg_1", "rec_seg_x_seg_2"],
+}
 
 
 def _pcm(audio_id: str, samples: int) -> np.ndarray:
@@ -63,9 +83,18 @@ def _pcm(audio_id: str, samples: int) -> np.ndarray:
 
 def _segment(audio_id: str, speaker: str, samples: int, codes: bool) -> Segment:
     pcm = _pcm(audio_id, samples)
-    return Segment(audio_id=audio_id, channel=CH, text=f"نص {audio_id}", speaker_id=speaker,
-                   gender="female" if speaker == "SPEAKER_02" else "male", dialect="gulf", tone="neutral", pcm16=pcm,
-                   codes=fake_codes(audio_id, samples) if codes else np.zeros(0, np.int32), codec=TEST_CODEC if codes else "")
+    return Segment(
+        audio_id=audio_id,
+        channel=CH,
+        text=f"نص {audio_id}",
+        speaker_id=speaker,
+        gender="female" if speaker == "SPEAKER_02" else "male",
+        dialect="gulf",
+        tone="neutral",
+        pcm16=pcm,
+        codes=fake_codes(audio_id, samples) if codes else np.zeros(0, np.int32),
+        codec=TEST_CODEC if codes else "",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +109,9 @@ def template(tmp_path_factory):
         if codes:
             store.write_bytes(f"stage2_with_codes/{CH}/{audio_id}.npz", encode_segment(seg))
     resources = make_resources(str(root / "source"), str(root / "store"))
-    meta = asset_metadata(run_dataset(DagsterInstance.ephemeral(), resources, CH, {"include_segments_without_codes": True}), "hf_dataset")
+    meta = asset_metadata(
+        run_dataset(DagsterInstance.ephemeral(), resources, CH, {"include_segments_without_codes": True}), "hf_dataset"
+    )
     assert meta["rows"] == len(SEGMENTS)
     return root
 
@@ -116,7 +147,11 @@ def test_pairs_follow_the_users_rules(env):
     meta = asset_metadata(run_pairs(instance, resources, CH), "training_pairs")
     assert meta["rebuilt"] is True and meta["pairs"] == 12 + 2 + 6 == 20
     assert meta["speakers"] == 3 and meta["speakers_dropped"] == 1  # recA's SPEAKER_01 alone
-    assert (meta["pairs_per_speaker_min"], meta["pairs_per_speaker_median"], meta["pairs_per_speaker_max"]) == (2, 6, 12)
+    assert (meta["pairs_per_speaker_min"], meta["pairs_per_speaker_median"], meta["pairs_per_speaker_max"]) == (
+        2,
+        6,
+        12,
+    )
     assert (meta["rows_in_dataset"], meta["rows_eligible"], meta["rows_used"]) == (13, 10, 9)
     assert meta["include_audio"] is False and meta["local_path"] == str(store.root / "training_pairs" / CH)
     assert f"training_pairs/{CH}/" in meta["folder"] and meta["bytes"] > 0
@@ -142,7 +177,11 @@ def test_pairs_follow_the_users_rules(env):
     assert record["counts"]["pairs"] == 20 and record["settings"] == PairSettings().to_dict()
     assert record["top_speakers"][0] == {"recording": "recA", "speaker_id": "SPEAKER_00", "segments": 4, "pairs": 12}
     card = (store.root / "hf_dataset" / "README.md").read_text()
-    assert "## Training pairs" in card and f"| {CH} | 3 | 20 | 2 / 6 / 12 | 9 of 13 |" in card and record["build_id"] in card
+    assert (
+        "## Training pairs" in card
+        and f"| {CH} | 3 | 20 | 2 / 6 / 12 | 9 of 13 |" in card
+        and record["build_id"] in card
+    )
 
 
 def test_max_pairs_per_speaker_is_a_seeded_sample(env):
@@ -151,13 +190,15 @@ def test_max_pairs_per_speaker_is_a_seeded_sample(env):
     first = _pair_ids(store, _record(store))
     assert len(first) == 3 + 2 + 3 and len(set(first)) == len(first) and set(first) <= set(_reference_pairs())
     # The documented rule, for recA's group of 4 (12 pairs): rng([seed, crc32("recA\tSPEAKER_00")]).choice(12, 3).
-    m = np.random.default_rng([42, zlib.crc32("recA\tSPEAKER_00".encode())]).choice(12, 3, replace=False)
+    m = np.random.default_rng([42, zlib.crc32(b"recA\tSPEAKER_00")]).choice(12, 3, replace=False)
     i, j = pair_of(m, 4)
     members = GROUPS[("recA", "SPEAKER_00")]
     assert first[:3] == [(members[a], members[b]) for a, b in zip(i, j)]
     assert first[3:5] == list(itertools.permutations(GROUPS[("recB", "SPEAKER_00")], 2))  # 2 pairs <= 3: all, in order
 
-    meta = asset_metadata(run_pairs(instance, resources, CH, {"max_pairs_per_speaker": 3, "random_seed": 7}), "training_pairs")
+    meta = asset_metadata(
+        run_pairs(instance, resources, CH, {"max_pairs_per_speaker": 3, "random_seed": 7}), "training_pairs"
+    )
     assert meta["rebuilt"] is True and meta["pairs"] == 8
     assert _pair_ids(store, _record(store)) != first
     run_pairs(instance, resources, CH, {"max_pairs_per_speaker": 3})
@@ -167,11 +208,19 @@ def test_max_pairs_per_speaker_is_a_seeded_sample(env):
 def test_unchanged_rerun_is_a_no_op_and_a_new_dataset_build_rebuilds(env):
     resources, instance, store, tmp = env
     run_pairs(instance, resources, CH)
-    before = {o.key: o.version for p in ("training_pairs/", "training_pairs_builds/", "hf_dataset/README.md") for o in store.list(p)}
+    before = {
+        o.key: o.version
+        for p in ("training_pairs/", "training_pairs_builds/", "hf_dataset/README.md")
+        for o in store.list(p)
+    }
     old = _record(store)
     meta = asset_metadata(run_pairs(instance, resources, CH), "training_pairs")
     assert meta["rebuilt"] is False and meta["pairs"] == 20 and meta["build_id"] == old["build_id"]
-    assert {o.key: o.version for p in ("training_pairs/", "training_pairs_builds/", "hf_dataset/README.md") for o in store.list(p)} == before
+    assert {
+        o.key: o.version
+        for p in ("training_pairs/", "training_pairs_builds/", "hf_dataset/README.md")
+        for o in store.list(p)
+    } == before
 
     # recB's second segment leaves the channel: the dataset is rebuilt, the pairs follow it.
     store.delete(f"stage1/{CH}/recB_seg_1.npz")
@@ -184,7 +233,9 @@ def test_unchanged_rerun_is_a_no_op_and_a_new_dataset_build_rebuilds(env):
 
 
 def _pairs_with_fields(path) -> list[tuple]:
-    return sorted(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in row.items()) for row in load_from_disk(path))
+    return sorted(
+        tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in row.items()) for row in load_from_disk(path)
+    )
 
 
 def test_pairs_follow_the_dataset_incrementally(env):
@@ -193,14 +244,20 @@ def test_pairs_follow_the_dataset_incrementally(env):
     every state equals a full rebuild's pairs."""
     resources, instance, store, tmp = env
     first = asset_metadata(run_pairs(instance, resources, CH), "training_pairs")
-    kept = {o.key: o.version for o in store.list(f"training_pairs/{CH}/") if "/" in o.key[len(f"training_pairs/{CH}/"):]}
+    kept = {
+        o.key: o.version for o in store.list(f"training_pairs/{CH}/") if "/" in o.key[len(f"training_pairs/{CH}/") :]
+    }
     assert first["full_rebuild"] is True and len(kept) == 2  # one pairs file and its index
 
     for i, samples in enumerate((16000, 20000, 24000)):  # a new recording, one speaker: 6 pairs
         seg = _segment(f"recC_seg_{i}", "SPEAKER_00", samples, True)
-        store.write_bytes(f"stage1/{CH}/recC_seg_{i}.npz", encode_segment(_segment(f"recC_seg_{i}", "SPEAKER_00", samples, False)))
+        store.write_bytes(
+            f"stage1/{CH}/recC_seg_{i}.npz", encode_segment(_segment(f"recC_seg_{i}", "SPEAKER_00", samples, False))
+        )
         store.write_bytes(f"stage2_with_codes/{CH}/recC_seg_{i}.npz", encode_segment(seg))
-    dataset = asset_metadata(run_dataset(instance, resources, CH, {"include_segments_without_codes": True}), "hf_dataset")
+    dataset = asset_metadata(
+        run_dataset(instance, resources, CH, {"include_segments_without_codes": True}), "hf_dataset"
+    )
     assert dataset["shards_kept"] == 1 and dataset["shards_written"] == 1  # the dataset's own incremental build
     meta = asset_metadata(run_pairs(instance, resources, CH), "training_pairs")
     assert meta["full_rebuild"] is False and meta["files_kept"] == 1 and meta["files_written"] == 1
@@ -217,14 +274,16 @@ def test_pairs_follow_the_dataset_incrementally(env):
     store.write_bytes(f"stage2_with_codes/{CH}/recB_seg_1.npz", encode_segment(seg))
     run_dataset(instance, resources, CH, {"include_segments_without_codes": True})
     meta = asset_metadata(run_pairs(instance, resources, CH), "training_pairs")
-    assert meta["full_rebuild"] is False and meta["files_kept"] == 1 and meta["files_written"] == 1 and meta["pairs"] == 26
+    assert (
+        meta["full_rebuild"] is False and meta["files_kept"] == 1 and meta["files_written"] == 1 and meta["pairs"] == 26
+    )
     assert "changed" in {row["ref_text"] for row in load_from_disk(meta["local_path"])}
     incremental = _pairs_with_fields(meta["local_path"])
     full = asset_metadata(run_pairs(instance, resources, CH, {"force": True}), "training_pairs")
     assert full["full_rebuild"] is True and _pairs_with_fields(full["local_path"]) == incremental
     record, prefix = _record(store), f"training_pairs/{CH}/"
     named = {prefix + f for f in record["arrow_files"] + record["index_files"]}
-    assert {o.key for o in store.list(prefix) if "/" in o.key[len(prefix):]} == named  # nothing replaced is left
+    assert {o.key for o in store.list(prefix) if "/" in o.key[len(prefix) :]} == named  # nothing replaced is left
 
 
 def test_include_audio_decodes_to_the_source_samples(env):
@@ -238,7 +297,9 @@ def test_include_audio_decodes_to_the_source_samples(env):
         for column, audio_id in (("ref_audio", ref), ("target_audio", target)):
             decoded = pair[column].get_all_samples()
             assert decoded.sample_rate == 16000
-            np.testing.assert_array_equal(decoded.data.numpy()[0], _pcm(audio_id, samples[audio_id]).astype(np.float32) / 32768.0)
+            np.testing.assert_array_equal(
+                decoded.data.numpy()[0], _pcm(audio_id, samples[audio_id]).astype(np.float32) / 32768.0
+            )
 
 
 SPEECH_BASE, PAD, LENGTH = 300, 0, 512  # ids: text bytes 1..256, <|speech_i|> = SPEECH_BASE + i
@@ -276,17 +337,31 @@ def test_text_codes_config_loads_without_audio_and_collates(env):
     resources, instance, store, tmp = env
     folder = tmp / "store" / "hf_dataset"
     ds = load_dataset(str(folder), TEXT_CODES_CONFIG, split="train", cache_dir=str(tmp / "hf_cache"))
-    assert set(ds.column_names) == {"text", "codes", "speaker_id", "channel", "gender", "dialect", "tone", "audio_id", "duration_sec"}
+    assert set(ds.column_names) == {
+        "text",
+        "codes",
+        "speaker_id",
+        "channel",
+        "gender",
+        "dialect",
+        "tone",
+        "audio_id",
+        "duration_sec",
+    }
     assert ds.features == text_codes_features() and len(ds) == len(SEGMENTS)
     rows = _dataset_rows(tmp)
     assert all(row == rows[row["audio_id"]] for row in ds)
 
     # Neuphonic's example: map text + codes to ids, remove only those two, collate every other column.
     with_codes = ds.filter(lambda row: len(row["codes"]) > 0)
-    mapped = with_codes.map(lambda row: _fixed([b + 1 for b in row["text"].encode("utf-8")] + _speech_ids(row["codes"])),
-                            remove_columns=["text", "codes"])
+    mapped = with_codes.map(
+        lambda row: _fixed([b + 1 for b in row["text"].encode("utf-8")] + _speech_ids(row["codes"])),
+        remove_columns=["text", "codes"],
+    )
     batch = transformers.default_data_collator([mapped[i] for i in range(len(mapped))])
-    assert tuple(batch["input_ids"].shape) == (len(with_codes), LENGTH) and tuple(batch["duration_sec"].shape) == (len(with_codes),)
+    assert tuple(batch["input_ids"].shape) == (len(with_codes), LENGTH) and tuple(batch["duration_sec"].shape) == (
+        len(with_codes),
+    )
     card = (folder / "README.md").read_text()
     assert f"config_name: {TEXT_CODES_CONFIG}" in card and "columns:" in card
 
@@ -313,7 +388,11 @@ def test_planner_is_lazy_on_a_large_group():
     tracemalloc.start()
     try:
         ref, target = next(chunks)
-        assert len(ref) == 20_000 and (ref[0], target[0]) == (10_000, 10_001) and (ref[-1], target[-1]) == (10_006, 10_000 + 20_000 - 6 * 2999)
+        assert (
+            len(ref) == 20_000
+            and (ref[0], target[0]) == (10_000, 10_001)
+            and (ref[-1], target[-1]) == (10_006, 10_000 + 20_000 - 6 * 2999)
+        )
         total, last = len(ref), None
         for ref, target in chunks:
             assert len(ref) <= 20_000 and not np.any(ref == target)

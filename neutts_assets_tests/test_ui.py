@@ -15,7 +15,6 @@ import pytest
 import requests
 
 from neutts_assets.storage.local import LocalStore
-
 from neutts_assets_tests.helpers import DEMO_IDS, clean_env, free_port, populate_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,11 +33,19 @@ def dagster_dev(tmp_path_factory):
     populate_source(LocalStore(tmp_path / "bucket"), "ui_channel", ids=DEMO_IDS[:2])
     for channel in (QUEUE_A, QUEUE_B):
         populate_source(LocalStore(tmp_path / "bucket"), channel, ids=DEMO_IDS[1:2])
-    env = clean_env(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "store"))
+    env = clean_env(
+        DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "store")
+    )
     port = free_port()
     log = open(tmp_path / "dagster-dev.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/graphql"
     deadline = time.monotonic() + 120
     while True:
@@ -73,7 +80,9 @@ def wait_for_run(url, run_id, timeout=240) -> str:
     """Polls the run's status as the UI does until it ends; returns the final status."""
     deadline = time.monotonic() + timeout
     while True:
-        status = gql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=run_id)["runOrError"]["status"]
+        status = gql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", id=run_id)[
+            "runOrError"
+        ]["status"]
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             return status
         assert time.monotonic() < deadline, f"run still {status}"
@@ -84,33 +93,53 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     url, tmp_path = dagster_dev
     nodes = gql(url, "{ assetNodes { assetKey { path } isExecutable partitionDefinition { name } } }")["assetNodes"]
     assert {n["assetKey"]["path"][0]: n["isExecutable"] for n in nodes} == {
-        "raw_audio": True, "segments_npz": True, "encoded_segments": True, "hf_dataset": True, "training_pairs": True}
+        "raw_audio": True,
+        "segments_npz": True,
+        "encoded_segments": True,
+        "hf_dataset": True,
+        "training_pairs": True,
+    }
     assert all(n["partitionDefinition"]["name"] == "channels" for n in nodes)
 
     repo = {"repositoryLocationName": "neutts_assets", "repositoryName": "__repository__"}
-    added = gql(url, """mutation($repo: RepositorySelector!) {
+    added = gql(
+        url,
+        """mutation($repo: RepositorySelector!) {
         addDynamicPartition(repositorySelector: $repo, partitionsDefName: "channels", partitionKey: "ui_channel") { __typename }
-    }""", repo=repo)
+    }""",
+        repo=repo,
+    )
     assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess"
 
-    launched = gql(url, """mutation($params: ExecutionParams!) {
+    launched = gql(
+        url,
+        """mutation($params: ExecutionParams!) {
         launchPipelineExecution(executionParams: $params) {
             __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on InvalidSubsetError { message }
         }
-    }""", params={
-        "selector": {**repo, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["raw_audio"]}, {"path": ["segments_npz"]}]},
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ui_channel"}]},
-        "mode": "default",
-    })["launchPipelineExecution"]
+    }""",
+        params={
+            "selector": {
+                **repo,
+                "pipelineName": "__ASSET_JOB",
+                "assetSelection": [{"path": ["raw_audio"]}, {"path": ["segments_npz"]}],
+            },
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ui_channel"}]},
+            "mode": "default",
+        },
+    )["launchPipelineExecution"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
 
     assert wait_for_run(url, run_id) == "SUCCESS"
 
-    node = gql(url, """{ assetNodeOrError(assetKey: {path: ["segments_npz"]}) { ... on AssetNode {
+    node = gql(
+        url,
+        """{ assetNodeOrError(assetKey: {path: ["segments_npz"]}) { ... on AssetNode {
         partitionStats { numMaterialized }
         assetMaterializations(partitions: ["ui_channel"]) { partition metadataEntries { label ... on IntMetadataEntry { intValue } } }
-    } } }""")["assetNodeOrError"]
+    } } }""",
+    )["assetNodeOrError"]
     assert node["partitionStats"]["numMaterialized"] == 1
     (mat,) = node["assetMaterializations"]
     meta = {e["label"]: e.get("intValue") for e in mat["metadataEntries"]}
@@ -118,22 +147,29 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     assert len(list((tmp_path / "store" / "stage1" / "ui_channel").glob("*.npz"))) == meta["segments_written"]
 
     # The dataset from the Launchpad, with the no-codes option (no encoder has run): its card is Markdown metadata.
-    launched = gql(url, """mutation($params: ExecutionParams!) {
+    launched = gql(
+        url,
+        """mutation($params: ExecutionParams!) {
         launchPipelineExecution(executionParams: $params) {
             __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } ... on InvalidSubsetError { message }
         }
-    }""", params={
-        "selector": {**repo, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["hf_dataset"]}]},
-        "runConfigData": {"ops": {"hf_dataset": {"config": {"include_segments_without_codes": True}}}},
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ui_channel"}]},
-        "mode": "default",
-    })["launchPipelineExecution"]
+    }""",
+        params={
+            "selector": {**repo, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": ["hf_dataset"]}]},
+            "runConfigData": {"ops": {"hf_dataset": {"config": {"include_segments_without_codes": True}}}},
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ui_channel"}]},
+            "mode": "default",
+        },
+    )["launchPipelineExecution"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     assert wait_for_run(url, launched["run"]["runId"]) == "SUCCESS"
-    node = gql(url, """{ assetNodeOrError(assetKey: {path: ["hf_dataset"]}) { ... on AssetNode {
+    node = gql(
+        url,
+        """{ assetNodeOrError(assetKey: {path: ["hf_dataset"]}) { ... on AssetNode {
         assetMaterializations(partitions: ["ui_channel"]) { metadataEntries { label ... on IntMetadataEntry { intValue }
                                                             ... on MarkdownMetadataEntry { mdStr } } }
-    } } }""")["assetNodeOrError"]
+    } } }""",
+    )["assetNodeOrError"]
     (mat,) = node["assetMaterializations"]
     entries = {e["label"]: e for e in mat["metadataEntries"]}
     assert entries["rows"]["intValue"] == meta["segments_written"]
@@ -142,10 +178,20 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
 
 def launch(url, assets: list[str], channel: str) -> str:
     """A launch as the UI's Materialize button makes it: the implicit asset job, a partition tag."""
-    out = gql(url, """mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
+    out = gql(
+        url,
+        """mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
         __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
-              p={"selector": {**REPO_SELECTOR, "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
-                 "executionMetadata": {"tags": [{"key": "dagster/partition", "value": channel}]}, "mode": "default"})
+        p={
+            "selector": {
+                **REPO_SELECTOR,
+                "pipelineName": "__ASSET_JOB",
+                "assetSelection": [{"path": [a]} for a in assets],
+            },
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": channel}]},
+            "mode": "default",
+        },
+    )
     assert out["launchPipelineExecution"]["__typename"] == "LaunchRunSuccess", out
     return out["launchPipelineExecution"]["run"]["runId"]
 
@@ -155,15 +201,24 @@ def test_the_run_queue_starts_a_channels_second_run_only_after_its_first(dagster
     for its first; channel B's run, queued behind both, does not wait for channel A."""
     url, _ = dagster_dev
     for channel in (QUEUE_A, QUEUE_B):
-        out = gql(url, """mutation($repo: RepositorySelector!, $key: String!) { addDynamicPartition(
-            repositorySelector: $repo, partitionsDefName: "channels", partitionKey: $key) { __typename } }""", repo=REPO_SELECTOR, key=channel)
+        out = gql(
+            url,
+            """mutation($repo: RepositorySelector!, $key: String!) { addDynamicPartition(
+            repositorySelector: $repo, partitionsDefName: "channels", partitionKey: $key) { __typename } }""",
+            repo=REPO_SELECTOR,
+            key=channel,
+        )
         assert out["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", out
     ids = [launch(url, ["raw_audio", "segments_npz"], c) for c in (QUEUE_A, QUEUE_A, QUEUE_B)]
     for run_id in ids:
         assert wait_for_run(url, run_id, timeout=300) == "SUCCESS"
     runs = []
     for run_id in ids:
-        r = gql(url, """query($id: ID!) { runOrError(runId: $id) { ... on Run { startTime endTime tags { key value } } } }""", id=run_id)["runOrError"]
+        r = gql(
+            url,
+            """query($id: ID!) { runOrError(runId: $id) { ... on Run { startTime endTime tags { key value } } } }""",
+            id=run_id,
+        )["runOrError"]
         runs.append({**r, "tags": {t["key"]: t["value"] for t in r["tags"]}})
     assert [r["tags"]["neutts/channel"] for r in runs] == [QUEUE_A, QUEUE_A, QUEUE_B]
     a1, a2, b = runs

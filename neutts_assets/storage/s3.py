@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import http.client
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import urllib3
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import (
-    BotoCoreError, ClientError, EndpointConnectionError, IncompleteReadError, NoCredentialsError, ReadTimeoutError,
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ReadTimeoutError,
     ResponseStreamingError,
 )
 
 from neutts_assets.storage.retries import RetryCounter, RetrySettings, T, retry_call
-from neutts_assets.storage.store import ObjectChanged, PROBE_KEY, ObjectInfo, ObjectStore, StoreCheckError, StoreError, check_key
+from neutts_assets.storage.store import (
+    PROBE_KEY,
+    ObjectChanged,
+    ObjectInfo,
+    ObjectStore,
+    StoreCheckError,
+    StoreError,
+    check_key,
+)
 
 # A condition that did not hold: the object exists (If-None-Match), changed (If-Match), or another
 # conditional write to the key was in flight (409, which S3 asks the caller to retry).
 _LOST_RACE_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}
 
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AccessDenied", "403"}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AccessDenied",
+    "403",
+}
 
 
 class _BodyInterrupted(Exception):
@@ -36,8 +57,14 @@ class S3Store(ObjectStore):
     """`client` carries the retry settings (botocore Config); `settings` repeats them for the one
     spot botocore leaves alone, a GetObject body that breaks off after the headers."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", settings: RetrySettings | None = None,
-                 client_factory: Callable[[], Any] | None = None):
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        settings: RetrySettings | None = None,
+        client_factory: Callable[[], Any] | None = None,
+    ):
         self.client = client
         # Makes another client like this one (reopen); without it, one is built from this client's own settings.
         self._client_factory = client_factory
@@ -66,9 +93,14 @@ class S3Store(ObjectStore):
         if context.get("retries", {}).get("attempt", 1) > 1:
             self.retry_counter.add(operation_name, context.get("neutts_last_failure") or "unknown")
 
-    def reopen(self) -> "S3Store":
-        return type(self)(self._client_factory() if self._client_factory else _client_like(self.client),
-                          self.bucket, self.prefix, self.settings, self._client_factory)
+    def reopen(self) -> S3Store:
+        return type(self)(
+            self._client_factory() if self._client_factory else _client_like(self.client),
+            self.bucket,
+            self.prefix,
+            self.settings,
+            self._client_factory,
+        )
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.client.meta.endpoint_url}"
@@ -82,7 +114,7 @@ class S3Store(ObjectStore):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(
-                        key=obj["Key"][len(self.prefix):],
+                        key=obj["Key"][len(self.prefix) :],
                         size=obj["Size"],
                         version=obj["ETag"].strip('"'),
                         updated=obj.get("LastModified"),
@@ -93,6 +125,7 @@ class S3Store(ObjectStore):
     def _get(self, key: str, consume: Callable[[dict], T], **params) -> T:
         """One GetObject, its response handed to `consume`; a body broken off (or an error response
         cut off) runs the whole call again, counted: botocore retries neither."""
+
         def get() -> T:
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **params)
@@ -116,8 +149,12 @@ class S3Store(ObjectStore):
             return self._download_pinned(key, path, version)
         try:
             # s3transfer retries a body that breaks off by itself (not counted here); botocore the requests.
-            self.client.download_file(self.bucket, self._key(key), str(path),
-                                      Config=TransferConfig(num_download_attempts=self.settings.max_attempts))
+            self.client.download_file(
+                self.bucket,
+                self._key(key),
+                str(path),
+                Config=TransferConfig(num_download_attempts=self.settings.max_attempts),
+            )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
@@ -143,7 +180,9 @@ class S3Store(ObjectStore):
             if code in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
             if code in ("PreconditionFailed", "412"):
-                raise ObjectChanged(f"{key!r} in {self.describe()} changed since it was listed (ETag {version})") from None
+                raise ObjectChanged(
+                    f"{key!r} in {self.describe()} changed since it was listed (ETag {version})"
+                ) from None
             raise StoreError(f"cannot download {key!r} from {self.describe()}: {exc}") from exc
         except (BotoCoreError, _BodyInterrupted, OSError) as exc:
             Path(path).unlink(missing_ok=True)
@@ -175,9 +214,13 @@ class S3Store(ObjectStore):
             return 0
         aborted = 0
         try:
-            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            ):
                 for upload in page.get("Uploads", []):
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
                     aborted += 1
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot abort unfinished uploads under {prefix!r} in {self.describe()}: {exc}") from exc
@@ -225,13 +268,17 @@ class S3Store(ObjectStore):
         except EndpointConnectionError:
             raise StoreCheckError("endpoint", f"cannot connect to {endpoint}") from None
         except NoCredentialsError:
-            raise StoreCheckError("credentials", "no S3 credentials found (set S3_ACCESS_KEY and S3_SECRET_KEY)") from None
+            raise StoreCheckError(
+                "credentials", "no S3 credentials found (set S3_ACCESS_KEY and S3_SECRET_KEY)"
+            ) from None
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code"))
             if code in ("404", "NoSuchBucket"):
                 raise StoreCheckError("bucket", f"bucket {self.bucket!r} does not exist at {endpoint}") from None
             if code in _CREDENTIAL_CODES:
-                raise StoreCheckError("credentials", f"{endpoint} refused the credentials for bucket {self.bucket!r} ({code})") from None
+                raise StoreCheckError(
+                    "credentials", f"{endpoint} refused the credentials for bucket {self.bucket!r} ({code})"
+                ) from None
             raise StoreCheckError("bucket", f"bucket {self.bucket!r} at {endpoint}: {code}") from None
         except StoreError as exc:
             raise StoreCheckError("permissions", f"cannot write to bucket {self.bucket!r}: {exc}") from None

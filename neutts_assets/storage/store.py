@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 
 class StoreError(Exception):
@@ -109,7 +109,7 @@ class ObjectStore(abc.ABC):
         With write=True it also writes and deletes a probe object, so permission to write is proven.
         """
 
-    def reopen(self) -> "ObjectStore":
+    def reopen(self) -> ObjectStore:
         """The same store with clients of its own, for another process. Stage 2's host workers are
         forked from the run: an HTTP connection pool inherited from the parent would be shared by
         several processes (interleaved requests on one socket), so each worker opens its own."""

@@ -1,25 +1,40 @@
 """The dataset stage's asset check: dataset_shards_present."""
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
-from neutts_assets.pipeline.dataset.writer import DATASET_PREFIX, read_record, shard_prefix
+
 from neutts_assets.defs.dataset.hf_dataset import hf_dataset
 from neutts_assets.defs.metadata import md_table
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
+from neutts_assets.pipeline.dataset.writer import DATASET_PREFIX, read_record, shard_prefix
 
 
-@asset_check(asset=hf_dataset, partitions_def=channels,
-             description="Every shard the channel's published build lists is in the store, at its recorded size.")
+@asset_check(
+    asset=hf_dataset,
+    partitions_def=channels,
+    description="Every shard the channel's published build lists is in the store, at its recorded size.",
+)
 def dataset_shards_present(context: AssetCheckExecutionContext, store: SegmentStore) -> AssetCheckResult:
     dst = store.open()
     record = read_record(dst, context.partition_key)
     if record is None:
         return AssetCheckResult(passed=False, metadata={"problem": "no published build for this channel"})
     sizes = {o.key: o.size for o in dst.list(shard_prefix(context.partition_key))}
-    wrong = [(s["path"], "missing" if DATASET_PREFIX + s["path"] not in sizes else f"{sizes[DATASET_PREFIX + s['path']]} bytes, "
-              f"recorded {s['bytes']}") for s in record["shards"] if sizes.get(DATASET_PREFIX + s["path"]) != s["bytes"]]
+    wrong = [
+        (
+            s["path"],
+            "missing"
+            if DATASET_PREFIX + s["path"] not in sizes
+            else f"{sizes[DATASET_PREFIX + s['path']]} bytes, recorded {s['bytes']}",
+        )
+        for s in record["shards"]
+        if sizes.get(DATASET_PREFIX + s["path"]) != s["bytes"]
+    ]
     return AssetCheckResult(
         passed=not wrong,
-        metadata={"shards": len(record["shards"]), "build_id": record["build_id"],
-                  "problems": md_table(["shard", "problem"], wrong, empty="every shard present")},
+        metadata={
+            "shards": len(record["shards"]),
+            "build_id": record["build_id"],
+            "problems": md_table(["shard", "problem"], wrong, empty="every shard present"),
+        },
     )

@@ -1,13 +1,13 @@
 """The codec as a ConfigurableResource, and how the deployment picks it from the environment.
 
-    NEUTTS_CODEC            pretrained (default) | random | random-full   (random: test-only codes)
-    NEUTTS_CODEC_MODEL      neuphonic/neucodec (default) | neuphonic/distill-neucodec
-    NEUTTS_CODEC_REVISION   a Hub branch, tag or commit (default: main)
-    NEUTTS_CODEC_DEVICE     auto (default: cuda when present) | cuda | cpu
-    NEUTTS_CODEC_DTYPE      float32 (default) | tf32 | bfloat16 | float16
-    NEUTTS_CODEC_BATCH_SECONDS   audio seconds per codec call (default: sized for the device's memory)
-    NEUTTS_CODEC_HOST_WORKERS    processes doing stage 2's per-segment host work (default: one per core, up to 8)
-    NEUTTS_CODEC_DISK_BUDGET_GB, NEUTTS_CODEC_SEED (random weights)
+NEUTTS_CODEC            pretrained (default) | random | random-full   (random: test-only codes)
+NEUTTS_CODEC_MODEL      neuphonic/neucodec (default) | neuphonic/distill-neucodec
+NEUTTS_CODEC_REVISION   a Hub branch, tag or commit (default: main)
+NEUTTS_CODEC_DEVICE     auto (default: cuda when present) | cuda | cpu
+NEUTTS_CODEC_DTYPE      float32 (default) | tf32 | bfloat16 | float16
+NEUTTS_CODEC_BATCH_SECONDS   audio seconds per codec call (default: sized for the device's memory)
+NEUTTS_CODEC_HOST_WORKERS    processes doing stage 2's per-segment host work (default: one per core, up to 8)
+NEUTTS_CODEC_DISK_BUDGET_GB, NEUTTS_CODEC_SEED (random weights)
 """
 
 from __future__ import annotations

@@ -3,21 +3,29 @@ import statistics
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
-from neutts_assets.pipeline.encoding.codec import MIN_SAMPLES, RANDOM_LABEL, Codec, CodecUnavailable
-from neutts_assets.pipeline.orchestration.lease import Lease
-from neutts_assets.pipeline.progress import Progress
-from neutts_assets.pipeline.segments.store import channel_prefix
-from neutts_assets.pipeline.encoding.stream import EncodeTally, encode_stream
-from neutts_assets.pipeline.encoding.store import STAGE2_PREFIX, EncodePlan, Stage2Layout, encoded_manifest, plan_encoding
 from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
+from neutts_assets.pipeline.encoding.codec import MIN_SAMPLES, RANDOM_LABEL, Codec, CodecUnavailable
+from neutts_assets.pipeline.encoding.store import (
+    STAGE2_PREFIX,
+    EncodePlan,
+    Stage2Layout,
+    encoded_manifest,
+    plan_encoding,
+)
+from neutts_assets.pipeline.encoding.stream import EncodeTally, encode_stream
+from neutts_assets.pipeline.orchestration.lease import Lease
+from neutts_assets.pipeline.progress import Progress
+from neutts_assets.pipeline.segments.store import channel_prefix
 
 
 class EncodeConfig(Config):
-    prefix: str = Field(default=STAGE2_PREFIX, description="where stage 2 writes in the segment store (old: stage2_with_codes/)")
+    prefix: str = Field(
+        default=STAGE2_PREFIX, description="where stage 2 writes in the segment store (old: stage2_with_codes/)"
+    )
 
 
 @asset(
@@ -32,7 +40,11 @@ class EncodeConfig(Config):
     "Value: the manifest of the channel's encoded segments.",
 )
 def encoded_segments(
-    context: AssetExecutionContext, config: EncodeConfig, segments_npz: dict, codec: NeuCodecResource, store: SegmentStore
+    context: AssetExecutionContext,
+    config: EncodeConfig,
+    segments_npz: dict,
+    codec: NeuCodecResource,
+    store: SegmentStore,
 ) -> Output[dict]:
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
     with channel_lease(context, store, "encoded_segments") as lease:
@@ -40,7 +52,11 @@ def encoded_segments(
 
 
 def _encode_channel(
-    context: AssetExecutionContext, config: EncodeConfig, segments_npz: dict, codec: NeuCodecResource, store: SegmentStore,
+    context: AssetExecutionContext,
+    config: EncodeConfig,
+    segments_npz: dict,
+    codec: NeuCodecResource,
+    store: SegmentStore,
     lease: Lease,
 ) -> Output[dict]:
     channel = context.partition_key
@@ -71,21 +87,45 @@ def _encode_channel(
         try:
             model = codec.load()
         except CodecUnavailable as exc:
-            raise Failure(description=str(exc), metadata={"codec_model": codec.model_id, "weights": codec.weights}) from exc
+            raise Failure(
+                description=str(exc), metadata={"codec_model": codec.model_id, "weights": codec.weights}
+            ) from exc
     if RANDOM_LABEL in label:
         context.log.warning(f"{label}: random weights, the codes are for tests only")
 
     progress = Progress(context.log.info, len(plan.todo), f"{channel} encoding", unit="segments")
     settings = codec.stream_settings()
-    tally = encode_stream(plan.todo, model, dst, settings, on_batch=lambda n, seconds: progress.update(n, seconds, done=n),
-                          guard=lease.check, publish_deadline=lease.valid_until) if plan.todo else EncodeTally()
+    tally = (
+        encode_stream(
+            plan.todo,
+            model,
+            dst,
+            settings,
+            on_batch=lambda n, seconds: progress.update(n, seconds, done=n),
+            guard=lease.check,
+            publish_deadline=lease.valid_until,
+        )
+        if plan.todo
+        else EncodeTally()
+    )
 
     with_codes = set(plan.done) | {item.audio_id for item, _ in tally.encoded} | {item.audio_id for item in tally.kept}
     failed = [(key, reason) for key, reason in plan.missing_source] + tally.failed
     manifest = encoded_manifest(segments_npz, layout, label, RANDOM_LABEL in label, with_codes, plan.too_short, failed)
-    metadata = {**_metadata(label, codec, model, plan, tally, manifest, failed, f"{dst.describe()} {layout.channel_prefix}",
-                            orphan_temporaries),
-                **retry_metadata(store=dst)}
+    metadata = {
+        **_metadata(
+            label,
+            codec,
+            model,
+            plan,
+            tally,
+            manifest,
+            failed,
+            f"{dst.describe()} {layout.channel_prefix}",
+            orphan_temporaries,
+        ),
+        **retry_metadata(store=dst),
+    }
     if tally.store_failed:
         # Every other segment is written with its marker. Failing the run keeps a manifest that leaves
         # these out from being published; a rerun encodes only these.
@@ -97,8 +137,17 @@ def _encode_channel(
     return Output(manifest, metadata=metadata)
 
 
-def _metadata(label: str, codec: NeuCodecResource, model: Codec | None, plan: EncodePlan, tally: EncodeTally, manifest: dict,
-              failed: list, where: str, orphans: int) -> dict:
+def _metadata(
+    label: str,
+    codec: NeuCodecResource,
+    model: Codec | None,
+    plan: EncodePlan,
+    tally: EncodeTally,
+    manifest: dict,
+    failed: list,
+    where: str,
+    orphans: int,
+) -> dict:
     wall = tally.wall_seconds
     sizes = tally.batch_sizes or [0]
     test_only = RANDOM_LABEL in label
@@ -128,7 +177,9 @@ def _metadata(label: str, codec: NeuCodecResource, model: Codec | None, plan: En
         "codes_in_channel": manifest["code_count"],
         "segments_per_second": round(len(tally.encoded) / wall, 2) if wall else 0.0,
         "audio_seconds_per_second": round(tally.audio_seconds / wall, 1) if wall else 0.0,
-        "encode_audio_seconds_per_second": round(sum(tally.batch_seconds) / tally.encode_seconds, 1) if tally.encode_seconds else 0.0,
+        "encode_audio_seconds_per_second": round(sum(tally.batch_seconds) / tally.encode_seconds, 1)
+        if tally.encode_seconds
+        else 0.0,
         # time in codec calls / wall: below 1, the device waited for the host (or for the first batch)
         "device_busy_fraction": round(tally.device_busy_fraction, 3),
         "device_idle_seconds": round(tally.device_idle_seconds, 2),
@@ -139,14 +190,21 @@ def _metadata(label: str, codec: NeuCodecResource, model: Codec | None, plan: En
         "batch_audio_seconds_limit": tally.batch_seconds_limit,
         "host_workers": tally.host_workers,
         # host seconds per step, summed over the workers' threads: they overlap each other and the device
-        "host_seconds_per_step": MetadataValue.json({
-            "read": round(tally.read_seconds, 2), "decode": round(tally.decode_seconds, 2),
-            "prepare_batches": round(tally.prepare_seconds, 2), "stage2_file": round(tally.file_seconds, 2),
-            "write": round(tally.write_seconds, 2),
-        }),
-        "device_seconds_per_step": MetadataValue.json({
-            "features": round(tally.features_seconds, 2), "model": round(tally.model_seconds, 2),
-        }),
+        "host_seconds_per_step": MetadataValue.json(
+            {
+                "read": round(tally.read_seconds, 2),
+                "decode": round(tally.decode_seconds, 2),
+                "prepare_batches": round(tally.prepare_seconds, 2),
+                "stage2_file": round(tally.file_seconds, 2),
+                "write": round(tally.write_seconds, 2),
+            }
+        ),
+        "device_seconds_per_step": MetadataValue.json(
+            {
+                "features": round(tally.features_seconds, 2),
+                "model": round(tally.model_seconds, 2),
+            }
+        ),
         "download_seconds": round(tally.download_seconds, 2),
         "encode_seconds": round(tally.encode_seconds, 2),
         "upload_seconds": round(tally.upload_seconds, 2),

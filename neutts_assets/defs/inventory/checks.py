@@ -1,12 +1,17 @@
 """The inventory stage's asset check: every_object_paired."""
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, asset_check
-from neutts_assets.pipeline.inventory.manifest import Inventory
+
 from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.partitions import channels
+from neutts_assets.pipeline.inventory.manifest import Inventory
 
 
-@asset_check(asset=raw_audio, partitions_def=channels, description="Every transcript has its audio and every audio object its transcript.")
+@asset_check(
+    asset=raw_audio,
+    partitions_def=channels,
+    description="Every transcript has its audio and every audio object its transcript.",
+)
 def every_object_paired(context: AssetCheckExecutionContext, raw_audio: dict) -> AssetCheckResult:
     inventory = Inventory.from_dict(raw_audio)
     # A warning, not an error: the channel is still usable, but someone should look at the source bucket.

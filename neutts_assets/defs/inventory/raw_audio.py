@@ -2,11 +2,11 @@ from collections import Counter
 
 from dagster import AssetExecutionContext, DataVersion, Failure, Output, asset
 
-from neutts_assets.pipeline.inventory.manifest import build_inventory
-from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError
 from neutts_assets.defs.metadata import md_table, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
+from neutts_assets.pipeline.inventory.manifest import build_inventory
+from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError
 
 
 @asset(
@@ -30,7 +30,9 @@ def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_sett
     transcripts = list(bucket.list(layout.transcripts_prefix))
     audio = list(bucket.list(layout.audio_prefix))
     inventory = build_inventory(layout, transcripts, audio, bucket.read_bytes)
-    context.log.info(f"{channel}: {len(inventory.entries)} recordings paired, {len(inventory.unpaired)} objects unpaired")
+    context.log.info(
+        f"{channel}: {len(inventory.entries)} recordings paired, {len(inventory.unpaired)} objects unpaired"
+    )
 
     return Output(
         inventory.to_dict(),
@@ -44,8 +46,12 @@ def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_sett
             "unpaired_objects": len(inventory.unpaired),
             "audio_bytes": sum(e.audio_size for e in inventory.entries),
             "partial_downloads": sum(e.audio_partial for e in inventory.entries),
-            "formats": md_table(["extension", "recordings"], Counter(e.audio_ext or ".part" for e in inventory.entries).most_common()),
-            "unpaired": md_table(["object", "reason"], [(u.key, u.reason) for u in inventory.unpaired], empty="every object paired"),
+            "formats": md_table(
+                ["extension", "recordings"], Counter(e.audio_ext or ".part" for e in inventory.entries).most_common()
+            ),
+            "unpaired": md_table(
+                ["object", "reason"], [(u.key, u.reason) for u in inventory.unpaired], empty="every object paired"
+            ),
             **retry_metadata(source=bucket),
         },
     )

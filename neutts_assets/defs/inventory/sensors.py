@@ -20,11 +20,17 @@ from dagster import (
 )
 from pydantic import Field
 
-from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError
-from neutts_assets.pipeline.inventory.source_watch import TRANSCRIPTS_ROOT, WatchCursor, changed_channels, channels_in, new_objects
-from neutts_assets.defs.segments.jobs import stage1_job
 from neutts_assets.defs.partitions import channels as channels_partitions
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
+from neutts_assets.defs.segments.jobs import stage1_job
+from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError
+from neutts_assets.pipeline.inventory.source_watch import (
+    TRANSCRIPTS_ROOT,
+    WatchCursor,
+    changed_channels,
+    channels_in,
+    new_objects,
+)
 
 FOUND_TAG = "neutts/sensor-found"
 
@@ -32,8 +38,13 @@ FOUND_TAG = "neutts/sensor-found"
 class SourceWatchSettings(ConfigurableResource):
     """What the new-audio sensor watches. From the environment: NEUTTS_WATCH_CHANNELS (comma-separated)."""
 
-    channels: list[str] = Field(default_factory=list, description="channels to watch; empty: every channel in the bucket")
-    overlap_minutes: float = Field(default=10.0, description="how far below the newest `updated` time objects are still compared by name and generation")
+    channels: list[str] = Field(
+        default_factory=list, description="channels to watch; empty: every channel in the bucket"
+    )
+    overlap_minutes: float = Field(
+        default=10.0,
+        description="how far below the newest `updated` time objects are still compared by name and generation",
+    )
 
     def allows(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
@@ -62,7 +73,10 @@ def watch_settings_from_env() -> SourceWatchSettings:
     "partitions and starts stage 1 for each channel with new or changed audio or transcripts.",
 )
 def new_audio_sensor(
-    context: SensorEvaluationContext, source: SourceBucket, channel_settings: ChannelSettings, watch: SourceWatchSettings
+    context: SensorEvaluationContext,
+    source: SourceBucket,
+    channel_settings: ChannelSettings,
+    watch: SourceWatchSettings,
 ) -> SensorResult:
     bucket = source.open()
     transcripts = list(bucket.list(TRANSCRIPTS_ROOT))

@@ -9,7 +9,7 @@ single run launched by hand over both classes is not split: it goes to the H200 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from dagster import AssetsDefinition, AssetSpec, BackfillPolicy
 
@@ -22,7 +22,9 @@ H200_BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=1)
 def _machine(asset: AssetsDefinition) -> str | None:
     machines = {spec.tags.get(MACHINE_TAG) for spec in asset.specs}
     if len(machines) > 1:
-        raise ValueError(f"{asset.key.to_user_string()}: one asset definition spans machine classes {sorted(map(str, machines))}")
+        raise ValueError(
+            f"{asset.key.to_user_string()}: one asset definition spans machine classes {sorted(map(str, machines))}"
+        )
     return machines.pop()
 
 

@@ -20,14 +20,22 @@ dagster.yaml:
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from dagster import AssetKey, Field, IntSource, Permissive, StringSource
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
 
 from neutts_assets.pipeline.orchestration.routing import (
-    CHANNEL_TAG, DEFAULT_MACHINE, MACHINE_RANK, MACHINE_TAG, UnknownMachineError, channel_of, check_machine, routing_tags,
+    CHANNEL_TAG,
+    DEFAULT_MACHINE,
+    MACHINE_RANK,
+    MACHINE_TAG,
+    UnknownMachineError,
+    channel_of,
+    check_machine,
+    routing_tags,
 )
 
 log = logging.getLogger(__name__)
@@ -44,13 +52,13 @@ def selected_asset_keys(run: DagsterRun, asset_graph) -> set[AssetKey]:
 
 
 def machine_classes(keys, asset_graph) -> set[str]:
-    return {
-        tag for key in keys if asset_graph.has(key) and (tag := asset_graph.get(key).tags.get(MACHINE_TAG))
-    }
+    return {tag for key in keys if asset_graph.has(key) and (tag := asset_graph.get(key).tags.get(MACHINE_TAG))}
 
 
 class MachineRoutingRunCoordinator(QueuedRunCoordinator):
-    def __init__(self, machine_limits: Mapping[str, int] | None = None, default_machine: str = DEFAULT_MACHINE, **kwargs: Any):
+    def __init__(
+        self, machine_limits: Mapping[str, int] | None = None, default_machine: str = DEFAULT_MACHINE, **kwargs: Any
+    ):
         # One encoding run owns the GPU unless the configuration says otherwise.
         limits_by_machine = {**DEFAULT_MACHINE_LIMITS, **(machine_limits or {})}
         self._machine_limits = {check_machine(m, "machine_limits"): int(n) for m, n in limits_by_machine.items()}
@@ -68,8 +76,12 @@ class MachineRoutingRunCoordinator(QueuedRunCoordinator):
                 is_required=False,
                 description="Concurrent runs per machine class, e.g. {h200: 1, t4: 2}. Defaults: h200 1, t4 no limit of its own.",
             ),
-            "default_machine": Field(StringSource, is_required=False, default_value=DEFAULT_MACHINE,
-                                     description="Where a run that selects no tagged asset goes."),
+            "default_machine": Field(
+                StringSource,
+                is_required=False,
+                default_value=DEFAULT_MACHINE,
+                description="Where a run that selects no tagged asset goes.",
+            ),
         }
 
     @classmethod
@@ -100,5 +112,10 @@ class MachineRoutingRunCoordinator(QueuedRunCoordinator):
         if tags:
             self._instance.add_run_tags(run.run_id, tags)
             run = self._instance.get_run_by_id(run.run_id)
-        log.info("run %s -> machine %s (%s)", run.run_id, run.tags.get(MACHINE_TAG), ", ".join(sorted(classes)) or "no tagged asset")
+        log.info(
+            "run %s -> machine %s (%s)",
+            run.run_id,
+            run.tags.get(MACHINE_TAG),
+            ", ".join(sorted(classes)) or "no tagged asset",
+        )
         return super().submit_run(SubmitRunContext(run, context.workspace))

@@ -50,8 +50,11 @@ def record_worker(sender=None, task_id=None, task=None, args=None, kwargs=None, 
                 "check which queue each worker serves",
                 run,
             )
-        instance.add_run_tags(run_id, {
-            WORKER_TAG: f"{task.request.hostname or socket.gethostname()}",
-            WORKER_MACHINE_TAG: machine or "unset",
-            WORKER_HOME_TAG: os.environ.get("DAGSTER_HOME", ""),
-        })
+        instance.add_run_tags(
+            run_id,
+            {
+                WORKER_TAG: f"{task.request.hostname or socket.gethostname()}",
+                WORKER_MACHINE_TAG: machine or "unset",
+                WORKER_HOME_TAG: os.environ.get("DAGSTER_HOME", ""),
+            },
+        )

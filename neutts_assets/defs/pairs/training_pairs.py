@@ -6,17 +6,34 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, TableColumn, TableRecord, TableSchema, asset
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
 from pydantic import Field
 
-from neutts_assets.pipeline.dataset.writer import read_record
-from neutts_assets.pipeline.pairs.training_pairs import (
-    PairSettings, build_and_publish, finish_publishing, folder, is_current, local_path, read_pair_record, record_key,
-)
 from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.metadata import retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
+from neutts_assets.pipeline.dataset.writer import read_record
+from neutts_assets.pipeline.pairs.training_pairs import (
+    PairSettings,
+    build_and_publish,
+    finish_publishing,
+    folder,
+    is_current,
+    local_path,
+    read_pair_record,
+    record_key,
+)
 
 
 class TrainingPairsConfig(Config):
@@ -24,14 +41,21 @@ class TrainingPairsConfig(Config):
     max_duration_sec: float = Field(default=15.0, description="longest segment paired (inclusive)")
     min_segments_per_speaker: int = Field(default=2, description="a (recording, speaker) group with fewer is left out")
     max_pairs_per_speaker: Optional[int] = Field(
-        default=None, description="at most this many pairs per speaker, a seeded sample; None: every ordered pair")
+        default=None, description="at most this many pairs per speaker, a seeded sample; None: every ordered pair"
+    )
     random_seed: int = Field(default=42, description="seed of the per-speaker sample (with max_pairs_per_speaker)")
     include_audio: bool = Field(default=False, description="also ref_audio / target_audio (Audio, 16 kHz): much larger")
     force: bool = Field(default=False, description="rebuild even when the dataset build and the settings are unchanged")
 
     def settings(self) -> PairSettings:
-        return PairSettings(self.min_duration_sec, self.max_duration_sec, self.min_segments_per_speaker,
-                            self.max_pairs_per_speaker, self.random_seed, self.include_audio)
+        return PairSettings(
+            self.min_duration_sec,
+            self.max_duration_sec,
+            self.min_segments_per_speaker,
+            self.max_pairs_per_speaker,
+            self.random_seed,
+            self.include_audio,
+        )
 
 
 @asset(
@@ -44,8 +68,9 @@ class TrainingPairsConfig(Config):
     description="The channel's voice-cloning (ref, target) pairs, as the users' pair builder makes them, as a "
     "load_from_disk folder under training_pairs/{channel}/, built in memory bounded by the channel's rows.",
 )
-def training_pairs(context: AssetExecutionContext, config: TrainingPairsConfig, store: SegmentStore,
-                   hub: HuggingFaceHub) -> Output[dict]:
+def training_pairs(
+    context: AssetExecutionContext, config: TrainingPairsConfig, store: SegmentStore, hub: HuggingFaceHub
+) -> Output[dict]:
     with channel_lease(context, store, "training_pairs") as lease:
         return _build(context, config, store, hub, lease.check)
 
@@ -65,26 +90,42 @@ def _build(context, config: TrainingPairsConfig, store: SegmentStore, hub: Huggi
     removed: list = []
     incremental: dict = {}
     if not config.force and is_current(dst, previous, dataset["build_id"], settings):
-        context.log.info(f"{channel}: pairs of dataset build {dataset['build_id']} with these settings already published")
+        context.log.info(
+            f"{channel}: pairs of dataset build {dataset['build_id']} with these settings already published"
+        )
         record, rebuilt = previous, False
         removed = finish_publishing(dst, record, hub.title, guard)  # a run killed after the record left the rest
     else:
         with tempfile.TemporaryDirectory(prefix="neutts-pairs-") as tmp:
             try:
-                build = build_and_publish(dst, channel, settings, Path(tmp), hub.title, guard, log=context.log.info,
-                                          force=config.force)
+                build = build_and_publish(
+                    dst, channel, settings, Path(tmp), hub.title, guard, log=context.log.info, force=config.force
+                )
             except FileNotFoundError as exc:  # hf_dataset published another build (and removed shards) meanwhile
-                raise Failure(description=f"{channel}: a shard of dataset build {dataset['build_id']} went away while "
-                              f"it was read ({exc}); the dataset was republished meanwhile: rerun") from exc
+                raise Failure(
+                    description=f"{channel}: a shard of dataset build {dataset['build_id']} went away while "
+                    f"it was read ({exc}); the dataset was republished meanwhile: rerun"
+                ) from exc
         record, rebuilt, removed = build.record, True, build.removed
-        incremental = {"full_rebuild": build.plan.full, "files_kept": len(build.plan.keep), "files_written": build.files_written,
-                       "dataset_shards_read": build.shards_read, "recordings_paired": build.recordings_paired}
+        incremental = {
+            "full_rebuild": build.plan.full,
+            "files_kept": len(build.plan.keep),
+            "files_written": build.files_written,
+            "dataset_shards_read": build.shards_read,
+            "recordings_paired": build.recordings_paired,
+        }
     wall = time.perf_counter() - started
 
     counts = record["counts"]
     per = counts["pairs_per_speaker"]
-    manifest = {"channel": channel, "build_id": record["build_id"], "dataset_build_id": record["dataset_build_id"],
-                "folder": record["folder"], "pairs": counts["pairs"], "record": record_key(channel)}
+    manifest = {
+        "channel": channel,
+        "build_id": record["build_id"],
+        "dataset_build_id": record["dataset_build_id"],
+        "folder": record["folder"],
+        "pairs": counts["pairs"],
+        "record": record_key(channel),
+    }
     metadata = {
         "rebuilt": rebuilt,
         "build_id": record["build_id"],
@@ -108,8 +149,14 @@ def _build(context, config: TrainingPairsConfig, store: SegmentStore, hub: Huggi
         "wall_seconds": round(wall, 2),
         "top_speakers": MetadataValue.table(
             records=[TableRecord(data=s) for s in record["top_speakers"]],
-            schema=TableSchema(columns=[TableColumn("recording", "string"), TableColumn("speaker_id", "string"),
-                                        TableColumn("segments", "int"), TableColumn("pairs", "int")]),
+            schema=TableSchema(
+                columns=[
+                    TableColumn("recording", "string"),
+                    TableColumn("speaker_id", "string"),
+                    TableColumn("segments", "int"),
+                    TableColumn("pairs", "int"),
+                ]
+            ),
         ),
     }
     path = local_path(dst, channel)

@@ -1,15 +1,20 @@
 """The segments stage's asset check: segments_present_in_store."""
 
 from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
-from neutts_assets.pipeline.segments.store import channel_prefix
-from neutts_assets.defs.segments.segments_npz import segments_npz
+
 from neutts_assets.defs.metadata import md_table
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
+from neutts_assets.defs.segments.segments_npz import segments_npz
+from neutts_assets.pipeline.segments.store import channel_prefix
 
 
-@asset_check(asset=segments_npz, partitions_def=channels, description="Every segment in the manifest exists in the store.")
-def segments_present_in_store(context: AssetCheckExecutionContext, segments_npz: dict, store: SegmentStore) -> AssetCheckResult:
+@asset_check(
+    asset=segments_npz, partitions_def=channels, description="Every segment in the manifest exists in the store."
+)
+def segments_present_in_store(
+    context: AssetCheckExecutionContext, segments_npz: dict, store: SegmentStore
+) -> AssetCheckResult:
     listed = {o.key for o in store.open().list(channel_prefix(context.partition_key)) if o.key.endswith(".npz")}
     expected = {s["key"] for r in segments_npz["recordings"] for s in r["segments"]}
     missing = sorted(expected - listed)

@@ -1,8 +1,8 @@
-from dagster import AssetSelection, AssetsDefinition, define_asset_job
+from dagster import AssetsDefinition, AssetSelection, define_asset_job
 
-from neutts_assets.pipeline.orchestration.routing import MACHINE_TAG, job_tags
 from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.segments.segments_npz import segments_npz
+from neutts_assets.pipeline.orchestration.routing import MACHINE_TAG, job_tags
 
 STAGE1_ASSETS: list[AssetsDefinition] = [raw_audio, segments_npz]
 

@@ -1,22 +1,30 @@
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 from dagster import AssetExecutionContext, Config, DataVersion, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
-from neutts_assets.pipeline.segments.cutting import CutRules
-from neutts_assets.pipeline.segments.segment_file import DEFAULT_AUDIO_FORMAT
-from neutts_assets.pipeline.inventory.manifest import Inventory
-from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError, check_channel_name
-from neutts_assets.pipeline.orchestration.lease import LeaseLost
-from neutts_assets.pipeline.progress import Progress
-from neutts_assets.pipeline.segments.store import channel_prefix, keys_by_recording, load_indexes
-from neutts_assets.pipeline.segments.recordings import ChannelPlan, ChannelTally, channel_manifest, cut_recording, manifest_version, plan_channel
 from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
+from neutts_assets.pipeline.inventory.manifest import Inventory
+from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError, check_channel_name
+from neutts_assets.pipeline.orchestration.lease import LeaseLost
+from neutts_assets.pipeline.progress import Progress
+from neutts_assets.pipeline.segments.cutting import CutRules
+from neutts_assets.pipeline.segments.recordings import (
+    ChannelPlan,
+    ChannelTally,
+    channel_manifest,
+    cut_recording,
+    manifest_version,
+    plan_channel,
+)
+from neutts_assets.pipeline.segments.segment_file import DEFAULT_AUDIO_FORMAT
+from neutts_assets.pipeline.segments.store import channel_prefix, keys_by_recording, load_indexes
 from neutts_assets.storage.store import ObjectChanged
 
 
@@ -27,7 +35,8 @@ class SegmentsConfig(Config):
     audio_format: Literal["float32", "flac"] = Field(
         default=DEFAULT_AUDIO_FORMAT,
         description="float32: `audio` is the waveform, as the old scripts read it; flac: half the size, under "
-        "`audio_flac`, no `audio` key (old readers fail loudly). A change re-cuts the channel.")
+        "`audio_flac`, no `audio` key (old readers fail loudly). A change re-cuts the channel.",
+    )
     workers: int = Field(default=4, description="recordings downloaded, decoded and written at once")
     force: bool = Field(default=False, description="re-cut every recording, even unchanged ones")
 
@@ -50,16 +59,22 @@ def segments_npz(
     try:
         check_channel_name(context.partition_key)
     except UnsafeNameError as exc:
-        raise Failure(description=f"channel {context.partition_key!r} cannot be processed: {exc}; "
-                      "delete this partition and add the channel under a name without those characters",
-                      metadata={"channel": repr(context.partition_key), "reason": str(exc)}) from None
+        raise Failure(
+            description=f"channel {context.partition_key!r} cannot be processed: {exc}; "
+            "delete this partition and add the channel under a name without those characters",
+            metadata={"channel": repr(context.partition_key), "reason": str(exc)},
+        ) from None
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
     with channel_lease(context, store, "segments_npz") as lease:
         return _cut_channel(context, config, raw_audio, source, store, lease.check)
 
 
 def _cut_channel(
-    context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore,
+    context: AssetExecutionContext,
+    config: SegmentsConfig,
+    raw_audio: dict,
+    source: SourceBucket,
+    store: SegmentStore,
     guard: Callable[[], None],
 ) -> Output[dict]:
     channel = context.partition_key
@@ -78,15 +93,28 @@ def _cut_channel(
     )
 
     # Inputs that could not be used at all are failures too, whether found now or on an earlier run.
-    tally = ChannelTally(failures=[(u.key, u.reason) for u in inventory.unpaired if u.kind == "transcript_without_audio"])
-    tally.failures += [(e.audio_key, indexes[e.recording_id].error + " (unchanged since the last run)") for e in plan.failed_unchanged]
+    tally = ChannelTally(
+        failures=[(u.key, u.reason) for u in inventory.unpaired if u.kind == "transcript_without_audio"]
+    )
+    tally.failures += [
+        (e.audio_key, indexes[e.recording_id].error + " (unchanged since the last run)") for e in plan.failed_unchanged
+    ]
     progress = Progress(context.log.info, len(plan.todo), channel)
     started = time.perf_counter()
     retry = []  # (object, reason): failures that may pass (store, decoder); nothing of them is published
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
         futures = {
-            pool.submit(cut_recording, e, channel, src, dst, rules, indexes.get(e.recording_id),
-                        stored_keys=stored.get(e.recording_id, set()), guard=guard): e
+            pool.submit(
+                cut_recording,
+                e,
+                channel,
+                src,
+                dst,
+                rules,
+                indexes.get(e.recording_id),
+                stored_keys=stored.get(e.recording_id, set()),
+                guard=guard,
+            ): e
             for e in plan.todo
         }
         for future in as_completed(futures):
@@ -97,7 +125,11 @@ def _cut_channel(
                     f.cancel()
                 raise
             except Exception as exc:  # the other recordings go on; this one is retried by the next run
-                hint = " (materialize raw_audio with segments_npz to list the new version)" if isinstance(exc, ObjectChanged) else ""
+                hint = (
+                    " (materialize raw_audio with segments_npz to list the new version)"
+                    if isinstance(exc, ObjectChanged)
+                    else ""
+                )
                 retry.append((futures[future].audio_key, f"{type(exc).__name__}: {str(exc)[:300]}{hint}"))
                 context.log.warning(f"{futures[future].audio_key}: {retry[-1][1]} (will be retried)")
                 progress.update(0, 0.0)
@@ -105,12 +137,16 @@ def _cut_channel(
             tally.add(result)
             if result.index is not None:
                 indexes[result.recording_id] = result.index
-            progress.update(len(result.index.segments) if result.index else 0, result.index.audio_seconds if result.index else 0.0)
+            progress.update(
+                len(result.index.segments) if result.index else 0, result.index.audio_seconds if result.index else 0.0
+            )
     wall = time.perf_counter() - started
 
     manifest = channel_manifest(channel, inventory.entries, indexes)
-    metadata = {**_metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}"),
-                **retry_metadata(source=src, store=dst)}
+    metadata = {
+        **_metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}"),
+        **retry_metadata(source=src, store=dst),
+    }
     if retry:
         # Everything else is written and indexed; failing the run keeps a partial manifest from being
         # published as the channel's, and a rerun redoes only these recordings.
@@ -122,7 +158,9 @@ def _cut_channel(
     return Output(manifest, data_version=DataVersion(manifest_version(manifest)), metadata=metadata)
 
 
-def _metadata(tally: ChannelTally, plan: ChannelPlan, manifest: dict, inventory: Inventory, wall: float, orphans: int, where: str) -> dict:
+def _metadata(
+    tally: ChannelTally, plan: ChannelPlan, manifest: dict, inventory: Inventory, wall: float, orphans: int, where: str
+) -> dict:
     missing_audio = sum(u.kind == "transcript_without_audio" for u in inventory.unpaired)
     return {
         "store": where,

@@ -27,6 +27,8 @@ def usable_channel(name) -> bool:
         return check_channel_name(name) == name
     except (UnsafeNameError, TypeError, AttributeError):
         return False
+
+
 SPLIT = "train"
 
 
@@ -52,22 +54,35 @@ def _configs_yaml(records: list[dict], foreign: dict[str, dict]):
     def add(name: str, parts: list[dict], default: bool = False, features=features, columns=None) -> None:
         """parts: {"paths", "num_examples", "num_bytes"}; split sizes only when every part knows them.
         `columns`: the Parquet builder reads only those (its `columns` parameter, given in the YAML)."""
-        configs[name] = {"data_files": [{"split": SPLIT, "path": [p for part in parts for p in part["paths"]]}],
-                         **({"columns": list(columns)} if columns is not None else {}),
-                         **({"default": True} if default else {})}
+        configs[name] = {
+            "data_files": [{"split": SPLIT, "path": [p for part in parts for p in part["paths"]]}],
+            **({"columns": list(columns)} if columns is not None else {}),
+            **({"default": True} if default else {}),
+        }
         splits = None
         if all(part.get("num_examples") is not None for part in parts):
             splits = SplitDict()
             # A projected config reads part of the shards' bytes: it states its rows, not the shards' size.
-            splits.add(SplitInfo(SPLIT, num_bytes=0 if columns is not None else sum(part.get("num_bytes") or 0 for part in parts),
-                                 num_examples=sum(part["num_examples"] for part in parts)))
+            splits.add(
+                SplitInfo(
+                    SPLIT,
+                    num_bytes=0 if columns is not None else sum(part.get("num_bytes") or 0 for part in parts),
+                    num_examples=sum(part["num_examples"] for part in parts),
+                )
+            )
         infos[name] = DatasetInfo(features=features, splits=splits, config_name=name)
 
     # A channel named like a reserved config ("all", "text_codes") is not usable either.
     records = [r for r in records if usable_channel(r["channel"])]
     foreign = {name: part for name, part in foreign.items() if usable_channel(name)}
-    parts = {r["channel"]: {"paths": [s["path"] for s in r["shards"]], "num_examples": r["stats"]["rows"],
-                            "num_bytes": sum(s["bytes"] for s in r["shards"])} for r in records}
+    parts = {
+        r["channel"]: {
+            "paths": [s["path"] for s in r["shards"]],
+            "num_examples": r["stats"]["rows"],
+            "num_bytes": sum(s["bytes"] for s in r["shards"]),
+        }
+        for r in records
+    }
     parts.update({name: part for name, part in foreign.items() if name not in parts and name not in RESERVED_CONFIGS})
     # A channel whose every segment was filtered out has no shard: a config with no files would not load.
     channels = sorted(name for name, part in parts.items() if part["paths"])
@@ -126,29 +141,33 @@ def _histogram(hist: dict, width: int = 30) -> str:
 def channel_section(record: dict) -> str:
     """One channel's part of the card; also the Markdown metadata of its materialization."""
     s = record["stats"]
-    codecs = ", ".join(f"`{_cell(c)}` ({n})" for c, n in s["codecs"].items()) or "none: rows without codes (no-codes option)"
+    codecs = (
+        ", ".join(f"`{_cell(c)}` ({n})" for c, n in s["codecs"].items()) or "none: rows without codes (no-codes option)"
+    )
     if any("random-weights" in c for c in s["codecs"]):
         codecs += " **(random weights: test-only codes, do not train on them)**"
-    return "\n".join([
-        f"### {record['channel']}",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| segments | {s['rows']} |",
-        f"| hours | {s['hours']:.2f} |",
-        f"| speakers (per recording) | {s['speakers']} |",
-        f"| rows with codes | {s['rows_with_codes']} |",
-        f"| codec | {codecs} |",
-        f"| gender | {_mix(s['gender'], s['rows'])} |",
-        f"| dialect | {_mix(s['dialect'], s['rows'])} |",
-        f"| tone | {_mix(s['tone'], s['rows'])} |",
-        f"| source | `{record['source']}` |",
-        f"| built | {record['built_at']} (build `{record['build_id']}`) |",
-        f"| shards | {len(record['shards'])} ({sum(x['bytes'] for x in record['shards']) / 1e6:.1f} MB) |",
-        "",
-        _histogram(s["duration_histogram"]),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"### {record['channel']}",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| segments | {s['rows']} |",
+            f"| hours | {s['hours']:.2f} |",
+            f"| speakers (per recording) | {s['speakers']} |",
+            f"| rows with codes | {s['rows_with_codes']} |",
+            f"| codec | {codecs} |",
+            f"| gender | {_mix(s['gender'], s['rows'])} |",
+            f"| dialect | {_mix(s['dialect'], s['rows'])} |",
+            f"| tone | {_mix(s['tone'], s['rows'])} |",
+            f"| source | `{record['source']}` |",
+            f"| built | {record['built_at']} (build `{record['build_id']}`) |",
+            f"| shards | {len(record['shards'])} ({sum(x['bytes'] for x in record['shards']) / 1e6:.1f} MB) |",
+            "",
+            _histogram(s["duration_histogram"]),
+            "",
+        ]
+    )
 
 
 def pairs_section(pairs: list[dict], records: list[dict]) -> str:
@@ -162,7 +181,7 @@ def pairs_section(pairs: list[dict], records: list[dict]) -> str:
         "Voice-cloning (ref, target) pairs, as the users' pair builder makes them: segments grouped by recording and "
         "speaker_id, every ordered pair of two different segments of a group (or a seeded sample of "
         "`max_pairs_per_speaker`). Each channel's pairs are a `save_to_disk` folder in the store: "
-        "`datasets.load_from_disk(\"<store>/training_pairs/<channel>\")`.",
+        '`datasets.load_from_disk("<store>/training_pairs/<channel>")`.',
         "",
         "| channel | speakers | pairs | pairs per speaker (min / median / max) | segments used | durations | audio | built |",
         "|---|---:|---:|---|---:|---|---|---|",
@@ -170,13 +189,20 @@ def pairs_section(pairs: list[dict], records: list[dict]) -> str:
     for p in sorted(pairs, key=lambda p: p["channel"]):
         c, st = p["counts"], p["settings"]
         per = c["pairs_per_speaker"]
-        stale = "" if current.get(p["channel"]) == p["dataset_build_id"] else " **stale: made from an older dataset build**"
-        cap = f", at most {st['max_pairs_per_speaker']} per speaker (seed {st['random_seed']})" if st.get("max_pairs_per_speaker") is not None else ""
+        stale = (
+            "" if current.get(p["channel"]) == p["dataset_build_id"] else " **stale: made from an older dataset build**"
+        )
+        cap = (
+            f", at most {st['max_pairs_per_speaker']} per speaker (seed {st['random_seed']})"
+            if st.get("max_pairs_per_speaker") is not None
+            else ""
+        )
         lines.append(
             f"| {_cell(p['channel'])} | {c['speakers']} | {c['pairs']} | {per['min']} / {per['median']:g} / {per['max']} | "
             f"{c['rows_used']} of {c['rows_in_dataset']} | {st['min_duration_sec']:g}-{st['max_duration_sec']:g} s{cap} | "
             f"{'yes' if st.get('include_audio') else 'no'} | {p['built_at']} (build `{p['build_id']}` of dataset build "
-            f"`{p['dataset_build_id']}`){stale} |")
+            f"`{p['dataset_build_id']}`){stale} |"
+        )
     return "\n".join(lines + [""])
 
 
@@ -194,47 +220,50 @@ def card_body(records: list[dict], title: str, pairs: list[dict] | None = None) 
         for r in records
     ]
     first = records[0]["channel"] if records else "CHANNEL"
-    return "\n".join([
-        f"# {title}",
-        "",
-        "NeuTTS voice-cloning segments: 16 kHz speech with its transcript, speaker labels and NeuCodec VQ codes "
-        "(50 per second, values 0..65535).",
-        "",
-        f"Card generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}; "
-        f"{len(records)} channel(s), {rows} segments, {hours:.2f} hours.",
-        "",
-        "## Loading",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        'ds = load_dataset("<this folder or repo>", split="train")            # all channels',
-        f'ds = load_dataset("<this folder or repo>", "{first}", split="train")  # one channel',
-        f'ds = load_dataset("<this folder or repo>", "{TEXT_CODES_CONFIG}", split="train")  # all channels, no audio column',
-        "```",
-        "",
-        f"`{TEXT_CODES_CONFIG}` reads every channel's shards without the `audio` column (Parquet column projection): "
-        "text, codes and the labels, what NeuTTS fine-tuning reads, and rows that `default_data_collator` takes "
-        "once `text` and `codes` are mapped to token ids.",
-        "",
-        "## Features",
-        "",
-        "| column | feature |",
-        "|---|---|",
-        *feature_lines,
-        "",
-        "## Channels",
-        "",
-        "| channel | segments | hours | speakers | codec | built |",
-        "|---|---:|---:|---:|---|---|",
-        *overview,
-        "",
-        *[channel_section(r) for r in records],
-        *([pairs_section(pairs, records)] if pairs else []),
-    ])
+    return "\n".join(
+        [
+            f"# {title}",
+            "",
+            "NeuTTS voice-cloning segments: 16 kHz speech with its transcript, speaker labels and NeuCodec VQ codes "
+            "(50 per second, values 0..65535).",
+            "",
+            f"Card generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}; "
+            f"{len(records)} channel(s), {rows} segments, {hours:.2f} hours.",
+            "",
+            "## Loading",
+            "",
+            "```python",
+            "from datasets import load_dataset",
+            'ds = load_dataset("<this folder or repo>", split="train")            # all channels',
+            f'ds = load_dataset("<this folder or repo>", "{first}", split="train")  # one channel',
+            f'ds = load_dataset("<this folder or repo>", "{TEXT_CODES_CONFIG}", split="train")  # all channels, no audio column',
+            "```",
+            "",
+            f"`{TEXT_CODES_CONFIG}` reads every channel's shards without the `audio` column (Parquet column projection): "
+            "text, codes and the labels, what NeuTTS fine-tuning reads, and rows that `default_data_collator` takes "
+            "once `text` and `codes` are mapped to token ids.",
+            "",
+            "## Features",
+            "",
+            "| column | feature |",
+            "|---|---|",
+            *feature_lines,
+            "",
+            "## Channels",
+            "",
+            "| channel | segments | hours | speakers | codec | built |",
+            "|---|---:|---:|---:|---|---|",
+            *overview,
+            "",
+            *[channel_section(r) for r in records],
+            *([pairs_section(pairs, records)] if pairs else []),
+        ]
+    )
 
 
-def render_card(records: list[dict], title: str, foreign: dict[str, dict] | None = None,
-                pairs: list[dict] | None = None) -> str:
+def render_card(
+    records: list[dict], title: str, foreign: dict[str, dict] | None = None, pairs: list[dict] | None = None
+) -> str:
     """`foreign`: configs of channels pushed to the same Hub repo from another store, kept as they were.
     `pairs`: the training_pairs records, for the card's pairs section (none: no section)."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -246,6 +275,8 @@ def render_card(records: list[dict], title: str, foreign: dict[str, dict] | None
     infos.to_dataset_card_data(data)
     body = card_body(records, title, pairs)
     if foreign:
-        body += ("\n## Other channels\n\nAlso in this repo, pushed from another store (their figures are in that "
-                 f"store's card): {', '.join(sorted(foreign))}.\n")
+        body += (
+            "\n## Other channels\n\nAlso in this repo, pushed from another store (their figures are in that "
+            f"store's card): {', '.join(sorted(foreign))}.\n"
+        )
     return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))

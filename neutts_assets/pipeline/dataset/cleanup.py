@@ -65,10 +65,14 @@ def verify_channel(store: ObjectStore, channel: str, workdir: Path, encoded_pref
     v.stage1_segments, v.stage2_segments = len(stage1), len(stage2)
     for name, segs in (("stage-1", stage1), ("stage-2", stage2)):
         if segs and len(segs) != v.rows:
-            v.problems.append(f"{v.rows} rows but {len(segs)} {name} segments: the dataset does not hold every segment "
-                              "(filtered out, failed, or added since the build)")
+            v.problems.append(
+                f"{v.rows} rows but {len(segs)} {name} segments: the dataset does not hold every segment "
+                "(filtered out, failed, or added since the build)"
+            )
         elif segs and segs != ids:
-            v.problems.append(f"the rows are not the {name} segments ({len(segs - ids)} segments missing from the dataset)")
+            v.problems.append(
+                f"the rows are not the {name} segments ({len(segs - ids)} segments missing from the dataset)"
+            )
     return v
 
 
@@ -79,7 +83,9 @@ class CleanupReport:
     bytes_freed: int = 0
 
 
-def clean_channel(store: ObjectStore, channel: str, workdir: Path, encoded_prefix: str | None = None, workers: int = 8) -> CleanupReport:
+def clean_channel(
+    store: ObjectStore, channel: str, workdir: Path, encoded_prefix: str | None = None, workers: int = 8
+) -> CleanupReport:
     report = CleanupReport(verify_channel(store, channel, workdir, encoded_prefix))
     if not report.verification.ok:
         return report

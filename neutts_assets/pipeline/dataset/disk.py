@@ -69,8 +69,9 @@ def _convert(source: Path | None, out: Path, cache: Path) -> Path:
     return out
 
 
-def save_channel_to_disk(store: ObjectStore, record: dict, workdir: Path, local: dict[str, Path] | None = None,
-                         rewrite: bool = False) -> dict:
+def save_channel_to_disk(
+    store: ObjectStore, record: dict, workdir: Path, local: dict[str, Path] | None = None, rewrite: bool = False
+) -> dict:
     """Brings the channel's save_to_disk copy to the record: converts the shards whose Arrow file is
     not in the store yet (from `local` copies, path in the dataset folder -> file, or downloads),
     keeps the others (`rewrite`: converts them all again), switches the channel's state.json, deletes what it no longer names, and
@@ -81,7 +82,7 @@ def save_channel_to_disk(store: ObjectStore, record: dict, workdir: Path, local:
     folder = channel_folder(channel)
     workdir = Path(workdir)
     wanted = arrow_files(record)
-    present = {o.key[len(folder):]: o.size for o in store.list(folder)}
+    present = {o.key[len(folder) :]: o.size for o in store.list(folder)}
     by_file = dict(zip(wanted, record["shards"] or [None]))
     todo = [f for f in wanted if rewrite or not present.get(f)]
     info = None
@@ -110,8 +111,13 @@ def save_channel_to_disk(store: ObjectStore, record: dict, workdir: Path, local:
     removed = [folder + rest for rest in present if "/" in rest and rest not in keep]
     for key in removed:
         store.delete(key)
-    return {"folder": folder, "arrow_files": len(wanted), "converted": len(todo), "kept": len(wanted) - len(todo),
-            "removed": len(removed)}
+    return {
+        "folder": folder,
+        "arrow_files": len(wanted),
+        "converted": len(todo),
+        "kept": len(wanted) - len(todo),
+        "removed": len(removed),
+    }
 
 
 def publish_state(store: ObjectStore, folder: str, filenames: list[str], info: dict) -> None:
@@ -122,8 +128,15 @@ def publish_state(store: ObjectStore, folder: str, filenames: list[str], info: d
     (datasets 5.x); test_hf_dataset and test_training_pairs open the result with `load_from_disk`."""
     info = {k: v for k, v in info.items() if k not in ("splits", "dataset_size", "size_in_bytes", "download_size")}
     files = [{"filename": f} for f in filenames]
-    state = {"_data_files": files, "_fingerprint": hashlib.sha256(json.dumps([folder, files]).encode()).hexdigest()[:16],
-             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+    state = {
+        "_data_files": files,
+        "_fingerprint": hashlib.sha256(json.dumps([folder, files]).encode()).hexdigest()[:16],
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
     store.write_bytes(folder + INFO, json.dumps(info, indent=2).encode())
     store.write_bytes(folder + STATE, json.dumps(state, indent=2).encode())
 
@@ -132,7 +145,7 @@ def publish_all_channels(store: ObjectStore) -> list[str]:
     """Rewrites the top-level state.json so `load_from_disk(hf_dataset_disk/)` reads every channel."""
     states = {}
     for o in store.list(DISK_PREFIX):
-        rest = o.key[len(DISK_PREFIX):]
+        rest = o.key[len(DISK_PREFIX) :]
         if rest.count("/") == 1 and rest.endswith("/" + STATE):
             states[rest.split("/")[0]] = json.loads(store.read_bytes(o.key))
     if not states:
@@ -140,8 +153,12 @@ def publish_all_channels(store: ObjectStore) -> list[str]:
     channels = sorted(states)
     first = states[channels[0]]
     files = [{"filename": f"{c}/{f['filename']}"} for c in channels for f in states[c]["_data_files"]]
-    state = {**first, "_data_files": files, "_split": None,
-             "_fingerprint": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
+    state = {
+        **first,
+        "_data_files": files,
+        "_split": None,
+        "_fingerprint": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16],
+    }
     info = json.loads(store.read_bytes(f"{DISK_PREFIX}{channels[0]}/{INFO}"))
     info.pop("splits", None)  # one channel's counts would be wrong for all of them
     info.pop("dataset_size", None)

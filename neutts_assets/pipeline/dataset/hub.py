@@ -13,9 +13,9 @@ which tells the client not to upload them again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from neutts_assets.pipeline.dataset.card import foreign_configs, render_card
 from neutts_assets.pipeline.dataset.writer import data_folder
@@ -69,14 +69,19 @@ def push_channel(
             # push of another channel landing in between is refused (412) and this attempt starts over
             # from the new view, instead of committing a card without that channel.
             head = api.repo_info(repo_id, repo_type=REPO_TYPE).sha
-            on_hub = {f.path: f for f in api.list_repo_tree(repo_id, repo_type=REPO_TYPE, recursive=True, revision=head)
-                      if isinstance(f, RepoFile)}
+            on_hub = {
+                f.path: f
+                for f in api.list_repo_tree(repo_id, repo_type=REPO_TYPE, recursive=True, revision=head)
+                if isinstance(f, RepoFile)
+            }
             ours = {s["path"]: s for s in record["shards"]}
             missing = sorted(p for p, s in ours.items() if p not in on_hub or on_hub[p].size != s["bytes"])
             stale = sorted(p for p in on_hub if p.startswith(data_folder(channel)) and p not in ours)
             # The Hub's card lists the channels whose every shard is there once this commit lands.
             present = set(on_hub) - set(stale) | set(ours)
-            hub_records = [r for c, r in all_records.items() if c != channel and all(s["path"] in present for s in r["shards"])]
+            hub_records = [
+                r for c, r in all_records.items() if c != channel and all(s["path"] in present for s in r["shards"])
+            ]
             hub_records.append(record)
             # Channels pushed here from another store keep their configs: this store has no record of them.
             foreign = {}
@@ -88,10 +93,12 @@ def push_channel(
             card = render_card(hub_records, title, foreign)
             operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
             info = api.create_commit(
-                repo_id, operations, repo_type=REPO_TYPE,
+                repo_id,
+                operations,
+                repo_type=REPO_TYPE,
                 commit_message=f"hf_dataset: channel {channel}, build {record['build_id']} ({record['stats']['rows']} rows)",
                 commit_description=f"{len(missing)} shard(s) added, {len(stale)} removed, {len(ours) - len(missing)} kept as they "
-                                   "are, card regenerated; other channels untouched.",
+                "are, card regenerated; other channels untouched.",
                 parent_commit=head,
             )
             result.commit_url, result.commit_oid = info.commit_url, info.oid
@@ -115,8 +122,11 @@ def _read_text(api, repo_id: str, token: str | None) -> str:
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    response = get_session().get(hf_hub_url(repo_id, "README.md", repo_type=REPO_TYPE, endpoint=api.endpoint),
-                                 headers=build_hf_headers(token=token), follow_redirects=True)
+    response = get_session().get(
+        hf_hub_url(repo_id, "README.md", repo_type=REPO_TYPE, endpoint=api.endpoint),
+        headers=build_hf_headers(token=token),
+        follow_redirects=True,
+    )
     hf_raise_for_status(response)
     return response.content.decode("utf-8", errors="replace")
 

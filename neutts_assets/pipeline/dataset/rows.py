@@ -13,8 +13,8 @@ import math
 import re
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 
@@ -27,12 +27,14 @@ def dataset_features():
     """The final dataset's features. `datasets` is imported here so the rest of core loads without it."""
     from datasets import Audio, Features, Sequence, Value
 
-    return Features({
-        "audio": Audio(sampling_rate=SAMPLE_RATE),
-        "codes": Sequence(Value("int32")),
-        **{key: Value("string") for key in STRING_KEYS},
-        "duration_sec": Value("float32"),
-    })
+    return Features(
+        {
+            "audio": Audio(sampling_rate=SAMPLE_RATE),
+            "codes": Sequence(Value("int32")),
+            **{key: Value("string") for key in STRING_KEYS},
+            "duration_sec": Value("float32"),
+        }
+    )
 
 
 COLUMNS = ("audio", "codes", *STRING_KEYS, "duration_sec")
@@ -75,7 +77,7 @@ class _Npz:
             raise ValueError(f"member {key!r} is not a .npy array")
         start = 10 if raw[6] == 1 else 12
         size = struct.unpack("<H" if raw[6] == 1 else "<I", raw[8:start])[0]
-        match = _NPY_HEADER.match(raw[start:start + size].decode("latin1"))
+        match = _NPY_HEADER.match(raw[start : start + size].decode("latin1"))
         if match is None:
             return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
         shape = tuple(int(x) for x in match[2].split(",") if x.strip())
@@ -131,7 +133,11 @@ class RowFilter:
         return None
 
     def fingerprint(self) -> dict:
-        return {"require_codes": self.require_codes, "min_duration_s": self.min_duration_s, "max_duration_s": self.max_duration_s}
+        return {
+            "require_codes": self.require_codes,
+            "min_duration_s": self.min_duration_s,
+            "max_duration_s": self.max_duration_s,
+        }
 
 
 # Duration histogram bins, seconds: the pair builder keeps 0.5-15 s, so those edges are visible.
@@ -179,17 +185,33 @@ class ChannelStats:
 
     def to_state(self) -> dict:
         """Everything `add` has gathered, as JSON, so that a resumed build goes on counting."""
-        return {"rows": self.rows, "seconds": self.seconds, "speakers": sorted(list(s) for s in self.speakers),
-                "gender": dict(self.gender), "dialect": dict(self.dialect), "tone": dict(self.tone),
-                "durations": dict(self.durations), "codecs": dict(self.codecs), "rows_with_codes": self.rows_with_codes}
+        return {
+            "rows": self.rows,
+            "seconds": self.seconds,
+            "speakers": sorted(list(s) for s in self.speakers),
+            "gender": dict(self.gender),
+            "dialect": dict(self.dialect),
+            "tone": dict(self.tone),
+            "durations": dict(self.durations),
+            "codecs": dict(self.codecs),
+            "rows_with_codes": self.rows_with_codes,
+        }
 
     @classmethod
-    def from_state(cls, d: dict) -> "ChannelStats":
-        return cls(rows=d["rows"], seconds=d["seconds"], speakers={tuple(s) for s in d["speakers"]},
-                   gender=Counter(d["gender"]), dialect=Counter(d["dialect"]), tone=Counter(d["tone"]),
-                   durations=Counter(d["durations"]), codecs=Counter(d["codecs"]), rows_with_codes=d["rows_with_codes"])
+    def from_state(cls, d: dict) -> ChannelStats:
+        return cls(
+            rows=d["rows"],
+            seconds=d["seconds"],
+            speakers={tuple(s) for s in d["speakers"]},
+            gender=Counter(d["gender"]),
+            dialect=Counter(d["dialect"]),
+            tone=Counter(d["tone"]),
+            durations=Counter(d["durations"]),
+            codecs=Counter(d["codecs"]),
+            rows_with_codes=d["rows_with_codes"],
+        )
 
-    def merge(self, other: "ChannelStats") -> "ChannelStats":
+    def merge(self, other: ChannelStats) -> ChannelStats:
         """Adds another part's figures to these (a channel's are the merge of its shards'); returns self."""
         self.rows += other.rows
         self.seconds += other.seconds
@@ -200,7 +222,7 @@ class ChannelStats:
         return self
 
     @classmethod
-    def merged(cls, states: "Iterable[dict]") -> "ChannelStats":
+    def merged(cls, states: Iterable[dict]) -> ChannelStats:
         """The figures of several parts, each given as its `to_state`, in the order given."""
         total = cls()
         for state in states:

@@ -24,7 +24,9 @@ class NoSegments(ValueError):
 class Sources:
     objects: list[ObjectInfo]
     description: str
-    missing: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): listed in a manifest, not in the store
+    missing: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (key, reason): listed in a manifest, not in the store
     not_encoded: int = 0  # stage-1 segments with no stage-2 file yet (left out unless the no-codes option is set)
 
 
@@ -41,8 +43,13 @@ def encoded_prefix(channel: str, encoded_manifest: dict | None) -> str:
     return prefix if prefix.endswith("/") else prefix + "/"
 
 
-def channel_sources(store: ObjectStore, channel: str, include_without_codes: bool,
-                    stage1_manifest: dict | None, encoded_manifest: dict | None) -> Sources:
+def channel_sources(
+    store: ObjectStore,
+    channel: str,
+    include_without_codes: bool,
+    stage1_manifest: dict | None,
+    encoded_manifest: dict | None,
+) -> Sources:
     prefix = encoded_prefix(channel, encoded_manifest)
     stage2 = segment_objects(store, prefix)
     stage1_keys = manifest_keys(stage1_manifest)
@@ -71,7 +78,9 @@ def channel_sources(store: ObjectStore, channel: str, include_without_codes: boo
     else:
         where = f"{channel_prefix(channel)} (segments_npz manifest)"
     if not stage1_keys:
-        raise NoSegments(f"channel {channel!r} has no segments under {channel_prefix(channel)}: materialize segments_npz first")
+        raise NoSegments(
+            f"channel {channel!r} has no segments under {channel_prefix(channel)}: materialize segments_npz first"
+        )
     objects, missing, not_encoded = [], [], 0
     for key in stage1_keys:
         encoded = prefix + os.path.basename(key)

@@ -48,18 +48,26 @@ import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neutts_assets.pipeline.dataset.rows import COLUMNS, BadSegment, ChannelStats, Row, RowFilter, dataset_features, read_row
-from neutts_assets.pipeline.segments.segment_file import STRING_KEYS, FORMAT_VERSION
+from neutts_assets.pipeline.dataset.rows import (
+    COLUMNS,
+    BadSegment,
+    ChannelStats,
+    Row,
+    RowFilter,
+    dataset_features,
+    read_row,
+)
+from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, STRING_KEYS
 from neutts_assets.storage.store import ObjectInfo, ObjectStore, may_pass
 
 DATASET_PREFIX = "hf_dataset/"
@@ -70,8 +78,13 @@ CARD_KEY = f"{DATASET_PREFIX}README.md"
 ROW_GROUP_ROWS = 100  # what `datasets` uses for audio: a viewer or a streaming reader fetches little at a time
 DEFAULT_SHARD_BYTES = 500 * 1000 * 1000
 # FLAC is entropy-coded already: compressing it again costs CPU for ~1%. Everything else is zstd.
-COMPRESSION = {"audio.bytes": "none", "audio.path": "zstd", "codes.list.element": "zstd", "duration_sec": "zstd",
-               **{key: "zstd" for key in STRING_KEYS}}
+COMPRESSION = {
+    "audio.bytes": "none",
+    "audio.path": "zstd",
+    "codes.list.element": "zstd",
+    "duration_sec": "zstd",
+    **{key: "zstd" for key in STRING_KEYS},
+}
 
 
 def data_folder(channel: str) -> str:
@@ -97,7 +110,7 @@ def stage2_prefix(channel: str) -> str:
 
 def segment_objects(store: ObjectStore, prefix: str) -> dict[str, ObjectInfo]:
     """Segment files directly under a channel prefix (not its _index/ or other sub-folders)."""
-    return {o.key: o for o in store.list(prefix) if o.key.endswith(".npz") and "/" not in o.key[len(prefix):]}
+    return {o.key: o for o in store.list(prefix) if o.key.endswith(".npz") and "/" not in o.key[len(prefix) :]}
 
 
 WRITER_VERSION = 2  # 2: per-shard members and stats_state, excluded segments; a change rebuilds every channel
@@ -147,21 +160,38 @@ class BuildPlan:
     def summary(self) -> str:
         if self.full:
             return "full rebuild: " + "; ".join(self.reasons)
-        return (f"incremental: {len(self.keep)} shard(s) kept, {len(self.rewritten)} rewritten, {len(self.compacted)} "
-                f"compacted; {len(self.read)} segment(s) to read ({len(self.new)} new, {len(self.changed)} changed, "
-                f"{len(self.removed)} removed, {len(self.retried)} excluded before and changed since)")
+        return (
+            f"incremental: {len(self.keep)} shard(s) kept, {len(self.rewritten)} rewritten, {len(self.compacted)} "
+            f"compacted; {len(self.read)} segment(s) to read ({len(self.new)} new, {len(self.changed)} changed, "
+            f"{len(self.removed)} removed, {len(self.retried)} excluded before and changed since)"
+        )
 
 
 def _plan_fingerprint(plan: BuildPlan, previous: dict | None, shard_bytes: int) -> str:
-    h = hashlib.sha256(json.dumps({"basis": plan.basis, "previous": (previous or {}).get("build_id"),
-                                   "keep": [s["path"] for s in plan.keep], "shard_bytes": shard_bytes}).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {
+                "basis": plan.basis,
+                "previous": (previous or {}).get("build_id"),
+                "keep": [s["path"] for s in plan.keep],
+                "shard_bytes": shard_bytes,
+            }
+        ).encode()
+    )
     for o in plan.read:
         h.update(f"\n{o.key}\t{o.version}\t{o.size}".encode())
     return h.hexdigest()
 
 
-def plan_build(previous: dict | None, objects: Iterable[ObjectInfo], row_filter: RowFilter, shard_bytes: int,
-               compact: bool = False, force: bool = False, present: dict[str, int] | None = None) -> BuildPlan:
+def plan_build(
+    previous: dict | None,
+    objects: Iterable[ObjectInfo],
+    row_filter: RowFilter,
+    shard_bytes: int,
+    compact: bool = False,
+    force: bool = False,
+    present: dict[str, int] | None = None,
+) -> BuildPlan:
     """The build plan (see the module docstring for the rules). `present`: the sizes of the shard
     objects in the store by path in the dataset folder (a kept shard must be there, whole); None
     trusts the record."""
@@ -225,8 +255,12 @@ def plan_build(previous: dict | None, objects: Iterable[ObjectInfo], row_filter:
         plan.read += [current[n] for n, _, _ in previous["shards"][i]["members"] if n in current]
     plan.read += [current[n] for n in tail]
     carried_before = len(previous.get("excluded", []))
-    plan.unchanged = (not plan.read and not touched and len(plan.carried) == carried_before
-                      and previous.get("source_fingerprint") == source_fingerprint(current.values(), row_filter))
+    plan.unchanged = (
+        not plan.read
+        and not touched
+        and len(plan.carried) == carried_before
+        and previous.get("source_fingerprint") == source_fingerprint(current.values(), row_filter)
+    )
     if plan.changed or plan.removed:
         plan.reasons.append(f"{len(plan.changed)} segment(s) changed, {len(plan.removed)} removed")
     if plan.new:
@@ -253,7 +287,9 @@ class ChannelBuild:
     resumed_shards: int = 0  # shards a killed build of the same plan had finished, kept
 
 
-def _rows_in_order(store: ObjectStore, keys: list[str], workers: int) -> Iterator[tuple[str, tuple[int, Row | BadSegment] | Exception]]:
+def _rows_in_order(
+    store: ObjectStore, keys: list[str], workers: int
+) -> Iterator[tuple[str, tuple[int, Row | BadSegment] | Exception]]:
     """Each key's (bytes read, row or why it is no row), or the error reading it, in key order, with
     a bounded read-ahead window. The rows are made in the reading threads: inflating the float32
     waveform (ISA-L) and encoding its FLAC (libsndfile) release the GIL, so they use every core."""
@@ -286,8 +322,16 @@ class ShardWriter:
     """Rows into Parquet files of about `shard_bytes`, each uploaded to the store once closed. Each
     shard's entry names its members (as given by `note_member` before each `add`) and its figures."""
 
-    def __init__(self, store: ObjectStore, channel: str, build_id: str, workdir: Path, shard_bytes: int,
-                 keep_local: bool, on_shard: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        store: ObjectStore,
+        channel: str,
+        build_id: str,
+        workdir: Path,
+        shard_bytes: int,
+        keep_local: bool,
+        on_shard: Callable[[str], None] | None = None,
+    ):
         self.store, self.channel, self.build_id = store, channel, build_id
         self.workdir, self.shard_bytes, self.keep_local = Path(workdir), shard_bytes, keep_local
         self.features = dataset_features()
@@ -321,7 +365,10 @@ class ShardWriter:
         values = np.concatenate([r.codes for r in rows]).astype(np.int32) if offsets[-1] else np.zeros(0, np.int32)
         columns = {
             "audio": pa.StructArray.from_arrays(
-                [pa.array([r.audio_flac for r in rows], pa.binary()), pa.array([f"{r.audio_id}.flac" for r in rows], pa.string())],
+                [
+                    pa.array([r.audio_flac for r in rows], pa.binary()),
+                    pa.array([f"{r.audio_id}.flac" for r in rows], pa.string()),
+                ],
                 names=["bytes", "path"],
             ),
             "codes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32())),
@@ -351,8 +398,15 @@ class ShardWriter:
         path_in_dataset = data_folder(self.channel) + self._path.name
         size = self.store.upload(self._path, DATASET_PREFIX + path_in_dataset)
         self.bytes_uploaded += size
-        self.shards.append({"path": path_in_dataset, "rows": self._rows_in_shard, "bytes": size,
-                            "members": self._members, "stats_state": self._stats.to_state()})
+        self.shards.append(
+            {
+                "path": path_in_dataset,
+                "rows": self._rows_in_shard,
+                "bytes": size,
+                "members": self._members,
+                "stats_state": self._stats.to_state(),
+            }
+        )
         self._members, self._stats = [], ChannelStats()
         if self.keep_local:
             self.local[path_in_dataset] = self._path
@@ -396,8 +450,11 @@ def build_channel(
     """
     started = time.perf_counter()
     if plan is None:
-        present = ({o.key[len(DATASET_PREFIX):]: o.size for o in store.list(shard_prefix(channel))}
-                   if previous is not None else None)
+        present = (
+            {o.key[len(DATASET_PREFIX) :]: o.size for o in store.list(shard_prefix(channel))}
+            if previous is not None
+            else None
+        )
         plan = plan_build(previous, objects, row_filter, shard_bytes, compact, force, present)
     build = ChannelBuild(record={}, plan=plan)
     excluded: list[list] = []  # this build's segments that became no row: [name, version, size, kind, reason]
@@ -437,10 +494,21 @@ def build_channel(
         if len(writer.shards) > shards_before and not build.store_failures:
             if guard:
                 guard()
-            store.write_bytes(progress_key(channel), json.dumps({
-                "channel": channel, "build_id": build_id, "plan_fingerprint": plan.fingerprint, "shard_bytes": shard_bytes,
-                "next": i + 1, "shards": writer.shards, "excluded": excluded,
-            }, ensure_ascii=False).encode())
+            store.write_bytes(
+                progress_key(channel),
+                json.dumps(
+                    {
+                        "channel": channel,
+                        "build_id": build_id,
+                        "plan_fingerprint": plan.fingerprint,
+                        "shard_bytes": shard_bytes,
+                        "next": i + 1,
+                        "shards": writer.shards,
+                        "excluded": excluded,
+                    },
+                    ensure_ascii=False,
+                ).encode(),
+            )
         if progress:
             progress(1, row.duration_sec)
     new_shards = writer.close()
@@ -508,7 +576,9 @@ def read_record(store: ObjectStore, channel: str) -> dict | None:
     return json.loads(blob) if blob is not None else None
 
 
-def publish_card(store: ObjectStore, title: str, passes: int = 3, records: dict[str, dict] | None = None) -> dict[str, dict]:
+def publish_card(
+    store: ObjectStore, title: str, passes: int = 3, records: dict[str, dict] | None = None
+) -> dict[str, dict]:
     """Regenerates the card from every channel's record and every channel's training-pairs record.
     Two channels published at once could each write a card missing the other's new build;
     re-reading the records after writing, and writing again until they are stable, closes that window."""
@@ -540,7 +610,9 @@ def publish_channel(store: ObjectStore, record: dict, title: str, guard: Callabl
     return finish_publishing(store, record, title, guard)
 
 
-def finish_publishing(store: ObjectStore, record: dict, title: str, guard: Callable[[], None] | None = None) -> list[str]:
+def finish_publishing(
+    store: ObjectStore, record: dict, title: str, guard: Callable[[], None] | None = None
+) -> list[str]:
     """For a channel whose published build is current: the steps of publish_channel after the
     record, done again where a run killed after the record left them undone (no card, or a card
     that does not list this build yet; the old shards still there). Returns the shards removed."""
@@ -582,8 +654,13 @@ def discard_build(store: ObjectStore, record: dict) -> None:
             pass
 
 
-def fetch_shards(store: ObjectStore, record: dict, workdir: Path, have: dict[str, Path] | None = None,
-                 only: Iterable[str] | None = None) -> dict[str, Path]:
+def fetch_shards(
+    store: ObjectStore,
+    record: dict,
+    workdir: Path,
+    have: dict[str, Path] | None = None,
+    only: Iterable[str] | None = None,
+) -> dict[str, Path]:
     """Local copies of the record's shards (those in `only`, or all), reusing the ones in `have`."""
     have = dict(have or {})
     wanted = set(only) if only is not None else {s["path"] for s in record["shards"]}

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -81,14 +81,16 @@ class CodecSettings:
 _RANDOM_PRIOR_SCALE = {"random": 30.0, "random-full": 50.0}
 
 
-def _assemble_neucodec(semantic_config: dict, codec_encoder: dict, generator: dict, semantic_dim: int, acoustic_dim: int):
+def _assemble_neucodec(
+    semantic_config: dict, codec_encoder: dict, generator: dict, semantic_dim: int, acoustic_dim: int
+):
     """NeuCodec built as its __init__ builds it, from local configurations instead of two Hub
     downloads (w2v-BERT and its feature extractor). Same classes and same encode_code."""
-    from torch import nn
     from neucodec.codec_decoder_vocos import CodecDecoderVocos
     from neucodec.codec_encoder import CodecEncoder
     from neucodec.model import NeuCodec
     from neucodec.module import SemanticEncoder
+    from torch import nn
     from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
     model = NeuCodec.__new__(NeuCodec)
@@ -120,10 +122,13 @@ def build_random_neucodec(size: str = "random", seed: int = 0):
         model = _assemble_neucodec({}, {}, {}, 1024, 1024)
     elif size == "random":
         model = _assemble_neucodec(
-            dict(hidden_size=32, num_hidden_layers=17, num_attention_heads=2, intermediate_size=64, output_hidden_size=32),
+            dict(
+                hidden_size=32, num_hidden_layers=17, num_attention_heads=2, intermediate_size=64, output_hidden_size=32
+            ),
             dict(ngf=2, hidden_dim=32),
             dict(hidden_dim=32, depth=1, heads=2),
-            32, 32,
+            32,
+            32,
         )
     else:
         raise ValueError(f"unknown random codec size {size!r}")
@@ -148,7 +153,6 @@ def unavailable_message(model_id: str, reason: object) -> str:
 
 def _load_pretrained(settings: CodecSettings, cache_dir: str | None):
     """from_pretrained, with the Hub's and transformers' many failure types turned into one clear error."""
-    from huggingface_hub import hf_hub_download
 
     # A quick look first: the Hub client retries an unreachable endpoint for half a minute.
     reachable, why = pretrained_reachable(settings.model_id, cache_dir=cache_dir)
@@ -159,8 +163,14 @@ def _load_pretrained(settings: CodecSettings, cache_dir: str | None):
 
         cls = NeuCodec if settings.model_id == "neuphonic/neucodec" else DistillNeuCodec
         model = cls.from_pretrained(settings.model_id, revision=settings.revision, cache_dir=cache_dir)
-    except (OSError, ValueError, RuntimeError) as exc:  # Hub HTTP errors, offline cache misses and transformers' OSError
-        raise CodecUnavailable(unavailable_message(settings.model_id, f"{type(exc).__name__}: {str(exc)[:300]}")) from exc
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+    ) as exc:  # Hub HTTP errors, offline cache misses and transformers' OSError
+        raise CodecUnavailable(
+            unavailable_message(settings.model_id, f"{type(exc).__name__}: {str(exc)[:300]}")
+        ) from exc
     return model.eval(), _pretrained_label(settings, cache_dir)
 
 
@@ -171,7 +181,9 @@ def _pretrained_label(settings: CodecSettings, cache_dir: str | None) -> str:
     try:
         path = hf_hub_download(settings.model_id, "pytorch_model.bin", revision=settings.revision, cache_dir=cache_dir)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CodecUnavailable(unavailable_message(settings.model_id, f"{type(exc).__name__}: {str(exc)[:300]}")) from exc
+        raise CodecUnavailable(
+            unavailable_message(settings.model_id, f"{type(exc).__name__}: {str(exc)[:300]}")
+        ) from exc
     return f"{settings.model_id}@{os.path.basename(os.path.dirname(path))}"
 
 
@@ -327,7 +339,7 @@ class Codec:
         rows = host.numpy()
         for i, c in enumerate(clips):
             rows[i, : len(c)] = c if pcm else as_float(c)
-            rows[i, len(c):] = 0
+            rows[i, len(c) :] = 0
         if not cuda:
             return PreparedBatch([len(c) for c in clips], host, host)
         with torch.cuda.stream(self._copy_stream):
@@ -358,7 +370,9 @@ class Codec:
             if marks:
                 marks[0].record()
             with torch.autocast(self.device.type, enabled=False):
-                x = batch.device.to(torch.float32) / 32768.0 if batch.device.dtype == torch.int16 else batch.device  # as_float: exact
+                x = (
+                    batch.device.to(torch.float32) / 32768.0 if batch.device.dtype == torch.int16 else batch.device
+                )  # as_float: exact
                 if features is not None and all(f is not None for f in features):
                     feats = torch.vstack(list(features)).to(self.device)
                 elif self.uses_features:
@@ -435,7 +449,9 @@ def pad_batch(clips: Sequence[np.ndarray]) -> np.ndarray:
 def check_codes(codes: np.ndarray, num_samples: int) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.shape != (n_codes(num_samples),):
-        raise RuntimeError(f"codec returned {codes.shape[0]} codes for {num_samples} samples, expected {n_codes(num_samples)}")
+        raise RuntimeError(
+            f"codec returned {codes.shape[0]} codes for {num_samples} samples, expected {n_codes(num_samples)}"
+        )
     if codes.size and (codes.min() < 0 or codes.max() >= CODEBOOK_SIZE):
         raise RuntimeError(f"codec returned codes outside 0..{CODEBOOK_SIZE - 1}")
     return codes.astype(np.int32)
@@ -465,7 +481,9 @@ def load_codec(settings: CodecSettings, cache_dir: str | None = None) -> Codec:
     return Codec(model, _with_dtype(label, settings), settings)
 
 
-def pretrained_reachable(model_id: str = "neuphonic/neucodec", timeout_s: float = 5.0, cache_dir: str | None = None) -> tuple[bool, str]:
+def pretrained_reachable(
+    model_id: str = "neuphonic/neucodec", timeout_s: float = 5.0, cache_dir: str | None = None
+) -> tuple[bool, str]:
     """Whether from_pretrained can get the weights: the Hub answers, or the cache (HF_HOME) holds
     the model and its semantic model. Returns (yes, why not)."""
     import urllib.request

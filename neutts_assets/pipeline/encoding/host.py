@@ -40,15 +40,20 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from neutts_assets.pipeline.orchestration.lease import LeaseLost
-from neutts_assets.pipeline.segments.segment_file import read_audio, same_audio_and_text, same_members_but_codes, with_codes
 from neutts_assets.pipeline.encoding.store import EncodeItem
+from neutts_assets.pipeline.orchestration.lease import LeaseLost
+from neutts_assets.pipeline.segments.segment_file import (
+    read_audio,
+    same_audio_and_text,
+    same_members_but_codes,
+    with_codes,
+)
 from neutts_assets.storage.store import ObjectStore, may_pass
 
 LEASE_POLL_S = 0.2  # how often the run process checks its lease for the workers
@@ -170,7 +175,9 @@ class _Worker:
             with np.load(io.BytesIO(existing), allow_pickle=False) as npz:
                 label = str(npz["codec"][()]) if "codec" in npz.files else ""
                 codes = np.asarray(npz["codes"]) if "codes" in npz.files else np.zeros(0, np.int32)
-            same = label == self.label and len(codes) == item.num_samples // 320 and same_audio_and_text(existing, source)
+            same = (
+                label == self.label and len(codes) == item.num_samples // 320 and same_audio_and_text(existing, source)
+            )
             # Same samples in another file format (a stage-1 file re-cut into the current format):
             # the file is rewritten around the codes it has, which costs no encoding.
             rewrite = same and not same_members_but_codes(existing, source)
@@ -244,8 +251,9 @@ class HostWorkers:
     send to `on_message(worker, kind, payload)` from one receiving thread ("died" when one exits
     unasked)."""
 
-    def __init__(self, n: int, store: ObjectStore, label: str, io_threads: int,
-                 on_message: Callable[[int, str, object], None]):
+    def __init__(
+        self, n: int, store: ObjectStore, label: str, io_threads: int, on_message: Callable[[int, str, object], None]
+    ):
         ctx = mp.get_context("fork")
         self.valid_until = ctx.Value("d", 0.0, lock=False)  # shared memory: a float, written only here
         self.on_message, self.stopping = on_message, False
@@ -264,8 +272,12 @@ class HostWorkers:
     def _start(self, ctx, n: int, store: ObjectStore, label: str, io_threads: int) -> None:
         for i in range(n):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, name=f"neutts-host-{i}", daemon=True,
-                               args=(theirs, store, label, self.valid_until, io_threads, os.getpid()))
+            proc = ctx.Process(
+                target=_worker_main,
+                name=f"neutts-host-{i}",
+                daemon=True,
+                args=(theirs, store, label, self.valid_until, io_threads, os.getpid()),
+            )
             proc.start()
             theirs.close()
             self.conns.append(ours)

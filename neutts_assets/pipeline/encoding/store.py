@@ -51,7 +51,7 @@ class Stage2Layout:
 
     def parse_marker(self, key: str) -> tuple[str, str] | None:
         """(audio_id, marker key) of a marker key, None for anything else."""
-        rest = key[len(self.marker_prefix):] if key.startswith(self.marker_prefix) else ""
+        rest = key[len(self.marker_prefix) :] if key.startswith(self.marker_prefix) else ""
         _, _, name = rest.partition("/")
         audio_id, at, _ = name.rpartition("@")
         return (audio_id, key) if at and audio_id else None
@@ -81,8 +81,14 @@ class EncodePlan:
     orphans: list[str] = field(default_factory=list)  # stage-2 objects whose segment stage 1 no longer has
 
 
-def plan_encoding(manifest: dict, layout: Stage2Layout, codec_label: str, source_versions: dict[str, tuple[str, int]],
-                  stage2_keys: set[str], min_samples: int) -> EncodePlan:
+def plan_encoding(
+    manifest: dict,
+    layout: Stage2Layout,
+    codec_label: str,
+    source_versions: dict[str, tuple[str, int]],
+    stage2_keys: set[str],
+    min_samples: int,
+) -> EncodePlan:
     """What a run must encode, from the stage-1 manifest and two listings (stage 1 and stage 2).
 
     `source_versions` maps stage-1 keys to (version, size); `stage2_keys` is every key under the
@@ -103,44 +109,79 @@ def plan_encoding(manifest: dict, layout: Stage2Layout, codec_label: str, source
             target, num_samples = layout.segment_key(audio_id), round(seg["duration_sec"] * SAMPLE_RATE)
             wanted.add(target)
             if num_samples < min_samples:
-                plan.too_short.append((audio_id, f"too short for the codec: {num_samples} samples, needs at least {min_samples}"))
+                plan.too_short.append(
+                    (audio_id, f"too short for the codec: {num_samples} samples, needs at least {min_samples}")
+                )
                 continue
             if source_key not in source_versions:
-                plan.missing_source.append((source_key, "stage-1 segment file is missing from the store: materialize segments_npz again"))
+                plan.missing_source.append(
+                    (source_key, "stage-1 segment file is missing from the store: materialize segments_npz again")
+                )
                 continue
             version, size = source_versions[source_key]
             marker = layout.marker_key(codec_label, audio_id, version)
             if target in stage2_keys and marker in stage2_keys:
                 plan.done.append(audio_id)
                 continue
-            plan.todo.append(EncodeItem(
-                audio_id, rec["recording_id"], source_key, target, marker, num_samples, size,
-                unverified=target in stage2_keys,
-                stale_markers=[m for m in markers_by_id.get(audio_id, []) if m != marker],
-            ))
+            plan.todo.append(
+                EncodeItem(
+                    audio_id,
+                    rec["recording_id"],
+                    source_key,
+                    target,
+                    marker,
+                    num_samples,
+                    size,
+                    unverified=target in stage2_keys,
+                    stale_markers=[m for m in markers_by_id.get(audio_id, []) if m != marker],
+                )
+            )
     # Files first, then their markers: a marker left without its file is never trusted.
-    plan.orphans = sorted(k for k in stage2_keys if k.endswith(".npz") and k.startswith(layout.channel_prefix)
-                          and "/" not in k[len(layout.channel_prefix):] and k not in wanted)
-    plan.orphans += sorted(m for audio_id, keys in markers_by_id.items() if layout.segment_key(audio_id) not in wanted for m in keys)
+    plan.orphans = sorted(
+        k
+        for k in stage2_keys
+        if k.endswith(".npz")
+        and k.startswith(layout.channel_prefix)
+        and "/" not in k[len(layout.channel_prefix) :]
+        and k not in wanted
+    )
+    plan.orphans += sorted(
+        m for audio_id, keys in markers_by_id.items() if layout.segment_key(audio_id) not in wanted for m in keys
+    )
     return plan
 
 
-def encoded_manifest(stage1: dict, layout: Stage2Layout, codec_label: str, test_only: bool, with_codes: set[str],
-                     too_short: list[tuple[str, str]], failed: list[tuple[str, str]]) -> dict:
+def encoded_manifest(
+    stage1: dict,
+    layout: Stage2Layout,
+    codec_label: str,
+    test_only: bool,
+    with_codes: set[str],
+    too_short: list[tuple[str, str]],
+    failed: list[tuple[str, str]],
+) -> dict:
     """The channel's stage-2 segments holding codes from `codec_label`, shaped like the stage-1
     manifest (recordings[].segments[].key), for hf_dataset."""
-    from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
     from neutts_assets.pipeline.encoding.codec import n_codes
+    from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 
     recordings = []
     for rec in stage1.get("recordings", []):
         segments = [
-            {"key": layout.segment_key(s["audio_id"]), "audio_id": s["audio_id"], "duration_sec": s["duration_sec"],
-             "n_codes": n_codes(round(s["duration_sec"] * SAMPLE_RATE)), "speaker_id": s.get("speaker_id", "")}
-            for s in rec["segments"] if s["audio_id"] in with_codes
+            {
+                "key": layout.segment_key(s["audio_id"]),
+                "audio_id": s["audio_id"],
+                "duration_sec": s["duration_sec"],
+                "n_codes": n_codes(round(s["duration_sec"] * SAMPLE_RATE)),
+                "speaker_id": s.get("speaker_id", ""),
+            }
+            for s in rec["segments"]
+            if s["audio_id"] in with_codes
         ]
         if segments:
-            recordings.append({"recording_id": rec["recording_id"], "audio_key": rec.get("audio_key", ""), "segments": segments})
+            recordings.append(
+                {"recording_id": rec["recording_id"], "audio_key": rec.get("audio_key", ""), "segments": segments}
+            )
     return {
         "channel": stage1.get("channel", layout.channel),
         "codec": codec_label,

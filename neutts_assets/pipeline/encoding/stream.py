@@ -23,16 +23,16 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 from neutts_assets.pipeline.encoding.codec import batch_key, default_batch_seconds, n_codes
-from neutts_assets.pipeline.orchestration.lease import LeaseLost
 from neutts_assets.pipeline.encoding.host import LEASE_GRACE_S, LEASE_POLL_S, Fetched, HostWorkers, Published
 from neutts_assets.pipeline.encoding.store import EncodeItem
+from neutts_assets.pipeline.orchestration.lease import LeaseLost
+from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 from neutts_assets.storage.store import ObjectStore
 
 
@@ -141,10 +141,25 @@ class EncodeStream:
     (messages from the workers into the inbox) and the lease poller. Only the conductor changes the
     tally and the budget's books, from the inbox; the device thread reports there too."""
 
-    def __init__(self, items: list[EncodeItem], codec, store: ObjectStore, settings: StreamSettings,
-                 log: Callable[[str], None], on_batch: Callable[[int, float], None], guard: Callable[[], None],
-                 publish_deadline: Callable[[], float] | None = None):
-        self.codec, self.store, self.settings, self.log, self.on_batch, self.guard = codec, store, settings, log, on_batch, guard
+    def __init__(
+        self,
+        items: list[EncodeItem],
+        codec,
+        store: ObjectStore,
+        settings: StreamSettings,
+        log: Callable[[str], None],
+        on_batch: Callable[[int, float], None],
+        guard: Callable[[], None],
+        publish_deadline: Callable[[], float] | None = None,
+    ):
+        self.codec, self.store, self.settings, self.log, self.on_batch, self.guard = (
+            codec,
+            store,
+            settings,
+            log,
+            on_batch,
+            guard,
+        )
         # when the lease stops allowing writes (Lease.valid_until); without one, each good check allows LEASE_GRACE_S
         self.publish_deadline = publish_deadline or (lambda: time.time() + LEASE_GRACE_S)
         self.items = sorted(items, key=lambda i: (i.num_samples, i.audio_id))
@@ -160,7 +175,9 @@ class EncodeStream:
         # independent of the channel's size (the byte budget alone would let fetched samples pile up
         # to 2 GiB in the run process whenever the workers outpace the device).
         self.ahead_samples = 0
-        self.readahead_samples = 2 * self.batch_samples + 4 * settings.host_workers * settings.fetch_chunk * 15 * SAMPLE_RATE
+        self.readahead_samples = (
+            2 * self.batch_samples + 4 * settings.host_workers * settings.fetch_chunk * 15 * SAMPLE_RATE
+        )
         self.next_in_order = 0  # next item the batcher takes
         self.fetched: dict[int, tuple[int, Fetched]] = {}  # arrived out of order
         self.open: list[_Ready] = []  # the batch being filled
@@ -175,10 +192,17 @@ class EncodeStream:
         if not self.items:
             return self.tally
         device_counters = (getattr(self.codec, "feature_seconds", 0.0), getattr(self.codec, "model_seconds", 0.0))
-        self.workers = HostWorkers(self.settings.host_workers, self.store, self.codec.label, self.settings.io_threads,
-                                   lambda w, kind, payload: self.inbox.put((w, kind, payload)))
-        threads = [threading.Thread(target=self._device_loop, name="neutts-device", daemon=True),
-                   threading.Thread(target=self._poll_lease, name="neutts-lease-poll", daemon=True)]
+        self.workers = HostWorkers(
+            self.settings.host_workers,
+            self.store,
+            self.codec.label,
+            self.settings.io_threads,
+            lambda w, kind, payload: self.inbox.put((w, kind, payload)),
+        )
+        threads = [
+            threading.Thread(target=self._device_loop, name="neutts-device", daemon=True),
+            threading.Thread(target=self._poll_lease, name="neutts-lease-poll", daemon=True),
+        ]
         try:
             self._allow_publishing()
             for t in threads:
@@ -213,8 +237,11 @@ class EncodeStream:
         """Sends the next items to the workers, round robin in chunks of consecutive items, while the
         budget admits them."""
         chunk: list[tuple[int, EncodeItem]] = []
-        while (self.next_dispatch < len(self.items) and self.ahead_samples < self.readahead_samples
-               and self.budget.try_take(item_cost(self.items[self.next_dispatch]))):
+        while (
+            self.next_dispatch < len(self.items)
+            and self.ahead_samples < self.readahead_samples
+            and self.budget.try_take(item_cost(self.items[self.next_dispatch]))
+        ):
             chunk.append((self.next_dispatch, self.items[self.next_dispatch]))
             self.ahead_samples += self.items[self.next_dispatch].num_samples
             self.next_dispatch += 1
@@ -267,7 +294,9 @@ class EncodeStream:
         elif kind == "crashed":
             raise RuntimeError(f"stage-2 host worker {worker} failed: {payload}")
         elif kind == "died":
-            raise RuntimeError(f"stage-2 host worker {worker} died (exit code {payload}); the run stops, a rerun resumes")
+            raise RuntimeError(
+                f"stage-2 host worker {worker} died (exit code {payload}); the run stops, a rerun resumes"
+            )
 
     def _published(self, seq: int, done: Published) -> None:
         t, item = self.tally, self.items[seq]
@@ -303,11 +332,15 @@ class EncodeStream:
                 if got.kept:
                     self.tally.kept.append(item)
                 else:
-                    (self.tally.store_failed if got.store_failed else self.tally.failed).append((item.audio_id, got.error))
+                    (self.tally.store_failed if got.store_failed else self.tally.failed).append(
+                        (item.audio_id, got.error)
+                    )
                 self._finished(seq)
                 continue
-            if self.open and (batch_key(item.num_samples) != batch_key(self.items[self.open[0].seq].num_samples)
-                              or sum(len(r.samples) for r in self.open) + item.num_samples > self.batch_samples):
+            if self.open and (
+                batch_key(item.num_samples) != batch_key(self.items[self.open[0].seq].num_samples)
+                or sum(len(r.samples) for r in self.open) + item.num_samples > self.batch_samples
+            ):
                 self._flush()
             self.open.append(_Ready(seq, worker, got.samples))
 
@@ -392,8 +425,9 @@ def encode_stream(
     `publish_deadline()` (the lease's own limit), or LEASE_GRACE_S. What `guard` raises (the run's
     lease lost) stops the stream and propagates. `store` must support `reopen()`: each worker opens
     its own clients."""
-    return EncodeStream(items, codec, store, settings or StreamSettings(), log, on_batch, guard or (lambda: None),
-                        publish_deadline).run()
+    return EncodeStream(
+        items, codec, store, settings or StreamSettings(), log, on_batch, guard or (lambda: None), publish_deadline
+    ).run()
 
 
 def _encode_or_split(codec, clips: list[np.ndarray], prepared=None) -> list:

@@ -172,8 +172,12 @@ class W2vBertFeatures:
     docstring for the steps and how exact each compute_dtype is). No gradients.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", compute_dtype: torch.dtype = torch.float64,
-                 cpu_block_frames: int = CPU_BLOCK_FRAMES):
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        compute_dtype: torch.dtype = torch.float64,
+        cpu_block_frames: int = CPU_BLOCK_FRAMES,
+    ):
         if compute_dtype not in (torch.float64, torch.float32):
             raise ValueError(f"compute_dtype must be torch.float64 or torch.float32, got {compute_dtype}")
         self.device = torch.device(device)
@@ -212,8 +216,8 @@ class W2vBertFeatures:
         step = max(1, self.cpu_block_frames // max(b, 1)) if self.device.type == "cpu" else max(f, 1)
         for f0 in range(0, f, step):
             n = min(step, f - f0)
-            block = x[:, f0 * HOP_LENGTH:(f0 + n - 1) * HOP_LENGTH + FRAME_LENGTH]
-            out[:, f0:f0 + n] = self._log_mel_frames(block.unfold(-1, FRAME_LENGTH, HOP_LENGTH))
+            block = x[:, f0 * HOP_LENGTH : (f0 + n - 1) * HOP_LENGTH + FRAME_LENGTH]
+            out[:, f0 : f0 + n] = self._log_mel_frames(block.unfold(-1, FRAME_LENGTH, HOP_LENGTH))
         return out
 
     def _log_mel_frames(self, frames: torch.Tensor) -> torch.Tensor:

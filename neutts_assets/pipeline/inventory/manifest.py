@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
 
 from neutts_assets.pipeline.inventory.source_layout import ChannelLayout, UnsafeNameError, audio_preference
 from neutts_assets.pipeline.inventory.transcripts import MAX_TRANSCRIPT_BYTES
@@ -46,7 +46,7 @@ class Inventory:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Inventory":
+    def from_dict(cls, d: dict) -> Inventory:
         return cls(
             channel=d["channel"],
             audio_folder=d["audio_folder"],
@@ -56,7 +56,9 @@ class Inventory:
 
     def fingerprint(self) -> str:
         """Changes exactly when an audio object or a transcript's content changes, or pairs come and go."""
-        lines = sorted(f"{e.recording_id}\t{e.audio_key}\t{e.audio_version}\t{e.transcript_sha256}" for e in self.entries)
+        lines = sorted(
+            f"{e.recording_id}\t{e.audio_key}\t{e.audio_version}\t{e.transcript_sha256}" for e in self.entries
+        )
         return hashlib.sha256(json.dumps(lines).encode()).hexdigest()[:24]
 
 
@@ -91,11 +93,19 @@ def build_inventory(
         transcript_ids.add(rec_id)
         candidates = sorted(audio_by_id.get(rec_id, []), key=lambda c: audio_preference(c[1], c[2]))
         if not candidates:
-            inv.unpaired.append(Unpaired(obj.key, f"no audio object {layout.audio_prefix}{rec_id}.<ext> for this transcript", "transcript_without_audio"))
+            inv.unpaired.append(
+                Unpaired(
+                    obj.key,
+                    f"no audio object {layout.audio_prefix}{rec_id}.<ext> for this transcript",
+                    "transcript_without_audio",
+                )
+            )
             continue
         chosen, ext, partial = candidates[0]
         for other, _, _ in candidates[1:]:
-            inv.unpaired.append(Unpaired(other.key, f"another file of recording {rec_id} is used: {chosen.key}", "duplicate_audio"))
+            inv.unpaired.append(
+                Unpaired(other.key, f"another file of recording {rec_id} is used: {chosen.key}", "duplicate_audio")
+            )
         pairs.append((rec_id, obj, chosen, ext, partial))
 
     def digest(obj: ObjectInfo) -> str | None:
@@ -112,7 +122,9 @@ def build_inventory(
         digests = pool.map(digest, [p[1] for p in pairs])
         for (rec_id, obj, chosen, ext, partial), digest_ in zip(pairs, digests):
             if digest_ is None:
-                inv.unpaired.append(Unpaired(obj.key, "transcript disappeared while the inventory was taken", "vanished"))
+                inv.unpaired.append(
+                    Unpaired(obj.key, "transcript disappeared while the inventory was taken", "vanished")
+                )
                 continue
             inv.entries.append(
                 InventoryEntry(
@@ -131,7 +143,13 @@ def build_inventory(
     for rec_id, objs in audio_by_id.items():
         if rec_id not in transcript_ids:
             for obj, _, _ in objs:
-                inv.unpaired.append(Unpaired(obj.key, f"no transcript {layout.transcripts_prefix}audio_{rec_id}.json for this audio", "audio_without_transcript"))
+                inv.unpaired.append(
+                    Unpaired(
+                        obj.key,
+                        f"no transcript {layout.transcripts_prefix}audio_{rec_id}.json for this audio",
+                        "audio_without_transcript",
+                    )
+                )
     inv.entries.sort(key=lambda e: e.recording_id)
     inv.unpaired.sort(key=lambda u: u.key)
     return inv

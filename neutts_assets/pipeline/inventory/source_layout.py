@@ -63,18 +63,27 @@ def check_channel_name(name: str) -> str:
     if ".." in name or name.startswith("."):
         raise UnsafeNameError(f"channel {name!r} contains '..' or starts with '.'")
     if name.casefold() in RESERVED_CHANNEL_NAMES:
-        raise UnsafeNameError(f"channel {name!r} is the name of one of the dataset card's own configs "
-                              f"({', '.join(RESERVED_CHANNEL_NAMES)})")
+        raise UnsafeNameError(
+            f"channel {name!r} is the name of one of the dataset card's own configs "
+            f"({', '.join(RESERVED_CHANNEL_NAMES)})"
+        )
     special = sorted({c for c in name if c in CHANNEL_SPECIAL_CHARACTERS}, key=name.index)
     if special:
         raise UnsafeNameError(
             f"channel {name!r} contains {' '.join(repr(c) for c in special)}: characters special to globs, paths or "
-            f"the dataset card are not allowed in channel names ({' '.join(CHANNEL_SPECIAL_CHARACTERS)})")
-    hidden = [c for c in name if (c.isspace() and c != " ") or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")]
+            f"the dataset card are not allowed in channel names ({' '.join(CHANNEL_SPECIAL_CHARACTERS)})"
+        )
+    hidden = [
+        c
+        for c in name
+        if (c.isspace() and c != " ") or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+    ]
     if hidden:
         codes = ", ".join(sorted({f"U+{ord(c):04X}" for c in hidden}))
-        raise UnsafeNameError(f"channel {name!r} contains invisible, control or unassigned characters ({codes}); "
-                              "only plain spaces may separate words")
+        raise UnsafeNameError(
+            f"channel {name!r} contains invisible, control or unassigned characters ({codes}); "
+            "only plain spaces may separate words"
+        )
     return name
 
 
@@ -84,7 +93,7 @@ class ChannelLayout:
     audio_folder: str
 
     @classmethod
-    def for_channel(cls, channel: str, mapping: dict[str, str] | None = None) -> "ChannelLayout":
+    def for_channel(cls, channel: str, mapping: dict[str, str] | None = None) -> ChannelLayout:
         check_channel_name(channel)
         folder = (mapping or {}).get(channel, channel)
         return cls(channel=channel, audio_folder=check_name(folder, "audio folder"))
@@ -99,16 +108,16 @@ class ChannelLayout:
 
     def transcript_id(self, key: str) -> str:
         """`.../transcripts/audio_{ID}.json` -> ID. Raises UnsafeNameError or ValueError."""
-        name = key[len(self.transcripts_prefix):]
+        name = key[len(self.transcripts_prefix) :]
         if "/" in name:
             raise UnsafeNameError(f"transcript {key!r} is in a sub-folder of {self.transcripts_prefix!r}")
         if not (name.startswith(TRANSCRIPT_NAME_PREFIX) and name.endswith(TRANSCRIPT_SUFFIX)):
             raise ValueError(f"transcript {key!r} is not named audio_{{ID}}.json")
-        return check_name(name[len(TRANSCRIPT_NAME_PREFIX):-len(TRANSCRIPT_SUFFIX)], "recording ID")
+        return check_name(name[len(TRANSCRIPT_NAME_PREFIX) : -len(TRANSCRIPT_SUFFIX)], "recording ID")
 
     def audio_id(self, key: str) -> tuple[str, str, bool]:
         """`{folder}/audio/{ID}.{ext}[.part]` -> (ID, ext, partial). Raises on other names."""
-        name = key[len(self.audio_prefix):]
+        name = key[len(self.audio_prefix) :]
         if "/" in name:
             raise UnsafeNameError(f"audio {key!r} is in a sub-folder of {self.audio_prefix!r}")
         partial = name.lower().endswith(PARTIAL_SUFFIX)

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterable, Mapping
 
-from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX, UnsafeNameError, check_channel_name, check_name
+from neutts_assets.pipeline.inventory.source_layout import (
+    AUDIO_PREFIX,
+    TRANSCRIPTS_PREFIX,
+    UnsafeNameError,
+    check_channel_name,
+    check_name,
+)
 from neutts_assets.storage.store import ObjectInfo
 
 # GCS listings are strongly consistent, so an object is listable as soon as its `updated` time is
@@ -49,7 +55,7 @@ class WatchCursor:
         )
 
     @classmethod
-    def from_json(cls, text: str | None) -> "WatchCursor":
+    def from_json(cls, text: str | None) -> WatchCursor:
         if not text:
             return cls()
         try:
@@ -73,7 +79,8 @@ def new_objects(
     listed = list(listed)
     floor = cursor.watermark - overlap if cursor.watermark else None
     fresh = [
-        o for o in listed
+        o
+        for o in listed
         if (floor is None or _updated(o) > floor) and object_fingerprint(o.key, o.version) not in cursor.recent
     ]
     marks = [_updated(o) for o in listed]
@@ -89,7 +96,7 @@ def transcript_channel(key: str) -> str | None:
     """`processed_runs/processed_{C}/transcripts/...` -> C; None for any other key."""
     if not key.startswith(TRANSCRIPTS_ROOT):
         return None
-    channel, sep, _ = key[len(TRANSCRIPTS_ROOT):].partition(TRANSCRIPTS_TAIL)
+    channel, sep, _ = key[len(TRANSCRIPTS_ROOT) :].partition(TRANSCRIPTS_TAIL)
     return channel if sep and channel and "/" not in channel else None
 
 
@@ -119,7 +126,10 @@ class ChannelChange:
 
     def summary(self) -> str:
         parts = ["new channel"] if self.is_new_channel else []
-        parts += [f"{len(self.transcripts)} new or changed transcript(s)", f"{len(self.audio)} new or changed audio object(s)"]
+        parts += [
+            f"{len(self.transcripts)} new or changed transcript(s)",
+            f"{len(self.audio)} new or changed audio object(s)",
+        ]
         return f"{self.channel}: " + ", ".join(parts)
 
 
@@ -131,9 +141,14 @@ class WatchReport:
     listed: int
 
     def describe(self) -> str:
-        lines = [f"listed {self.listed} objects; {sum(len(c.transcripts) + len(c.audio) for c in self.changes)} new or changed in {len(self.changes)} channel(s)"]
+        lines = [
+            f"listed {self.listed} objects; {sum(len(c.transcripts) + len(c.audio) for c in self.changes)} new or changed in {len(self.changes)} channel(s)"
+        ]
         lines += [c.summary() for c in self.changes]
-        lines += [f"channel {name!r} skipped (no partition, no run): {why}" for name, why in sorted(self.rejected_channels.items())]
+        lines += [
+            f"channel {name!r} skipped (no partition, no run): {why}"
+            for name, why in sorted(self.rejected_channels.items())
+        ]
         if self.ignored:
             lines.append(f"{self.ignored} new object(s) outside the watched channels' folders ignored")
         return "\n".join(lines)
@@ -181,4 +196,6 @@ def changed_channels(
         for owner in owners:  # several channels may share one audio folder
             changes.setdefault(owner, ChannelChange(owner)).audio.append(obj)
         ignored += not owners
-    return WatchReport(changes=[changes[c] for c in sorted(changes)], rejected_channels=rejected, ignored=ignored, listed=listed)
+    return WatchReport(
+        changes=[changes[c] for c in sorted(changes)], rejected_channels=rejected, ignored=ignored, listed=listed
+    )

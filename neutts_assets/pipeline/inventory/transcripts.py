@@ -62,7 +62,6 @@ class TranscriptSegment:
     dialect: str = DEFAULT_LABELS["dialect"]
     tone: str = DEFAULT_LABELS["tone"]
 
-
     notes: tuple[str, ...] = ()  # what was changed in its text, for the run's metadata
 
 
@@ -120,10 +119,14 @@ def _clean(text: str, field: str = "text", notes: list[str] | None = None) -> st
 # bidi embeddings and overrides (U+202A-E) and isolates (U+2066-9), word joiner, BOM (ZWNBSP),
 # soft hyphen, combining grapheme joiner, Mongolian vowel separator, the Hangul fillers, and the
 # variation selectors. Any other format (Cf) or control (Cc) character and any whitespace counts too.
-INVISIBLE_CHARACTERS = frozenset(
-    "\u200b\u200c\u200d\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-    "\u2060\ufeff\u00ad\u034f\u180e\u115f\u1160\u3164\uffa0"
-) | frozenset(map(chr, range(0xFE00, 0xFE10))) | frozenset(map(chr, range(0xE0100, 0xE01F0)))
+INVISIBLE_CHARACTERS = (
+    frozenset(
+        "\u200b\u200c\u200d\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+        "\u2060\ufeff\u00ad\u034f\u180e\u115f\u1160\u3164\uffa0"
+    )
+    | frozenset(map(chr, range(0xFE00, 0xFE10)))
+    | frozenset(map(chr, range(0xE0100, 0xE01F0)))
+)
 _INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zs", "Zl", "Zp")
 
 
@@ -148,7 +151,7 @@ class LabelError(ValueError):
 
 
 # Floats at most this large are exact integers; past it 2**53 + 1 reads as 2**53.
-_EXACT_FLOAT = 2.0 ** 53
+_EXACT_FLOAT = 2.0**53
 
 
 def _label(raw: dict, field: str, notes: list[str] | None = None) -> str:
@@ -160,8 +163,10 @@ def _label(raw: dict, field: str, notes: list[str] | None = None) -> str:
         text = _clean(value, field, notes)
         if is_visibly_empty(text):
             if text and notes is not None:
-                notes.append(f"{field}: only invisible characters ({invisible_codes(text)}), "
-                             f"written as the default {DEFAULT_LABELS[field]!r}")
+                notes.append(
+                    f"{field}: only invisible characters ({invisible_codes(text)}), "
+                    f"written as the default {DEFAULT_LABELS[field]!r}"
+                )
             return DEFAULT_LABELS[field]
         return text
     # bool is an int in Python: checked first. True is no speaker's name, nor 1.
@@ -178,8 +183,10 @@ def _label(raw: dict, field: str, notes: list[str] | None = None) -> str:
             raise LabelError(f"{field} is a number too large to be exact ({_short(value)}): write it as a string")
         text = str(int(value))
     else:
-        raise LabelError(f"{field} is a {'list' if isinstance(value, list) else 'JSON object' if isinstance(value, dict) else type(value).__name__} "
-                         f"({_short(value)}), not a label")
+        raise LabelError(
+            f"{field} is a {'list' if isinstance(value, list) else 'JSON object' if isinstance(value, dict) else type(value).__name__} "
+            f"({_short(value)}), not a label"
+        )
     if notes is not None:
         notes.append(f"{field}: number {_short(value)} written as {text!r}")
     return text
@@ -193,9 +200,11 @@ def _times_in_seconds(segments: list[TranscriptSegment]) -> str:
     if len(lengths) < 2 or max(lengths) >= SECONDS_HINT_MS:
         return ""
     last = max(s.end_ms for s in segments)
-    return (f"times look like seconds, not milliseconds: the longest of its {len(lengths)} segments lasts "
-            f"{max(lengths):g} ms and the last ends at {last:g} ms ({max(lengths):g} s and {last:g} s read as seconds); "
-            "write start_ms/end_ms in milliseconds")
+    return (
+        f"times look like seconds, not milliseconds: the longest of its {len(lengths)} segments lasts "
+        f"{max(lengths):g} ms and the last ends at {last:g} ms ({max(lengths):g} s and {last:g} s read as seconds); "
+        "write start_ms/end_ms in milliseconds"
+    )
 
 
 # No real segment lasts under this many ms; every one of a transcript in seconds does (< 2 min).
@@ -209,7 +218,11 @@ def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], l
     try:
         text = data.decode("utf-8-sig")  # tolerate a BOM, which some editors add
     except UnicodeDecodeError as exc:
-        hint = "; it starts with a UTF-16 byte-order mark: save it as UTF-8" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        hint = (
+            "; it starts with a UTF-16 byte-order mark: save it as UTF-8"
+            if data[:2] in (b"\xff\xfe", b"\xfe\xff")
+            else ""
+        )
         raise TranscriptError(f"{name}: not UTF-8 text (byte {exc.start}){hint}") from None
     try:
         doc = json.loads(text)
@@ -224,7 +237,7 @@ def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], l
             raise TranscriptError(f"{name}: JSON object has no 'segments' list")
         doc = doc["segments"]
     if not isinstance(doc, list):
-        raise TranscriptError(f"{name}: expected a list of segments or {{\"segments\": [...]}}, got {type(doc).__name__}")
+        raise TranscriptError(f'{name}: expected a list of segments or {{"segments": [...]}}, got {type(doc).__name__}')
 
     segments: list[TranscriptSegment] = []
     problems: list[SegmentProblem] = []

@@ -34,9 +34,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
 from neutts_assets.storage.processes import pid_alive, process_started
 
@@ -51,7 +51,7 @@ def lease_key(asset: str, channel: str) -> str:
 class LeaseHeld(RuntimeError):
     """Another live run holds the lease: this one must not write."""
 
-    def __init__(self, asset: str, channel: str, holder: "LeaseRecord", now: float | None = None):
+    def __init__(self, asset: str, channel: str, holder: LeaseRecord, now: float | None = None):
         now = time.time() if now is None else now
         self.asset, self.channel, self.holder = asset, channel, holder
         super().__init__(
@@ -87,7 +87,7 @@ class LeaseRecord:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "LeaseRecord":
+    def from_json(cls, data: bytes) -> LeaseRecord:
         d = json.loads(data)
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
@@ -123,8 +123,15 @@ def stale_reason(holder: LeaseRecord, now: float | None = None) -> str | None:
 class Lease:
     """A held lease. Use as a context manager: renewed while inside, released on leaving."""
 
-    def __init__(self, store, key: str, record: LeaseRecord, version: str, ttl_s: float,
-                 log: Callable[[str], None] = lambda _: None):
+    def __init__(
+        self,
+        store,
+        key: str,
+        record: LeaseRecord,
+        version: str,
+        ttl_s: float,
+        log: Callable[[str], None] = lambda _: None,
+    ):
         self.store, self.key, self.record, self.version, self.ttl_s, self.log = store, key, record, version, ttl_s, log
         self.lost: str | None = None
         self.released = False
@@ -136,7 +143,7 @@ class Lease:
     def taken_over_from(self) -> dict:
         return self.record.taken_over_from
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.key}", daemon=True)
         self._thread.start()
         return self
@@ -154,11 +161,15 @@ class Lease:
         if not lost and not self.released:
             now, record = time.time(), self.record
             if now > record.expires_at - self.ttl_s / 4:
-                lost = (f"it was last renewed {now - record.heartbeat_at:.0f} s ago and expires at {_iso(record.expires_at)} "
-                        f"(the store could not be reached to renew it)")
+                lost = (
+                    f"it was last renewed {now - record.heartbeat_at:.0f} s ago and expires at {_iso(record.expires_at)} "
+                    f"(the store could not be reached to renew it)"
+                )
         if lost:
-            raise LeaseLost(f"{self.record.asset} for channel {self.record.channel!r}: run {self.record.run_id} lost its lease: "
-                            f"{lost}. Another run may have written the same objects; run it again.")
+            raise LeaseLost(
+                f"{self.record.asset} for channel {self.record.channel!r}: run {self.record.run_id} lost its lease: "
+                f"{lost}. Another run may have written the same objects; run it again."
+            )
 
     def valid_until(self) -> float:
         """The time after which check() raises, as things stand (0 once lost): what a writer in
@@ -171,15 +182,25 @@ class Lease:
         """The record is this lease's, written by one of our own calls (maybe one whose client raised)."""
         mine = self.record
         return record is not None and (record.run_id, record.host, record.pid, record.acquired_at) == (
-            mine.run_id, mine.host, mine.pid, mine.acquired_at)
+            mine.run_id,
+            mine.host,
+            mine.pid,
+            mine.acquired_at,
+        )
 
     def renew(self) -> bool:
         with self._lock:
             if self.lost or self.released:
                 return False
             now = time.time()
-            fresh = LeaseRecord(**{**asdict(self.record), "heartbeat_at": now, "expires_at": now + self.ttl_s,
-                                   "nonce": uuid.uuid4().hex})
+            fresh = LeaseRecord(
+                **{
+                    **asdict(self.record),
+                    "heartbeat_at": now,
+                    "expires_at": now + self.ttl_s,
+                    "nonce": uuid.uuid4().hex,
+                }
+            )
             for _ in range(3):
                 version = self.store.replace_if_version(self.key, fresh.to_json(), self.version)
                 if version is not None:
@@ -256,8 +277,15 @@ def _nonce(data: bytes) -> str | None:
     return record.nonce if record else None
 
 
-def acquire(store, asset: str, channel: str, run_id: str, ttl_s: float = DEFAULT_TTL_S,
-            log: Callable[[str], None] = lambda _: None, renew_store=None) -> Lease:
+def acquire(
+    store,
+    asset: str,
+    channel: str,
+    run_id: str,
+    ttl_s: float = DEFAULT_TTL_S,
+    log: Callable[[str], None] = lambda _: None,
+    renew_store=None,
+) -> Lease:
     """Takes the (asset, channel) lease in `store`, or raises LeaseHeld naming the run that holds it.
     `renew_store`: the same store through a client that gives up sooner, for the renewals and the
     release (a call that outlasts the lease is worse than one that fails and is tried again); taking
@@ -266,9 +294,19 @@ def acquire(store, asset: str, channel: str, run_id: str, ttl_s: float = DEFAULT
     for _ in range(10):  # each pass ends in a win, LeaseHeld, or a change by another run to look at again
         now = time.time()
         pid = os.getpid()
-        mine = LeaseRecord(asset=asset, channel=channel, run_id=run_id, host=socket.gethostname(), boot_id=_boot_id(),
-                           pid=pid, pid_started=process_started(pid), acquired_at=now, heartbeat_at=now,
-                           expires_at=now + ttl_s, nonce=uuid.uuid4().hex)
+        mine = LeaseRecord(
+            asset=asset,
+            channel=channel,
+            run_id=run_id,
+            host=socket.gethostname(),
+            boot_id=_boot_id(),
+            pid=pid,
+            pid_started=process_started(pid),
+            acquired_at=now,
+            heartbeat_at=now,
+            expires_at=now + ttl_s,
+            nonce=uuid.uuid4().hex,
+        )
         version = store.create_if_absent(key, mine.to_json())
         if version is not None:
             return Lease(renew_store or store, key, mine, version, ttl_s, log)
@@ -278,13 +316,19 @@ def acquire(store, asset: str, channel: str, run_id: str, ttl_s: float = DEFAULT
         data, current_version = current
         holder = _parse(data)
         if holder is not None and holder.nonce == mine.nonce:
-            return Lease(renew_store or store, key, mine, current_version, ttl_s, log)  # our create landed; its answer was lost
+            return Lease(
+                renew_store or store, key, mine, current_version, ttl_s, log
+            )  # our create landed; its answer was lost
         why = "it cannot be read" if holder is None else stale_reason(holder, now)
         if why is None:
             raise LeaseHeld(asset, channel, holder, now)
         if why != "released":
-            mine.taken_over_from = {"run_id": holder.run_id if holder else "?", "host": holder.host if holder else "?",
-                                    "pid": holder.pid if holder else 0, "reason": why}
+            mine.taken_over_from = {
+                "run_id": holder.run_id if holder else "?",
+                "host": holder.host if holder else "?",
+                "pid": holder.pid if holder else 0,
+                "reason": why,
+            }
         version = store.replace_if_version(key, mine.to_json(), current_version)
         if version is None:
             again = store.read_versioned(key)

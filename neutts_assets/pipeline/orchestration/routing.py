@@ -14,7 +14,7 @@ The queue tag always follows the machine tag: set `machine`, never the queue tag
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 MACHINE_TAG = "machine"
 QUEUE_TAG = "dagster-celery/queue"  # read by dagster_celery's CeleryRunLauncher
@@ -41,7 +41,9 @@ def machine_for(classes: Iterable[str], default: str = DEFAULT_MACHINE) -> str:
     return max(found, key=MACHINE_RANK.index) if found else default
 
 
-def routing_tags(run_tags: Mapping[str, str], asset_classes: Iterable[str], default: str = DEFAULT_MACHINE) -> dict[str, str]:
+def routing_tags(
+    run_tags: Mapping[str, str], asset_classes: Iterable[str], default: str = DEFAULT_MACHINE
+) -> dict[str, str]:
     """The tags to set on a run: never changes its `machine` tag, always makes the queue follow it."""
     classes = sorted(set(asset_classes), key=MACHINE_RANK.index)
     added: dict[str, str] = {}

@@ -48,18 +48,18 @@ import json
 import time
 import uuid
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 from neutts_assets.pipeline.dataset.writer import CARD_KEY, fetch_shards, publish_card, read_record, read_records
+from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.store import ObjectStore
 
@@ -89,7 +89,11 @@ def pairs_features(include_audio: bool = False):
             f"{prefix}_duration_sec": Value("float32"),
         }
 
-    audio = {"ref_audio": Audio(sampling_rate=SAMPLE_RATE), "target_audio": Audio(sampling_rate=SAMPLE_RATE)} if include_audio else {}
+    audio = (
+        {"ref_audio": Audio(sampling_rate=SAMPLE_RATE), "target_audio": Audio(sampling_rate=SAMPLE_RATE)}
+        if include_audio
+        else {}
+    )
     return Features({**audio, **side("ref"), **side("target"), "channel": Value("string")})
 
 
@@ -137,8 +141,11 @@ def recording_of(audio_id: str) -> str:
 
 def eligible_mask(durations: np.ndarray, code_lengths: np.ndarray, settings: PairSettings) -> np.ndarray:
     durations = np.asarray(durations, dtype=np.float32)
-    return ((durations >= np.float32(settings.min_duration_sec)) & (durations <= np.float32(settings.max_duration_sec))
-            & (np.asarray(code_lengths) > 0))
+    return (
+        (durations >= np.float32(settings.min_duration_sec))
+        & (durations <= np.float32(settings.max_duration_sec))
+        & (np.asarray(code_lengths) > 0)
+    )
 
 
 def group_rows(audio_ids: list[str], speaker_ids: list[str], keep: np.ndarray) -> list[Group]:
@@ -148,8 +155,10 @@ def group_rows(audio_ids: list[str], speaker_ids: list[str], keep: np.ndarray) -
         members.setdefault((recording_of(audio_ids[row]), speaker_ids[row]), []).append(row)
     # Rows in segment order (seg_2 before seg_10), not the dataset's: an incremental dataset build
     # moves rows between shards, and a recording's pairs must not change when its rows move.
-    return [Group(rec, spk, np.asarray(sorted(rows, key=lambda r: segment_order(audio_ids[r])), dtype=np.int64))
-            for (rec, spk), rows in sorted(members.items())]
+    return [
+        Group(rec, spk, np.asarray(sorted(rows, key=lambda r: segment_order(audio_ids[r])), dtype=np.int64))
+        for (rec, spk), rows in sorted(members.items())
+    ]
 
 
 def segment_order(audio_id: str) -> tuple:
@@ -166,7 +175,7 @@ def pair_of(m: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def group_seed(settings_seed: int, group: Group) -> list[int]:
-    return [settings_seed, zlib.crc32(f"{group.recording}\t{group.speaker_id}".encode("utf-8"))]
+    return [settings_seed, zlib.crc32(f"{group.recording}\t{group.speaker_id}".encode())]
 
 
 def sampled_pair_numbers(group: Group, max_pairs: int, seed: int) -> np.ndarray:
@@ -175,8 +184,9 @@ def sampled_pair_numbers(group: Group, max_pairs: int, seed: int) -> np.ndarray:
     return np.random.default_rng(group_seed(seed, group)).choice(total, max_pairs, replace=False).astype(np.int64)
 
 
-def pair_chunks(groups: Iterable[Group], max_pairs: int | None = None, seed: int = 42,
-                chunk: int = BATCH_PAIRS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def pair_chunks(
+    groups: Iterable[Group], max_pairs: int | None = None, seed: int = 42, chunk: int = BATCH_PAIRS
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ref rows, target rows): the pairs of `groups` (each of >= 2 rows), in order, as int64
     arrays of `chunk` pairs each (the last may be shorter). Lazy: one chunk (plus a capped group's
     k pair numbers) in memory at a time."""
@@ -195,7 +205,7 @@ def pair_chunks(groups: Iterable[Group], max_pairs: int | None = None, seed: int
         start = 0
         while start < count:
             take = min(chunk - filled, count - start)
-            m = np.arange(start, start + take, dtype=np.int64) if sampled is None else sampled[start:start + take]
+            m = np.arange(start, start + take, dtype=np.int64) if sampled is None else sampled[start : start + take]
             i, j = pair_of(m, n)
             refs.append(group.rows[i])
             targets.append(group.rows[j])
@@ -241,7 +251,9 @@ def read_index(parquet_files: Iterable[Path], include_audio: bool = False) -> pa
 @dataclass
 class Plan:
     groups: list[Group]  # the groups that make pairs (>= min_segments_per_speaker rows)
-    recordings: dict[str, dict]  # every recording of the index: {"eligible": rows within the rules, "dropped": small groups}
+    recordings: dict[
+        str, dict
+    ]  # every recording of the index: {"eligible": rows within the rules, "dropped": small groups}
     settings: PairSettings
 
     @property
@@ -303,7 +315,7 @@ def read_pair_records(store: ObjectStore) -> dict[str, dict]:
 @dataclass
 class PairsBuild:
     record: dict
-    plan: "PairsPlan"
+    plan: PairsPlan
     removed: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
     files_written: int = 0
@@ -343,8 +355,10 @@ def recordings_in(dataset: dict) -> dict[str, RecordingRows] | None:
             rec = recording_of(name[:-4] if name.endswith(".npz") else name)
             lines.setdefault(rec, []).append(f"{name}\t{version}\t{size}")
             shards.setdefault(rec, set()).add(shard["path"])
-    return {rec: RecordingRows(hashlib.sha256("\n".join(sorted(ls)).encode()).hexdigest()[:20], tuple(sorted(shards[rec])))
-            for rec, ls in lines.items()}
+    return {
+        rec: RecordingRows(hashlib.sha256("\n".join(sorted(ls)).encode()).hexdigest()[:20], tuple(sorted(shards[rec])))
+        for rec, ls in lines.items()
+    }
 
 
 @dataclass
@@ -365,8 +379,13 @@ class PairsPlan:
 def plan_pairs_build(previous: dict | None, dataset: dict, settings: PairSettings, force: bool = False) -> PairsPlan:
     every_shard = [s["path"] for s in dataset["shards"]]
     current = recordings_in(dataset)
-    if (force or current is None or previous is None or previous.get("writer") != PAIRS_WRITER
-            or previous.get("settings") != settings.to_dict()):
+    if (
+        force
+        or current is None
+        or previous is None
+        or previous.get("writer") != PAIRS_WRITER
+        or previous.get("settings") != settings.to_dict()
+    ):
         return PairsPlan([], None, every_shard, {}, current or {})
 
     def unchanged(recordings: dict) -> bool:
@@ -380,7 +399,9 @@ def plan_pairs_build(previous: dict | None, dataset: dict, settings: PairSetting
     return PairsPlan(keep, regenerate, [p for p in every_shard if p in wanted], idle, current)
 
 
-def _pairs_file(index: pa.Table, groups: list[Group], settings: PairSettings, workdir: Path, name: str) -> tuple[Path, Path, int]:
+def _pairs_file(
+    index: pa.Table, groups: list[Group], settings: PairSettings, workdir: Path, name: str
+) -> tuple[Path, Path, int]:
     """The pairs of `groups` as one Arrow stream file, the format `save_to_disk` writes (its schema
     carries the features, so `load_from_disk` reads it as it is), written batch by batch and never
     mapped back into memory; and their row references as Parquet."""
@@ -390,11 +411,16 @@ def _pairs_file(index: pa.Table, groups: list[Group], settings: PairSettings, wo
     ref_schema = pa.schema([("ref_audio_id", pa.string()), ("target_audio_id", pa.string())])
     written = 0
     chunk = AUDIO_BATCH_PAIRS if settings.include_audio else BATCH_PAIRS
-    with pa.OSFile(str(stream), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer, \
-            pq.ParquetWriter(str(refs_path), ref_schema, compression="zstd") as refs:
+    with (
+        pa.OSFile(str(stream), "wb") as sink,
+        pa.ipc.new_stream(sink, schema) as writer,
+        pq.ParquetWriter(str(refs_path), ref_schema, compression="zstd") as refs,
+    ):
         for ref, target in pair_chunks(groups, settings.max_pairs_per_speaker, settings.random_seed, chunk):
             writer.write_table(pairs_batch(index, ref, target, schema))
-            refs.write_table(pa.Table.from_arrays([ids.take(pa.array(ref)), ids.take(pa.array(target))], schema=ref_schema))
+            refs.write_table(
+                pa.Table.from_arrays([ids.take(pa.array(ref)), ids.take(pa.array(target))], schema=ref_schema)
+            )
             written += len(ref)
         if written == 0:
             refs.write_table(ref_schema.empty_table())
@@ -417,8 +443,11 @@ def _split_at_recordings(groups: list[Group], settings: PairSettings, index: pa.
     FILE_BYTES of pairs each (estimated from the codes and text they repeat)."""
     code_lengths = pc.fill_null(pc.list_value_length(index["codes"]), 0).to_numpy()
     text_lengths = pc.fill_null(pc.binary_length(index["text"]), 0).to_numpy()
-    audio_lengths = (pc.fill_null(pc.binary_length(pc.struct_field(index["audio"], "bytes")), 0).to_numpy()
-                     if settings.include_audio else np.zeros(len(code_lengths), np.int64))
+    audio_lengths = (
+        pc.fill_null(pc.binary_length(pc.struct_field(index["audio"], "bytes")), 0).to_numpy()
+        if settings.include_audio
+        else np.zeros(len(code_lengths), np.int64)
+    )
     per_row = code_lengths * 4 + text_lengths + audio_lengths + 64
     run: list[Group] = []
     size = 0.0
@@ -442,8 +471,11 @@ def _counts(files: list[dict], idle: dict[str, dict], rows_in_dataset: int) -> t
         "speakers": len(groups),
         "speakers_dropped": sum(v["dropped"] for v in recordings),
         "pairs": int(sum(per)),
-        "pairs_per_speaker": {"min": int(min(per)) if per else 0, "median": float(np.median(per)) if per else 0.0,
-                              "max": int(max(per)) if per else 0},
+        "pairs_per_speaker": {
+            "min": int(min(per)) if per else 0,
+            "median": float(np.median(per)) if per else 0.0,
+            "max": int(max(per)) if per else 0,
+        },
         "rows_in_dataset": rows_in_dataset,
         "rows_eligible": sum(v["eligible"] for v in recordings),
         "rows_used": int(sum(g[2] for g in groups)),
@@ -456,9 +488,16 @@ def new_build_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, workdir: Path, title: str,
-                      guard: Callable[[], None] | None = None, log: Callable[[str], None] | None = None,
-                      force: bool = False) -> PairsBuild:
+def build_and_publish(
+    store: ObjectStore,
+    channel: str,
+    settings: PairSettings,
+    workdir: Path,
+    title: str,
+    guard: Callable[[], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    force: bool = False,
+) -> PairsBuild:
     """Reads what changed of the channel's published dataset, writes those recordings' pairs and
     publishes them beside the files kept (see the module and `plan_pairs_build`)."""
     from neutts_assets.pipeline.dataset.disk import publish_state
@@ -486,8 +525,10 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
     del tables
     pairing = plan_pairs(index, settings)
     tallies = pairing.recordings
-    log(f"{channel}: {len(plan.keep)} pairs file(s) kept; {pairing.pairs} pairs of {len(pairing.groups)} speakers "
-        f"from {len(tallies)} recording(s) made, {len(plan.shards)} of {len(dataset['shards'])} dataset shard(s) read")
+    log(
+        f"{channel}: {len(plan.keep)} pairs file(s) kept; {pairing.pairs} pairs of {len(pairing.groups)} speakers "
+        f"from {len(tallies)} recording(s) made, {len(plan.shards)} of {len(dataset['shards'])} dataset shard(s) read"
+    )
 
     def fingerprint(recording: str) -> str:  # "" (never matches again) without members to take it from
         return plan.current[recording].fingerprint if recording in plan.current else ""
@@ -506,11 +547,18 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
         refs.unlink(missing_ok=True)
         recs = sorted({g.recording for g in groups})
         with_pairs |= set(recs)
-        files.append({
-            "arrow": f"{name}/{ARROW_FILE}", "index": f"{name}/{INDEX_FILE}", "pairs": written, "bytes": size,
-            "recordings": {r: {"fingerprint": fingerprint(r), **tallies[r]} for r in recs},
-            "groups": [[g.recording, g.speaker_id, g.n, g.num_pairs(settings.max_pairs_per_speaker)] for g in groups],
-        })
+        files.append(
+            {
+                "arrow": f"{name}/{ARROW_FILE}",
+                "index": f"{name}/{INDEX_FILE}",
+                "pairs": written,
+                "bytes": size,
+                "recordings": {r: {"fingerprint": fingerprint(r), **tallies[r]} for r in recs},
+                "groups": [
+                    [g.recording, g.speaker_id, g.n, g.num_pairs(settings.max_pairs_per_speaker)] for g in groups
+                ],
+            }
+        )
     idle = {**plan.idle, **{r: {"fingerprint": fingerprint(r), **t} for r, t in tallies.items() if r not in with_pairs}}
     files = plan.keep + files
     if not files:  # load_from_disk cannot concatenate no file: one empty one, never kept
@@ -518,8 +566,16 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
         name = f"{build_id}/empty"
         store.upload(arrow, f"{prefix}{name}/{ARROW_FILE}")
         store.upload(refs, f"{prefix}{name}/{INDEX_FILE}")
-        files = [{"arrow": f"{name}/{ARROW_FILE}", "index": f"{name}/{INDEX_FILE}", "pairs": 0, "bytes": 0,
-                  "recordings": {}, "groups": []}]
+        files = [
+            {
+                "arrow": f"{name}/{ARROW_FILE}",
+                "index": f"{name}/{INDEX_FILE}",
+                "pairs": 0,
+                "bytes": 0,
+                "recordings": {},
+                "groups": [],
+            }
+        ]
     del index
     guard()
     publish_state(store, prefix, [f["arrow"] for f in files], pairs_info(settings))  # the switch
@@ -541,8 +597,13 @@ def build_and_publish(store: ObjectStore, channel: str, settings: PairSettings, 
         "top_speakers": top,
     }
     store.write_bytes(record_key(channel), json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
-    build = PairsBuild(record, plan, files_written=len(files) - len(plan.keep), shards_read=len(plan.shards),
-                       recordings_paired=len(tallies))
+    build = PairsBuild(
+        record,
+        plan,
+        files_written=len(files) - len(plan.keep),
+        shards_read=len(plan.shards),
+        recordings_paired=len(tallies),
+    )
     build.removed = finish_publishing(store, record, title, guard)
     build.wall_seconds = time.perf_counter() - started
     return build
@@ -566,13 +627,15 @@ def remove_unreferenced(store: ObjectStore, record: dict) -> list[str]:
     what a killed build left)."""
     prefix = folder(record["channel"])
     keep = {prefix + name for name in record.get("arrow_files", []) + record.get("index_files", [])}
-    removed = [o.key for o in store.list(prefix) if "/" in o.key[len(prefix):] and o.key not in keep]
+    removed = [o.key for o in store.list(prefix) if "/" in o.key[len(prefix) :] and o.key not in keep]
     for key in removed:
         store.delete(key)
     return removed
 
 
-def finish_publishing(store: ObjectStore, record: dict, title: str, guard: Callable[[], None] | None = None) -> list[str]:
+def finish_publishing(
+    store: ObjectStore, record: dict, title: str, guard: Callable[[], None] | None = None
+) -> list[str]:
     """After the record: the files it no longer names removed, the card rewritten if it does not
     name this build. Also what an unchanged rerun does, for a run killed after the record."""
     guard = guard or (lambda: None)

@@ -17,8 +17,8 @@ import fcntl
 import re
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -41,8 +41,13 @@ _MACHINE_ERRORS = ("No space left on device", "Cannot allocate memory", "Too man
 
 # What ffmpeg's demuxers call the containers our extensions stand for ("Input #0, mov,mp4,m4a,...").
 CONTAINERS = {
-    ".wav": {"wav"}, ".flac": {"flac"}, ".m4a": {"mov", "mp4", "m4a"}, ".mp3": {"mp3"},
-    ".ogg": {"ogg"}, ".opus": {"ogg"}, ".webm": {"matroska", "webm"},
+    ".wav": {"wav"},
+    ".flac": {"flac"},
+    ".m4a": {"mov", "mp4", "m4a"},
+    ".mp3": {"mp3"},
+    ".ogg": {"ogg"},
+    ".opus": {"ogg"},
+    ".webm": {"matroska", "webm"},
 }
 
 
@@ -68,29 +73,55 @@ class PcmStream:
     block. Leaving the `with` early kills ffmpeg. Channels are averaged (ffmpeg's -ac 1 downmix).
     """
 
-    def __init__(self, path: str | Path, name: str | None = None, sample_rate: int = SAMPLE_RATE,
-                 block_samples: int = BLOCK_SAMPLES):
-        self.path, self.name, self.sample_rate, self.block_samples = str(path), name or str(path), sample_rate, block_samples
+    def __init__(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        block_samples: int = BLOCK_SAMPLES,
+    ):
+        self.path, self.name, self.sample_rate, self.block_samples = (
+            str(path),
+            name or str(path),
+            sample_rate,
+            block_samples,
+        )
         self.samples = 0  # delivered so far
         self.container = ""  # ffmpeg's name of the input's container, once known ("wav", "mov,mp4,m4a,...")
         self._proc: subprocess.Popen | None = None
         self._stderr: collections.deque[tuple[str, str]] = collections.deque(maxlen=200)  # (level, text)
         self._reader: threading.Thread | None = None
 
-    def __enter__(self) -> "PcmStream":
+    def __enter__(self) -> PcmStream:
         cmd = [
-            ffmpeg_binary(), "-nostdin", "-hide_banner", "-nostats",
+            ffmpeg_binary(),
+            "-nostdin",
+            "-hide_banner",
+            "-nostats",
             # info level for the "Input #0, <container>" line; each line tagged with its level, so
             # errors can still be told from the chatter.
-            "-loglevel", "level+info",
-            "-i", self.path,
-            "-map", "0:a:0",  # the first audio stream; video and cover art are ignored
-            "-vn", "-sn", "-dn",
-            "-ac", "1", "-ar", str(self.sample_rate),
+            "-loglevel",
+            "level+info",
+            "-i",
+            self.path,
+            "-map",
+            "0:a:0",  # the first audio stream; video and cover art are ignored
+            "-vn",
+            "-sn",
+            "-dn",
+            "-ac",
+            "1",
+            "-ar",
+            str(self.sample_rate),
             # Frames of 32768 samples instead of the codec's ~1000: far fewer writes (1.2x-1.9x
             # faster, measured); p=0 leaves the last frame unpadded, so the samples are unchanged.
-            "-af", "asetnsamples=n=32768:p=0",
-            "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1",
+            "-af",
+            "asetnsamples=n=32768:p=0",
+            "-f",
+            "s16le",
+            "-acodec",
+            "pcm_s16le",
+            "pipe:1",
         ]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:  # a 1 MiB pipe (32 s of samples) lets ffmpeg decode on while a segment is uploaded
@@ -112,7 +143,7 @@ class PcmStream:
             level, text = match["level"], match["text"].strip()
             if level == "info":
                 if not self.container and text.startswith("Input #0, "):
-                    self.container = text[len("Input #0, "):].split(", from ", 1)[0]
+                    self.container = text[len("Input #0, ") :].split(", from ", 1)[0]
             elif text:
                 self._stderr.append((level, text))
 
@@ -187,4 +218,4 @@ def _reason(lines: list[tuple[str, str]]) -> str:
 
 
 def pcm16_to_float(pcm: np.ndarray) -> np.ndarray:
-    return (pcm.astype(np.float32) / 32768.0)
+    return pcm.astype(np.float32) / 32768.0

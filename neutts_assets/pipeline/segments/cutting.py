@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from neutts_assets.pipeline.segments.segment_file import DEFAULT_AUDIO_FORMAT, check_audio_format
 from neutts_assets.pipeline.inventory.transcripts import TranscriptSegment, invisible_codes, is_visibly_empty
+from neutts_assets.pipeline.segments.segment_file import DEFAULT_AUDIO_FORMAT, check_audio_format
 
 
 @dataclass(frozen=True)
@@ -94,21 +94,33 @@ class StreamCutter:
         self.sample_rate, self.rules = sample_rate, rules
         self.skips: list[Skip] = []
         self.pos = 0  # samples seen
-        self._blocks: collections.deque[tuple[int, np.ndarray]] = collections.deque()  # (first sample, samples), contiguous up to pos
+        self._blocks: collections.deque[tuple[int, np.ndarray]] = (
+            collections.deque()
+        )  # (first sample, samples), contiguous up to pos
         limit = _limit(rules)
         pending: list[_Open] = []
         for seg in segments:
             if seg.end_ms < seg.start_ms:
-                self.skips.append(Skip(seg.index, "reversed times", f"start_ms {seg.start_ms:g} > end_ms {seg.end_ms:g}"))
+                self.skips.append(
+                    Skip(seg.index, "reversed times", f"start_ms {seg.start_ms:g} > end_ms {seg.end_ms:g}")
+                )
             elif seg.start_ms < 0:
                 self.skips.append(Skip(seg.index, "negative start", f"start_ms {seg.start_ms:g}"))
             elif rules.skip_empty_text and is_visibly_empty(seg.text):
                 # Only invisible characters (zero-width, direction marks...) is empty text too.
-                self.skips.append(Skip(seg.index, "empty text", f"only invisible characters: {invisible_codes(seg.text)}" if seg.text else ""))
+                self.skips.append(
+                    Skip(
+                        seg.index,
+                        "empty text",
+                        f"only invisible characters: {invisible_codes(seg.text)}" if seg.text else "",
+                    )
+                )
             else:
                 start, end = ms_to_sample(seg.start_ms, sample_rate), ms_to_sample(seg.end_ms, sample_rate)
                 length = (end - start) / sample_rate
-                pending.append(_Open(seg, start, end, holds=end > start and length >= rules.min_duration_s and length <= limit))
+                pending.append(
+                    _Open(seg, start, end, holds=end > start and length >= rules.min_duration_s and length <= limit)
+                )
         self._by_start = sorted(pending, key=lambda o: (o.start, o.segment.index))
         self._first = 0  # index in _by_start of the earliest segment not done
         # decided once pos reaches max(end, start + 1): the stream then shows the segment lies in the audio
@@ -120,7 +132,10 @@ class StreamCutter:
             self._blocks.append((self.pos, block))
             self.pos += len(block)
         out = []
-        while self._due < len(self._by_due) and max(self._by_due[self._due].end, self._by_due[self._due].start + 1) <= self.pos:
+        while (
+            self._due < len(self._by_due)
+            and max(self._by_due[self._due].end, self._by_due[self._due].start + 1) <= self.pos
+        ):
             cut = self._decide(self._by_due[self._due])
             if cut is not None:
                 out.append((cut, self._samples(cut.start, cut.end)))
@@ -131,7 +146,7 @@ class StreamCutter:
     def finish(self) -> list[tuple[Cut, np.ndarray]]:
         """The audio ended at `pos`: the segments still open are clipped to it or lie outside it."""
         out = []
-        for o in self._by_due[self._due:]:
+        for o in self._by_due[self._due :]:
             cut = self._decide(o)
             if cut is not None:
                 out.append((cut, self._samples(cut.start, cut.end)))
@@ -145,7 +160,13 @@ class StreamCutter:
         o.done = True
         seg, rate, num = o.segment, self.sample_rate, self.pos
         if o.start >= num:
-            self.skips.append(Skip(seg.index, "outside the audio", f"starts at {seg.start_ms:g} ms, audio ends at {num * 1000.0 / rate:.0f} ms"))
+            self.skips.append(
+                Skip(
+                    seg.index,
+                    "outside the audio",
+                    f"starts at {seg.start_ms:g} ms, audio ends at {num * 1000.0 / rate:.0f} ms",
+                )
+            )
             return None
         clipped = o.end > num
         end = min(o.end, num)
@@ -154,24 +175,35 @@ class StreamCutter:
             return None
         duration = (end - o.start) / rate
         if duration < self.rules.min_duration_s:
-            self.skips.append(Skip(seg.index, f"shorter than {self.rules.min_duration_s:g} s", f"{duration:.3f} s" + (" after clipping" if clipped else "")))
+            self.skips.append(
+                Skip(
+                    seg.index,
+                    f"shorter than {self.rules.min_duration_s:g} s",
+                    f"{duration:.3f} s" + (" after clipping" if clipped else ""),
+                )
+            )
             return None
         # The transcript's own length: a segment claiming more than the limit is not cut, even
         # where the audio ends sooner (its text would not match what is left of it).
         limit, claimed = _limit(self.rules), (o.end - o.start) / rate
         if claimed > limit:
-            detail = f"{claimed:.3f} s" + ("" if self.rules.max_duration_s is not None and limit == self.rules.max_duration_s
-                                            else " (the most stage 1 cuts)")
+            detail = f"{claimed:.3f} s" + (
+                ""
+                if self.rules.max_duration_s is not None and limit == self.rules.max_duration_s
+                else " (the most stage 1 cuts)"
+            )
             self.skips.append(Skip(seg.index, f"longer than {limit:g} s", detail))
             return None
         return Cut(seg, o.start, end, clipped)
 
     def _samples(self, start: int, end: int) -> np.ndarray:
-        parts = [b[max(start - at, 0):end - at] for at, b in self._blocks if at < end and at + len(b) > start]
+        parts = [b[max(start - at, 0) : end - at] for at, b in self._blocks if at < end and at + len(b) > start]
         return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
 
     def _trim(self) -> None:
-        while self._first < len(self._by_start) and (self._by_start[self._first].done or not self._by_start[self._first].holds):
+        while self._first < len(self._by_start) and (
+            self._by_start[self._first].done or not self._by_start[self._first].holds
+        ):
             self._first += 1
         keep_from = self.pos if self._first == len(self._by_start) else min(self._by_start[self._first].start, self.pos)
         while self._blocks and self._blocks[0][0] + len(self._blocks[0][1]) <= keep_from:
@@ -182,7 +214,9 @@ class StreamCutter:
         return sum(len(b) for _, b in self._blocks)
 
 
-def plan_cuts(segments: list[TranscriptSegment], num_samples: int, sample_rate: int, rules: CutRules) -> tuple[list[Cut], list[Skip]]:
+def plan_cuts(
+    segments: list[TranscriptSegment], num_samples: int, sample_rate: int, rules: CutRules
+) -> tuple[list[Cut], list[Skip]]:
     """The decisions of StreamCutter for audio of `num_samples`, without the audio."""
     cutter = StreamCutter(segments, sample_rate, rules)
     cutter.pos = num_samples

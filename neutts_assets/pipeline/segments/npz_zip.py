@@ -83,12 +83,14 @@ def raw_members(data: bytes) -> dict[str, Member]:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         for info in zf.infolist():
             if info.compress_type not in (STORED, DEFLATED) or info.flag_bits & 0x1:
-                raise ValueError(f"member {info.filename!r}: compression {info.compress_type} or encryption is not read here")
+                raise ValueError(
+                    f"member {info.filename!r}: compression {info.compress_type} or encryption is not read here"
+                )
             header = _LOCAL.unpack_from(data, info.header_offset)
             if header[0] != b"PK\x03\x04":
                 raise ValueError(f"member {info.filename!r}: bad local header")
             start = info.header_offset + _LOCAL.size + header[9] + header[10]
-            payload = data[start:start + info.compress_size]
+            payload = data[start : start + info.compress_size]
             if len(payload) != info.compress_size:
                 raise ValueError(f"member {info.filename!r} is truncated")
             result[info.filename] = Member(info.filename, info.compress_type, info.CRC, info.file_size, payload)

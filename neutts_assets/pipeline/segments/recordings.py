@@ -9,17 +9,29 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from neutts_assets.pipeline.segments.audio import SAMPLE_RATE, AudioDecodeError, PcmStream
-from neutts_assets.pipeline.segments.cutting import Cut, CutRules, StreamCutter
 from neutts_assets.pipeline.inventory.manifest import InventoryEntry
 from neutts_assets.pipeline.inventory.source_layout import segment_id
+from neutts_assets.pipeline.inventory.transcripts import (
+    MAX_TRANSCRIPT_BYTES,
+    TranscriptError,
+    parse_transcript,
+    too_large,
+)
+from neutts_assets.pipeline.segments.audio import SAMPLE_RATE, AudioDecodeError, PcmStream
+from neutts_assets.pipeline.segments.cutting import Cut, CutRules, StreamCutter
 from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, Segment, encode_segment
-from neutts_assets.pipeline.segments.store import NoteEntry, RecordingIndex, SegmentEntry, SkipEntry, index_key, segment_key
-from neutts_assets.pipeline.inventory.transcripts import MAX_TRANSCRIPT_BYTES, TranscriptError, parse_transcript, too_large
+from neutts_assets.pipeline.segments.store import (
+    NoteEntry,
+    RecordingIndex,
+    SegmentEntry,
+    SkipEntry,
+    index_key,
+    segment_key,
+)
 from neutts_assets.storage.store import ObjectStore
 
 
@@ -146,11 +158,14 @@ def cut_recording(
         result.decode_seconds = time.perf_counter() - t0 - sink.seconds
 
     index.segments.sort(key=lambda s: s.index)
-    index.skipped = ([SkipEntry(p.index, p.kind, p.reason) for p in problems]
-                     + [SkipEntry(s.index, s.reason, s.detail) for s in cutter.skips])
+    index.skipped = [SkipEntry(p.index, p.kind, p.reason) for p in problems] + [
+        SkipEntry(s.index, s.reason, s.detail) for s in cutter.skips
+    ]
     index.audio_seconds = cutter.pos / SAMPLE_RATE
     mismatch = stream.container_mismatch(entry.audio_ext)
-    index.notes = ([NoteEntry(entry.audio_key, mismatch)] if mismatch else []) + [n for _, n in sorted(notes, key=lambda n: n[0])]
+    index.notes = ([NoteEntry(entry.audio_key, mismatch)] if mismatch else []) + [
+        n for _, n in sorted(notes, key=lambda n: n[0])
+    ]
 
     # Segments of the previous cut that the new transcript no longer yields (the old tool needed `rm`).
     keep = {s.key for s in index.segments}
@@ -170,22 +185,51 @@ def cut_recording(
     return result
 
 
-def _write_cut(cut: Cut, pcm, entry: InventoryEntry, channel: str, sink: "_SegmentSink", index: RecordingIndex,
-               notes: list[tuple[int, NoteEntry]], audio_format: str) -> None:
+def _write_cut(
+    cut: Cut,
+    pcm,
+    entry: InventoryEntry,
+    channel: str,
+    sink: _SegmentSink,
+    index: RecordingIndex,
+    notes: list[tuple[int, NoteEntry]],
+    audio_format: str,
+) -> None:
     seg = cut.segment
     sid = segment_id(entry.recording_id, seg.index)
     notes += [(seg.index, NoteEntry(sid, note)) for note in seg.notes]
     if cut.clipped:  # only the stream's end clips, so cut.end is the audio's length
-        notes.append((seg.index, NoteEntry(sid, f"clipped: the transcript runs to {seg.end_ms:.0f} ms, "
-                                                f"the audio ends at {cut.end * 1000 / SAMPLE_RATE:.0f} ms")))
-    data = encode_segment(Segment(
-        audio_id=sid, channel=channel, text=seg.text, speaker_id=seg.speaker_id, gender=seg.gender,
-        dialect=seg.dialect, tone=seg.tone, pcm16=pcm,
-        source_key=entry.audio_key, start_ms=seg.start_ms, end_ms=seg.end_ms,
-    ), audio_format)
+        notes.append(
+            (
+                seg.index,
+                NoteEntry(
+                    sid,
+                    f"clipped: the transcript runs to {seg.end_ms:.0f} ms, "
+                    f"the audio ends at {cut.end * 1000 / SAMPLE_RATE:.0f} ms",
+                ),
+            )
+        )
+    data = encode_segment(
+        Segment(
+            audio_id=sid,
+            channel=channel,
+            text=seg.text,
+            speaker_id=seg.speaker_id,
+            gender=seg.gender,
+            dialect=seg.dialect,
+            tone=seg.tone,
+            pcm16=pcm,
+            source_key=entry.audio_key,
+            start_ms=seg.start_ms,
+            end_ms=seg.end_ms,
+        ),
+        audio_format,
+    )
     key = segment_key(channel, sid)
     sink.write(key, data)
-    index.segments.append(SegmentEntry(key, sid, seg.index, cut.num_samples / SAMPLE_RATE, len(data), seg.speaker_id, cut.clipped))
+    index.segments.append(
+        SegmentEntry(key, sid, seg.index, cut.num_samples / SAMPLE_RATE, len(data), seg.speaker_id, cut.clipped)
+    )
 
 
 class _SegmentSink:
@@ -283,15 +327,23 @@ def channel_manifest(channel: str, entries: list[InventoryEntry], indexes: dict[
         idx = indexes.get(entry.recording_id)
         if idx is None or idx.status != "ok":
             continue
-        recordings.append({
-            "recording_id": entry.recording_id,
-            "audio_key": entry.audio_key,
-            "audio_seconds": idx.audio_seconds,
-            "segments": [
-                {"key": s.key, "audio_id": s.audio_id, "duration_sec": s.duration_sec, "bytes": s.bytes, "speaker_id": s.speaker_id}
-                for s in idx.segments
-            ],
-        })
+        recordings.append(
+            {
+                "recording_id": entry.recording_id,
+                "audio_key": entry.audio_key,
+                "audio_seconds": idx.audio_seconds,
+                "segments": [
+                    {
+                        "key": s.key,
+                        "audio_id": s.audio_id,
+                        "duration_sec": s.duration_sec,
+                        "bytes": s.bytes,
+                        "speaker_id": s.speaker_id,
+                    }
+                    for s in idx.segments
+                ],
+            }
+        )
     return {
         "channel": channel,
         "format_version": FORMAT_VERSION,

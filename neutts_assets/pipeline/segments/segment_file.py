@@ -32,7 +32,15 @@ import numpy as np
 import soundfile as sf
 
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
-from neutts_assets.pipeline.segments.npz_zip import Member, deflated, member_bytes, npy_bytes, raw_members, read_npy, stored, write_npz
+from neutts_assets.pipeline.segments.npz_zip import (
+    Member,
+    deflated,
+    npy_bytes,
+    raw_members,
+    read_npy,
+    stored,
+    write_npz,
+)
 
 FORMAT_VERSION = 2
 AUDIO_FORMATS = ("float32", "flac")  # what stage 1 may write; float32 is what old readers read
@@ -154,8 +162,10 @@ def with_codes(data: bytes, codes: np.ndarray, codec: str) -> bytes:
     """The segment file `data` with its `codes` and `codec` set, every other member copied as its
     compressed bytes: stage 2's file is the stage-1 file plus codes, and the audio is neither
     inflated nor deflated again. The same segment and codes give the same bytes."""
-    replaced = {"codes.npy": stored("codes.npy", npy_bytes(np.asarray(codes, dtype=np.int32))),
-                "codec.npy": stored("codec.npy", npy_bytes(np.array(codec)))}
+    replaced = {
+        "codes.npy": stored("codes.npy", npy_bytes(np.asarray(codes, dtype=np.int32))),
+        "codec.npy": stored("codec.npy", npy_bytes(np.array(codec))),
+    }
     members = raw_members(data)
     return write_npz([m for name, m in members.items() if name not in replaced] + list(replaced.values()))
 
@@ -169,7 +179,10 @@ def same_audio_and_text(a: bytes, b: bytes) -> bool:
     x, y = raw_members(a), raw_members(b)
     if read_npy(x["text.npy"])[()] != read_npy(y["text.npy"])[()]:
         return False
-    if all((n in x) == (n in y) and (n not in x or (x[n].crc, x[n].payload) == (y[n].crc, y[n].payload)) for n in _AUDIO_MEMBERS):
+    if all(
+        (n in x) == (n in y) and (n not in x or (x[n].crc, x[n].payload) == (y[n].crc, y[n].payload))
+        for n in _AUDIO_MEMBERS
+    ):
         return True
     return np.array_equal(read_audio(a), read_audio(b))
 
@@ -179,7 +192,9 @@ def same_members_but_codes(a: bytes, b: bytes) -> bool:
     stage-2 file made from this very stage-1 file, not from an older format's)."""
     x, y = raw_members(a), raw_members(b)
     skip = {"codes.npy", "codec.npy"}
-    return {n: (m.crc, m.payload) for n, m in x.items() if n not in skip} == {n: (m.crc, m.payload) for n, m in y.items() if n not in skip}
+    return {n: (m.crc, m.payload) for n, m in x.items() if n not in skip} == {
+        n: (m.crc, m.payload) for n, m in y.items() if n not in skip
+    }
 
 
 def _str(npz, key: str, default: str = "") -> str:

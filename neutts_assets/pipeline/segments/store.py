@@ -37,7 +37,7 @@ def keys_by_recording(channel: str, keys) -> dict[str, set[str]]:
     prefix = channel_prefix(channel)
     groups: dict[str, set[str]] = {}
     for key in keys:
-        name = key[len(prefix):] if key.startswith(prefix) else ""
+        name = key[len(prefix) :] if key.startswith(prefix) else ""
         match = _SEGMENT_NAME.match(name) if "/" not in name else None
         if match:
             groups.setdefault(match["recording"], set()).add(key)
@@ -97,7 +97,7 @@ class RecordingIndex:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "RecordingIndex":
+    def from_json(cls, data: bytes) -> RecordingIndex:
         d = json.loads(data)
         return cls(
             recording_id=d["recording_id"],
