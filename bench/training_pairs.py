@@ -81,8 +81,8 @@ def build_input(pairs: int, durations: tuple[float, float]) -> Path:
         build_channel,
         publish_channel,
         segment_objects,
-        stage2_prefix,
     )
+    from neutts_assets.pipeline.encoding.store import Stage2Layout
     from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, Segment, encode_segment
     from neutts_assets.storage.local import LocalStore
 
@@ -118,15 +118,15 @@ def build_input(pairs: int, durations: tuple[float, float]) -> Path:
                 codes=codes,
                 codec="bench random codes",
             )
-            store.write_bytes(f"{stage2_prefix(CHANNEL)}{audio_id}.npz", encode_segment(seg, "flac"))
+            store.write_bytes(f"{Stage2Layout(CHANNEL).channel_prefix}{audio_id}.npz", encode_segment(seg, "flac"))
             i += 1
     work = root / "work"
     work.mkdir()
-    objects = list(segment_objects(store, stage2_prefix(CHANNEL)).values())
+    objects = list(segment_objects(store, Stage2Layout(CHANNEL).channel_prefix).values())
     build = build_channel(store, CHANNEL, objects, RowFilter(), work, "bench synthetic")
     publish_channel(store, build.record, "bench")
     shutil.rmtree(work)
-    shutil.rmtree(store.root / stage2_prefix(CHANNEL))  # only the published dataset is kept
+    shutil.rmtree(store.root / Stage2Layout(CHANNEL).channel_prefix)  # only the published dataset is kept
     (root / "done").write_text(json.dumps({"rows": build.record["stats"]["rows"], "segments_per_speaker": n}))
     print(
         f"input: {i} rows ({n} per speaker, {RECORDINGS * SPEAKERS} speakers) built in {root} "
@@ -210,7 +210,8 @@ def run_old(store_root: Path, tmp: Path, include_audio: bool) -> dict:
     import pyarrow.parquet as pq
     from datasets import Dataset
 
-    from neutts_assets.pipeline.dataset.writer import DATASET_PREFIX, read_record
+    from neutts_assets.pipeline.dataset.store import DATASET_PREFIX
+    from neutts_assets.pipeline.dataset.writer import read_record
     from neutts_assets.pipeline.pairs.training_pairs import INDEX_COLUMNS, pairs_features
     from neutts_assets.storage.local import LocalStore
 

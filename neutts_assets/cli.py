@@ -123,9 +123,9 @@ def _where(base: str, *parts: str) -> str:
 
 def print_dataset_paths(channels: list[str]) -> None:
     """The last lines of a run: the folders to hand to the users' scripts, those that exist."""
-    from neutts_assets.pipeline.dataset.disk import DISK_PREFIX, STATE
-    from neutts_assets.pipeline.dataset.writer import CARD_KEY, DATASET_PREFIX
-    from neutts_assets.pipeline.pairs.training_pairs import folder as pairs_folder
+    from neutts_assets.pipeline.dataset.disk import STATE
+    from neutts_assets.pipeline.dataset.store import CARD_KEY, DATASET_PREFIX, DISK_PREFIX
+    from neutts_assets.pipeline.pairs.store import folder as pairs_folder
 
     store, base = _open_store()
     print(f"segment store: {base}")
@@ -151,12 +151,8 @@ def save_to_disk(names: list[str], force: bool = False) -> int:
     import uuid
     from pathlib import Path
 
-    from neutts_assets.pipeline.dataset.disk import (
-        DISK_PREFIX,
-        disk_copy_current,
-        publish_all_channels,
-        save_channel_to_disk,
-    )
+    from neutts_assets.pipeline.dataset.disk import disk_copy_current, publish_all_channels, save_channel_to_disk
+    from neutts_assets.pipeline.dataset.store import DISK_PREFIX
     from neutts_assets.pipeline.dataset.writer import read_record, read_records
     from neutts_assets.pipeline.orchestration.lease import LeaseHeld, acquire
 

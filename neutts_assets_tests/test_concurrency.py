@@ -21,14 +21,8 @@ from dagster import DagsterInstance, materialize
 from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.pipeline.dataset.rows import RowFilter
-from neutts_assets.pipeline.dataset.writer import (
-    CARD_KEY,
-    build_channel,
-    publish_channel,
-    record_key,
-    segment_objects,
-    shard_prefix,
-)
+from neutts_assets.pipeline.dataset.store import CARD_KEY, record_key, shard_prefix
+from neutts_assets.pipeline.dataset.writer import build_channel, publish_channel, segment_objects
 from neutts_assets.pipeline.orchestration.lease import LeaseHeld, LeaseLost, LeaseRecord, acquire, lease_key
 from neutts_assets.pipeline.segments.segment_file import read_segment
 from neutts_assets.pipeline.segments.store import channel_prefix
@@ -613,7 +607,8 @@ def test_a_run_that_loses_its_lease_publishes_no_further_recording(tmp_path, sou
 
 
 def test_publishing_steps_ask_the_lease_first(tmp_path):
-    from neutts_assets.pipeline.dataset.writer import finish_publishing, progress_key
+    from neutts_assets.pipeline.dataset.store import progress_key
+    from neutts_assets.pipeline.dataset.writer import finish_publishing
 
     store = LocalStore(tmp_path / "store")
     record = {"channel": "chan_a", "build_id": "b1", "shards": [], "stats": {}}

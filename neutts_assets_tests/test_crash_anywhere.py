@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from neutts_assets.pipeline.dataset.writer import (
+from neutts_assets.pipeline.dataset.store import (
     BUILDS_PREFIX,
     CARD_KEY,
     DATASET_PREFIX,

@@ -15,7 +15,8 @@ from dagster import DagsterInstance
 from datasets import load_dataset, load_from_disk
 
 from neutts_assets.pipeline.dataset.rows import BadSegment, RowFilter, dataset_features, read_row
-from neutts_assets.pipeline.dataset.writer import ROW_GROUP_ROWS, build_channel, record_key, segment_objects
+from neutts_assets.pipeline.dataset.store import record_key
+from neutts_assets.pipeline.dataset.writer import ROW_GROUP_ROWS, build_channel, segment_objects
 from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.storage.local import LocalStore
 from neutts_assets_tests.helpers import (
@@ -416,7 +417,8 @@ def test_a_published_builds_leftover_progress_is_not_resumed(tmp_path):
     a failure would then discard)."""
     import json as _json
 
-    from neutts_assets.pipeline.dataset.writer import _resumable, progress_key, record_key
+    from neutts_assets.pipeline.dataset.store import progress_key, record_key
+    from neutts_assets.pipeline.dataset.writer import _resumable
     from neutts_assets.storage.local import LocalStore
 
     store = LocalStore(tmp_path / "store")

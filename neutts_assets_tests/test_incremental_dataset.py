@@ -21,17 +21,15 @@ from datasets import load_dataset, load_from_disk
 
 from neutts_assets.pipeline.dataset import writer as dataset_writer
 from neutts_assets.pipeline.dataset.rows import ChannelStats, RowFilter
+from neutts_assets.pipeline.dataset.store import DATASET_PREFIX, progress_key, shard_prefix
 from neutts_assets.pipeline.dataset.writer import (
-    DATASET_PREFIX,
     WRITER_VERSION,
     build_basis,
     build_channel,
     plan_build,
-    progress_key,
     publish_channel,
     read_record,
     segment_objects,
-    shard_prefix,
     source_fingerprint,
 )
 from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment

@@ -22,7 +22,8 @@ from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.io_managers import ManifestIOManager, manifest_key
 from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket
 from neutts_assets.defs.segments.segments_npz import segments_npz
-from neutts_assets.pipeline.dataset.writer import CARD_KEY, DATASET_PREFIX, read_record, record_key
+from neutts_assets.pipeline.dataset.store import CARD_KEY, DATASET_PREFIX, record_key
+from neutts_assets.pipeline.dataset.writer import read_record
 from neutts_assets.pipeline.encoding.store import Stage2Layout
 from neutts_assets.pipeline.segments.segment_file import read_segment
 from neutts_assets.pipeline.segments.store import index_key, segment_key

@@ -6,7 +6,8 @@ from neutts_assets.defs.dataset.hf_dataset import hf_dataset
 from neutts_assets.defs.metadata import md_table
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
-from neutts_assets.pipeline.dataset.writer import DATASET_PREFIX, read_record, shard_prefix
+from neutts_assets.pipeline.dataset.store import DATASET_PREFIX, shard_prefix
+from neutts_assets.pipeline.dataset.writer import read_record
 
 
 @asset_check(

@@ -17,9 +17,8 @@ from neutts_assets.pipeline.dataset.disk import disk_copy_current, save_channel_
 from neutts_assets.pipeline.dataset.hub import HubPushError, PushResult, push_channel
 from neutts_assets.pipeline.dataset.rows import RowFilter
 from neutts_assets.pipeline.dataset.sources import NoSegments, Sources, channel_sources
+from neutts_assets.pipeline.dataset.store import CARD_KEY, DATASET_PREFIX, shard_prefix
 from neutts_assets.pipeline.dataset.writer import (
-    CARD_KEY,
-    DATASET_PREFIX,
     BuildPlan,
     ChannelBuild,
     build_channel,
@@ -30,7 +29,6 @@ from neutts_assets.pipeline.dataset.writer import (
     publish_channel,
     read_record,
     read_records,
-    shard_prefix,
 )
 from neutts_assets.pipeline.progress import Progress
 

@@ -24,15 +24,14 @@ from neutts_assets.defs.metadata import retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
 from neutts_assets.pipeline.dataset.writer import read_record
+from neutts_assets.pipeline.pairs.store import folder, record_key
 from neutts_assets.pipeline.pairs.training_pairs import (
     PairSettings,
     build_and_publish,
     finish_publishing,
-    folder,
     is_current,
     local_path,
     read_pair_record,
-    record_key,
 )
 
 

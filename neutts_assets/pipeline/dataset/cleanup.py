@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from neutts_assets.pipeline.dataset.writer import DATASET_PREFIX, read_record, segment_objects, stage2_prefix
+from neutts_assets.pipeline.dataset.store import DATASET_PREFIX
+from neutts_assets.pipeline.dataset.writer import read_record, segment_objects
+from neutts_assets.pipeline.encoding.store import Stage2Layout
 from neutts_assets.pipeline.segments.store import channel_prefix
 from neutts_assets.storage.store import ObjectStore
 
@@ -61,7 +63,7 @@ def verify_channel(store: ObjectStore, channel: str, workdir: Path, encoded_pref
     if v.rows != record["stats"]["rows"] and not v.problems:
         v.problems.append(f"the shards hold {v.rows} rows, the build recorded {record['stats']['rows']}")
     stage1 = {_segment_id(k) for k in segment_objects(store, channel_prefix(channel))}
-    stage2 = {_segment_id(k) for k in segment_objects(store, encoded_prefix or stage2_prefix(channel))}
+    stage2 = {_segment_id(k) for k in segment_objects(store, encoded_prefix or Stage2Layout(channel).channel_prefix)}
     v.stage1_segments, v.stage2_segments = len(stage1), len(stage2)
     for name, segs in (("stage-1", stage1), ("stage-2", stage2)):
         if segs and len(segs) != v.rows:
@@ -90,7 +92,7 @@ def clean_channel(
     if not report.verification.ok:
         return report
     # Everything under both folders goes: segment files, stage-1 indexes, stage-2 markers.
-    prefixes = {channel_prefix(channel), encoded_prefix or stage2_prefix(channel)}
+    prefixes = {channel_prefix(channel), encoded_prefix or Stage2Layout(channel).channel_prefix}
     doomed = [o for prefix in sorted(prefixes) for o in store.list(prefix)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(lambda o: store.delete(o.key), doomed))

@@ -25,16 +25,13 @@ import json
 import shutil
 from pathlib import Path
 
+from neutts_assets.pipeline.dataset.store import DISK_PREFIX
+from neutts_assets.pipeline.dataset.store import disk_folder as channel_folder
 from neutts_assets.storage.store import ObjectStore
 
-DISK_PREFIX = "hf_dataset_disk/"
 STATE, INFO = "state.json", "dataset_info.json"
 ARROW_FILE = "data-00000-of-00001.arrow"
 EMPTY = "_empty"
-
-
-def channel_folder(channel: str) -> str:
-    return f"{DISK_PREFIX}{channel}/"
 
 
 def arrow_files(record: dict) -> list[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neutts_assets.pipeline.dataset.card import foreign_configs, render_card
-from neutts_assets.pipeline.dataset.writer import data_folder
+from neutts_assets.pipeline.dataset.store import data_folder
 
 REPO_TYPE = "dataset"
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from neutts_assets.pipeline.dataset.writer import segment_objects, stage2_prefix
+from neutts_assets.pipeline.dataset.writer import segment_objects
+from neutts_assets.pipeline.encoding.store import Stage2Layout
 from neutts_assets.pipeline.segments.store import channel_prefix
 from neutts_assets.storage.store import ObjectInfo, ObjectStore
 
@@ -39,7 +40,7 @@ def manifest_keys(manifest: dict | None) -> list[str] | None:
 def encoded_prefix(channel: str, encoded_manifest: dict | None) -> str:
     """Where the channel's stage-2 files are: the encoded_segments manifest says (its prefix is
     configurable), else the old workflow's stage2_with_codes/{channel}/."""
-    prefix = (encoded_manifest or {}).get("prefix") or stage2_prefix(channel)
+    prefix = (encoded_manifest or {}).get("prefix") or Stage2Layout(channel).channel_prefix
     return prefix if prefix.endswith("/") else prefix + "/"
 
 

@@ -1,12 +1,8 @@
 """Builds one channel of the Hugging Face dataset: segment files in, Parquet shards out, in
 bounded memory whatever the number of segments, rewriting only the shards that changed.
 
-Layout in the store (the dataset folder is what `datasets.load_dataset` opens):
-
-    hf_dataset/README.md                          the card: features, figures, one config per channel + "all"
-    hf_dataset/data/{channel}/{build}-{i}.parquet the channel's shards (~500 MB each by default)
-    hf_dataset_builds/{channel}.json              the channel's published build: its shards and figures
-    hf_dataset_progress/{channel}.json            a build in progress: its shards so far, where it is
+The keys it writes are made in pipeline/dataset/store.py (the dataset folder is what
+`datasets.load_dataset` opens).
 
 Incremental builds. The record names, per shard, the segments it holds (`members`: [file name,
 object version, size] in row order) and its figures (`stats_state`, ChannelStats.to_state), and
@@ -67,14 +63,19 @@ from neutts_assets.pipeline.dataset.rows import (
     dataset_features,
     read_row,
 )
+from neutts_assets.pipeline.dataset.store import (
+    BUILDS_PREFIX,
+    CARD_KEY,
+    DATASET_PREFIX,
+    data_folder,
+    progress_key,
+    record_key,
+    shard_key,
+    shard_prefix,
+)
 from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, STRING_KEYS
 from neutts_assets.storage.store import ObjectInfo, ObjectStore, may_pass
 
-DATASET_PREFIX = "hf_dataset/"
-BUILDS_PREFIX = "hf_dataset_builds/"
-PROGRESS_PREFIX = "hf_dataset_progress/"
-STAGE2_PREFIX = "stage2_with_codes/"
-CARD_KEY = f"{DATASET_PREFIX}README.md"
 ROW_GROUP_ROWS = 100  # what `datasets` uses for audio: a viewer or a streaming reader fetches little at a time
 DEFAULT_SHARD_BYTES = 500 * 1000 * 1000
 # FLAC is entropy-coded already: compressing it again costs CPU for ~1%. Everything else is zstd.
@@ -85,27 +86,6 @@ COMPRESSION = {
     "duration_sec": "zstd",
     **{key: "zstd" for key in STRING_KEYS},
 }
-
-
-def data_folder(channel: str) -> str:
-    """The channel's shard folder, relative to the dataset folder (as the card and the Hub name it)."""
-    return f"data/{channel}/"
-
-
-def shard_prefix(channel: str) -> str:
-    return DATASET_PREFIX + data_folder(channel)
-
-
-def record_key(channel: str) -> str:
-    return f"{BUILDS_PREFIX}{channel}.json"
-
-
-def progress_key(channel: str) -> str:
-    return f"{PROGRESS_PREFIX}{channel}.json"
-
-
-def stage2_prefix(channel: str) -> str:
-    return f"{STAGE2_PREFIX}{channel}/"
 
 
 def segment_objects(store: ObjectStore, prefix: str) -> dict[str, ObjectInfo]:
@@ -396,7 +376,7 @@ class ShardWriter:
         self._writer.close()
         self._sink.close()
         path_in_dataset = data_folder(self.channel) + self._path.name
-        size = self.store.upload(self._path, DATASET_PREFIX + path_in_dataset)
+        size = self.store.upload(self._path, shard_key(path_in_dataset))
         self.bytes_uploaded += size
         self.shards.append(
             {
@@ -670,6 +650,6 @@ def fetch_shards(
             out[path] = have[path]
             continue
         local = Path(workdir) / os.path.basename(path)
-        store.download(DATASET_PREFIX + path, local)
+        store.download(shard_key(path), local)
         out[path] = local
     return out

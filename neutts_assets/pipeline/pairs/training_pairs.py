@@ -58,13 +58,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neutts_assets.pipeline.dataset.writer import CARD_KEY, fetch_shards, publish_card, read_record, read_records
+from neutts_assets.pipeline.dataset.store import CARD_KEY
+from neutts_assets.pipeline.dataset.writer import fetch_shards, publish_card, read_record, read_records
+from neutts_assets.pipeline.pairs.store import PAIRS_BUILDS_PREFIX, folder, record_key
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.store import ObjectStore
 
-PAIRS_PREFIX = "training_pairs/"
-PAIRS_BUILDS_PREFIX = "training_pairs_builds/"
 STATE, INFO = "state.json", "dataset_info.json"
 INDEX_FILE = "pairs_index.parquet"
 BATCH_PAIRS = 20_000  # pairs per Arrow batch without audio: at most 2 x 20,000 x 750 codes, 120 MB
@@ -293,14 +293,6 @@ def pairs_batch(index: pa.Table, ref: np.ndarray, target: np.ndarray, schema: pa
 
 
 # ---- writing and publishing --------------------------------------------------------------------
-
-
-def folder(channel: str) -> str:
-    return f"{PAIRS_PREFIX}{channel}/"
-
-
-def record_key(channel: str) -> str:
-    return f"{PAIRS_BUILDS_PREFIX}{channel}.json"
 
 
 def read_pair_record(store: ObjectStore, channel: str) -> dict | None:
