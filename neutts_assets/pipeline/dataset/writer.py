@@ -175,28 +175,77 @@ def plan_build(
     """The build plan (see the module docstring for the rules). `present`: the sizes of the shard
     objects in the store by path in the dataset folder (a kept shard must be there, whole); None
     trusts the record."""
-    current: dict[str, ObjectInfo] = {}
-    for o in sorted(objects, key=lambda o: o.key):
-        current.setdefault(segment_name(o.key), o)  # one row per segment name
+    current = _current_segments(objects)
     basis = build_basis(row_filter)
-    why = []
-    if previous is None:
-        why.append("no published build")
-    elif force:
-        why.append("force")
-    elif not previous.get("basis"):
-        why.append("the published build predates per-shard members (writer 1)")
-    elif previous["basis"] != basis:
-        why += [f"{k} changed" for k in ("filter", "format", "writer") if previous["basis"].get(k) != basis[k]]
+    why = _full_rebuild_reasons(previous, basis, force)
     if why:
         plan = BuildPlan(True, why, read=[current[n] for n in sorted(current)], new=sorted(current), basis=basis)
-        plan.fingerprint = _plan_fingerprint(plan, previous, shard_bytes)
-        return plan
+    else:
+        plan = _incremental_plan(previous, current, row_filter, shard_bytes, compact, present, basis)
+    plan.fingerprint = _plan_fingerprint(plan, previous, shard_bytes)
+    return plan
 
+
+def _current_segments(objects: Iterable[ObjectInfo]) -> dict[str, ObjectInfo]:
+    """The segment objects by name: one row per segment name, the first of its keys in key order."""
+    current: dict[str, ObjectInfo] = {}
+    for o in sorted(objects, key=lambda o: o.key):
+        current.setdefault(segment_name(o.key), o)
+    return current
+
+
+def _full_rebuild_reasons(previous: dict | None, basis: dict, force: bool) -> list[str]:
+    """Why none of the published build's shards can be kept; empty when they may be."""
+    if previous is None:
+        return ["no published build"]
+    if force:
+        return ["force"]
+    if not previous.get("basis"):
+        return ["the published build predates per-shard members (writer 1)"]
+    return [f"{k} changed" for k in ("filter", "format", "writer") if previous["basis"].get(k) != basis[k]]
+
+
+def _incremental_plan(
+    previous: dict,
+    current: dict[str, ObjectInfo],
+    row_filter: RowFilter,
+    shard_bytes: int,
+    compact: bool,
+    present: dict[str, int] | None,
+    basis: dict,
+) -> BuildPlan:
     plan = BuildPlan(False, [], basis=basis)
+    shards = previous["shards"]
+    seen, touched = _compare_shards(plan, shards, current, present)
+    seen |= _compare_excluded(plan, previous.get("excluded", []), current)
+    plan.new = sorted(n for n in current if n not in seen)
+    tail = sorted(plan.retried + plan.new)
+    kept = [i for i in range(len(shards)) if i not in touched]
+    if compact:
+        kept, touched = _compact_small_shards(plan, shards, current, kept, touched, tail, shard_bytes)
+    plan.keep = [shards[i] for i in kept]
+    plan.rewritten = [shards[i] for i in sorted(touched) if shards[i] not in plan.compacted]
+    for i in sorted(touched):  # their surviving rows, in their previous order
+        plan.read += [current[n] for n, _, _ in shards[i]["members"] if n in current]
+    plan.read += [current[n] for n in tail]
+    plan.unchanged = (
+        not plan.read
+        and not touched
+        and len(plan.carried) == len(previous.get("excluded", []))
+        and previous.get("source_fingerprint") == source_fingerprint(current.values(), row_filter)
+    )
+    _add_reasons(plan)
+    return plan
+
+
+def _compare_shards(
+    plan: BuildPlan, shards: list[dict], current: dict[str, ObjectInfo], present: dict[str, int] | None
+) -> tuple[set[str], set[int]]:
+    """Notes the published shards' changed and removed members, and the shards missing from the
+    store. Returns the members' names and the indexes of the shards to rewrite."""
     seen: set[str] = set()
     touched: set[int] = set()
-    for i, shard in enumerate(previous["shards"]):
+    for i, shard in enumerate(shards):
         for name, version, size in shard["members"]:
             seen.add(name)
             o = current.get(name)
@@ -209,7 +258,14 @@ def plan_build(
         if present is not None and present.get(shard["path"]) != shard["bytes"]:
             touched.add(i)
             plan.reasons.append(f"shard {shard['path']} is missing or not whole in the store")
-    for entry in previous.get("excluded", []):
+    return seen, touched
+
+
+def _compare_excluded(plan: BuildPlan, excluded: list[list], current: dict[str, ObjectInfo]) -> set[str]:
+    """Notes which of the published build's excluded segments carry over (same version) and which
+    are read again (another version). Returns their names."""
+    seen: set[str] = set()
+    for entry in excluded:
         name, version, size = entry[:3]
         seen.add(name)
         o = current.get(name)
@@ -219,36 +275,35 @@ def plan_build(
             plan.carried.append((o.key, list(entry)))
         else:
             plan.retried.append(name)
-    plan.new = sorted(n for n in current if n not in seen)
-    tail = sorted(plan.retried + plan.new)
-    kept = [i for i in range(len(previous["shards"])) if i not in touched]
-    if compact:
-        small = [i for i in kept if previous["shards"][i]["bytes"] < shard_bytes / 4]
-        survivors = any(n in current for i in touched for n, _, _ in (m[:3] for m in previous["shards"][i]["members"]))
-        if len(small) + (1 if tail or survivors else 0) >= 2:
-            plan.compacted = [previous["shards"][i] for i in small]
-            kept = [i for i in kept if i not in small]
-            touched |= set(small)
-    plan.keep = [previous["shards"][i] for i in kept]
-    plan.rewritten = [previous["shards"][i] for i in sorted(touched) if previous["shards"][i] not in plan.compacted]
-    for i in sorted(touched):  # their surviving rows, in their previous order
-        plan.read += [current[n] for n, _, _ in previous["shards"][i]["members"] if n in current]
-    plan.read += [current[n] for n in tail]
-    carried_before = len(previous.get("excluded", []))
-    plan.unchanged = (
-        not plan.read
-        and not touched
-        and len(plan.carried) == carried_before
-        and previous.get("source_fingerprint") == source_fingerprint(current.values(), row_filter)
-    )
+    return seen
+
+
+def _compact_small_shards(
+    plan: BuildPlan,
+    shards: list[dict],
+    current: dict[str, ObjectInfo],
+    kept: list[int],
+    touched: set[int],
+    tail: list[str],
+    shard_bytes: int,
+) -> tuple[list[int], set[int]]:
+    """The kept and rewritten shards once the small kept ones are moved to the rewritten: only when
+    at least two would merge, the new rows and the rewritten shards' surviving rows counting as one."""
+    small = [i for i in kept if shards[i]["bytes"] < shard_bytes / 4]
+    survivors = any(n in current for i in touched for n, _, _ in (m[:3] for m in shards[i]["members"]))
+    if len(small) + (1 if tail or survivors else 0) < 2:
+        return kept, touched
+    plan.compacted = [shards[i] for i in small]
+    return [i for i in kept if i not in small], touched | set(small)
+
+
+def _add_reasons(plan: BuildPlan) -> None:
     if plan.changed or plan.removed:
         plan.reasons.append(f"{len(plan.changed)} segment(s) changed, {len(plan.removed)} removed")
     if plan.new:
         plan.reasons.append(f"{len(plan.new)} new segment(s)")
     if plan.compacted:
         plan.reasons.append(f"compaction of {len(plan.compacted)} small shard(s)")
-    plan.fingerprint = _plan_fingerprint(plan, previous, shard_bytes)
-    return plan
 
 
 @dataclass
@@ -430,94 +485,159 @@ def build_channel(
     """
     started = time.perf_counter()
     if plan is None:
-        present = (
-            {o.key[len(DATASET_PREFIX) :]: o.size for o in store.list(shard_prefix(channel))}
-            if previous is not None
-            else None
-        )
-        plan = plan_build(previous, objects, row_filter, shard_bytes, compact, force, present)
-    build = ChannelBuild(record={}, plan=plan)
-    excluded: list[list] = []  # this build's segments that became no row: [name, version, size, kind, reason]
-    resume = _resumable(store, channel, plan.fingerprint, shard_bytes)
-    if resume:
-        build_id, start = resume["build_id"], resume["next"]
-        excluded = [list(x) for x in resume["excluded"]]
-        build.resumed_shards = len(resume["shards"])
-    else:
-        build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-        start = 0
-    writer = ShardWriter(store, channel, build_id, workdir, shard_bytes, keep_local)
-    writer.shards = list(resume["shards"]) if resume else []
-    todo = plan.read[start:]
-    for i, (o, (key, data)) in enumerate(zip(todo, _rows_in_order(store, [o.key for o in todo], workers)), start):
+        plan = _plan_with_store(store, channel, previous, objects, row_filter, shard_bytes, compact, force)
+    builder = _ChannelBuilder(store, channel, objects, row_filter, plan, shard_bytes, guard, progress)
+    return builder.run(workdir, keep_local, workers, source, started)
+
+
+def _plan_with_store(
+    store: ObjectStore,
+    channel: str,
+    previous: dict | None,
+    objects: list[ObjectInfo],
+    row_filter: RowFilter,
+    shard_bytes: int,
+    compact: bool,
+    force: bool,
+) -> BuildPlan:
+    """plan_build, told which shard objects are in the store when there is a published build to keep
+    shards of."""
+    present = (
+        {o.key[len(DATASET_PREFIX) :]: o.size for o in store.list(shard_prefix(channel))}
+        if previous is not None
+        else None
+    )
+    return plan_build(previous, objects, row_filter, shard_bytes, compact, force, present)
+
+
+class _ChannelBuilder:
+    """build_channel once its plan is made, in steps: resume a killed build of the same plan or
+    start a new one, write the planned rows into new shards (saving the progress after each), then
+    make the record."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        channel: str,
+        objects: list[ObjectInfo],
+        row_filter: RowFilter,
+        plan: BuildPlan,
+        shard_bytes: int,
+        guard: Callable[[], None] | None,
+        progress: Callable[[int, float], None] | None,
+    ):
+        self.store, self.channel, self.objects, self.row_filter = store, channel, objects, row_filter
+        self.plan, self.shard_bytes, self.guard, self.progress = plan, shard_bytes, guard, progress
+        self.build = ChannelBuild(record={}, plan=plan)
+        self.build_id = ""
+        self.excluded: list[list] = []  # this build's segments that became no row: [name, version, size, kind, reason]
+
+    def run(self, workdir: Path, keep_local: bool, workers: int, source: str, started: float) -> ChannelBuild:
+        start, shards_done = self._resume_or_start()
+        writer = ShardWriter(self.store, self.channel, self.build_id, workdir, self.shard_bytes, keep_local)
+        writer.shards = shards_done
+        self._write_rows(writer, start, workers)
+        new_shards = writer.close()
+        build = self.build
+        build.local_shards, build.bytes_written = writer.local, writer.bytes_uploaded
+        build.shards_written = len(new_shards)
+        build.wall_seconds = time.perf_counter() - started
+        all_excluded = [entry for _, entry in self.plan.carried] + self.excluded
+        self._tally_excluded(all_excluded)
+        build.record = self._record(self.plan.keep + new_shards, all_excluded, source)
+        return build
+
+    def _resume_or_start(self) -> tuple[int, list[dict]]:
+        """The build id, and where in the plan's reads to start with which shards already written:
+        those of a killed build of the same plan, or none under a new id."""
+        resume = _resumable(self.store, self.channel, self.plan.fingerprint, self.shard_bytes)
+        if not resume:
+            self.build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+            return 0, []
+        self.build_id = resume["build_id"]
+        self.excluded = [list(x) for x in resume["excluded"]]
+        self.build.resumed_shards = len(resume["shards"])
+        return resume["next"], list(resume["shards"])
+
+    def _write_rows(self, writer: ShardWriter, start: int, workers: int) -> None:
+        todo = self.plan.read[start:]
+        rows = _rows_in_order(self.store, [o.key for o in todo], workers)
+        for i, (o, (key, data)) in enumerate(zip(todo, rows), start):
+            row = self._row_or_none(o, key, data)
+            if row is None:
+                continue
+            shards_before = len(writer.shards)
+            writer.note_member([segment_name(key), o.version, o.size])
+            writer.add(row)
+            # A shard is uploaded: every row up to this one is in a shard, unless a read failed in a way
+            # that may pass (then this build is discarded, and none may resume from it).
+            if len(writer.shards) > shards_before and not self.build.store_failures:
+                self._save_progress(i + 1, writer.shards)
+            if self.progress:
+                self.progress(1, row.duration_sec)
+
+    def _row_or_none(self, o: ObjectInfo, key: str, data: tuple[int, Row | BadSegment] | Exception) -> Row | None:
+        """The segment's row; or None, with the reason it is none noted: excluded (unreadable, bad,
+        or skipped by the filter), or a store failure (a read error that may pass)."""
         if isinstance(data, Exception):
             if may_pass(data):
-                build.store_failures.append((key, f"cannot read: {data}"))
+                self.build.store_failures.append((key, f"cannot read: {data}"))
             else:
-                excluded.append([segment_name(key), o.version, o.size, "failed", f"cannot read: {data}"])
-            continue
+                self.excluded.append([segment_name(key), o.version, o.size, "failed", f"cannot read: {data}"])
+            return None
         nbytes, row = data
-        build.bytes_read += nbytes
-        build.segments_read += 1
+        self.build.bytes_read += nbytes
+        self.build.segments_read += 1
         if isinstance(row, BadSegment):
-            excluded.append([segment_name(key), o.version, o.size, "failed", str(row)])
-            continue
-        reason = row_filter.reason_to_skip(row)
+            self.excluded.append([segment_name(key), o.version, o.size, "failed", str(row)])
+            return None
+        reason = self.row_filter.reason_to_skip(row)
         if reason:
-            excluded.append([segment_name(key), o.version, o.size, "skipped", reason])
-            continue
-        shards_before = len(writer.shards)
-        writer.note_member([segment_name(key), o.version, o.size])
-        writer.add(row)
-        # A shard is uploaded: every row up to this one is in a shard, unless a read failed in a way
-        # that may pass (then this build is discarded, and none may resume from it).
-        if len(writer.shards) > shards_before and not build.store_failures:
-            if guard:
-                guard()
-            store.write_bytes(
-                progress_key(channel),
-                json.dumps(
-                    {
-                        "channel": channel,
-                        "build_id": build_id,
-                        "plan_fingerprint": plan.fingerprint,
-                        "shard_bytes": shard_bytes,
-                        "next": i + 1,
-                        "shards": writer.shards,
-                        "excluded": excluded,
-                    },
-                    ensure_ascii=False,
-                ).encode(),
-            )
-        if progress:
-            progress(1, row.duration_sec)
-    new_shards = writer.close()
-    build.local_shards = writer.local
-    build.bytes_written = writer.bytes_uploaded
-    build.shards_written = len(new_shards)
-    build.wall_seconds = time.perf_counter() - started
-    shards = plan.keep + new_shards
-    all_excluded = [entry for _, entry in plan.carried] + excluded
-    keys = {segment_name(o.key): o.key for o in objects}
-    for name, _, _, kind, reason in all_excluded:
-        (build.skipped if kind == "skipped" else build.failures).append((keys.get(name, name), reason))
-    stats = ChannelStats.merged(s["stats_state"] for s in shards)
-    build.record = {
-        "channel": channel,
-        "build_id": build_id,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": source,
-        "source_fingerprint": source_fingerprint(objects, row_filter),
-        "filter": row_filter.fingerprint(),
-        "basis": plan.basis,
-        "segments_seen": len({segment_name(o.key) for o in objects}),
-        "segments_skipped": len(build.skipped),
-        "segments_failed": len(build.failures),
-        "shards": shards,  # kept shards in their order, then this build's
-        "excluded": all_excluded,
-        "stats": stats.to_dict(),
-    }
-    return build
+            self.excluded.append([segment_name(key), o.version, o.size, "skipped", reason])
+            return None
+        return row
+
+    def _save_progress(self, next_read: int, shards: list[dict]) -> None:
+        if self.guard:
+            self.guard()
+        self.store.write_bytes(
+            progress_key(self.channel),
+            json.dumps(
+                {
+                    "channel": self.channel,
+                    "build_id": self.build_id,
+                    "plan_fingerprint": self.plan.fingerprint,
+                    "shard_bytes": self.shard_bytes,
+                    "next": next_read,
+                    "shards": shards,
+                    "excluded": self.excluded,
+                },
+                ensure_ascii=False,
+            ).encode(),
+        )
+
+    def _tally_excluded(self, all_excluded: list[list]) -> None:
+        keys = {segment_name(o.key): o.key for o in self.objects}
+        for name, _, _, kind, reason in all_excluded:
+            (self.build.skipped if kind == "skipped" else self.build.failures).append((keys.get(name, name), reason))
+
+    def _record(self, shards: list[dict], all_excluded: list[list], source: str) -> dict:
+        stats = ChannelStats.merged(s["stats_state"] for s in shards)
+        return {
+            "channel": self.channel,
+            "build_id": self.build_id,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": source,
+            "source_fingerprint": source_fingerprint(self.objects, self.row_filter),
+            "filter": self.row_filter.fingerprint(),
+            "basis": self.plan.basis,
+            "segments_seen": len({segment_name(o.key) for o in self.objects}),
+            "segments_skipped": len(self.build.skipped),
+            "segments_failed": len(self.build.failures),
+            "shards": shards,  # kept shards in their order, then this build's
+            "excluded": all_excluded,
+            "stats": stats.to_dict(),
+        }
 
 
 def _resumable(store: ObjectStore, channel: str, fingerprint: str, shard_bytes: int) -> dict | None:

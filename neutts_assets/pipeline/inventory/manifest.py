@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 from neutts_assets.pipeline.inventory.source_layout import ChannelLayout, UnsafeNameError, audio_preference
 from neutts_assets.pipeline.inventory.transcripts import MAX_TRANSCRIPT_BYTES
@@ -72,28 +73,60 @@ def build_inventory(
     """Pairs transcripts with audio by recording ID. `read` fetches a transcript for its content hash;
     transcripts are small and many, so they are fetched a few at a time in parallel."""
     inv = Inventory(channel=layout.channel, audio_folder=layout.audio_folder)
+    audio_by_id = _audio_by_recording(layout, audio, inv.unpaired)
+    pairs, transcript_ids = _pair_transcripts(layout, transcripts, audio_by_id, inv.unpaired)
+    _add_entries(inv, pairs, read, read_workers)
+    _add_audio_without_transcript(inv, layout, audio_by_id, transcript_ids)
+    inv.entries.sort(key=lambda e: e.recording_id)
+    inv.unpaired.sort(key=lambda u: u.key)
+    return inv
 
+
+class _Pair(NamedTuple):
+    recording_id: str
+    transcript: ObjectInfo
+    audio: ObjectInfo
+    audio_ext: str
+    audio_partial: bool
+
+
+def _audio_by_recording(
+    layout: ChannelLayout, audio: Iterable[ObjectInfo], unpaired: list[Unpaired]
+) -> dict[str, list[tuple[ObjectInfo, str, bool]]]:
+    """Each recording's audio objects, with their extension and whether they are partial; the
+    objects whose name says no recording go to `unpaired`."""
     audio_by_id: dict[str, list[tuple[ObjectInfo, str, bool]]] = {}
     for obj in audio:
         try:
             rec_id, ext, partial = layout.audio_id(obj.key)
         except (UnsafeNameError, ValueError) as exc:
-            inv.unpaired.append(Unpaired(obj.key, str(exc)))
+            unpaired.append(Unpaired(obj.key, str(exc)))
             continue
         audio_by_id.setdefault(rec_id, []).append((obj, ext, partial))
+    return audio_by_id
 
+
+def _pair_transcripts(
+    layout: ChannelLayout,
+    transcripts: Iterable[ObjectInfo],
+    audio_by_id: dict[str, list[tuple[ObjectInfo, str, bool]]],
+    unpaired: list[Unpaired],
+) -> tuple[list[_Pair], set[str]]:
+    """Each transcript with its recording's preferred audio object; the transcripts without one,
+    the other audio objects of a paired recording and the badly named go to `unpaired`. Returns
+    the pairs and the recording ids of every well-named transcript."""
     transcript_ids: set[str] = set()
-    pairs: list[tuple[str, ObjectInfo, ObjectInfo, str, bool]] = []
+    pairs: list[_Pair] = []
     for obj in transcripts:
         try:
             rec_id = layout.transcript_id(obj.key)
         except (UnsafeNameError, ValueError) as exc:
-            inv.unpaired.append(Unpaired(obj.key, str(exc)))
+            unpaired.append(Unpaired(obj.key, str(exc)))
             continue
         transcript_ids.add(rec_id)
         candidates = sorted(audio_by_id.get(rec_id, []), key=lambda c: audio_preference(c[1], c[2]))
         if not candidates:
-            inv.unpaired.append(
+            unpaired.append(
                 Unpaired(
                     obj.key,
                     f"no audio object {layout.audio_prefix}{rec_id}.<ext> for this transcript",
@@ -103,43 +136,57 @@ def build_inventory(
             continue
         chosen, ext, partial = candidates[0]
         for other, _, _ in candidates[1:]:
-            inv.unpaired.append(
+            unpaired.append(
                 Unpaired(other.key, f"another file of recording {rec_id} is used: {chosen.key}", "duplicate_audio")
             )
-        pairs.append((rec_id, obj, chosen, ext, partial))
+        pairs.append(_Pair(rec_id, obj, chosen, ext, partial))
+    return pairs, transcript_ids
 
-    def digest(obj: ObjectInfo) -> str | None:
-        if obj.size > MAX_TRANSCRIPT_BYTES:
-            # Never read: stage 1 refuses it by its listed size, naming it. Its version stands in
-            # for the content hash, so a replacement is still seen as a change.
-            return f"not read, {obj.size} bytes, version {obj.version}"
-        try:
-            return hashlib.sha256(read(obj.key)).hexdigest()
-        except FileNotFoundError:
-            return None  # deleted between listing and reading
 
+def _transcript_digest(obj: ObjectInfo, read: Callable[[str], bytes]) -> str | None:
+    """The transcript's content hash; None when it was deleted between listing and reading."""
+    if obj.size > MAX_TRANSCRIPT_BYTES:
+        # Never read: stage 1 refuses it by its listed size, naming it. Its version stands in
+        # for the content hash, so a replacement is still seen as a change.
+        return f"not read, {obj.size} bytes, version {obj.version}"
+    try:
+        return hashlib.sha256(read(obj.key)).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _add_entries(inv: Inventory, pairs: list[_Pair], read: Callable[[str], bytes], read_workers: int) -> None:
+    """An entry for each pair whose transcript could still be read and hashed."""
     with ThreadPoolExecutor(max_workers=read_workers) as pool:
-        digests = pool.map(digest, [p[1] for p in pairs])
-        for (rec_id, obj, chosen, ext, partial), digest_ in zip(pairs, digests):
-            if digest_ is None:
+        digests = pool.map(lambda obj: _transcript_digest(obj, read), [p.transcript for p in pairs])
+        for p, digest in zip(pairs, digests):
+            if digest is None:
                 inv.unpaired.append(
-                    Unpaired(obj.key, "transcript disappeared while the inventory was taken", "vanished")
+                    Unpaired(p.transcript.key, "transcript disappeared while the inventory was taken", "vanished")
                 )
                 continue
             inv.entries.append(
                 InventoryEntry(
-                    recording_id=rec_id,
-                    transcript_key=obj.key,
-                    transcript_version=obj.version,
-                    transcript_size=obj.size,
-                    transcript_sha256=digest_,
-                    audio_key=chosen.key,
-                    audio_version=chosen.version,
-                    audio_size=chosen.size,
-                    audio_ext=ext,
-                    audio_partial=partial,
+                    recording_id=p.recording_id,
+                    transcript_key=p.transcript.key,
+                    transcript_version=p.transcript.version,
+                    transcript_size=p.transcript.size,
+                    transcript_sha256=digest,
+                    audio_key=p.audio.key,
+                    audio_version=p.audio.version,
+                    audio_size=p.audio.size,
+                    audio_ext=p.audio_ext,
+                    audio_partial=p.audio_partial,
                 )
             )
+
+
+def _add_audio_without_transcript(
+    inv: Inventory,
+    layout: ChannelLayout,
+    audio_by_id: dict[str, list[tuple[ObjectInfo, str, bool]]],
+    transcript_ids: set[str],
+) -> None:
     for rec_id, objs in audio_by_id.items():
         if rec_id not in transcript_ids:
             for obj, _, _ in objs:
@@ -150,6 +197,3 @@ def build_inventory(
                         "audio_without_transcript",
                     )
                 )
-    inv.entries.sort(key=lambda e: e.recording_id)
-    inv.unpaired.sort(key=lambda u: u.key)
-    return inv

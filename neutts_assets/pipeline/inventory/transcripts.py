@@ -213,6 +213,23 @@ SECONDS_HINT_MS = 120.0
 
 def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], list[SegmentProblem]]:
     """Parses one transcript object. `name` is used in error messages only."""
+    segments: list[TranscriptSegment] = []
+    problems: list[SegmentProblem] = []
+    seen: dict[tuple[float, float, str], int] = {}  # (start, end, text) -> first segment with them
+    for index, raw in enumerate(_segment_list(_read_json(data, name), name)):
+        parsed = _parse_segment(index, raw, seen)
+        if isinstance(parsed, SegmentProblem):
+            problems.append(parsed)
+        else:
+            segments.append(parsed)
+    seconds = _times_in_seconds(segments)
+    if seconds:
+        raise TranscriptError(f"{name}: {seconds}")
+    return segments, problems
+
+
+def _read_json(data: bytes, name: str) -> object:
+    """The transcript's JSON document. Raises TranscriptError."""
     if len(data) > MAX_TRANSCRIPT_BYTES:
         raise TranscriptError(f"{name}: {too_large(len(data))}")
     try:
@@ -225,68 +242,56 @@ def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], l
         )
         raise TranscriptError(f"{name}: not UTF-8 text (byte {exc.start}){hint}") from None
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise TranscriptError(f"{name}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise TranscriptError(f"{name}: unreadable JSON: {exc}") from None
     except RecursionError:
         raise TranscriptError(f"{name}: JSON nested too deeply") from None
+
+
+def _segment_list(doc: object, name: str) -> list:
+    """The document's segments: the document itself, or its "segments". Raises TranscriptError."""
     if isinstance(doc, dict):
         if "segments" not in doc:
             raise TranscriptError(f"{name}: JSON object has no 'segments' list")
         doc = doc["segments"]
     if not isinstance(doc, list):
         raise TranscriptError(f'{name}: expected a list of segments or {{"segments": [...]}}, got {type(doc).__name__}')
+    return doc
 
-    segments: list[TranscriptSegment] = []
-    problems: list[SegmentProblem] = []
-    seen: dict[tuple[float, float, str], int] = {}  # (start, end, text) -> first segment with them
-    for index, raw in enumerate(doc):
-        if not isinstance(raw, dict):
-            problems.append(SegmentProblem(index, f"segment is a {type(raw).__name__}, not an object"))
-            continue
-        missing = [f for f in ("start_ms", "end_ms") if f not in raw]
-        if missing:
-            problems.append(SegmentProblem(index, f"missing {' and '.join(missing)}"))
-            continue
-        try:
-            start, end = _time(raw["start_ms"], "start_ms"), _time(raw["end_ms"], "end_ms")
-        except ValueError as exc:
-            problems.append(SegmentProblem(index, str(exc)))
-            continue
-        text = raw.get("text", "")
-        if text is None:
-            text = ""
-        if not isinstance(text, str):
-            problems.append(SegmentProblem(index, f"text is a {type(text).__name__}, not a string"))
-            continue
-        notes: list[str] = []
-        text = _clean(text, "text", notes)
-        try:
-            # Before the duplicate check: a refused segment is no original for a later good copy.
-            labels = {f: _label(raw, f, notes) for f in DEFAULT_LABELS}
-        except LabelError as exc:
-            problems.append(SegmentProblem(index, str(exc), "bad label"))
-            continue
-        first = seen.setdefault((start, end, text), index)
-        if first != index:
-            problems.append(SegmentProblem(index, f"same times and text as segment {first}", "duplicate segment"))
-            continue
-        segments.append(
-            TranscriptSegment(
-                index=index,
-                start_ms=start,
-                end_ms=end,
-                text=text,
-                **labels,
-                notes=tuple(notes),
-            )
-        )
-    seconds = _times_in_seconds(segments)
-    if seconds:
-        raise TranscriptError(f"{name}: {seconds}")
-    return segments, problems
+
+def _parse_segment(
+    index: int, raw: object, seen: dict[tuple[float, float, str], int]
+) -> TranscriptSegment | SegmentProblem:
+    """The transcript's segment at `index`, or why it is none. `seen` maps the (start, end, text) of
+    the good segments before it to the first with them, and gets this one's."""
+    if not isinstance(raw, dict):
+        return SegmentProblem(index, f"segment is a {type(raw).__name__}, not an object")
+    missing = [f for f in ("start_ms", "end_ms") if f not in raw]
+    if missing:
+        return SegmentProblem(index, f"missing {' and '.join(missing)}")
+    try:
+        start, end = _time(raw["start_ms"], "start_ms"), _time(raw["end_ms"], "end_ms")
+    except ValueError as exc:
+        return SegmentProblem(index, str(exc))
+    text = raw.get("text", "")
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        return SegmentProblem(index, f"text is a {type(text).__name__}, not a string")
+    notes: list[str] = []
+    text = _clean(text, "text", notes)
+    try:
+        # Before the duplicate check: a refused segment is no original for a later good copy.
+        labels = {f: _label(raw, f, notes) for f in DEFAULT_LABELS}
+    except LabelError as exc:
+        return SegmentProblem(index, str(exc), "bad label")
+    first = seen.setdefault((start, end, text), index)
+    if first != index:
+        return SegmentProblem(index, f"same times and text as segment {first}", "duplicate segment")
+    return TranscriptSegment(index=index, start_ms=start, end_ms=end, text=text, **labels, notes=tuple(notes))
 
 
 def too_large(size: int) -> str:

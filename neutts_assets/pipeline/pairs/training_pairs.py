@@ -500,94 +500,25 @@ def build_and_publish(
     dataset = read_record(store, channel)
     if dataset is None:
         raise LookupError(f"channel {channel!r} has no published dataset: materialize hf_dataset first")
-    previous = read_pair_record(store, channel)
-    plan = plan_pairs_build(previous, dataset, settings, force)
-    workdir = Path(workdir)
-    (workdir / "shards").mkdir(parents=True, exist_ok=True)
-    tables = []
-    for path in plan.shards:  # one shard on local disk at a time; its projected columns kept
-        local = fetch_shards(store, dataset, workdir / "shards", only=[path])[path]
-        table = read_index([local], settings.include_audio)
-        local.unlink(missing_ok=True)
-        if not plan.full:  # only the recordings this build pairs
-            recs = [recording_of(a) for a in table["audio_id"].to_pylist()]
-            table = table.filter(pa.array([r in plan.regenerate for r in recs]))
-        tables.append(table)
-    index = pa.concat_tables(tables).combine_chunks() if tables else read_index([], settings.include_audio)
-    del tables
+    plan = plan_pairs_build(read_pair_record(store, channel), dataset, settings, force)
+    steps = _PairsBuildSteps(store, channel, settings, Path(workdir), plan)
+    index = steps.read_rows(dataset)
     pairing = plan_pairs(index, settings)
     tallies = pairing.recordings
     log(
         f"{channel}: {len(plan.keep)} pairs file(s) kept; {pairing.pairs} pairs of {len(pairing.groups)} speakers "
         f"from {len(tallies)} recording(s) made, {len(plan.shards)} of {len(dataset['shards'])} dataset shard(s) read"
     )
-
-    def fingerprint(recording: str) -> str:  # "" (never matches again) without members to take it from
-        return plan.current[recording].fingerprint if recording in plan.current else ""
-
     build_id = new_build_id()
-    prefix = folder(channel)
-    files = []
-    with_pairs: set[str] = set()
-    for k, groups in enumerate(_split_at_recordings(pairing.groups, settings, index)):
-        arrow, refs, written = _pairs_file(index, groups, settings, workdir, f"{k:05d}")
-        name = f"{build_id}/{k:05d}"
-        guard()
-        size = store.upload(arrow, f"{prefix}{name}/{ARROW_FILE}")
-        store.upload(refs, f"{prefix}{name}/{INDEX_FILE}")
-        arrow.unlink(missing_ok=True)
-        refs.unlink(missing_ok=True)
-        recs = sorted({g.recording for g in groups})
-        with_pairs |= set(recs)
-        files.append(
-            {
-                "arrow": f"{name}/{ARROW_FILE}",
-                "index": f"{name}/{INDEX_FILE}",
-                "pairs": written,
-                "bytes": size,
-                "recordings": {r: {"fingerprint": fingerprint(r), **tallies[r]} for r in recs},
-                "groups": [
-                    [g.recording, g.speaker_id, g.n, g.num_pairs(settings.max_pairs_per_speaker)] for g in groups
-                ],
-            }
-        )
-    idle = {**plan.idle, **{r: {"fingerprint": fingerprint(r), **t} for r, t in tallies.items() if r not in with_pairs}}
-    files = plan.keep + files
+    new_files, with_pairs = steps.write_files(build_id, index, pairing, guard)
+    idle = {**plan.idle, **{r: steps.recording_entry(r, t) for r, t in tallies.items() if r not in with_pairs}}
+    files = plan.keep + new_files
     if not files:  # load_from_disk cannot concatenate no file: one empty one, never kept
-        arrow, refs, _ = _pairs_file(index, [], settings, workdir, "empty")
-        name = f"{build_id}/empty"
-        store.upload(arrow, f"{prefix}{name}/{ARROW_FILE}")
-        store.upload(refs, f"{prefix}{name}/{INDEX_FILE}")
-        files = [
-            {
-                "arrow": f"{name}/{ARROW_FILE}",
-                "index": f"{name}/{INDEX_FILE}",
-                "pairs": 0,
-                "bytes": 0,
-                "recordings": {},
-                "groups": [],
-            }
-        ]
+        files = [steps.write_empty_file(build_id, index)]
     del index
     guard()
-    publish_state(store, prefix, [f["arrow"] for f in files], pairs_info(settings))  # the switch
-    counts, top = _counts(files, idle, dataset["stats"]["rows"])
-    record = {
-        "channel": channel,
-        "writer": PAIRS_WRITER,
-        "build_id": build_id,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset_build_id": dataset["build_id"],
-        "settings": settings.to_dict(),
-        "folder": prefix,
-        "files": files,
-        "idle": idle,
-        "arrow_files": [f["arrow"] for f in files],
-        "index_files": [f["index"] for f in files],
-        "counts": counts,
-        "bytes": sum(f["bytes"] for f in files),
-        "top_speakers": top,
-    }
+    publish_state(store, steps.prefix, [f["arrow"] for f in files], pairs_info(settings))  # the switch
+    record = steps.record(build_id, dataset, files, idle)
     store.write_bytes(record_key(channel), json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
     build = PairsBuild(
         record,
@@ -599,6 +530,99 @@ def build_and_publish(
     build.removed = finish_publishing(store, record, title, guard)
     build.wall_seconds = time.perf_counter() - started
     return build
+
+
+class _PairsBuildSteps:
+    """The steps of build_and_publish that read the dataset and write the pairs files and the record."""
+
+    def __init__(self, store: ObjectStore, channel: str, settings: PairSettings, workdir: Path, plan: PairsPlan):
+        self.store, self.channel, self.settings, self.workdir, self.plan = store, channel, settings, workdir, plan
+        self.prefix = folder(channel)
+
+    def read_rows(self, dataset: dict) -> pa.Table:
+        """The index of the rows this build pairs: every row of the dataset shards the plan reads,
+        or, for an incremental build, only the rows of the recordings it regenerates."""
+        (self.workdir / "shards").mkdir(parents=True, exist_ok=True)
+        tables = []
+        for path in self.plan.shards:  # one shard on local disk at a time; its projected columns kept
+            local = fetch_shards(self.store, dataset, self.workdir / "shards", only=[path])[path]
+            table = read_index([local], self.settings.include_audio)
+            local.unlink(missing_ok=True)
+            if not self.plan.full:
+                recs = [recording_of(a) for a in table["audio_id"].to_pylist()]
+                table = table.filter(pa.array([r in self.plan.regenerate for r in recs]))
+            tables.append(table)
+        return pa.concat_tables(tables).combine_chunks() if tables else read_index([], self.settings.include_audio)
+
+    def recording_entry(self, recording: str, tally: dict) -> dict:
+        """A recording as the record lists it: its rows' fingerprint and its tallies. The fingerprint
+        is "" (never matching again) without shard members to take it from."""
+        current = self.plan.current
+        return {"fingerprint": current[recording].fingerprint if recording in current else "", **tally}
+
+    def write_files(
+        self, build_id: str, index: pa.Table, pairing: Plan, guard: Callable[[], None]
+    ) -> tuple[list[dict], set[str]]:
+        """The pairs files, in runs of whole recordings, each uploaded as soon as it is written and
+        its local copies removed. Returns their record entries and the recordings that have pairs."""
+        files = []
+        with_pairs: set[str] = set()
+        max_pairs = self.settings.max_pairs_per_speaker
+        for k, groups in enumerate(_split_at_recordings(pairing.groups, self.settings, index)):
+            arrow, refs, written = _pairs_file(index, groups, self.settings, self.workdir, f"{k:05d}")
+            name = f"{build_id}/{k:05d}"
+            guard()
+            size = self._upload(name, arrow, refs)
+            arrow.unlink(missing_ok=True)
+            refs.unlink(missing_ok=True)
+            recs = sorted({g.recording for g in groups})
+            with_pairs |= set(recs)
+            recordings = {r: self.recording_entry(r, pairing.recordings[r]) for r in recs}
+            groups_listed = [[g.recording, g.speaker_id, g.n, g.num_pairs(max_pairs)] for g in groups]
+            files.append(_file_entry(name, written, size, recordings, groups_listed))
+        return files, with_pairs
+
+    def write_empty_file(self, build_id: str, index: pa.Table) -> dict:
+        arrow, refs, _ = _pairs_file(index, [], self.settings, self.workdir, "empty")
+        name = f"{build_id}/empty"
+        self._upload(name, arrow, refs)
+        return _file_entry(name, 0, 0, {}, [])
+
+    def _upload(self, name: str, arrow: Path, refs: Path) -> int:
+        size = self.store.upload(arrow, f"{self.prefix}{name}/{ARROW_FILE}")
+        self.store.upload(refs, f"{self.prefix}{name}/{INDEX_FILE}")
+        return size
+
+    def record(self, build_id: str, dataset: dict, files: list[dict], idle: dict[str, dict]) -> dict:
+        counts, top = _counts(files, idle, dataset["stats"]["rows"])
+        return {
+            "channel": self.channel,
+            "writer": PAIRS_WRITER,
+            "build_id": build_id,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dataset_build_id": dataset["build_id"],
+            "settings": self.settings.to_dict(),
+            "folder": self.prefix,
+            "files": files,
+            "idle": idle,
+            "arrow_files": [f["arrow"] for f in files],
+            "index_files": [f["index"] for f in files],
+            "counts": counts,
+            "bytes": sum(f["bytes"] for f in files),
+            "top_speakers": top,
+        }
+
+
+def _file_entry(name: str, pairs: int, size: int, recordings: dict[str, dict], groups: list[list]) -> dict:
+    """A pairs file as the record lists it; `groups`: [recording, speaker_id, segments, pairs]."""
+    return {
+        "arrow": f"{name}/{ARROW_FILE}",
+        "index": f"{name}/{INDEX_FILE}",
+        "pairs": pairs,
+        "bytes": size,
+        "recordings": recordings,
+        "groups": groups,
+    }
 
 
 def is_current(store: ObjectStore, record: dict | None, dataset_build_id: str | None, settings: PairSettings) -> bool:
