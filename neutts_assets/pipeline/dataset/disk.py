@@ -16,6 +16,16 @@ written after the new Arrow files, the files it no longer names are deleted afte
 the all-channels state.json is rewritten. A channel with no rows gets one empty Arrow file
 (`_empty/`), as load_from_disk cannot concatenate none. A run killed halfway leaves the old
 state.json in force and whole Arrow files the next run reuses or deletes.
+
+The Arrow files and dataset_info.json are written by `datasets`' public API (`save_to_disk`,
+`DatasetInfo.write_to_directory`). state.json is not: `save_to_disk` can only write a folder by
+copying every row into it, which would rewrite every channel's Arrow files (audio included) on
+each build and undo the incremental rule above, and `datasets` has no public way to write a state
+that names Arrow files already there. So state.json is written here with the fields `save_to_disk`
+writes, a format pinned for datasets >=5.2,<6 (pyproject's range; checked on 5.2.0):
+neutts_assets_tests/test_disk_format.py compares it, key by key and type by type, with what
+`save_to_disk` writes and opens ours with `load_from_disk`, so an upgrade that changes the format
+fails there, not in the users' scripts.
 """
 
 from __future__ import annotations
@@ -47,6 +57,26 @@ def disk_copy_current(store: ObjectStore, record: dict) -> bool:
         return False
     files = [f["filename"] for f in json.loads(blob)["_data_files"]]
     return files == arrow_files(record)
+
+
+def features_info(features) -> dict:
+    """dataset_info.json for a dataset of these `datasets.Features`, as `datasets` writes it
+    (`DatasetInfo.write_to_directory`): what `save_to_disk` writes for a dataset made in memory,
+    with no builder's names, splits or sizes (which would be one shard's)."""
+    import tempfile
+
+    from datasets import DatasetInfo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        DatasetInfo(features=features).write_to_directory(tmp)
+        return json.loads((Path(tmp) / INFO).read_text())
+
+
+def dataset_info() -> dict:
+    """The dataset's dataset_info.json: its features (pipeline/dataset/rows.py)."""
+    from neutts_assets.pipeline.dataset.rows import dataset_features
+
+    return features_info(dataset_features())
 
 
 def _convert(source: Path | None, out: Path, cache: Path) -> Path:
@@ -82,7 +112,6 @@ def save_channel_to_disk(
     present = {o.key[len(folder) :]: o.size for o in store.list(folder)}
     by_file = dict(zip(wanted, record["shards"] or [None]))
     todo = [f for f in wanted if rewrite or not present.get(f)]
-    info = None
     for name in todo:
         shard = by_file[name]
         source = None
@@ -90,19 +119,10 @@ def save_channel_to_disk(
             source = fetch_shards(store, record, workdir, have=local, only=[shard["path"]])[shard["path"]]
         out = _convert(source, workdir / "save_to_disk" / name.split("/")[0], workdir / "hf_cache")
         store.upload(out / ARROW_FILE, folder + name)
-        info = info or json.loads((out / INFO).read_text())
         shutil.rmtree(out, ignore_errors=True)
         if source is not None and (local is None or shard["path"] not in local):
             source.unlink(missing_ok=True)  # downloaded for this: not needed again
-    if info is None:  # nothing converted: the features, from the copy already there or from an empty set
-        blob = store.read_bytes_or_none(folder + INFO)
-        if blob is not None:
-            info = json.loads(blob)
-        else:
-            out = _convert(None, workdir / "save_to_disk" / "_info", workdir / "hf_cache")
-            info = json.loads((out / INFO).read_text())
-            shutil.rmtree(out, ignore_errors=True)
-    publish_state(store, folder, wanted, info)  # the switch
+    publish_state(store, folder, wanted, dataset_info())  # the switch
     publish_all_channels(store)  # names this channel's new files: the old ones are unreferenced now
     keep = set(wanted)
     removed = [folder + rest for rest in present if "/" in rest and rest not in keep]
@@ -119,11 +139,10 @@ def save_channel_to_disk(
 
 def publish_state(store: ObjectStore, folder: str, filenames: list[str], info: dict) -> None:
     """A load_from_disk folder made of Arrow files that separate `save_to_disk` calls wrote (one
-    per shard, each `num_shards=1`): its dataset_info.json (`info`, one of those calls', less the
-    sizes, which would be one file's), then its state.json naming `filenames` (relative to
-    `folder`) in order, last: the switch. The state has the fields `save_to_disk` writes
-    (datasets 5.x); test_hf_dataset and test_training_pairs open the result with `load_from_disk`."""
-    info = {k: v for k, v in info.items() if k not in ("splits", "dataset_size", "size_in_bytes", "download_size")}
+    per shard, each `num_shards=1`): its dataset_info.json (`info`, from `features_info`), then its
+    state.json naming `filenames` (relative to `folder`) in order, last: the switch. The state has
+    the fields `save_to_disk` writes for a dataset with no split and no format set (datasets
+    >=5.2,<6: see the module and test_disk_format)."""
     files = [{"filename": f} for f in filenames]
     state = {
         "_data_files": files,
@@ -140,6 +159,8 @@ def publish_state(store: ObjectStore, folder: str, filenames: list[str], info: d
 
 def publish_all_channels(store: ObjectStore) -> list[str]:
     """Rewrites the top-level state.json so `load_from_disk(hf_dataset_disk/)` reads every channel."""
+    from datasets import Features
+
     states = {}
     for o in store.list(DISK_PREFIX):
         rest = o.key[len(DISK_PREFIX) :]
@@ -156,9 +177,9 @@ def publish_all_channels(store: ObjectStore) -> list[str]:
         "_split": None,
         "_fingerprint": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16],
     }
-    info = json.loads(store.read_bytes(f"{DISK_PREFIX}{channels[0]}/{INFO}"))
-    info.pop("splits", None)  # one channel's counts would be wrong for all of them
-    info.pop("dataset_size", None)
+    # the features of the files it names (the first channel's), for load_from_disk checks them against those
+    first_info = json.loads(store.read_bytes(f"{DISK_PREFIX}{channels[0]}/{INFO}"))
+    info = features_info(Features.from_dict(first_info["features"]))
     store.write_bytes(DISK_PREFIX + INFO, json.dumps(info, indent=2).encode())
     store.write_bytes(DISK_PREFIX + STATE, json.dumps(state, indent=2).encode())
     return channels
