@@ -53,6 +53,7 @@ from neutts_assets.pipeline.encoding.simulated_codec import SimulatedCodec  # no
 from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding  # noqa: E402
 from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream  # noqa: E402
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE, decode_pcm16  # noqa: E402
+from neutts_assets.pipeline.segments.manifest import SegmentsManifest  # noqa: E402
 from neutts_assets.pipeline.segments.segment_file import (  # noqa: E402
     DEFAULT_AUDIO_FORMAT,
     FORMAT_VERSION,
@@ -136,7 +137,9 @@ def warm_page_cache(store: LocalStore, sources: dict) -> None:
 
 def run_stream(store, manifest, sources, codec, workers: int, io_threads: int = 4) -> dict:
     shutil.rmtree(store.root / "stage2_with_codes", ignore_errors=True)
-    plan = plan_encoding(manifest, Stage2Layout("bench"), codec.label, sources, set(), MIN_SAMPLES)
+    plan = plan_encoding(
+        SegmentsManifest.from_dict(manifest), Stage2Layout("bench"), codec.label, sources, set(), MIN_SAMPLES
+    )
     c0, w0 = cpu_seconds(), time.perf_counter()
     tally = encode_stream(plan.todo, codec, store, StreamSettings(host_workers=workers, io_threads=io_threads))
     wall, cpu = time.perf_counter() - w0, cpu_seconds() - c0

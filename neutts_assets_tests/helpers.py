@@ -12,7 +12,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, TableMetadataValue, materialize
 
 from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.io_managers import ManifestIOManager
@@ -123,10 +123,17 @@ def run_stage1(
     )
 
 
+def plain(value):
+    """A metadata value as a plain one: a table as its rows (dicts by column name), anything else its .value."""
+    if isinstance(value, TableMetadataValue):
+        return [dict(r.data) for r in value.records]
+    return getattr(value, "value", value)
+
+
 def asset_metadata(result, asset: str) -> dict:
     """The metadata of `asset`'s materialization in a materialize() result, as plain values."""
     (mat,) = [m for m in result.asset_materializations_for_node(asset)]
-    return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    return {k: plain(v) for k, v in mat.metadata.items()}
 
 
 TEST_CODEC = "test-fixture deterministic codes (random-weights stand-in)"

@@ -131,16 +131,19 @@ def _check(meta, store, expect):
     for key, words in expect.items():
         if words is REFUSED:
             continue  # unsafe names are refused by the inventory: see raw_audio's unpaired table
-        row = next((line for line in failures.splitlines() if key in line), None)
+        row = next((r for r in failures if key in r["object"]), None)
         assert row is not None, f"{key} missing from failures:\n{failures}"
-        assert words in row, row
+        assert words in row["reason"], row
     for seg_id in [f"{g}_seg_0" for g in GOOD] + ["bad_segments_seg_0", "nan_times_seg_2", "absurd_times_seg_2"]:
         assert store.read_bytes_or_none(f"stage1/{CHANNEL}/{seg_id}.npz") is not None, seg_id
     odd = read_segment(store.read_bytes(f"stage1/{CHANNEL}/absurd_times_seg_2.npz"))
     assert odd.text == "lone ? surrogate" and odd.speaker_id == "?"
-    assert "| absurd_times_seg_0 | malformed segment | start_ms is out of range" in meta["skipped_segments"]
-    assert "| absurd_times_seg_1 | malformed segment | end_ms is out of range (1e+305 ms)" in meta["skipped_segments"]
     reasons = meta["skipped_segments"]
+    by_segment = {r["segment"]: r for r in reasons}
+    assert by_segment["absurd_times_seg_0"]["reason"] == "malformed segment"
+    assert by_segment["absurd_times_seg_0"]["detail"].startswith("start_ms is out of range")
+    assert by_segment["absurd_times_seg_1"]["reason"] == "malformed segment"
+    assert by_segment["absurd_times_seg_1"]["detail"].startswith("end_ms is out of range (1e+305 ms)")
     for words in (
         "missing start_ms",
         "not a number",
@@ -152,9 +155,9 @@ def _check(meta, store, expect):
         "not an object",
         "not finite",
     ):
-        assert words in reasons, f"{words!r} not in\n{reasons}"
-    assert "| bad_segments_seg_3 | reversed times |" in reasons
-    assert "malformed segment" in meta["skip_reasons"]
+        assert any(words in str(c) for r in reasons for c in r.values()), f"{words!r} not in\n{reasons}"
+    assert by_segment["bad_segments_seg_3"]["reason"] == "reversed times"
+    assert any("malformed segment" in r["reason"] for r in meta["skip_reasons"])
 
 
 def test_bad_input_on_gcs_and_s3(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_endpoint, s3_client):
@@ -169,8 +172,9 @@ def test_bad_input_on_gcs_and_s3(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_
     _check(meta, s3_store, expect)
     assert meta["files_failed"] == 10
     unpaired = asset_metadata(result, "raw_audio")["unpaired"]
-    assert "audio_...json" in unpaired and "'..'" in unpaired
-    assert "audio_x.neutts-tmp-1-y.json" in unpaired and "marks temporary files" in unpaired
+    refused = {r["object"].rsplit("/", 1)[-1]: r["reason"] for r in unpaired}
+    assert "'..'" in refused["audio_...json"]
+    assert "marks temporary files" in refused["audio_x.neutts-tmp-1-y.json"]
 
     # bad_segments: the overhanging segment is clipped to the audio's end; the others were not written
     clipped = read_segment(s3_store.read_bytes(f"stage1/{CHANNEL}/bad_segments_seg_6.npz"))
@@ -187,7 +191,7 @@ def test_bad_input_on_gcs_and_s3(gcs_store, gcs_bucket, s3_store, s3_bucket, s3_
     # A second run does not download the deterministic failures again, and still reports them.
     meta2 = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
     assert meta2["bytes_downloaded"] == 0 and meta2["files_failed"] == 10
-    assert "unchanged since the last run" in meta2["failures"]
+    assert any("unchanged since the last run" in r["reason"] for r in meta2["failures"])
 
 
 def test_bad_input_on_local_folders(tmp_path):
@@ -212,13 +216,14 @@ def test_a_new_bad_upload_never_hides_good_segments(gcs_store, gcs_bucket, s3_st
     before = {o.key for o in s3_store.list(f"stage1/{CHANNEL}/austen_0870_seg_")}
     gcs_store.write_bytes(transcript_key(CHANNEL, "austen_0870"), b"not json")
     meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
-    assert meta["files_failed"] == 1 and "malformed JSON" in meta["failures"]
+    assert meta["files_failed"] == 1 and any("malformed JSON" in r["reason"] for r in meta["failures"])
     assert {o.key for o in s3_store.list(f"stage1/{CHANNEL}/austen_0870_seg_")} == before
     assert meta["segments_in_channel"] == len(before) + len(list(s3_store.list(f"stage1/{CHANNEL}/austen_0930_seg_")))
     # The bad upload is still there: the next run neither downloads it again nor drops the good cut.
     meta2 = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
     assert meta2["bytes_downloaded"] == 0 and meta2["files_unchanged"] == 1 and meta2["files_failed"] == 1
-    assert "malformed JSON" in meta2["failures"] and "unchanged since the last run" in meta2["failures"]
+    assert any("malformed JSON" in r["reason"] for r in meta2["failures"])
+    assert any("unchanged since the last run" in r["reason"] for r in meta2["failures"])
     assert meta2["segments_in_channel"] == meta["segments_in_channel"]
     # A fixed upload is cut again.
     populate_source(gcs_store, CHANNEL, ids=["austen_0870"])
@@ -285,7 +290,8 @@ def test_audio_failing_halfway_through_the_stream(tmp_path, monkeypatch):
     (source.root / audio_key(CHANNEL, "austen_0870.wav")).write_bytes(quieter.read_bytes())
     meta = asset_metadata(run_stage1(instance, resources, CHANNEL), "segments_npz")
 
-    assert meta["files_failed"] == 2 and meta["failures"].count("Invalid data found") == 2, meta["failures"]
+    invalid = [r for r in meta["failures"] if "Invalid data found" in r["reason"]]
+    assert meta["files_failed"] == 2 and len(invalid) == 2, meta["failures"]
     assert {o.key: store.read_bytes(o.key) for o in store.list(f"stage1/{CHANNEL}/austen_0870_seg_")} == good
     assert not list(store.list(f"stage1/{CHANNEL}/austen_0930_seg_"))  # what it had written is removed
     assert meta["segments_in_channel"] == 3

@@ -40,6 +40,7 @@ from neutts_assets.defs.dataset.hf_dataset import hf_dataset
 from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.encoding.encoded_segments import encoded_segments
 from neutts_assets.defs.inventory.raw_audio import raw_audio
+from neutts_assets.defs.metadata import MAX_CELL_CHARS
 from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.pipeline.inventory.transcripts import MAX_TRANSCRIPT_BYTES
 from neutts_assets.pipeline.segments.audio import decode_pcm16
@@ -142,14 +143,16 @@ class Run:
 
 
 def _cell(text: str) -> str:
-    """How md_table shows a value (defs/metadata.py)."""
-    return str(text).replace("|", "\\|").replace("\n", " ")[:300]
+    """How metadata_table shows a string (defs/metadata.py)."""
+    return str(text)[:MAX_CELL_CHARS]
 
 
-def _row(table: str, first: str, *words: str) -> str:
-    rows = [ln for ln in table.splitlines() if ln.startswith(f"| {_cell(first)[:250]}")]
+def _row(table: list[dict], first: str, *words: str) -> dict:
+    """The first row of `table` (a metadata table's rows) whose first column starts with `first`,
+    after checking that one such row holds every one of `words` in its cells."""
+    rows = [r for r in table if str(next(iter(r.values()))).startswith(_cell(first)[:250])]
     assert rows, f"{first[:80]!r} not in\n{table}"
-    assert any(all(w in r for w in words) for r in rows), f"{words} not in {rows}"
+    assert any(all(any(w in str(c) for c in r.values()) for w in words) for r in rows), f"{words} not in {rows}"
     return rows[0]
 
 
@@ -638,7 +641,7 @@ def test_the_rest_of_the_channel_is_processed(run):
         seg = run.segment(f"{GOOD}_seg_{i}")
         assert np.array_equal(seg.pcm16, full[ms_to_sample(s["start_ms"], 16000) : ms_to_sample(s["end_ms"], 16000)])
         assert f"{GOOD}_seg_{i}" in run.rows
-    failures = {ln.split(" | ")[0][2:] for ln in run.stage1["failures"].splitlines()[2:]}
+    failures = {r["object"] for r in run.stage1["failures"]}
     assert failures == {_cell(k)[:300] for k in _expected_failures()}, failures ^ {
         _cell(k) for k in _expected_failures()
     }

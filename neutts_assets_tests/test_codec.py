@@ -19,6 +19,7 @@ from neutts_assets.pipeline.encoding.codec import (
 )
 from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding
 from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream, item_cost
+from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.storage.local import LocalStore
 from neutts_assets_tests.codec_corpus import mixed_length_clips, small_random_codec
@@ -179,7 +180,7 @@ def test_stream_on_a_store_writes_single_clip_codes_within_its_budget(tmp_path):
     codec = small_random_codec()
     store, channel = LocalStore(tmp_path), "ch"
     clips = mixed_length_clips(groups=4, per_group=3, seed=7)
-    manifest = _stage1(store, channel, clips)
+    manifest = SegmentsManifest.from_dict(_stage1(store, channel, clips))
     layout = Stage2Layout(channel)
     sources = {o.key: (o.version, o.size) for o in store.list("stage1/")}
     plan = plan_encoding(manifest, layout, codec.label, sources, set(), MIN_SAMPLES)

@@ -26,6 +26,7 @@ from neutts_assets_tests.helpers import (
     encode_stage2,
     fake_codes,
     make_resources,
+    plain,
     populate_source,
     run_dataset,
     run_stage1,
@@ -208,8 +209,10 @@ def test_duration_range_and_a_bad_segment(env):
         run_dataset(instance, resources, A, {"min_duration_s": lo, "max_duration_s": hi}), "hf_dataset"
     )
     assert meta["rows"] == len([d for d in durations if lo <= d <= hi]) < 7
-    assert meta["segments_failed"] == 1 and bad in meta["failures"] and "unreadable segment file" in meta["failures"]
-    assert "shorter than" in meta["skip_reasons"] and "longer than" in meta["skip_reasons"]
+    failures = {r["object"]: r["reason"] for r in meta["failures"]}
+    assert meta["segments_failed"] == 1 and bad in failures and "unreadable segment file" in failures[bad]
+    reasons = [r["reason"] for r in meta["skip_reasons"]]
+    assert any("shorter than" in r for r in reasons) and any("longer than" in r for r in reasons)
 
 
 def _synthetic(store, channel, n, seconds=1.0):
@@ -358,7 +361,8 @@ def test_codes_mode_follows_the_encoded_segments_manifest(env):
     }
     store.write_bytes(f"manifests/encoded_segments/{A}.json", json.dumps(manifest).encode())
     meta = asset_metadata(run_dataset(instance, resources, A), "hf_dataset")
-    assert meta["rows"] == 4 and meta["segments_failed"] == 1 and "gone_seg_0" in meta["failures"]
+    assert meta["rows"] == 4 and meta["segments_failed"] == 1
+    assert any("gone_seg_0" in r["object"] for r in meta["failures"])
     assert meta["segments_not_encoded_yet"] == 0  # every stage-1 segment has a stage-2 file under the prefix
     ds = _load(tmp / "store" / "hf_dataset", A, cache=tmp / "c")
     assert sorted(ds["audio_id"]) == sorted(k.rsplit("/", 1)[1][:-4] for k in listed[:4])
@@ -393,7 +397,7 @@ def test_asset_check_finds_a_missing_shard(env):
     (shard,) = [o.key for o in store.list(f"hf_dataset/data/{A}/")]
     store.delete(shard)
     bad = check()
-    assert not bad.passed and "missing" in bad.metadata["problems"].value
+    assert not bad.passed and "missing" in [r["problem"] for r in plain(bad.metadata["problems"])]
 
 
 def test_a_channel_with_every_segment_filtered_out_does_not_break_loading(env):

@@ -20,6 +20,7 @@ from neutts_assets import read_segment
 from neutts_assets.cli import main as cli_main
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
 from neutts_assets.defs.segments.segments_npz import SegmentsConfig, segments_npz
+from neutts_assets.pipeline.inventory.manifest import Inventory
 from neutts_assets.pipeline.inventory.source_layout import (
     CHANNEL_SPECIAL_CHARACTERS,
     ChannelLayout,
@@ -375,7 +376,7 @@ def test_segments_npz_fails_a_bad_partition_before_writing_anything(tmp_path):
             resources={"source": SourceBucket(url=str(tmp_path / "src")), "store": SegmentStore(url=str(store_root))},
         )
         with pytest.raises(Failure) as info:
-            segments_npz(ctx, config=SegmentsConfig(), raw_audio={})
+            segments_npz(ctx, config=SegmentsConfig(), raw_audio=Inventory(channel="bad[1]", audio_folder="bad[1]"))
     assert "channel 'bad[1]' cannot be processed" in info.value.description and "'['" in info.value.description
     assert list(LocalStore(store_root).list("")) == []
 
@@ -416,14 +417,17 @@ def test_stage1_writes_numeric_speaker_ids_as_one_speaker_and_notes_it(tmp_path,
     assert not any(o.key.endswith(("_seg_2.npz", "_seg_4.npz")) for o in store.list("stage1/ch/"))
     assert meta["segments_written"] == 3 and meta["segments_skipped"] == 2
 
-    notes = meta["input_notes"]
-    assert f"| {rec}_seg_1 | speaker_id: number 42.0 written as '42' |" in notes
-    assert f"| {rec}_seg_0 | speaker_id: number 42 written as '42' |" in notes
-    assert f"| {rec}_seg_1 | dialect: number 3 written as '3' |" in notes
-    skipped = meta["skipped_segments"]
-    assert f"| {rec}_seg_2 | empty text | only invisible characters:" in skipped
-    assert f"| {rec}_seg_4 | bad label | speaker_id is a boolean (True)" in skipped
-    assert "| empty text | 1 |" in meta["skip_reasons"] and "| bad label | 1 |" in meta["skip_reasons"]
+    notes = {(r["segment or object"], r["note"]) for r in meta["input_notes"]}
+    assert (f"{rec}_seg_1", "speaker_id: number 42.0 written as '42'") in notes
+    assert (f"{rec}_seg_0", "speaker_id: number 42 written as '42'") in notes
+    assert (f"{rec}_seg_1", "dialect: number 3 written as '3'") in notes
+    skipped = {r["segment"]: r for r in meta["skipped_segments"]}
+    assert skipped[f"{rec}_seg_2"]["reason"] == "empty text"
+    assert skipped[f"{rec}_seg_2"]["detail"].startswith("only invisible characters:")
+    assert skipped[f"{rec}_seg_4"]["reason"] == "bad label"
+    assert skipped[f"{rec}_seg_4"]["detail"].startswith("speaker_id is a boolean (True)")
+    per_reason = {r["reason"]: r["segments"] for r in meta["skip_reasons"]}
+    assert per_reason["empty text"] == 1 and per_reason["bad label"] == 1
 
 
 # --- the dataset card --------------------------------------------------------------------------

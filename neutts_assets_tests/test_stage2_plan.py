@@ -3,13 +3,19 @@ segment makes stale, what must be checked, what is gone; and the manifest hf_dat
 
 from __future__ import annotations
 
-from neutts_assets.pipeline.encoding.store import Stage2Layout, encoded_manifest, plan_encoding
+from neutts_assets.pipeline.encoding.manifest import encoded_manifest
+from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding
+from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 
 A, B = "neuphonic/neucodec@aaaa", "neuphonic/neucodec@bbbb"
 LAYOUT = Stage2Layout("ch")
 
 
 def manifest(*durations):
+    return SegmentsManifest.from_dict(stage1_document(*durations))
+
+
+def stage1_document(*durations):
     return {
         "channel": "ch",
         "recordings": [
@@ -94,7 +100,7 @@ def test_marker_keys_stay_inside_the_channel_and_parse_back():
 def test_manifest_lists_only_segments_with_codes():
     m = encoded_manifest(
         manifest(1.0, 0.01, 2.0), LAYOUT, A, False, {"r_seg_0", "r_seg_2"}, [("r_seg_1", "too short")], []
-    )
+    ).to_dict()  # the document the IO manager stores and hf_dataset reads
     segs = m["recordings"][0]["segments"]
     assert [s["key"] for s in segs] == ["stage2_with_codes/ch/r_seg_0.npz", "stage2_with_codes/ch/r_seg_2.npz"]
     assert [s["n_codes"] for s in segs] == [50, 100] and m["code_count"] == 150

@@ -28,6 +28,7 @@ from neutts_assets.pipeline.encoding.simulated_codec import SimulatedCodec, simu
 from neutts_assets.pipeline.encoding.store import Stage2Layout, plan_encoding
 from neutts_assets.pipeline.encoding.stream import StreamSettings, encode_stream, item_cost
 from neutts_assets.pipeline.orchestration.lease import LeaseLost
+from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.storage.local import LocalStore
 from neutts_assets_tests.codec_corpus import demo_speech
@@ -54,7 +55,10 @@ def stage1(store: LocalStore, n: int, seed: int = 0, corrupt: set[int] = frozens
 def plan_for(store: LocalStore, manifest: dict, codec) -> list:
     sources = {o.key: (o.version, o.size) for o in store.list("stage1/")}
     stage2 = {o.key for o in store.list(Stage2Layout(CHANNEL).channel_prefix)}
-    return plan_encoding(manifest, Stage2Layout(CHANNEL), codec.label, sources, stage2, MIN_SAMPLES).todo
+    plan = plan_encoding(
+        SegmentsManifest.from_dict(manifest), Stage2Layout(CHANNEL), codec.label, sources, stage2, MIN_SAMPLES
+    )
+    return plan.todo
 
 
 def entries(data: bytes) -> dict[str, bytes]:

@@ -203,8 +203,8 @@ def test_every_stage_completes_under_storage_faults_with_the_output_of_a_clean_r
     # Every stage retried, and says so in its metadata; nothing was given up on.
     for stage in STAGES:
         assert meta[stage]["storage_retries"] > 0, stage
-        assert "no retries" not in meta[stage]["storage_retries_by_reason"], stage
-    assert "source" in meta["raw_audio"]["storage_retries_by_reason"]
+        assert meta[stage]["storage_retries_by_reason"], stage  # a table with rows, not an empty one
+    assert any(r["store"] == "source" for r in meta["raw_audio"]["storage_retries_by_reason"])
     assert meta["segments_npz"]["files_failed"] == 0 and meta["encoded_segments"]["segments_failed"] == 0
     assert meta["hf_dataset"]["segments_failed"] == 0
     for key in ("recordings", "segments_in_channel"):

@@ -3,7 +3,7 @@
 from dagster import AssetCheckExecutionContext, AssetCheckResult, asset_check
 
 from neutts_assets.defs.dataset.hf_dataset import hf_dataset
-from neutts_assets.defs.metadata import md_table
+from neutts_assets.defs.metadata import metadata_table
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
 from neutts_assets.pipeline.dataset.store import DATASET_PREFIX, shard_prefix
@@ -36,6 +36,6 @@ def dataset_shards_present(context: AssetCheckExecutionContext, store: SegmentSt
         metadata={
             "shards": len(record["shards"]),
             "build_id": record["build_id"],
-            "problems": md_table(["shard", "problem"], wrong, empty="every shard present"),
+            "problems": metadata_table(["shard", "problem"], wrong),
         },
     )

@@ -1,4 +1,3 @@
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -7,17 +6,18 @@ from typing import Optional
 from dagster import AssetExecutionContext, Config, Failure, MetadataValue, Output, asset
 from pydantic import Field
 
-from neutts_assets.defs.io_managers import manifest_key
+from neutts_assets.defs.io_managers import read_manifest
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
+from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
 from neutts_assets.pipeline.dataset.card import card_body, channel_section
 from neutts_assets.pipeline.dataset.disk import disk_copy_current, save_channel_to_disk
 from neutts_assets.pipeline.dataset.hub import HubPushError, PushResult, push_channel
+from neutts_assets.pipeline.dataset.manifest import DatasetManifest, HubCommit
 from neutts_assets.pipeline.dataset.rows import RowFilter
 from neutts_assets.pipeline.dataset.sources import NoSegments, Sources, channel_sources
-from neutts_assets.pipeline.dataset.store import CARD_KEY, DATASET_PREFIX, shard_prefix
+from neutts_assets.pipeline.dataset.store import DATASET_PREFIX, shard_prefix
 from neutts_assets.pipeline.dataset.writer import (
     BuildPlan,
     ChannelBuild,
@@ -30,7 +30,9 @@ from neutts_assets.pipeline.dataset.writer import (
     read_record,
     read_records,
 )
+from neutts_assets.pipeline.encoding.manifest import EncodedManifest
 from neutts_assets.pipeline.progress import Progress
+from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 
 
 class DatasetConfig(Config):
@@ -68,7 +70,7 @@ class DatasetConfig(Config):
 )
 def hf_dataset(
     context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub
-) -> Output[dict]:
+) -> Output[DatasetManifest]:
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
     with channel_lease(context, store, "hf_dataset") as lease:
         return _build_dataset(context, config, store, hub, lease.check)
@@ -80,7 +82,7 @@ def _build_dataset(
     store: SegmentStore,
     hub: HuggingFaceHub,
     guard: Callable[[], None],
-) -> Output[dict]:
+) -> Output[DatasetManifest]:
     channel = context.partition_key
     dst = store.open()
     # What a run killed mid-upload left: a shard's temporary file, or its unfinished multipart upload.
@@ -90,8 +92,8 @@ def _build_dataset(
             dst,
             channel,
             config.include_segments_without_codes,
-            stage1_manifest=_manifest(dst, "segments_npz", channel),
-            encoded_manifest=_manifest(dst, "encoded_segments", channel),
+            stage1_manifest=read_manifest(dst, "segments_npz", channel, SegmentsManifest),
+            encoded_manifest=read_manifest(dst, "encoded_segments", channel, EncodedManifest),
         )
     except NoSegments as exc:
         raise Failure(description=str(exc)) from exc
@@ -140,7 +142,7 @@ def _build_dataset(
                     "store; nothing published, rerun to retry: "
                     + "; ".join(f"{k}: {why}" for k, why in build.store_failures[:5]),
                     metadata={
-                        "retryable_failures": md_table(["object", "reason"], build.store_failures),
+                        "retryable_failures": metadata_table(["object", "reason"], build.store_failures),
                         **retry_metadata(store=dst),
                     },
                 )
@@ -175,23 +177,9 @@ def _build_dataset(
                 ) from exc
             context.log.info(f"{channel}: pushed to {hub.hf_repo}: {push.commit_url}")
 
-    manifest = {
-        "channel": channel,
-        "build_id": record["build_id"],
-        "rows": record["stats"]["rows"],
-        "dataset_folder": DATASET_PREFIX,
-        "card": CARD_KEY,
-        "source": record["source"],
-        "shards": [{k: s[k] for k in ("path", "rows", "bytes")} for s in record["shards"]],
-        "hub": {"repo_id": push.repo_id, "commit": push.commit_oid} if push else None,
-    }
+    manifest = DatasetManifest.of(channel, record, HubCommit(push.repo_id, push.commit_oid) if push else None)
     metadata = _metadata(dst, record, sources, plan, build, removed, disk, push, hub.title, orphan_temporaries)
     return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
-
-
-def _manifest(dst, asset: str, channel: str) -> Optional[dict]:
-    blob = dst.read_bytes_or_none(manifest_key(asset, channel))
-    return json.loads(blob) if blob is not None else None
 
 
 def _metadata(
@@ -218,7 +206,7 @@ def _metadata(
         "segments_failed": len(failures),
         "segments_not_encoded_yet": sources.not_encoded,
         "skip_reasons": reason_counts(reason for _, reason in (build.skipped if build else [])),
-        "failures": md_table(["object", "reason"], sorted(failures), empty="no failures"),
+        "failures": metadata_table(["object", "reason"], sorted(failures)),
         "hours": stats["hours"],
         "speakers": stats["speakers"],
         "shards": len(record["shards"]),

@@ -5,20 +5,21 @@ from pydantic import Field
 
 from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
+from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
 from neutts_assets.pipeline.encoding.codec import MIN_SAMPLES, RANDOM_LABEL, Codec, CodecUnavailable
+from neutts_assets.pipeline.encoding.manifest import EncodedManifest, encoded_manifest
 from neutts_assets.pipeline.encoding.store import (
     STAGE2_PREFIX,
     EncodePlan,
     Stage2Layout,
-    encoded_manifest,
     plan_encoding,
 )
 from neutts_assets.pipeline.encoding.stream import EncodeTally, encode_stream
 from neutts_assets.pipeline.orchestration.lease import Lease
 from neutts_assets.pipeline.progress import Progress
+from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 from neutts_assets.pipeline.segments.store import channel_prefix
 
 
@@ -42,10 +43,10 @@ class EncodeConfig(Config):
 def encoded_segments(
     context: AssetExecutionContext,
     config: EncodeConfig,
-    segments_npz: dict,
+    segments_npz: SegmentsManifest,
     codec: NeuCodecResource,
     store: SegmentStore,
-) -> Output[dict]:
+) -> Output[EncodedManifest]:
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
     with channel_lease(context, store, "encoded_segments") as lease:
         return _encode_channel(context, config, segments_npz, codec, store, lease)
@@ -54,11 +55,11 @@ def encoded_segments(
 def _encode_channel(
     context: AssetExecutionContext,
     config: EncodeConfig,
-    segments_npz: dict,
+    segments_npz: SegmentsManifest,
     codec: NeuCodecResource,
     store: SegmentStore,
     lease: Lease,
-) -> Output[dict]:
+) -> Output[EncodedManifest]:
     channel = context.partition_key
     layout = Stage2Layout(channel, config.prefix if config.prefix.endswith("/") else config.prefix + "/")
 
@@ -132,7 +133,10 @@ def _encode_channel(
         raise Failure(
             description=f"{channel}: {len(tally.store_failed)} segment(s) failed in the store; rerun to retry them: "
             + "; ".join(f"{audio_id}: {why}" for audio_id, why in sorted(tally.store_failed)[:5]),
-            metadata={**metadata, "retryable_failures": md_table(["segment", "reason"], sorted(tally.store_failed))},
+            metadata={
+                **metadata,
+                "retryable_failures": metadata_table(["segment", "reason"], sorted(tally.store_failed)),
+            },
         )
     return Output(manifest, metadata=metadata)
 
@@ -143,7 +147,7 @@ def _metadata(
     model: Codec | None,
     plan: EncodePlan,
     tally: EncodeTally,
-    manifest: dict,
+    manifest: EncodedManifest,
     failed: list,
     where: str,
     orphans: int,
@@ -167,14 +171,14 @@ def _metadata(
         "segments_kept_after_check": len(tally.kept),
         "segments_skipped": len(plan.too_short),
         "segments_failed": len(failed),
-        "segments_with_codes_in_channel": manifest["segment_count"],
+        "segments_with_codes_in_channel": manifest.segment_count,
         "skip_reasons": reason_counts(reason.split(":")[0] for _, reason in plan.too_short),
-        "skipped_segments": md_table(["segment", "reason"], plan.too_short, empty="nothing skipped"),
-        "failures": md_table(["segment or object", "reason"], sorted(failed), empty="no failures"),
+        "skipped_segments": metadata_table(["segment", "reason"], plan.too_short),
+        "failures": metadata_table(["segment or object", "reason"], sorted(failed)),
         "stage2_objects_removed": len(plan.orphans),
         "orphan_temporaries_removed": orphans,
         "audio_hours_encoded": round(tally.audio_seconds / 3600, 4),
-        "codes_in_channel": manifest["code_count"],
+        "codes_in_channel": manifest.code_count,
         "segments_per_second": round(len(tally.encoded) / wall, 2) if wall else 0.0,
         "audio_seconds_per_second": round(tally.audio_seconds / wall, 1) if wall else 0.0,
         "encode_audio_seconds_per_second": round(sum(tally.batch_seconds) / tally.encode_seconds, 1)

@@ -12,8 +12,8 @@ from neutts_assets.pipeline.inventory.manifest import Inventory
     partitions_def=channels,
     description="Every transcript has its audio and every audio object its transcript.",
 )
-def every_object_paired(context: AssetCheckExecutionContext, raw_audio: dict) -> AssetCheckResult:
-    inventory = Inventory.from_dict(raw_audio)
+def every_object_paired(context: AssetCheckExecutionContext, raw_audio: Inventory) -> AssetCheckResult:
+    inventory = raw_audio
     # A warning, not an error: the channel is still usable, but someone should look at the source bucket.
     by_kind = {}
     for u in inventory.unpaired:

@@ -2,10 +2,10 @@ from collections import Counter
 
 from dagster import AssetExecutionContext, DataVersion, Failure, Output, asset
 
-from neutts_assets.defs.metadata import md_table, retry_metadata
+from neutts_assets.defs.metadata import metadata_table, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
-from neutts_assets.pipeline.inventory.manifest import build_inventory
+from neutts_assets.pipeline.inventory.manifest import Inventory, build_inventory
 from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError
 
 
@@ -19,7 +19,9 @@ from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError
     "object, with versions, sizes and transcript content hashes. Its data version changes when any "
     "audio or transcript changes, so the UI marks segments_npz stale.",
 )
-def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_settings: ChannelSettings) -> Output[dict]:
+def raw_audio(
+    context: AssetExecutionContext, source: SourceBucket, channel_settings: ChannelSettings
+) -> Output[Inventory]:
     channel = context.partition_key
     try:  # a partition added around `add-channel` (the UI) with a name the dataset cannot carry
         layout = channel_settings.layout(channel)
@@ -35,7 +37,7 @@ def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_sett
     )
 
     return Output(
-        inventory.to_dict(),
+        inventory,
         data_version=DataVersion(inventory.fingerprint()),
         metadata={
             "source": bucket.describe(),
@@ -46,12 +48,10 @@ def raw_audio(context: AssetExecutionContext, source: SourceBucket, channel_sett
             "unpaired_objects": len(inventory.unpaired),
             "audio_bytes": sum(e.audio_size for e in inventory.entries),
             "partial_downloads": sum(e.audio_partial for e in inventory.entries),
-            "formats": md_table(
+            "formats": metadata_table(
                 ["extension", "recordings"], Counter(e.audio_ext or ".part" for e in inventory.entries).most_common()
             ),
-            "unpaired": md_table(
-                ["object", "reason"], [(u.key, u.reason) for u in inventory.unpaired], empty="every object paired"
-            ),
+            "unpaired": metadata_table(["object", "reason"], [(u.key, u.reason) for u in inventory.unpaired]),
             **retry_metadata(source=bucket),
         },
     )

@@ -24,7 +24,8 @@ from neutts_assets.defs.metadata import retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
 from neutts_assets.pipeline.dataset.writer import read_record
-from neutts_assets.pipeline.pairs.store import folder, record_key
+from neutts_assets.pipeline.pairs.manifest import PairsManifest
+from neutts_assets.pipeline.pairs.store import folder
 from neutts_assets.pipeline.pairs.training_pairs import (
     PairSettings,
     build_and_publish,
@@ -69,12 +70,14 @@ class TrainingPairsConfig(Config):
 )
 def training_pairs(
     context: AssetExecutionContext, config: TrainingPairsConfig, store: SegmentStore, hub: HuggingFaceHub
-) -> Output[dict]:
+) -> Output[PairsManifest]:
     with channel_lease(context, store, "training_pairs") as lease:
         return _build(context, config, store, hub, lease.check)
 
 
-def _build(context, config: TrainingPairsConfig, store: SegmentStore, hub: HuggingFaceHub, guard) -> Output[dict]:
+def _build(
+    context, config: TrainingPairsConfig, store: SegmentStore, hub: HuggingFaceHub, guard
+) -> Output[PairsManifest]:
     channel = context.partition_key
     dst = store.open()
     try:
@@ -117,14 +120,7 @@ def _build(context, config: TrainingPairsConfig, store: SegmentStore, hub: Huggi
 
     counts = record["counts"]
     per = counts["pairs_per_speaker"]
-    manifest = {
-        "channel": channel,
-        "build_id": record["build_id"],
-        "dataset_build_id": record["dataset_build_id"],
-        "folder": record["folder"],
-        "pairs": counts["pairs"],
-        "record": record_key(channel),
-    }
+    manifest = PairsManifest.of(channel, record)
     metadata = {
         "rebuilt": rebuilt,
         "build_id": record["build_id"],

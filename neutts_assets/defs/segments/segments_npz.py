@@ -3,11 +3,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Literal, Optional
 
-from dagster import AssetExecutionContext, Config, DataVersion, Failure, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, Config, DataVersion, Failure, Output, asset
 from pydantic import Field
 
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import md_table, reason_counts, retry_metadata
+from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
 from neutts_assets.pipeline.inventory.manifest import Inventory
@@ -15,12 +15,12 @@ from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError, chec
 from neutts_assets.pipeline.orchestration.lease import LeaseLost
 from neutts_assets.pipeline.progress import Progress
 from neutts_assets.pipeline.segments.cutting import CutRules
+from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 from neutts_assets.pipeline.segments.recordings import (
     ChannelPlan,
     ChannelTally,
     channel_manifest,
     cut_recording,
-    manifest_version,
     plan_channel,
 )
 from neutts_assets.pipeline.segments.segment_file import DEFAULT_AUDIO_FORMAT
@@ -52,8 +52,12 @@ class SegmentsConfig(Config):
     "nothing; segments a new transcript no longer has are removed. Value: the segment manifest.",
 )
 def segments_npz(
-    context: AssetExecutionContext, config: SegmentsConfig, raw_audio: dict, source: SourceBucket, store: SegmentStore
-) -> Output[dict]:
+    context: AssetExecutionContext,
+    config: SegmentsConfig,
+    raw_audio: Inventory,
+    source: SourceBucket,
+    store: SegmentStore,
+) -> Output[SegmentsManifest]:
     # A partition added some other way than add-channel or the sensor (the UI) is checked before
     # anything, the lease included, is written under its name.
     try:
@@ -72,13 +76,13 @@ def segments_npz(
 def _cut_channel(
     context: AssetExecutionContext,
     config: SegmentsConfig,
-    raw_audio: dict,
+    raw_audio: Inventory,
     source: SourceBucket,
     store: SegmentStore,
     guard: Callable[[], None],
-) -> Output[dict]:
+) -> Output[SegmentsManifest]:
     channel = context.partition_key
-    inventory = Inventory.from_dict(raw_audio)
+    inventory = raw_audio
     rules = CutRules(config.min_duration_s, config.max_duration_s, config.skip_empty_text, config.audio_format)
     src, dst = source.open(), store.open()
 
@@ -153,13 +157,19 @@ def _cut_channel(
         raise Failure(
             description=f"{channel}: {len(retry)} recording(s) failed for reasons that may pass; rerun to retry them: "
             + "; ".join(f"{obj}: {why}" for obj, why in sorted(retry)[:5]),
-            metadata={**metadata, "retryable_failures": md_table(["object", "reason"], sorted(retry))},
+            metadata={**metadata, "retryable_failures": metadata_table(["object", "reason"], sorted(retry))},
         )
-    return Output(manifest, data_version=DataVersion(manifest_version(manifest)), metadata=metadata)
+    return Output(manifest, data_version=DataVersion(manifest.version()), metadata=metadata)
 
 
 def _metadata(
-    tally: ChannelTally, plan: ChannelPlan, manifest: dict, inventory: Inventory, wall: float, orphans: int, where: str
+    tally: ChannelTally,
+    plan: ChannelPlan,
+    manifest: SegmentsManifest,
+    inventory: Inventory,
+    wall: float,
+    orphans: int,
+    where: str,
 ) -> dict:
     missing_audio = sum(u.kind == "transcript_without_audio" for u in inventory.unpaired)
     return {
@@ -173,14 +183,14 @@ def _metadata(
         "segments_already_written": tally.segments_kept,
         "segments_skipped": len(tally.skipped),
         "segments_removed": len(tally.removed),
-        "segments_in_channel": manifest["segment_count"],
+        "segments_in_channel": manifest.segment_count,
         "skip_reasons": reason_counts(reason for _, reason, _ in tally.skipped),
-        "skipped_segments": md_table(["segment", "reason", "detail"], sorted(tally.skipped), empty="nothing skipped"),
-        "failures": md_table(["object", "reason"], sorted(tally.failures), empty="no failures"),
+        "skipped_segments": metadata_table(["segment", "reason", "detail"], sorted(tally.skipped)),
+        "failures": metadata_table(["object", "reason"], sorted(tally.failures)),
         # Input used, but not exactly as given (text cleaned, audio misnamed): nothing was lost but what it says.
-        "input_notes": md_table(["segment or object", "note"], tally.notes, empty="none"),
+        "input_notes": metadata_table(["segment or object", "note"], tally.notes),
         "audio_hours_processed": round(tally.audio_seconds / 3600, 4),
-        "segment_hours_in_channel": round(manifest["segment_seconds"] / 3600, 4),
+        "segment_hours_in_channel": round(manifest.segment_seconds / 3600, 4),
         "bytes_downloaded": tally.downloaded_bytes,
         "bytes_written": tally.written_bytes,
         # per worker: audio seconds decoded per second spent decoding, bytes written per second writing
@@ -189,7 +199,6 @@ def _metadata(
         "audio_seconds_per_wall_second": round(tally.audio_seconds / wall, 1) if wall else 0.0,
         "wall_seconds": round(wall, 2),
         "orphan_temporaries_removed": orphans,
-        "recordings_gone_from_source": MetadataValue.md(
-            "_none_" if not plan.gone else "Kept in the store, left out of the manifest: " + ", ".join(plan.gone[:100])
-        ),
+        # Their segments are kept in the store, left out of the manifest.
+        "recordings_gone_from_source": metadata_table(["recording"], [(r,) for r in plan.gone]),
     }

@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass, field
 
 from neutts_assets.pipeline.dataset.writer import segment_objects
+from neutts_assets.pipeline.encoding.manifest import EncodedManifest
 from neutts_assets.pipeline.encoding.store import Stage2Layout
+from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 from neutts_assets.pipeline.segments.store import channel_prefix
 from neutts_assets.storage.store import ObjectInfo, ObjectStore
 
@@ -31,16 +33,16 @@ class Sources:
     not_encoded: int = 0  # stage-1 segments with no stage-2 file yet (left out unless the no-codes option is set)
 
 
-def manifest_keys(manifest: dict | None) -> list[str] | None:
+def manifest_keys(manifest: SegmentsManifest | EncodedManifest | None) -> list[str] | None:
     if manifest is None:
         return None
-    return [s["key"] for r in manifest.get("recordings", []) for s in r.get("segments", [])]
+    return [s.key for s in manifest.segments]
 
 
-def encoded_prefix(channel: str, encoded_manifest: dict | None) -> str:
+def encoded_prefix(channel: str, encoded_manifest: EncodedManifest | None) -> str:
     """Where the channel's stage-2 files are: the encoded_segments manifest says (its prefix is
     configurable), else the old workflow's stage2_with_codes/{channel}/."""
-    prefix = (encoded_manifest or {}).get("prefix") or Stage2Layout(channel).channel_prefix
+    prefix = (encoded_manifest.prefix if encoded_manifest else "") or Stage2Layout(channel).channel_prefix
     return prefix if prefix.endswith("/") else prefix + "/"
 
 
@@ -48,8 +50,8 @@ def channel_sources(
     store: ObjectStore,
     channel: str,
     include_without_codes: bool,
-    stage1_manifest: dict | None,
-    encoded_manifest: dict | None,
+    stage1_manifest: SegmentsManifest | None,
+    encoded_manifest: EncodedManifest | None,
 ) -> Sources:
     prefix = encoded_prefix(channel, encoded_manifest)
     stage2 = segment_objects(store, prefix)
@@ -64,7 +66,7 @@ def channel_sources(
         else:
             objects = [stage2[k] for k in keys if k in stage2]
             missing = [(k, "in the encoded_segments manifest but not in the store") for k in keys if k not in stage2]
-            where = f"{prefix} (encoded_segments manifest, codec {encoded_manifest.get('codec', '?')})"
+            where = f"{prefix} (encoded_segments manifest, codec {encoded_manifest.codec or '?'})"
         if not objects:
             raise NoSegments(
                 f"channel {channel!r} has no encoded segments under {prefix}: materialize "

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 
 STAGE2_PREFIX = "stage2_with_codes/"
 MARKER_FOLDER = "_encoded"
@@ -82,7 +86,7 @@ class EncodePlan:
 
 
 def plan_encoding(
-    manifest: dict,
+    manifest: SegmentsManifest,
     layout: Stage2Layout,
     codec_label: str,
     source_versions: dict[str, tuple[str, int]],
@@ -103,10 +107,10 @@ def plan_encoding(
             markers_by_id.setdefault(parsed[0], []).append(parsed[1])
 
     plan, wanted = EncodePlan(), set()
-    for rec in manifest.get("recordings", []):
-        for seg in rec["segments"]:
-            audio_id, source_key = seg["audio_id"], seg["key"]
-            target, num_samples = layout.segment_key(audio_id), round(seg["duration_sec"] * SAMPLE_RATE)
+    for rec in manifest.recordings:
+        for seg in rec.segments:
+            audio_id, source_key = seg.audio_id, seg.key
+            target, num_samples = layout.segment_key(audio_id), round(seg.duration_sec * SAMPLE_RATE)
             wanted.add(target)
             if num_samples < min_samples:
                 plan.too_short.append(
@@ -126,7 +130,7 @@ def plan_encoding(
             plan.todo.append(
                 EncodeItem(
                     audio_id,
-                    rec["recording_id"],
+                    rec.recording_id,
                     source_key,
                     target,
                     marker,
@@ -149,50 +153,3 @@ def plan_encoding(
         m for audio_id, keys in markers_by_id.items() if layout.segment_key(audio_id) not in wanted for m in keys
     )
     return plan
-
-
-def encoded_manifest(
-    stage1: dict,
-    layout: Stage2Layout,
-    codec_label: str,
-    test_only: bool,
-    with_codes: set[str],
-    too_short: list[tuple[str, str]],
-    failed: list[tuple[str, str]],
-) -> dict:
-    """The channel's stage-2 segments holding codes from `codec_label`, shaped like the stage-1
-    manifest (recordings[].segments[].key), for hf_dataset."""
-    from neutts_assets.pipeline.encoding.codec import n_codes
-    from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
-
-    recordings = []
-    for rec in stage1.get("recordings", []):
-        segments = [
-            {
-                "key": layout.segment_key(s["audio_id"]),
-                "audio_id": s["audio_id"],
-                "duration_sec": s["duration_sec"],
-                "n_codes": n_codes(round(s["duration_sec"] * SAMPLE_RATE)),
-                "speaker_id": s.get("speaker_id", ""),
-            }
-            for s in rec["segments"]
-            if s["audio_id"] in with_codes
-        ]
-        if segments:
-            recordings.append(
-                {"recording_id": rec["recording_id"], "audio_key": rec.get("audio_key", ""), "segments": segments}
-            )
-    return {
-        "channel": stage1.get("channel", layout.channel),
-        "codec": codec_label,
-        "test_only_codes": test_only,
-        "prefix": layout.channel_prefix,
-        "stage2_prefix": layout.prefix,
-        "format_version": stage1.get("format_version"),
-        "recordings": recordings,
-        "segment_count": sum(len(r["segments"]) for r in recordings),
-        "segment_seconds": sum(s["duration_sec"] for r in recordings for s in r["segments"]),
-        "code_count": sum(s["n_codes"] for r in recordings for s in r["segments"]),
-        "skipped": [{"audio_id": a, "reason": r} for a, r in too_short],
-        "failed": [{"audio_id": a, "reason": r} for a, r in failed],
-    }

@@ -5,11 +5,9 @@ new transcript no longer has, and publish the recording's index last.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +15,14 @@ from neutts_assets.pipeline.inventory.manifest import InventoryEntry
 from neutts_assets.pipeline.inventory.source_layout import segment_id
 from neutts_assets.pipeline.inventory.transcripts import (
     MAX_TRANSCRIPT_BYTES,
+    SegmentProblem,
     TranscriptError,
     parse_transcript,
     too_large,
 )
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE, AudioDecodeError, PcmStream
 from neutts_assets.pipeline.segments.cutting import Cut, CutRules, StreamCutter
+from neutts_assets.pipeline.segments.manifest import ManifestRecording, ManifestSegment, SegmentsManifest
 from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, Segment, encode_segment
 from neutts_assets.pipeline.segments.store import (
     NoteEntry,
@@ -79,110 +79,207 @@ def cut_recording(
 
     Errors that may pass (the store, a killed decoder) propagate and publish nothing; the next run
     tries again. Errors of the input itself are recorded as the recording's failure."""
-    fp = fingerprint(entry, rules)
-    result = RecordingResult(entry.recording_id, None)
+    return _RecordingCut(entry, channel, source, store, rules, previous, workdir, stored_keys, guard).run()
 
-    def failed(obj: str, reason: str, written: set[str] = frozenset()) -> RecordingResult:
-        """A deterministic failure (bad transcript, undecodable audio). A bad new upload never hides
-        the segments already made: the good index stays, and only notes the bad version, so that an
-        unchanged bad file is not downloaded again on every run. `written`: segment objects this
-        attempt wrote before the audio failed; those no good index lists are removed."""
-        result.error, result.error_object = reason, obj
-        if guard:
-            guard()
-        if previous is not None and previous.status == "ok":
-            for key in sorted(written - {s.key for s in previous.segments}):
-                store.delete(key)
-                result.removed_keys.append(key)
-            previous.failed_fingerprint, previous.error = fp, reason
-            store.write_bytes(index_key(channel, entry.recording_id), previous.to_json())
+
+class _BadInput(Exception):
+    """A deterministic failure of the recording's own input (a bad transcript, undecodable audio),
+    recorded as the recording's failure. `written`: segment objects the attempt had already put in
+    the store when it failed."""
+
+    def __init__(self, obj: str, reason: str, written: set[str] | frozenset[str] = frozenset()):
+        super().__init__(reason)
+        self.obj, self.reason, self.written = obj, reason, written
+
+
+class _InputGone(Exception):
+    """An object the inventory listed is no longer in the source: reported, and nothing is
+    published; the next inventory no longer lists it."""
+
+    def __init__(self, obj: str, reason: str):
+        super().__init__(reason)
+        self.obj, self.reason = obj, reason
+
+
+class _RecordingCut:
+    """One attempt at cut_recording, in its steps: parse the transcript, cut the audio, publish the
+    cut; or, when a step finds the input itself bad, publish the failure instead. `result` is filled
+    in as the steps go."""
+
+    def __init__(
+        self,
+        entry: InventoryEntry,
+        channel: str,
+        source: ObjectStore,
+        store: ObjectStore,
+        rules: CutRules,
+        previous: RecordingIndex | None,
+        workdir: str | None,
+        stored_keys: set[str] | frozenset[str],
+        guard: Callable[[], None] | None,
+    ):
+        self.entry, self.channel, self.source, self.store, self.rules = entry, channel, source, store, rules
+        self.previous, self.workdir, self.stored_keys, self.guard = previous, workdir, stored_keys, guard
+        self.fp = fingerprint(entry, rules)
+        self.index_key = index_key(channel, entry.recording_id)
+        self.result = RecordingResult(entry.recording_id, None)
+
+    @property
+    def replacing_good_cut(self) -> bool:
+        return self.previous is not None and self.previous.status == "ok"
+
+    def run(self) -> RecordingResult:
+        try:
+            problems, cutter = self._parse_transcript_step()
+            index = self._cut_step(cutter, problems)
+        except _InputGone as gone:
+            self.result.error, self.result.error_object = gone.reason, gone.obj
+        except _BadInput as bad:
+            self._publish_failure_step(bad)
         else:
-            for key in sorted(set(stored_keys) | written):
-                store.delete(key)
-                result.removed_keys.append(key)
-            result.index = RecordingIndex(entry.recording_id, "failed", fp, error=reason)
-            store.write_bytes(index_key(channel, entry.recording_id), result.index.to_json())
-        return result
+            self._publish_step(index)
+        return self.result
 
-    if entry.transcript_size > MAX_TRANSCRIPT_BYTES:
-        return failed(entry.transcript_key, too_large(entry.transcript_size))
-    try:
-        transcript = source.read_bytes(entry.transcript_key)
-    except FileNotFoundError:
-        result.error, result.error_object = "transcript disappeared from the source", entry.transcript_key
-        return result
-    try:
-        segments, problems = parse_transcript(transcript, entry.transcript_key)
-    except TranscriptError as exc:
-        return failed(entry.transcript_key, str(exc))
-    except Exception as exc:  # parsing is pure: whatever it raises, the transcript will raise again
-        return failed(entry.transcript_key, f"unreadable transcript ({type(exc).__name__}: {str(exc)[:200]})")
-    del transcript
-    try:
-        cutter = StreamCutter(segments, SAMPLE_RATE, rules)
-    except Exception as exc:  # pure as well: a deterministic property of this transcript
-        return failed(entry.transcript_key, f"cannot cut ({type(exc).__name__}: {str(exc)[:200]})")
+    def _parse_transcript_step(self) -> tuple[list[SegmentProblem], StreamCutter]:
+        """The transcript's segments, ready to cut. Parsing and planning the cut are pure: whatever
+        they raise, this transcript will raise again, so every error of theirs is the input's."""
+        key = self.entry.transcript_key
+        if self.entry.transcript_size > MAX_TRANSCRIPT_BYTES:
+            raise _BadInput(key, too_large(self.entry.transcript_size))
+        try:
+            transcript = self.source.read_bytes(key)
+        except FileNotFoundError as exc:
+            raise _InputGone(key, "transcript disappeared from the source") from exc
+        try:
+            segments, problems = parse_transcript(transcript, key)
+        except TranscriptError as exc:
+            raise _BadInput(key, str(exc)) from exc
+        except Exception as exc:
+            raise _BadInput(key, f"unreadable transcript ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        del transcript
+        try:
+            cutter = StreamCutter(segments, SAMPLE_RATE, self.rules)
+        except Exception as exc:
+            raise _BadInput(key, f"cannot cut ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        return problems, cutter
 
-    index = RecordingIndex(entry.recording_id, "ok", fp)
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="neutts-") as tmp:
-        local = Path(tmp) / f"audio{entry.audio_ext or '.bin'}"
+    def _cut_step(self, cutter: StreamCutter, problems: list[SegmentProblem]) -> RecordingIndex:
+        """Downloads the audio and writes its segments as it decodes; returns the cut's index, not
+        yet published."""
+        index = RecordingIndex(self.entry.recording_id, "ok", self.fp)
+        notes: list[tuple[int, NoteEntry]] = []
+        with tempfile.TemporaryDirectory(dir=self.workdir, prefix="neutts-") as tmp:
+            local = Path(tmp) / f"audio{self.entry.audio_ext or '.bin'}"
+            self._download(local)
+            # A good cut must survive its recut failing halfway (undecodable new audio, a decoder
+            # killed for want of disk or memory, a store error): the segments its index lists are not
+            # touched until the decode has succeeded, so the recut is held on local disk until then.
+            # New recordings are written to the store as they are cut.
+            sink = _SegmentSink(self.store, Path(tmp) / "held" if self.replacing_good_cut else None, self.stored_keys)
+            t0 = time.perf_counter()
+            stream = self._decode_and_write(local, cutter, sink, index, notes)
+            sink.commit()
+            self.result.written_bytes, self.result.write_seconds = sink.bytes, sink.seconds
+            self.result.kept_keys = sink.kept
+            self.result.decode_seconds = time.perf_counter() - t0 - sink.seconds
+        self._complete_index(index, problems, cutter, notes, stream.container_mismatch(self.entry.audio_ext))
+        return index
+
+    def _download(self, local: Path) -> None:
+        entry = self.entry
         try:
             # Pinned to the version the inventory listed, so the segments never carry a fingerprint
             # of other bytes; a replaced object fails this attempt (ObjectChanged, a StoreError: it
             # may pass), and the next inventory sees the new version.
-            result.downloaded_bytes = source.download(entry.audio_key, local, version=entry.audio_version)
-        except FileNotFoundError:
-            result.error, result.error_object = "audio disappeared from the source", entry.audio_key
-            return result
-        # A good cut must survive its recut failing halfway (undecodable new audio, a decoder
-        # killed for want of disk or memory, a store error): the segments its index lists are not
-        # touched until the decode has succeeded, so the recut is held on local disk until then.
-        # New recordings are written to the store as they are cut.
-        replacing = previous is not None and previous.status == "ok"
-        sink = _SegmentSink(store, Path(tmp) / "held" if replacing else None, stored_keys)
-        notes: list[tuple[int, NoteEntry]] = []
-        t0 = time.perf_counter()
-        # Any other error (the store, a killed decoder) propagates: what this attempt wrote is in
-        # no index, and the next run's `stored_keys` has it cleaned up or overwritten.
+            self.result.downloaded_bytes = self.source.download(entry.audio_key, local, version=entry.audio_version)
+        except FileNotFoundError as exc:
+            raise _InputGone(entry.audio_key, "audio disappeared from the source") from exc
+
+    def _decode_and_write(
+        self,
+        local: Path,
+        cutter: StreamCutter,
+        sink: _SegmentSink,
+        index: RecordingIndex,
+        notes: list[tuple[int, NoteEntry]],
+    ) -> PcmStream:
+        """Decodes the audio once, as a stream, and writes each segment as the stream passes it.
+        Undecodable audio is the input's failure. Any other error (the store, a killed decoder)
+        propagates: what this attempt wrote is in no index, and the next run's `stored_keys` has it
+        cleaned up or overwritten."""
         try:
-            with PcmStream(local, name=entry.audio_key) as stream:
-                for block in stream.blocks():
-                    for cut, pcm in cutter.feed(block):
-                        _write_cut(cut, pcm, entry, channel, sink, index, notes, rules.audio_format)
-                for cut, pcm in cutter.finish():
-                    _write_cut(cut, pcm, entry, channel, sink, index, notes, rules.audio_format)
+            with PcmStream(local, name=self.entry.audio_key) as stream:
+                for cut, pcm in _cuts(stream, cutter):
+                    _write_cut(cut, pcm, self.entry, self.channel, sink, index, notes, self.rules.audio_format)
         except AudioDecodeError as exc:
-            return failed(entry.audio_key, str(exc), sink.in_store())
-        sink.commit()
-        result.written_bytes, result.write_seconds, result.kept_keys = sink.bytes, sink.seconds, sink.kept
-        result.decode_seconds = time.perf_counter() - t0 - sink.seconds
+            raise _BadInput(self.entry.audio_key, str(exc), sink.in_store()) from exc
+        return stream
 
-    index.segments.sort(key=lambda s: s.index)
-    index.skipped = [SkipEntry(p.index, p.kind, p.reason) for p in problems] + [
-        SkipEntry(s.index, s.reason, s.detail) for s in cutter.skips
-    ]
-    index.audio_seconds = cutter.pos / SAMPLE_RATE
-    mismatch = stream.container_mismatch(entry.audio_ext)
-    index.notes = ([NoteEntry(entry.audio_key, mismatch)] if mismatch else []) + [
-        n for _, n in sorted(notes, key=lambda n: n[0])
-    ]
+    def _complete_index(
+        self,
+        index: RecordingIndex,
+        problems: list[SegmentProblem],
+        cutter: StreamCutter,
+        notes: list[tuple[int, NoteEntry]],
+        mismatch: str,
+    ) -> None:
+        """What the cut found besides its segments: the skipped segments, the audio's length and
+        the notes, each in segment order."""
+        index.segments.sort(key=lambda s: s.index)
+        index.skipped = [SkipEntry(p.index, p.kind, p.reason) for p in problems] + [
+            SkipEntry(s.index, s.reason, s.detail) for s in cutter.skips
+        ]
+        index.audio_seconds = cutter.pos / SAMPLE_RATE
+        index.notes = ([NoteEntry(self.entry.audio_key, mismatch)] if mismatch else []) + [
+            n for _, n in sorted(notes, key=lambda n: n[0])
+        ]
 
-    # Segments of the previous cut that the new transcript no longer yields (the old tool needed `rm`).
-    keep = {s.key for s in index.segments}
-    if guard:
-        guard()
-    stale = set(stored_keys)
-    if previous is not None:
-        stale |= {old.key for old in previous.segments}
-    for key in sorted(stale - keep):
-        store.delete(key)
-        result.removed_keys.append(key)
+    def _publish_step(self, index: RecordingIndex) -> None:
+        """Removes the segments the new cut no longer has, then writes its index, which publishes it."""
+        # Segments of the previous cut that the new transcript no longer yields (the old tool needed `rm`).
+        keep = {s.key for s in index.segments}
+        self._check_guard()
+        stale = set(self.stored_keys)
+        if self.previous is not None:
+            stale |= {old.key for old in self.previous.segments}
+        self._delete(sorted(stale - keep))
+        self._check_guard()
+        self.store.write_bytes(self.index_key, index.to_json())
+        self.result.index = index
 
-    if guard:
-        guard()
-    store.write_bytes(index_key(channel, entry.recording_id), index.to_json())
-    result.index = index
-    return result
+    def _publish_failure_step(self, bad: _BadInput) -> None:
+        """A bad new upload never hides the segments already made: the good index stays, and only
+        notes the bad version, so that an unchanged bad file is not downloaded again on every run.
+        Of the segment objects this attempt wrote, those no good index lists are removed."""
+        self.result.error, self.result.error_object = bad.reason, bad.obj
+        self._check_guard()
+        if self.replacing_good_cut:
+            previous = self.previous
+            self._delete(sorted(bad.written - {s.key for s in previous.segments}))
+            # Noted on the caller's own index, so that what the caller holds is what the store now has.
+            previous.failed_fingerprint, previous.error = self.fp, bad.reason
+            self.store.write_bytes(self.index_key, previous.to_json())
+        else:
+            self._delete(sorted(set(self.stored_keys) | bad.written))
+            self.result.index = RecordingIndex(self.entry.recording_id, "failed", self.fp, error=bad.reason)
+            self.store.write_bytes(self.index_key, self.result.index.to_json())
+
+    def _check_guard(self) -> None:
+        if self.guard:
+            self.guard()
+
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.store.delete(key)
+            self.result.removed_keys.append(key)
+
+
+def _cuts(stream: PcmStream, cutter: StreamCutter) -> Iterator[tuple[Cut, object]]:
+    """Every cut of the stream, in the order the cutter yields them: fed block by block, then the
+    ones the stream's end closes."""
+    for block in stream.blocks():
+        yield from cutter.feed(block)
+    yield from cutter.finish()
 
 
 def _write_cut(
@@ -320,42 +417,18 @@ def plan_channel(
     return plan
 
 
-def channel_manifest(channel: str, entries: list[InventoryEntry], indexes: dict[str, RecordingIndex]) -> dict:
+def channel_manifest(
+    channel: str, entries: list[InventoryEntry], indexes: dict[str, RecordingIndex]
+) -> SegmentsManifest:
     """The segments of every recording in the current inventory that has a good cut in the store."""
     recordings = []
     for entry in entries:
         idx = indexes.get(entry.recording_id)
         if idx is None or idx.status != "ok":
             continue
-        recordings.append(
-            {
-                "recording_id": entry.recording_id,
-                "audio_key": entry.audio_key,
-                "audio_seconds": idx.audio_seconds,
-                "segments": [
-                    {
-                        "key": s.key,
-                        "audio_id": s.audio_id,
-                        "duration_sec": s.duration_sec,
-                        "bytes": s.bytes,
-                        "speaker_id": s.speaker_id,
-                    }
-                    for s in idx.segments
-                ],
-            }
-        )
-    return {
-        "channel": channel,
-        "format_version": FORMAT_VERSION,
-        "recordings": recordings,
-        "segment_count": sum(len(r["segments"]) for r in recordings),
-        "segment_seconds": sum(s["duration_sec"] for r in recordings for s in r["segments"]),
-    }
-
-
-def manifest_version(manifest: dict) -> str:
-    """The manifest's content hash: a data version that changes exactly when the channel's segments do."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:24]
+        segments = [ManifestSegment(s.key, s.audio_id, s.duration_sec, s.bytes, s.speaker_id) for s in idx.segments]
+        recordings.append(ManifestRecording(entry.recording_id, entry.audio_key, idx.audio_seconds, segments))
+    return SegmentsManifest(channel, FORMAT_VERSION, recordings)
 
 
 @dataclass
