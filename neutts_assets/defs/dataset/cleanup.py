@@ -1,18 +1,18 @@
 """The old workflow's "delete after success", as an opt-in job that nothing schedules: it deletes a
 channel's stage-1 and stage-2 segment objects only after its published dataset is verified."""
 
-import json
 import tempfile
 
 from dagster import Config, Failure, OpExecutionContext, Output, job, op
 from pydantic import Field
 
-from neutts_assets.defs.io_managers import manifest_key
+from neutts_assets.defs.io_managers import read_manifest
 from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
 from neutts_assets.pipeline.dataset.cleanup import clean_channel, verify_channel
 from neutts_assets.pipeline.dataset.sources import encoded_prefix
+from neutts_assets.pipeline.encoding.manifest import EncodedManifest
 
 
 class CleanupConfig(Config):
@@ -37,8 +37,7 @@ def delete_channel_segments(context: OpExecutionContext, config: CleanupConfig, 
 def _delete_channel_segments(context: OpExecutionContext, config: CleanupConfig, store: SegmentStore) -> Output[dict]:
     channel = context.partition_key
     dst = store.open()
-    encoded = dst.read_bytes_or_none(manifest_key("encoded_segments", channel))
-    prefix = encoded_prefix(channel, json.loads(encoded) if encoded is not None else None)
+    prefix = encoded_prefix(channel, read_manifest(dst, "encoded_segments", channel, EncodedManifest))
     with tempfile.TemporaryDirectory(prefix="neutts-verify-") as tmp:
         if config.dry_run:
             verification, deleted, freed = verify_channel(dst, channel, tmp, prefix), 0, 0

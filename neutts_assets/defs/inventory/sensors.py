@@ -7,7 +7,6 @@ partitions, and requests one stage-1 run per affected channel, keyed by exactly 
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from dagster import (
@@ -20,6 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from neutts_assets import settings as S
 from neutts_assets.defs.partitions import channels as channels_partitions
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
 from neutts_assets.defs.segments.jobs import stage1_job
@@ -36,11 +36,9 @@ FOUND_TAG = "neutts/sensor-found"
 
 
 class SourceWatchSettings(ConfigurableResource):
-    """What the new-audio sensor watches. From the environment: NEUTTS_WATCH_CHANNELS (comma-separated)."""
+    """What the new-audio sensor watches (from the environment: watch_settings_from_env)."""
 
-    channels: list[str] = Field(
-        default_factory=list, description="channels to watch; empty: every channel in the bucket"
-    )
+    channels: list[str] = S.WATCH_CHANNELS.pydantic_field()
     overlap_minutes: float = Field(
         default=10.0,
         description="how far below the newest `updated` time objects are still compared by name and generation",
@@ -51,18 +49,16 @@ class SourceWatchSettings(ConfigurableResource):
 
 
 def _interval_seconds() -> int:
-    return int(os.environ.get("NEUTTS_WATCH_INTERVAL_S") or 120)
+    return S.WATCH_INTERVAL_S.read()
 
 
 def _default_status() -> DefaultSensorStatus:
     # Off in the embedded default (the demo needs no watcher); production turns it on from its env.
-    on = os.environ.get("NEUTTS_WATCH_ENABLED", "").lower() in ("1", "true", "yes")
-    return DefaultSensorStatus.RUNNING if on else DefaultSensorStatus.STOPPED
+    return DefaultSensorStatus.RUNNING if S.WATCH_ENABLED.read() else DefaultSensorStatus.STOPPED
 
 
 def watch_settings_from_env() -> SourceWatchSettings:
-    names = [c.strip() for c in os.environ.get("NEUTTS_WATCH_CHANNELS", "").split(",") if c.strip()]
-    return SourceWatchSettings(channels=names)
+    return SourceWatchSettings(**S.values(S.WATCH))
 
 
 @sensor(

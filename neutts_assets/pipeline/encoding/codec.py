@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neutts_assets import settings as S
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 
 HOP = 320  # samples per code at 16 kHz: 50 codes per second
@@ -55,12 +56,13 @@ def batch_key(num_samples: int) -> int:
 
 @dataclass(frozen=True)
 class CodecSettings:
-    model_id: str = "neuphonic/neucodec"
-    revision: str | None = None  # a Hub branch, tag or commit; None = main
-    weights: str = "pretrained"  # or "random" (small, for CI and demos) / "random-full" (full size)
-    device: str = "cpu"
-    dtype: str = "float32"
-    seed: int = 0
+    # The defaults are the environment's (neutts_assets/settings.py), declared there once.
+    model_id: str = S.CODEC_MODEL.default
+    revision: str | None = S.CODEC_REVISION.default  # a Hub branch, tag or commit; None = main
+    weights: str = S.CODEC_WEIGHTS.default  # or "random" (small, for CI and demos) / "random-full" (full size)
+    device: str = "cpu"  # a resolved device, never the setting's "auto" (NeuCodecResource.resolved_device)
+    dtype: str = S.CODEC_DTYPE.default
+    seed: int = S.CODEC_SEED.default
     trim_unused_layers: bool = True
 
     def __post_init__(self):
@@ -138,7 +140,7 @@ def build_random_neucodec(size: str = "random", seed: int = 0):
 
 
 def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return S.HUB_ENDPOINT.read() or S.HUB_DEFAULT_ENDPOINT
 
 
 def unavailable_message(model_id: str, reason: object) -> str:
@@ -146,8 +148,8 @@ def unavailable_message(model_id: str, reason: object) -> str:
         f"cannot load the NeuCodec weights {model_id!r}: the Hugging Face Hub ({hub_endpoint()}) cannot be "
         f"reached and no local copy was found ({reason}). Point at a local copy: on a machine with Hub access run "
         f"`hf download {model_id}` and `hf download {SEMANTIC_MODELS[model_id]}`, copy that cache here and set "
-        f"HF_HOME to it (HF_HUB_OFFLINE=1 keeps it from trying the network). For test-only codes without "
-        f"weights, use the random-weight codec (NEUTTS_CODEC=random)."
+        f"{S.HF_HOME.env} to it ({S.HF_HUB_OFFLINE.env}=1 keeps it from trying the network). For test-only codes "
+        f"without weights, use the random-weight codec ({S.CODEC_WEIGHTS.env}=random)."
     )
 
 
@@ -248,14 +250,14 @@ def default_batch_seconds(device: str) -> float:
     inference mode) is about ACTIVATION_BYTES_PER_AUDIO_SECOND at its peak; a batch may take a
     third of the device's memory, the weights (2.5 GB) and the allocator's slack the rest. On an
     H200 (141 GB) that is about 1,400 s of audio per call, for an 80 GB H100 about 800 s. On the
-    CPU, 60 s keeps a call's working set in cache. Batches hold clips of one code count only (exact
-    codes), so they reach this size only in channels with many clips per code count (~400 per
-    20 ms step in a 300K-segment channel)."""
+    CPU, CODEC_CPU_BATCH_SECONDS (neutts_assets/settings.py) keeps a call's working set in cache.
+    Batches hold clips of one code count only (exact codes), so they reach this size only in
+    channels with many clips per code count (~400 per 20 ms step in a 300K-segment channel)."""
     if device.startswith("cuda"):
         import torch
 
         return batch_seconds_for_memory(torch.cuda.get_device_properties(torch.device(device)).total_memory)
-    return 60.0
+    return S.CODEC_CPU_BATCH_SECONDS
 
 
 def batch_seconds_for_memory(total_bytes: int) -> float:
@@ -482,7 +484,7 @@ def load_codec(settings: CodecSettings, cache_dir: str | None = None) -> Codec:
 
 
 def pretrained_reachable(
-    model_id: str = "neuphonic/neucodec", timeout_s: float = 5.0, cache_dir: str | None = None
+    model_id: str = S.CODEC_MODEL.default, timeout_s: float = 5.0, cache_dir: str | None = None
 ) -> tuple[bool, str]:
     """Whether from_pretrained can get the weights: the Hub answers, or the cache (HF_HOME) holds
     the model and its semantic model. Returns (yes, why not)."""
@@ -496,8 +498,8 @@ def pretrained_reachable(
     )
     if cached:
         return True, ""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False, "HF_HUB_OFFLINE is set and the cache (HF_HOME) does not hold the weights"
+    if S.HF_HUB_OFFLINE.read():
+        return False, f"{S.HF_HUB_OFFLINE.env} is set and the cache ({S.HF_HOME.env}) does not hold the weights"
     url = f"{hub_endpoint().rstrip('/')}/api/models/{model_id}"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
