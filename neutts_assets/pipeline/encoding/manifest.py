@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from neutts_assets.pipeline.encoding.store import STAGE2_PREFIX, Stage2Layout
-from neutts_assets.pipeline.segments.manifest import SegmentsManifest
+from neutts_assets.pipeline.segments.manifest import RecordingTotals, SegmentsManifest
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class SegmentProblem:
 
 
 @dataclass(frozen=True)
-class EncodedManifest:
+class EncodedManifest(RecordingTotals):
     channel: str
     codec: str  # the codec label: model, revision, dtype (a change encodes again)
     test_only_codes: bool  # random weights: codes for tests only
@@ -87,18 +87,6 @@ class EncodedManifest:
     @property
     def layout(self) -> Stage2Layout:
         return Stage2Layout(self.channel, self.stage2_prefix)
-
-    @property
-    def segments(self) -> list[EncodedSegment]:
-        return [s for r in self.recordings for s in r.segments]
-
-    @property
-    def segment_count(self) -> int:
-        return sum(len(r.segments) for r in self.recordings)
-
-    @property
-    def segment_seconds(self) -> float:
-        return sum(s.duration_sec for r in self.recordings for s in r.segments)
 
     @property
     def code_count(self) -> int:

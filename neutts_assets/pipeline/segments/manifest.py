@@ -62,14 +62,13 @@ class ManifestRecording:
         )
 
 
-@dataclass(frozen=True)
-class SegmentsManifest:
-    channel: str
-    format_version: int | None
-    recordings: list[ManifestRecording] = field(default_factory=list)
+class RecordingTotals:
+    """The figures of a manifest of recordings[].segments[]: what both stages' manifests state."""
+
+    recordings: list
 
     @property
-    def segments(self) -> list[ManifestSegment]:
+    def segments(self) -> list:
         return [s for r in self.recordings for s in r.segments]
 
     @property
@@ -79,6 +78,13 @@ class SegmentsManifest:
     @property
     def segment_seconds(self) -> float:
         return sum(s.duration_sec for r in self.recordings for s in r.segments)
+
+
+@dataclass(frozen=True)
+class SegmentsManifest(RecordingTotals):
+    channel: str
+    format_version: int | None
+    recordings: list[ManifestRecording] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
