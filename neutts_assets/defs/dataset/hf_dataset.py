@@ -83,69 +83,38 @@ def _build_dataset(
     hub: HuggingFaceHub,
     guard: Callable[[], None],
 ) -> Output[DatasetManifest]:
+    """Plan from the published record and two listings; build and publish the changed shards (or finish
+    the publishing a killed run left); make the load_from_disk copy and push to the Hub; report."""
     channel = context.partition_key
     dst = store.open()
     # What a run killed mid-upload left: a shard's temporary file, or its unfinished multipart upload.
     orphan_temporaries = dst.remove_orphan_temporaries(shard_prefix(channel))
-    try:
-        sources = channel_sources(
-            dst,
-            channel,
-            config.include_segments_without_codes,
-            stage1_manifest=read_manifest(dst, "segments_npz", channel, SegmentsManifest),
-            encoded_manifest=read_manifest(dst, "encoded_segments", channel, EncodedManifest),
-        )
-    except NoSegments as exc:
-        raise Failure(description=str(exc)) from exc
+    sources = _sources(dst, channel, config.include_segments_without_codes)
     row_filter = RowFilter(not config.include_segments_without_codes, config.min_duration_s, config.max_duration_s)
     previous = read_record(dst, channel)
     shard_bytes = int(config.shard_size_mb * 1e6)
     # Pure planning from the record and two listings: which shards stay, which segments are read.
     present = {o.key[len(DATASET_PREFIX) :]: o.size for o in dst.list(shard_prefix(channel))}
     plan = plan_build(previous, sources.objects, row_filter, shard_bytes, config.compact, config.force, present)
-    unchanged = plan.unchanged
     context.log.info(
         f"{channel}: {len(sources.objects)} segments from {sources.description}; "
-        + ("unchanged since the published build" if unchanged else plan.summary())
+        + ("unchanged since the published build" if plan.unchanged else plan.summary())
     )
 
-    build, removed, disk, push = None, [], None, None
+    build, disk, push = None, None, None
     # Shards stay here until pushed (a channel's size on local disk when pushing; TMPDIR chooses where).
     with tempfile.TemporaryDirectory(prefix="neutts-dataset-") as tmp:
         work = Path(tmp)
         want_push = config.push_to_hub and bool(hub.hf_repo)
-        if unchanged:
+        if plan.unchanged:
             record = previous
             removed = finish_publishing(dst, record, hub.title, guard)  # a run killed after the record left the rest
         else:
-            progress = Progress(context.log.info, len(plan.read), channel)
-            build = build_channel(
-                dst,
-                channel,
-                sources.objects,
-                row_filter,
-                work,
-                source=f"{dst.describe()} {sources.description}",
-                shard_bytes=shard_bytes,
-                workers=config.workers,
-                keep_local=want_push or config.save_to_disk,
-                progress=lambda n, s: progress.update(n, s),
-                guard=guard,
-                previous=previous,
-                plan=plan,
+            keep_local = want_push or config.save_to_disk  # the push and the disk copy read the new shards here
+            build = _build_shards(
+                context, config, dst, sources, row_filter, shard_bytes, work, keep_local, guard, previous, plan
             )
             record = build.record
-            if build.store_failures:  # the store failed, not the segments: publish no build that lacks them
-                discard_build(dst, record)
-                raise Failure(
-                    description=f"{channel}: {len(build.store_failures)} segment file(s) could not be read from the "
-                    "store; nothing published, rerun to retry: "
-                    + "; ".join(f"{k}: {why}" for k, why in build.store_failures[:5]),
-                    metadata={
-                        "retryable_failures": metadata_table(["object", "reason"], build.store_failures),
-                        **retry_metadata(store=dst),
-                    },
-                )
             removed = publish_channel(dst, record, hub.title, guard)
         local = build.local_shards if build else {}
         if config.save_to_disk and not disk_copy_current(dst, record):
@@ -153,33 +122,103 @@ def _build_dataset(
             disk = save_channel_to_disk(dst, record, work, local)
         if want_push:
             guard()  # the Hub's copy is published: only while this run still holds the channel
-            try:
-                push = push_channel(
-                    record,
-                    read_records(dst),
-                    hub.hf_repo,
-                    hub.token,
-                    lambda wanted: fetch_shards(dst, record, work, local, wanted),
-                    hub.title,
-                    private=hub.private,
-                    endpoint=hub.endpoint,
-                    log=context.log.warning,
-                )
-            except HubPushError as exc:
-                raise Failure(
-                    description=str(exc),
-                    metadata={
-                        "dataset_folder": f"{dst.describe()} {DATASET_PREFIX}",
-                        "build_id": record["build_id"],
-                        "rows": record["stats"]["rows"],
-                        "hub_repo": hub.hf_repo,
-                    },
-                ) from exc
-            context.log.info(f"{channel}: pushed to {hub.hf_repo}: {push.commit_url}")
+            push = _push(context, dst, hub, record, work, local)
 
     manifest = DatasetManifest.of(channel, record, HubCommit(push.repo_id, push.commit_oid) if push else None)
     metadata = _metadata(dst, record, sources, plan, build, removed, disk, push, hub.title, orphan_temporaries)
     return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
+
+
+def _sources(dst, channel: str, include_segments_without_codes: bool) -> Sources:
+    """The segment files the rows come from: encoded_segments' (with codes), or with the no-codes option
+    segments_npz's; a channel with neither fails the run."""
+    try:
+        return channel_sources(
+            dst,
+            channel,
+            include_segments_without_codes,
+            stage1_manifest=read_manifest(dst, "segments_npz", channel, SegmentsManifest),
+            encoded_manifest=read_manifest(dst, "encoded_segments", channel, EncodedManifest),
+        )
+    except NoSegments as exc:
+        raise Failure(description=str(exc)) from exc
+
+
+def _build_shards(
+    context: AssetExecutionContext,
+    config: DatasetConfig,
+    dst,
+    sources: Sources,
+    row_filter: RowFilter,
+    shard_bytes: int,
+    work: Path,
+    keep_local: bool,
+    guard: Callable[[], None],
+    previous: Optional[dict],
+    plan: BuildPlan,
+) -> ChannelBuild:
+    """Writes the plan's shards and the build's record, not yet published. Segment files the store could
+    not read fail the run with the build discarded: the segments are not at fault, and a rerun retries."""
+    channel = context.partition_key
+    progress = Progress(context.log.info, len(plan.read), channel)
+    build = build_channel(
+        dst,
+        channel,
+        sources.objects,
+        row_filter,
+        work,
+        source=f"{dst.describe()} {sources.description}",
+        shard_bytes=shard_bytes,
+        workers=config.workers,
+        keep_local=keep_local,
+        progress=lambda n, s: progress.update(n, s),
+        guard=guard,
+        previous=previous,
+        plan=plan,
+    )
+    if build.store_failures:  # the store failed, not the segments: publish no build that lacks them
+        discard_build(dst, build.record)
+        raise Failure(
+            description=f"{channel}: {len(build.store_failures)} segment file(s) could not be read from the "
+            "store; nothing published, rerun to retry: "
+            + "; ".join(f"{k}: {why}" for k, why in build.store_failures[:5]),
+            metadata={
+                "retryable_failures": metadata_table(["object", "reason"], build.store_failures),
+                **retry_metadata(store=dst),
+            },
+        )
+    return build
+
+
+def _push(
+    context: AssetExecutionContext, dst, hub: HuggingFaceHub, record: dict, work: Path, local: dict
+) -> PushResult:
+    """Pushes the channel's shards and the dataset card to the Hub as one commit (shards not kept in
+    `local` are fetched from the store into `work` as the push wants them)."""
+    try:
+        push = push_channel(
+            record,
+            read_records(dst),
+            hub.hf_repo,
+            hub.token,
+            lambda wanted: fetch_shards(dst, record, work, local, wanted),
+            hub.title,
+            private=hub.private,
+            endpoint=hub.endpoint,
+            log=context.log.warning,
+        )
+    except HubPushError as exc:
+        raise Failure(
+            description=str(exc),
+            metadata={
+                "dataset_folder": f"{dst.describe()} {DATASET_PREFIX}",
+                "build_id": record["build_id"],
+                "rows": record["stats"]["rows"],
+                "hub_repo": hub.hf_repo,
+            },
+        ) from exc
+    context.log.info(f"{context.partition_key}: pushed to {hub.hf_repo}: {push.commit_url}")
+    return push
 
 
 def _metadata(
@@ -194,24 +233,52 @@ def _metadata(
     title: str,
     orphan_temporaries: int,
 ) -> dict:
+    """The materialization's metadata, in the order the UI lists it: the rows, the build's work, the
+    cards, then the build's speed, the load_from_disk copy and the push where there were any."""
     stats = record["stats"]
-    failures = sources.missing + (build.failures if build else [])
     meta = {
         "dataset_folder": f"{dst.describe()} {DATASET_PREFIX}",
         "rebuilt": build is not None,
         "build_id": record["build_id"],
         "rows": stats["rows"],
+        **_segment_counts(record, sources, build),
+        "hours": stats["hours"],
+        "speakers": stats["speakers"],
+        "shards": len(record["shards"]),
+        "dataset_bytes": sum(s["bytes"] for s in record["shards"]),
+        "old_shards_removed": len(removed),
+        **_build_work(record, plan, build),
+        "orphan_temporaries_removed": orphan_temporaries,
+        "codec": ", ".join(stats["codecs"]) or "none (rows without codes)",
+        "channel_card": MetadataValue.md(channel_section(record)),
+        "dataset_card": MetadataValue.md(card_body(list(read_records(dst).values()), title)),
+    }
+    if build is not None:
+        meta.update(_build_speed(stats, build))
+    if disk is not None:
+        meta.update(_disk_copy(dst, disk))
+    if push is not None:
+        meta.update(_hub_push(push))
+    return meta
+
+
+def _segment_counts(record: dict, sources: Sources, build: Optional[ChannelBuild]) -> dict:
+    """What became of the channel's segments: rows, skipped (and why) or failed."""
+    failures = sources.missing + (build.failures if build else [])
+    return {
         "segments_seen": record["segments_seen"],
         "segments_skipped": record["segments_skipped"],
         "segments_failed": len(failures),
         "segments_not_encoded_yet": sources.not_encoded,
         "skip_reasons": reason_counts(reason for _, reason in (build.skipped if build else [])),
         "failures": metadata_table(["object", "reason"], sorted(failures)),
-        "hours": stats["hours"],
-        "speakers": stats["speakers"],
-        "shards": len(record["shards"]),
-        "dataset_bytes": sum(s["bytes"] for s in record["shards"]),
-        "old_shards_removed": len(removed),
+    }
+
+
+def _build_work(record: dict, plan: BuildPlan, build: Optional[ChannelBuild]) -> dict:
+    """What this run's build did, by the plan: shards kept, written, rewritten and compacted; all zero
+    (and every shard kept) when the published build was unchanged."""
+    return {
         "build_plan": "unchanged" if build is None else plan.summary(),
         "full_rebuild": build is not None and plan.full,
         "shards_kept": len(record["shards"]) if build is None else len(plan.keep),
@@ -220,31 +287,33 @@ def _metadata(
         "shards_compacted": len(plan.compacted) if build else 0,
         "segments_read": build.segments_read if build else 0,
         "bytes_written": build.bytes_written if build else 0,
-        "orphan_temporaries_removed": orphan_temporaries,
-        "codec": ", ".join(stats["codecs"]) or "none (rows without codes)",
-        "channel_card": MetadataValue.md(channel_section(record)),
-        "dataset_card": MetadataValue.md(card_body(list(read_records(dst).values()), title)),
     }
-    if build is not None:
-        meta["shards_resumed"] = build.resumed_shards  # finished by a killed run of the same build, kept
-        meta["wall_seconds"] = round(build.wall_seconds, 2)
-        meta["rows_per_second"] = round(stats["rows"] / build.wall_seconds, 1) if build.wall_seconds else 0.0
-        meta["mb_read_per_second"] = (
-            round(build.bytes_read / 1e6 / build.wall_seconds, 2) if build.wall_seconds else 0.0
-        )
-    if disk is not None:
-        meta["save_to_disk_copy"] = (
-            f"{dst.describe()} {disk['folder']} ({disk['arrow_files']} Arrow files: "
-            f"{disk['converted']} converted, {disk['kept']} kept)"
-        )
-        meta["save_to_disk_arrow_converted"] = disk["converted"]
-        meta["save_to_disk_arrow_kept"] = disk["kept"]
-    if push is not None:
-        meta["hub_repo"] = push.repo_id
-        meta["hub_commit"] = (
-            MetadataValue.url(push.commit_url) if push.commit_url.startswith("http") else push.commit_url
-        )
-        meta["hub_files_added"] = len(push.added)
-        meta["hub_files_deleted"] = len(push.deleted)
-        meta["hub_files_already_there"] = len(push.already_on_hub)
-    return meta
+
+
+def _build_speed(stats: dict, build: ChannelBuild) -> dict:
+    wall = build.wall_seconds
+    return {
+        "shards_resumed": build.resumed_shards,  # finished by a killed run of the same build, kept
+        "wall_seconds": round(wall, 2),
+        "rows_per_second": round(stats["rows"] / wall, 1) if wall else 0.0,
+        "mb_read_per_second": round(build.bytes_read / 1e6 / wall, 2) if wall else 0.0,
+    }
+
+
+def _disk_copy(dst, disk: dict) -> dict:
+    return {
+        "save_to_disk_copy": f"{dst.describe()} {disk['folder']} ({disk['arrow_files']} Arrow files: "
+        f"{disk['converted']} converted, {disk['kept']} kept)",
+        "save_to_disk_arrow_converted": disk["converted"],
+        "save_to_disk_arrow_kept": disk["kept"],
+    }
+
+
+def _hub_push(push: PushResult) -> dict:
+    return {
+        "hub_repo": push.repo_id,
+        "hub_commit": MetadataValue.url(push.commit_url) if push.commit_url.startswith("http") else push.commit_url,
+        "hub_files_added": len(push.added),
+        "hub_files_deleted": len(push.deleted),
+        "hub_files_already_there": len(push.already_on_hub),
+    }

@@ -60,6 +60,8 @@ def _encode_channel(
     store: SegmentStore,
     lease: Lease,
 ) -> Output[EncodedManifest]:
+    """Plan from one listing of each stage; remove what stage 1 no longer has; encode the segments that
+    lack this codec's codes; publish the manifest, or fail naming the segments a rerun retries; report."""
     channel = context.partition_key
     layout = Stage2Layout(channel, config.prefix if config.prefix.endswith("/") else config.prefix + "/")
 
@@ -67,64 +69,23 @@ def _encode_channel(
     try:
         label = codec.label()
     except CodecUnavailable as exc:
-        raise Failure(description=str(exc), metadata={"codec_model": codec.model_id, "weights": codec.weights}) from exc
+        raise _codec_failure(codec, exc) from exc
 
     dst = store.open()
     orphan_temporaries = dst.remove_orphan_temporaries()  # what writers killed mid-write left
-    sources = {o.key: (o.version, o.size) for o in dst.list(channel_prefix(channel)) if o.key.endswith(".npz")}
-    stage2_keys = {o.key for o in dst.list(layout.channel_prefix)}
-    plan = plan_encoding(segments_npz, layout, label, sources, stage2_keys, MIN_SAMPLES)
-    context.log.info(
-        f"{channel}: {len(plan.todo)} segments to encode with {label}, "
-        f"{len(plan.done)} already encoded, {len(plan.too_short)} too short, {len(plan.missing_source)} missing"
-    )
-    if plan.orphans:
-        lease.check()
-    for key in plan.orphans:  # stage-2 files of segments stage 1 no longer has
-        dst.delete(key)
-
-    model = None
-    if plan.todo:
-        try:
-            model = codec.load()
-        except CodecUnavailable as exc:
-            raise Failure(
-                description=str(exc), metadata={"codec_model": codec.model_id, "weights": codec.weights}
-            ) from exc
+    plan = _plan(context, dst, layout, label, segments_npz)
+    _remove_orphans(dst, plan, lease)
+    model = _load_model(codec, plan)
     if RANDOM_LABEL in label:
         context.log.warning(f"{label}: random weights, the codes are for tests only")
-
-    progress = Progress(context.log.info, len(plan.todo), f"{channel} encoding", unit="segments")
-    settings = codec.stream_settings()
-    tally = (
-        encode_stream(
-            plan.todo,
-            model,
-            dst,
-            settings,
-            on_batch=lambda n, seconds: progress.update(n, seconds, done=n),
-            guard=lease.check,
-            publish_deadline=lease.valid_until,
-        )
-        if plan.todo
-        else EncodeTally()
-    )
+    tally = _encode(context, plan, model, dst, codec, lease)
 
     with_codes = set(plan.done) | {item.audio_id for item, _ in tally.encoded} | {item.audio_id for item in tally.kept}
     failed = [(key, reason) for key, reason in plan.missing_source] + tally.failed
     manifest = encoded_manifest(segments_npz, layout, label, RANDOM_LABEL in label, with_codes, plan.too_short, failed)
+    where = f"{dst.describe()} {layout.channel_prefix}"
     metadata = {
-        **_metadata(
-            label,
-            codec,
-            model,
-            plan,
-            tally,
-            manifest,
-            failed,
-            f"{dst.describe()} {layout.channel_prefix}",
-            orphan_temporaries,
-        ),
+        **_metadata(label, codec, model, plan, tally, manifest, failed, where, orphan_temporaries),
         **retry_metadata(store=dst),
     }
     if tally.store_failed:
@@ -141,6 +102,65 @@ def _encode_channel(
     return Output(manifest, metadata=metadata)
 
 
+def _codec_failure(codec: NeuCodecResource, exc: CodecUnavailable) -> Failure:
+    return Failure(description=str(exc), metadata={"codec_model": codec.model_id, "weights": codec.weights})
+
+
+def _plan(
+    context: AssetExecutionContext, dst, layout: Stage2Layout, label: str, segments_npz: SegmentsManifest
+) -> EncodePlan:
+    """What the run encodes, from one listing of each stage: no segment file is read to find out."""
+    channel = context.partition_key
+    sources = {o.key: (o.version, o.size) for o in dst.list(channel_prefix(channel)) if o.key.endswith(".npz")}
+    stage2_keys = {o.key for o in dst.list(layout.channel_prefix)}
+    plan = plan_encoding(segments_npz, layout, label, sources, stage2_keys, MIN_SAMPLES)
+    context.log.info(
+        f"{channel}: {len(plan.todo)} segments to encode with {label}, "
+        f"{len(plan.done)} already encoded, {len(plan.too_short)} too short, {len(plan.missing_source)} missing"
+    )
+    return plan
+
+
+def _remove_orphans(dst, plan: EncodePlan, lease: Lease) -> None:
+    """Deletes the stage-2 files of segments stage 1 no longer has (then their markers), while the lease holds."""
+    if plan.orphans:
+        lease.check()
+    for key in plan.orphans:
+        dst.delete(key)
+
+
+def _load_model(codec: NeuCodecResource, plan: EncodePlan) -> Codec | None:
+    """The codec's model, loaded only when there is work: with nothing to encode no GPU is held."""
+    if not plan.todo:
+        return None
+    try:
+        return codec.load()
+    except CodecUnavailable as exc:
+        raise _codec_failure(codec, exc) from exc
+
+
+def _encode(
+    context: AssetExecutionContext, plan: EncodePlan, model: Codec | None, dst, codec: NeuCodecResource, lease: Lease
+) -> EncodeTally:
+    """Streams the plan's segments through the codec in batches, writing each file then its marker; every
+    publishing step checks the lease (the host workers against its deadline)."""
+    progress = Progress(context.log.info, len(plan.todo), f"{context.partition_key} encoding", unit="segments")
+    settings = codec.stream_settings()
+    return (
+        encode_stream(
+            plan.todo,
+            model,
+            dst,
+            settings,
+            on_batch=lambda n, seconds: progress.update(n, seconds, done=n),
+            guard=lease.check,
+            publish_deadline=lease.valid_until,
+        )
+        if plan.todo
+        else EncodeTally()
+    )
+
+
 def _metadata(
     label: str,
     codec: NeuCodecResource,
@@ -152,20 +172,38 @@ def _metadata(
     where: str,
     orphans: int,
 ) -> dict:
-    wall = tally.wall_seconds
-    sizes = tally.batch_sizes or [0]
-    test_only = RANDOM_LABEL in label
+    """The materialization's metadata, in the order the UI lists it: the codec, the segments, then the
+    run's speed, its batches and where its time and bytes went."""
     return {
         "store": where,
+        **_codec_metadata(label, codec, model),
+        **_segment_metadata(plan, tally, manifest, failed, orphans),
+        **_speed_metadata(tally),
+        **_batch_metadata(tally),
+        **_time_metadata(tally),
+    }
+
+
+def _codec_metadata(label: str, codec: NeuCodecResource, model: Codec | None) -> dict:
+    return {
         "codec": label,
         "test_only_codes": MetadataValue.md(
-            "**yes: random weights. These codes are for tests only; do not train on them.**" if test_only else "no"
+            "**yes: random weights. These codes are for tests only; do not train on them.**"
+            if RANDOM_LABEL in label
+            else "no"
         ),
         # nothing to encode: the codec is not loaded (and holds no GPU)
         "codec_loaded": model is not None,
         "device": str(model.device) if model is not None else codec.resolved_device(),
         "dtype": codec.dtype,
         "w2v_bert_layers_trimmed": model.layers_trimmed if model is not None else 0,
+    }
+
+
+def _segment_metadata(
+    plan: EncodePlan, tally: EncodeTally, manifest: EncodedManifest, failed: list, orphans: int
+) -> dict:
+    return {
         "segments_encoded": len(tally.encoded),
         "segments_already_encoded": len(plan.done),
         "segments_kept_after_check": len(tally.kept),
@@ -179,6 +217,12 @@ def _metadata(
         "orphan_temporaries_removed": orphans,
         "audio_hours_encoded": round(tally.audio_seconds / 3600, 4),
         "codes_in_channel": manifest.code_count,
+    }
+
+
+def _speed_metadata(tally: EncodeTally) -> dict:
+    wall = tally.wall_seconds
+    return {
         "segments_per_second": round(len(tally.encoded) / wall, 2) if wall else 0.0,
         "audio_seconds_per_second": round(tally.audio_seconds / wall, 1) if wall else 0.0,
         "encode_audio_seconds_per_second": round(sum(tally.batch_seconds) / tally.encode_seconds, 1)
@@ -187,12 +231,23 @@ def _metadata(
         # time in codec calls / wall: below 1, the device waited for the host (or for the first batch)
         "device_busy_fraction": round(tally.device_busy_fraction, 3),
         "device_idle_seconds": round(tally.device_idle_seconds, 2),
+    }
+
+
+def _batch_metadata(tally: EncodeTally) -> dict:
+    sizes = tally.batch_sizes or [0]
+    return {
         "batches": len(tally.batch_sizes),
         "batch_segments_mean": round(statistics.fmean(sizes), 2),
         "batch_segments_max": max(sizes),
         "batch_audio_seconds_mean": round(statistics.fmean(tally.batch_seconds), 1) if tally.batch_seconds else 0.0,
         "batch_audio_seconds_limit": tally.batch_seconds_limit,
         "host_workers": tally.host_workers,
+    }
+
+
+def _time_metadata(tally: EncodeTally) -> dict:
+    return {
         # host seconds per step, summed over the workers' threads: they overlap each other and the device
         "host_seconds_per_step": MetadataValue.json(
             {
@@ -212,7 +267,7 @@ def _metadata(
         "download_seconds": round(tally.download_seconds, 2),
         "encode_seconds": round(tally.encode_seconds, 2),
         "upload_seconds": round(tally.upload_seconds, 2),
-        "wall_seconds": round(wall, 2),
+        "wall_seconds": round(tally.wall_seconds, 2),
         "bytes_downloaded": tally.bytes_downloaded,
         "bytes_uploaded": tally.bytes_uploaded,
         "peak_inflight_mb": round(tally.peak_inflight_bytes / 1e6, 1),

@@ -27,6 +27,7 @@ from neutts_assets.pipeline.dataset.writer import read_record
 from neutts_assets.pipeline.pairs.manifest import PairsManifest
 from neutts_assets.pipeline.pairs.store import folder
 from neutts_assets.pipeline.pairs.training_pairs import (
+    PairsBuild,
     PairSettings,
     build_and_publish,
     finish_publishing,
@@ -78,49 +79,79 @@ def training_pairs(
 def _build(
     context, config: TrainingPairsConfig, store: SegmentStore, hub: HuggingFaceHub, guard
 ) -> Output[PairsManifest]:
+    """The pairs of the channel's published dataset build: kept when already published with these settings
+    (finishing what a killed run left), built and published otherwise; report."""
     channel = context.partition_key
     dst = store.open()
-    try:
-        settings = config.settings()
-    except ValueError as exc:
-        raise Failure(description=str(exc)) from exc
-    dataset = read_record(dst, channel)
-    if dataset is None:
-        raise Failure(description=f"channel {channel!r} has no published dataset: materialize hf_dataset first")
+    settings = _settings(config)
+    dataset = _published_dataset(dst, channel)
     previous = read_pair_record(dst, channel)
     started = time.perf_counter()
-    removed: list = []
-    incremental: dict = {}
     if not config.force and is_current(dst, previous, dataset["build_id"], settings):
         context.log.info(
             f"{channel}: pairs of dataset build {dataset['build_id']} with these settings already published"
         )
-        record, rebuilt = previous, False
+        record, rebuilt, incremental = previous, False, {}
         removed = finish_publishing(dst, record, hub.title, guard)  # a run killed after the record left the rest
     else:
-        with tempfile.TemporaryDirectory(prefix="neutts-pairs-") as tmp:
-            try:
-                build = build_and_publish(
-                    dst, channel, settings, Path(tmp), hub.title, guard, log=context.log.info, force=config.force
-                )
-            except FileNotFoundError as exc:  # hf_dataset published another build (and removed shards) meanwhile
-                raise Failure(
-                    description=f"{channel}: a shard of dataset build {dataset['build_id']} went away while "
-                    f"it was read ({exc}); the dataset was republished meanwhile: rerun"
-                ) from exc
+        build = _build_pairs(context, config, dst, settings, dataset, hub.title, guard)
         record, rebuilt, removed = build.record, True, build.removed
-        incremental = {
-            "full_rebuild": build.plan.full,
-            "files_kept": len(build.plan.keep),
-            "files_written": build.files_written,
-            "dataset_shards_read": build.shards_read,
-            "recordings_paired": build.recordings_paired,
-        }
+        incremental = _incremental(build)
     wall = time.perf_counter() - started
 
+    manifest = PairsManifest.of(channel, record)
+    metadata = _metadata(dst, channel, record, rebuilt, removed, incremental, wall)
+    return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
+
+
+def _settings(config: TrainingPairsConfig) -> PairSettings:
+    try:
+        return config.settings()
+    except ValueError as exc:  # a negative max_pairs_per_speaker or random_seed
+        raise Failure(description=str(exc)) from exc
+
+
+def _published_dataset(dst, channel: str) -> dict:
+    dataset = read_record(dst, channel)
+    if dataset is None:
+        raise Failure(description=f"channel {channel!r} has no published dataset: materialize hf_dataset first")
+    return dataset
+
+
+def _build_pairs(
+    context, config: TrainingPairsConfig, dst, settings: PairSettings, dataset: dict, title: str, guard
+) -> PairsBuild:
+    """Builds the pairs files in a temporary folder and publishes them with their record. A shard that
+    went away while it was read (the dataset republished meanwhile) fails the run: a rerun pairs the new build."""
+    channel = context.partition_key
+    with tempfile.TemporaryDirectory(prefix="neutts-pairs-") as tmp:
+        try:
+            return build_and_publish(
+                dst, channel, settings, Path(tmp), title, guard, log=context.log.info, force=config.force
+            )
+        except FileNotFoundError as exc:  # hf_dataset published another build (and removed shards) meanwhile
+            raise Failure(
+                description=f"{channel}: a shard of dataset build {dataset['build_id']} went away while "
+                f"it was read ({exc}); the dataset was republished meanwhile: rerun"
+            ) from exc
+
+
+def _incremental(build: PairsBuild) -> dict:
+    """What this run's build kept and wrote (shown only when it built)."""
+    return {
+        "full_rebuild": build.plan.full,
+        "files_kept": len(build.plan.keep),
+        "files_written": build.files_written,
+        "dataset_shards_read": build.shards_read,
+        "recordings_paired": build.recordings_paired,
+    }
+
+
+def _metadata(dst, channel: str, record: dict, rebuilt: bool, removed: list, incremental: dict, wall: float) -> dict:
+    """The materialization's metadata, in the order the UI lists it: the pair counts, the folder, the
+    build's work and the top speakers; the local path where the store is a local folder."""
     counts = record["counts"]
     per = counts["pairs_per_speaker"]
-    manifest = PairsManifest.of(channel, record)
     metadata = {
         "rebuilt": rebuilt,
         "build_id": record["build_id"],
@@ -142,19 +173,23 @@ def _build(
         "old_files_removed": len(removed),
         **incremental,
         "wall_seconds": round(wall, 2),
-        "top_speakers": MetadataValue.table(
-            records=[TableRecord(data=s) for s in record["top_speakers"]],
-            schema=TableSchema(
-                columns=[
-                    TableColumn("recording", "string"),
-                    TableColumn("speaker_id", "string"),
-                    TableColumn("segments", "int"),
-                    TableColumn("pairs", "int"),
-                ]
-            ),
-        ),
+        "top_speakers": _top_speakers(record["top_speakers"]),
     }
     path = local_path(dst, channel)
     if path is not None:
         metadata["local_path"] = MetadataValue.path(path)  # what load_from_disk opens
-    return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
+    return metadata
+
+
+def _top_speakers(rows: list[dict]) -> MetadataValue:
+    return MetadataValue.table(
+        records=[TableRecord(data=s) for s in rows],
+        schema=TableSchema(
+            columns=[
+                TableColumn("recording", "string"),
+                TableColumn("speaker_id", "string"),
+                TableColumn("segments", "int"),
+                TableColumn("pairs", "int"),
+            ]
+        ),
+    )

@@ -81,6 +81,8 @@ def _cut_channel(
     store: SegmentStore,
     guard: Callable[[], None],
 ) -> Output[SegmentsManifest]:
+    """Plan from the inventory and the stored indexes; cut the new and changed recordings; publish the
+    channel's manifest, or fail naming the recordings a rerun retries; report."""
     channel = context.partition_key
     inventory = raw_audio
     rules = CutRules(config.min_duration_s, config.max_duration_s, config.skip_empty_text, config.audio_format)
@@ -96,17 +98,58 @@ def _cut_channel(
         f"{len(plan.failed_unchanged)} failed before and unchanged"
     )
 
-    # Inputs that could not be used at all are failures too, whether found now or on an earlier run.
+    tally = _unusable_inputs(inventory, plan, indexes)
+    started = time.perf_counter()
+    retry = _cut_recordings(context, plan, src, dst, rules, indexes, stored, tally, config.workers, guard)
+    wall = time.perf_counter() - started
+
+    manifest = channel_manifest(channel, inventory.entries, indexes)
+    metadata = {
+        **_metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}"),
+        **retry_metadata(source=src, store=dst),
+    }
+    if retry:
+        # Everything else is written and indexed; failing the run keeps a partial manifest from being
+        # published as the channel's, and a rerun redoes only these recordings.
+        raise Failure(
+            description=f"{channel}: {len(retry)} recording(s) failed for reasons that may pass; rerun to retry them: "
+            + "; ".join(f"{obj}: {why}" for obj, why in sorted(retry)[:5]),
+            metadata={**metadata, "retryable_failures": metadata_table(["object", "reason"], sorted(retry))},
+        )
+    return Output(manifest, data_version=DataVersion(manifest.version()), metadata=metadata)
+
+
+def _unusable_inputs(inventory: Inventory, plan: ChannelPlan, indexes: dict) -> ChannelTally:
+    """The run's tally, started with the inputs that could not be used at all: they are failures too,
+    whether found now or on an earlier run."""
     tally = ChannelTally(
         failures=[(u.key, u.reason) for u in inventory.unpaired if u.kind == "transcript_without_audio"]
     )
     tally.failures += [
         (e.audio_key, indexes[e.recording_id].error + " (unchanged since the last run)") for e in plan.failed_unchanged
     ]
+    return tally
+
+
+def _cut_recordings(
+    context: AssetExecutionContext,
+    plan: ChannelPlan,
+    src,
+    dst,
+    rules: CutRules,
+    indexes: dict,
+    stored: dict,
+    tally: ChannelTally,
+    workers: int,
+    guard: Callable[[], None],
+) -> list[tuple[str, str]]:
+    """Cuts the plan's recordings, `workers` at a time: each result goes into `tally`, each new index
+    into `indexes`. Returns the (object, reason) failures that may pass (store, decoder): nothing of
+    them is published. A lost lease stops the run at once."""
+    channel = context.partition_key
     progress = Progress(context.log.info, len(plan.todo), channel)
-    started = time.perf_counter()
-    retry = []  # (object, reason): failures that may pass (store, decoder); nothing of them is published
-    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
+    retry = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {
             pool.submit(
                 cut_recording,
@@ -129,12 +172,7 @@ def _cut_channel(
                     f.cancel()
                 raise
             except Exception as exc:  # the other recordings go on; this one is retried by the next run
-                hint = (
-                    " (materialize raw_audio with segments_npz to list the new version)"
-                    if isinstance(exc, ObjectChanged)
-                    else ""
-                )
-                retry.append((futures[future].audio_key, f"{type(exc).__name__}: {str(exc)[:300]}{hint}"))
+                retry.append((futures[future].audio_key, _retry_reason(exc)))
                 context.log.warning(f"{futures[future].audio_key}: {retry[-1][1]} (will be retried)")
                 progress.update(0, 0.0)
                 continue
@@ -144,22 +182,15 @@ def _cut_channel(
             progress.update(
                 len(result.index.segments) if result.index else 0, result.index.audio_seconds if result.index else 0.0
             )
-    wall = time.perf_counter() - started
+    return retry
 
-    manifest = channel_manifest(channel, inventory.entries, indexes)
-    metadata = {
-        **_metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}"),
-        **retry_metadata(source=src, store=dst),
-    }
-    if retry:
-        # Everything else is written and indexed; failing the run keeps a partial manifest from being
-        # published as the channel's, and a rerun redoes only these recordings.
-        raise Failure(
-            description=f"{channel}: {len(retry)} recording(s) failed for reasons that may pass; rerun to retry them: "
-            + "; ".join(f"{obj}: {why}" for obj, why in sorted(retry)[:5]),
-            metadata={**metadata, "retryable_failures": metadata_table(["object", "reason"], sorted(retry))},
-        )
-    return Output(manifest, data_version=DataVersion(manifest.version()), metadata=metadata)
+
+def _retry_reason(exc: Exception) -> str:
+    """What a failure that may pass is listed with; a source object replaced since the inventory names the fix."""
+    hint = (
+        " (materialize raw_audio with segments_npz to list the new version)" if isinstance(exc, ObjectChanged) else ""
+    )
+    return f"{type(exc).__name__}: {str(exc)[:300]}{hint}"
 
 
 def _metadata(

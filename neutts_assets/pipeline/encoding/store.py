@@ -96,16 +96,12 @@ def plan_encoding(
     """What a run must encode, from the stage-1 manifest and two listings (stage 1 and stage 2).
 
     `source_versions` maps stage-1 keys to (version, size); `stage2_keys` is every key under the
-    channel's stage-2 prefix, markers included.
+    channel's stage-2 prefix, markers included. Each segment is too short, missing its stage-1 file,
+    done (its file and this codec's marker for the current audio both listed), or to do.
     """
     from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 
-    markers_by_id: dict[str, list[str]] = {}
-    for key in stage2_keys:
-        parsed = layout.parse_marker(key)
-        if parsed:
-            markers_by_id.setdefault(parsed[0], []).append(parsed[1])
-
+    markers_by_id = _markers_by_id(layout, stage2_keys)
     plan, wanted = EncodePlan(), set()
     for rec in manifest.recordings:
         for seg in rec.segments:
@@ -140,8 +136,26 @@ def plan_encoding(
                     stale_markers=[m for m in markers_by_id.get(audio_id, []) if m != marker],
                 )
             )
+    plan.orphans = _orphans(layout, stage2_keys, markers_by_id, wanted)
+    return plan
+
+
+def _markers_by_id(layout: Stage2Layout, stage2_keys: set[str]) -> dict[str, list[str]]:
+    """The marker keys in the listing, by the audio id they are for (of any codec or source version)."""
+    markers_by_id: dict[str, list[str]] = {}
+    for key in stage2_keys:
+        parsed = layout.parse_marker(key)
+        if parsed:
+            markers_by_id.setdefault(parsed[0], []).append(parsed[1])
+    return markers_by_id
+
+
+def _orphans(
+    layout: Stage2Layout, stage2_keys: set[str], markers_by_id: dict[str, list[str]], wanted: set[str]
+) -> list[str]:
+    """The stage-2 segment files and markers of segments stage 1 no longer has, in the order they are deleted."""
     # Files first, then their markers: a marker left without its file is never trusted.
-    plan.orphans = sorted(
+    orphans = sorted(
         k
         for k in stage2_keys
         if k.endswith(".npz")
@@ -149,7 +163,7 @@ def plan_encoding(
         and "/" not in k[len(layout.channel_prefix) :]
         and k not in wanted
     )
-    plan.orphans += sorted(
+    orphans += sorted(
         m for audio_id, keys in markers_by_id.items() if layout.segment_key(audio_id) not in wanted for m in keys
     )
-    return plan
+    return orphans

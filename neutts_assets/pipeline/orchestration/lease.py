@@ -293,20 +293,7 @@ def acquire(
     key = lease_key(asset, channel)
     for _ in range(10):  # each pass ends in a win, LeaseHeld, or a change by another run to look at again
         now = time.time()
-        pid = os.getpid()
-        mine = LeaseRecord(
-            asset=asset,
-            channel=channel,
-            run_id=run_id,
-            host=socket.gethostname(),
-            boot_id=_boot_id(),
-            pid=pid,
-            pid_started=process_started(pid),
-            acquired_at=now,
-            heartbeat_at=now,
-            expires_at=now + ttl_s,
-            nonce=uuid.uuid4().hex,
-        )
+        mine = _new_record(asset, channel, run_id, now, ttl_s)
         version = store.create_if_absent(key, mine.to_json())
         if version is not None:
             return Lease(renew_store or store, key, mine, version, ttl_s, log)
@@ -315,28 +302,52 @@ def acquire(
             continue  # released in between: try to create it again
         data, current_version = current
         holder = _parse(data)
-        if holder is not None and holder.nonce == mine.nonce:
-            return Lease(
-                renew_store or store, key, mine, current_version, ttl_s, log
-            )  # our create landed; its answer was lost
+        if holder is not None and holder.nonce == mine.nonce:  # our create landed; its answer was lost
+            return Lease(renew_store or store, key, mine, current_version, ttl_s, log)
         why = "it cannot be read" if holder is None else stale_reason(holder, now)
         if why is None:
             raise LeaseHeld(asset, channel, holder, now)
-        if why != "released":
-            mine.taken_over_from = {
-                "run_id": holder.run_id if holder else "?",
-                "host": holder.host if holder else "?",
-                "pid": holder.pid if holder else 0,
-                "reason": why,
-            }
-        version = store.replace_if_version(key, mine.to_json(), current_version)
-        if version is None:
-            again = store.read_versioned(key)
-            if again is not None and _nonce(again[0]) == mine.nonce:
-                version = again[1]
+        version = _take_over(store, key, mine, holder, why, current_version)
         if version is not None:
             if mine.taken_over_from:
                 log(f"lease {key}: taken over from run {mine.taken_over_from['run_id']} ({why})")
             return Lease(renew_store or store, key, mine, version, ttl_s, log)
         # another run took it over first, or it was released: look again
     raise RuntimeError(f"{asset} for channel {channel!r}: the lease {key} kept changing; try again")
+
+
+def _new_record(asset: str, channel: str, run_id: str, now: float, ttl_s: float) -> LeaseRecord:
+    """This process's record for the lease, with a fresh nonce: how it knows its own write in the store."""
+    pid = os.getpid()
+    return LeaseRecord(
+        asset=asset,
+        channel=channel,
+        run_id=run_id,
+        host=socket.gethostname(),
+        boot_id=_boot_id(),
+        pid=pid,
+        pid_started=process_started(pid),
+        acquired_at=now,
+        heartbeat_at=now,
+        expires_at=now + ttl_s,
+        nonce=uuid.uuid4().hex,
+    )
+
+
+def _take_over(store, key: str, mine: LeaseRecord, holder: LeaseRecord | None, why: str, version: str) -> str | None:
+    """Replaces a stale holder's record with `mine`, conditional on the version read, so of two takers only
+    one wins. Returns the new version, or None when another run changed the record first."""
+    if why != "released":
+        mine.taken_over_from = {
+            "run_id": holder.run_id if holder else "?",
+            "host": holder.host if holder else "?",
+            "pid": holder.pid if holder else 0,
+            "reason": why,
+        }
+    new_version = store.replace_if_version(key, mine.to_json(), version)
+    if new_version is None:
+        # A retried replace whose first attempt landed fails its precondition: the nonce tells whose record it is.
+        again = store.read_versioned(key)
+        if again is not None and _nonce(again[0]) == mine.nonce:
+            new_version = again[1]
+    return new_version
