@@ -2,9 +2,12 @@
 
     neutts-assets check-stores [--write]   the old test_connection(), for every configured store
     neutts-assets add-channel NAME...      add channel partitions to the Dagster instance
-    neutts-assets demo [--save-to-disk]    add the demo channel and materialize the whole graph
+    neutts-assets demo [--save-to-disk] [--verbose]
+                                           add the demo channel and materialize the whole graph
                                            (the demo always writes the load_from_disk copy)
-    neutts-assets materialize CHANNEL [--save-to-disk]
+    neutts-assets materialize CHANNEL [--save-to-disk] [--verbose]
+                                           one line per asset as it runs, then a summary table
+                                           (--verbose: Dagster's whole event log instead)
     neutts-assets save-to-disk [CHANNEL ...]
                                            (re)write the load_from_disk copy (hf_dataset_disk/) of the
                                            channels' published datasets, straight from the store (no
@@ -17,9 +20,7 @@ Configuration comes from the same environment variables as the code location (RE
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 
@@ -74,31 +75,20 @@ def executable_assets() -> list[str]:
     return sorted(k.to_user_string() for k in graph.executable_asset_keys)
 
 
-def materialize(channel: str, save_to_disk: bool = False) -> int:
+def materialize(channel: str, save_to_disk: bool = False, verbose: bool = False) -> int:
+    """Every built asset for the channel in one run (the job `dagster asset materialize --select` runs),
+    with the run console (neutts_assets/console.py) or, with `verbose`, Dagster's whole event log."""
+    from neutts_assets.console import materialize_assets
+
     assets = executable_assets()
-    cmd = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "asset",
-        "materialize",
-        "-m",
-        "neutts_assets.definitions",
-        "--select",
-        ",".join(assets),
-        "--partition",
-        channel,
-    ]
     dataset_config = {}
     if "hf_dataset" in assets and "encoded_segments" not in assets:
         # No encoder in this graph yet, so no codes: build the dataset with the old "no codes, for testing" option.
         dataset_config["include_segments_without_codes"] = True
     if "hf_dataset" in assets and save_to_disk:
         dataset_config["save_to_disk"] = True  # also the load_from_disk copy under hf_dataset_disk/
-    if dataset_config:
-        cmd += ["--config-json", json.dumps({"ops": {"hf_dataset": {"config": dataset_config}}})]
-    print("$ " + " ".join(cmd[1:]), flush=True)
-    rc = subprocess.call(cmd)
+    run_config = {"ops": {"hf_dataset": {"config": dataset_config}}} if dataset_config else None
+    rc = materialize_assets(channel, assets, run_config, verbose=verbose)
     if rc == 0:
         print(
             f"\nchannel {channel!r} materialized; see it in the UI: "
@@ -206,27 +196,33 @@ def choose_demo_codec() -> None:
     """The demo runs the whole graph in one command: where the pretrained NeuCodec weights cannot be
     had, it says so before encoding and uses the random-weight codec (test-only codes) instead.
     An explicit NEUTTS_CODEC is always obeyed; production never falls back on its own."""
-    choice = os.environ.get("NEUTTS_CODEC")
+    from neutts_assets import settings as S
+
+    weights, home = S.CODEC_WEIGHTS.env, S.HF_HOME.env
+    choice = S.CODEC_WEIGHTS.raw()
     if choice:
-        print(f"codec: NEUTTS_CODEC={choice}", flush=True)
+        print(f"codec: {weights}={choice}", flush=True)
         return
     from neutts_assets.pipeline.encoding.codec import pretrained_reachable
 
-    model = os.environ.get("NEUTTS_CODEC_MODEL") or "neuphonic/neucodec"
+    model = S.CODEC_MODEL.read()
     ok, why = pretrained_reachable(model)
     if ok:
-        print(f"codec: pretrained {model} (Hugging Face Hub or HF_HOME cache)", flush=True)
+        print(f"codec: pretrained {model} (Hugging Face Hub or {home} cache)", flush=True)
         return
     print(
         f"\nNOTE: the pretrained NeuCodec weights ({model}) cannot be loaded: the Hugging Face Hub cannot be reached "
-        f"and the HF_HOME cache does not hold them ({why}).\n"
-        f"The demo encodes with the random-weight codec instead: the documented switch NEUTTS_CODEC=random "
+        f"and the {home} cache does not hold them ({why}).\n"
+        f"The demo encodes with the random-weight codec instead: the documented switch {weights}=random "
         f"(the real NeuCodec architecture with random weights). Its codes are TEST-ONLY and labelled so in the "
-        f"metadata. Set NEUTTS_CODEC=pretrained to require the real weights, with HF_HOME pointing at a cache "
+        f"metadata. Set {weights}=pretrained to require the real weights, with {home} pointing at a cache "
         f"that holds them.\n",
         flush=True,
     )
-    os.environ["NEUTTS_CODEC"] = "random"
+    os.environ[weights] = "random"
+
+
+VERBOSE_HELP = "show Dagster's whole event log (DEBUG events, the libraries' output) instead of one line per asset"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--save-to-disk", action="store_true", help="hf_dataset also writes the load_from_disk copy (hf_dataset_disk/)"
     )
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p = sub.add_parser("demo", help="add the shipped demo channel and materialize every built asset for it")
     p.add_argument(
         "--save-to-disk", action="store_true", help="the load_from_disk copy (written by the demo in any case)"
     )
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p = sub.add_parser(
         "save-to-disk", help="(re)write the load_from_disk copy of channels' published datasets, from the store"
     )
@@ -267,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             choose_demo_codec()
         # The demo ends with the folders the users' scripts open, the load_from_disk copy among them.
-        return add_channels([channel]) or materialize(channel, save_to_disk=args.save_to_disk or args.command == "demo")
+        return add_channels([channel]) or materialize(
+            channel, save_to_disk=args.save_to_disk or args.command == "demo", verbose=args.verbose
+        )
     if args.command == "save-to-disk":
         return save_to_disk(args.channels, args.force)
     return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,47 @@ def _run(cmd, env, cwd=None):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+DEMO_ASSETS = ("raw_audio", "segments_npz", "encoded_segments", "hf_dataset", "training_pairs")
+SUMMARY_HEADER = ["asset", "status", "segments", "audio", "h", "throughput", "failed", "seconds"]
+
+
+def _summary_table(out: str) -> dict[str, list[str]]:
+    """The console's summary table: asset -> [status, segments, audio h, throughput..., failed, seconds]."""
+    lines = out.splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line.split() == SUMMARY_HEADER]
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith("  ") or line.startswith("  asset checks:"):
+            break
+        name, *cells = line.split()
+        rows[name] = cells
+    return rows
+
+
+def _assert_console(out: str, segments: int, rows: int) -> None:
+    """The console: one line per asset as it finishes, a summary table read from the run's metadata,
+    no Dagster DEBUG events (they are in the log file it names)."""
+    assert "DEBUG" not in out and "STEP_START" not in out
+    for asset in DEMO_ASSETS:
+        assert len(re.findall(rf"^  {asset} +ok +\d+\.\d s  \S", out, re.M)) == 1, (asset, out)
+    table = _summary_table(out)
+    assert list(table) == list(DEMO_ASSETS) and all(row[0] == "ok" for row in table.values())
+    assert table["segments_npz"][1] == str(segments) and table["hf_dataset"][1] == str(rows)
+    assert table["encoded_segments"][1] == str(segments) and "audio-h/h" in " ".join(table["segments_npz"])
+    assert "asset checks: 4 passed, 0 did not pass" in out
+    log = Path(re.search(r"^the run's full output .*: (\S+\.log)$", out, re.M).group(1))
+    assert log.is_file() and "STEP_START" in log.read_text() and "DEBUG" in log.read_text()
+
+
+def _assert_verbose_demo(env: dict, cwd: Path) -> None:
+    """--verbose brings Dagster's whole event log back (here a second run: nothing new to encode)."""
+    proc = _run([str(BIN / "neutts-assets"), "demo", "--verbose"], env, cwd=cwd)
+    verbose = proc.stdout + proc.stderr
+    assert "DEBUG" in verbose and "STEP_START" in verbose and "RUN_SUCCESS" in verbose
+    assert "0 segments to encode" in verbose and list(_summary_table(verbose)) == list(DEMO_ASSETS)
+    assert "datasets.load_dataset(" in proc.stdout
 
 
 def test_materialize_any_local_folder_with_the_documented_commands(tmp_path):
@@ -88,7 +130,10 @@ def test_demo_command_runs_the_whole_built_graph(tmp_path):
     assert len(ds) == segments and "datasets.load_dataset(" in proc.stdout
     assert all(len(codes) > 0 for codes in ds["codes"])  # rows carry encoded_segments' codes
 
-    # The README's clean-up command: the dataset verifies against every segment, so they go.
+    _assert_console(out, segments=len(stage1), rows=len(ds))
+    _assert_verbose_demo(env, cwd=tmp_path)
+
+    # The documented clean-up command (docs/operations.md): the dataset verifies against every segment, so they go.
     proc = _run(
         [
             str(BIN / "dagster"),
