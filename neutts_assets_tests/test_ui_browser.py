@@ -82,14 +82,18 @@ def test_add_a_channel_and_materialize_it_in_the_browser(webserver):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         try:
-            # 1. the asset graph shows the four assets
+            # 1. the asset graph shows the workflow's groups; expanded, the four assets
             page.goto(f"{base}/asset-groups", wait_until="networkidle", timeout=120_000)
-            for asset in ("raw_audio", "segments_npz", "encoded_segments", "hf_dataset"):
-                page.get_by_role("button", name=asset).first.wait_for()
             page.wait_for_timeout(2000)
             skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter prompt
             if skip.is_visible():
                 skip.click()
+            for group in ("stage1", "encoding", "dataset"):  # collapsed at first
+                page.get_by_text(group, exact=True).last.wait_for()
+            page.mouse.click(1000, 250, button="right")  # the graph's own menu, on its background
+            page.get_by_role("menuitem", name="Expand all groups").click()
+            for asset in ("raw_audio", "segments_npz", "encoded_segments", "hf_dataset"):
+                page.get_by_text(asset, exact=True).last.wait_for()  # the whole graph fits: compact nodes
             page.screenshot(path=str(shots / "1-asset-graph.png"))
 
             # 2. select raw_audio and segments_npz on the graph; add the channel partition in the launch dialog
