@@ -58,6 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from neutts_assets.pipeline.dataset.disk import ARROW_FILE, STATE, features_info
 from neutts_assets.pipeline.dataset.store import CARD_KEY
 from neutts_assets.pipeline.dataset.writer import fetch_shards, publish_card, read_record, read_records
 from neutts_assets.pipeline.pairs.store import PAIRS_BUILDS_PREFIX, folder, record_key
@@ -65,7 +66,6 @@ from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.store import ObjectStore
 
-STATE, INFO = "state.json", "dataset_info.json"
 INDEX_FILE = "pairs_index.parquet"
 BATCH_PAIRS = 20_000  # pairs per Arrow batch without audio: at most 2 x 20,000 x 750 codes, 120 MB
 AUDIO_BATCH_PAIRS = 500  # with audio: 1,000 clips of at most 15 s of FLAC, well under Arrow's 2 GB binary limit
@@ -326,7 +326,6 @@ class PairsBuild:
 
 PAIRS_WRITER = 2
 FILE_BYTES = 500 * 1000 * 1000  # a pairs file is closed at the first recording boundary past this
-ARROW_FILE = "data-00000-of-00001.arrow"
 
 
 @dataclass(frozen=True)
@@ -421,13 +420,7 @@ def _pairs_file(
 
 def pairs_info(settings: PairSettings) -> dict:
     """The folder's dataset_info.json, as `datasets` writes it for these features."""
-    import tempfile
-
-    from datasets import DatasetInfo
-
-    with tempfile.TemporaryDirectory() as tmp:
-        DatasetInfo(features=pairs_features(settings.include_audio)).write_to_directory(tmp)
-        return json.loads((Path(tmp) / INFO).read_text())
+    return features_info(pairs_features(settings.include_audio))
 
 
 def _split_at_recordings(groups: list[Group], settings: PairSettings, index: pa.Table) -> Iterator[list[Group]]:
