@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from neutts_assets.pipeline.encoding.codec import CODES_PER_SECOND, RANDOM_LABEL
+
 TOKEN_TAG = "neutts/cli-run"  # finds the run this command started, while it runs
 PROGRESS_EVERY_S = 60.0  # an asset's progress lines reach the console at most this often
 MAX_TEXT = 300
@@ -94,7 +96,7 @@ def _segments_npz(m: dict) -> Figures:
 
 def _encoded_segments(m: dict) -> Figures:
     codec = str(m.get("codec", ""))
-    test_only = "random-weights" in codec or str(m.get("test_only_codes", "")).lstrip("*").lower().startswith("yes")
+    test_only = RANDOM_LABEL in codec  # what the asset's test_only_codes entry says, from the same label
     encoded = m.get("segments_encoded") or 0
     rates = [
         r
@@ -104,7 +106,7 @@ def _encoded_segments(m: dict) -> Figures:
     codes = m.get("codes_in_channel")
     return Figures(
         segments=m.get("segments_with_codes_in_channel"),
-        hours=codes / 50 / 3600 if codes is not None else None,  # 50 codes per second of audio
+        hours=codes / CODES_PER_SECOND / 3600 if codes is not None else None,
         throughput=", ".join(rates) if encoded and rates else None,
         failed=m.get("segments_failed"),
         note=f"{encoded} encoded, {m.get('segments_already_encoded')} already encoded, "

@@ -114,8 +114,8 @@ def test_the_codec_defaults_are_the_declared_ones():
 
 
 def test_the_pure_cores_own_defaults_agree_with_the_declared_ones():
-    """RetrySettings and StreamSettings (storage/ and pipeline/, used without the resources) keep
-    defaults of their own: they must be the declared ones."""
+    """RetrySettings and StreamSettings (storage/ and pipeline/, used without the resources) take
+    their defaults from the declarations: they must stay the declared ones."""
     retries = RetrySettings()
     assert (retries.max_attempts, retries.connect_timeout_s, retries.read_timeout_s, retries.deadline_s) == tuple(
         s.default for s in S.CLIENT_RETRIES

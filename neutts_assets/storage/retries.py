@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from neutts_assets import settings as S
+
 T = TypeVar("T")
 
 
@@ -23,10 +25,11 @@ class RetrySettings:
     for the next bytes. GCS calls also stop after `deadline_s` in all; botocore's backoff is its
     own (full jitter, base 1 s, at most 20 s), GCS's starts at `initial_backoff_s`."""
 
-    max_attempts: int = 10
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    deadline_s: float = 600.0
+    # The defaults are the declared ones (neutts_assets/settings.py), written once.
+    max_attempts: int = S.STORAGE_MAX_ATTEMPTS.default
+    connect_timeout_s: float = S.STORAGE_CONNECT_TIMEOUT_S.default
+    read_timeout_s: float = S.STORAGE_READ_TIMEOUT_S.default
+    deadline_s: float = S.STORAGE_RETRY_DEADLINE_S.default
     initial_backoff_s: float = 1.0
     max_backoff_s: float = 20.0
     mode: str = "standard"  # botocore retry mode: standard or adaptive (legacy retries fewer errors)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neutts_assets import settings as S
 from neutts_assets.pipeline.encoding.codec import batch_key, default_batch_seconds, n_codes
 from neutts_assets.pipeline.encoding.host import LEASE_GRACE_S, LEASE_POLL_S, Fetched, HostWorkers, Published
 from neutts_assets.pipeline.encoding.store import EncodeItem
@@ -45,7 +46,8 @@ def default_host_workers() -> int:
 @dataclass
 class StreamSettings:
     batch_seconds: float | None = None  # audio per codec call; None: sized for the device (codec.default_batch_seconds)
-    budget_bytes: int = 2 * 1024**3  # segment bytes held between fetch and the stage-2 file's write
+    # segment bytes held between fetch and the stage-2 file's write (the declared default, in bytes)
+    budget_bytes: int = int(S.CODEC_DISK_BUDGET_GB.default * 1024**3)
     host_workers: int = field(default_factory=default_host_workers)  # processes doing the per-segment host work
     io_threads: int = 4  # store calls in flight per host worker (they wait on the network)
     fetch_chunk: int = 8  # segments per message to a host worker
