@@ -13,6 +13,9 @@
                                            channels' published datasets, straight from the store (no
                                            Dagster run); no channel: every channel with a published
                                            build. Prints the folders to hand to datasets.load_from_disk.
+    neutts-assets explain ROW_ID [--json]  a published row's lineage (source audio and version,
+                                           transcript and SHA-256, start/end, cut rules, codec,
+                                           build), split and scores; ROW_ID is CHANNEL/AUDIO_ID
 
 Configuration comes from the same environment variables as the code location (README).
 """
@@ -192,6 +195,21 @@ def save_to_disk(names: list[str], force: bool = False) -> int:
     return 1 if failed else 0
 
 
+def explain_row(row_id: str, as_json: bool) -> int:
+    import json
+
+    from neutts_assets.pipeline.dataset.explain import RowNotFound, explain, render
+
+    store, _ = _open_store()
+    try:
+        doc = explain(store, row_id)
+    except RowNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, ensure_ascii=False, indent=2) if as_json else render(doc))
+    return 0
+
+
 def choose_demo_codec() -> None:
     """The demo runs the whole graph in one command: where the pretrained NeuCodec weights cannot be
     had, it says so before encoding and uses the random-weight codec (test-only codes) instead.
@@ -252,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--force", action="store_true", help="convert every shard again, even those whose Arrow file is there"
     )
+    p = sub.add_parser("explain", help="a published dataset row's lineage, split and quality scores")
+    p.add_argument("row_id", help="CHANNEL/AUDIO_ID (an AUDIO_ID alone is looked for in every channel)")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
     args = parser.parse_args(argv)
 
     if args.command == "check-stores":
@@ -270,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "save-to-disk":
         return save_to_disk(args.channels, args.force)
+    if args.command == "explain":
+        return explain_row(args.row_id, args.json)
     return 2
 
 

@@ -128,6 +128,16 @@ def _hf_dataset(m: dict) -> Figures:
     )
 
 
+def _segment_quality(m: dict) -> Figures:
+    hours, cpu = m.get("audio_hours_scored") or 0, m.get("scoring_seconds") or 0
+    return Figures(
+        segments=m.get("segments"),
+        throughput=_rate(hours * 3600 / cpu, "audio-h/h") if hours and cpu else None,
+        failed=m.get("segments_failed"),
+        note=f"{m.get('segments_scored_now')} scored, {m.get('segments_unchanged')} unchanged; scorer {m.get('scorer')}",
+    )
+
+
 def _training_pairs(m: dict) -> Figures:
     wall = m.get("wall_seconds")
     pairs = m.get("pairs") or 0
@@ -142,6 +152,7 @@ def _training_pairs(m: dict) -> Figures:
 FIGURES: dict[str, Callable[[dict], Figures]] = {
     "raw_audio": _raw_audio,
     "segments_npz": _segments_npz,
+    "segment_quality": _segment_quality,
     "encoded_segments": _encoded_segments,
     "hf_dataset": _hf_dataset,
     "training_pairs": _training_pairs,

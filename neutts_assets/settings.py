@@ -317,6 +317,49 @@ CODEC_HOST_WORKERS = Setting(
     default_doc="unset: one per core, up to 8",
 )
 
+# --- the dataset's splits (defs/resources.py DatasetSplit; pipeline/dataset/splits.py) ------------
+
+SPLIT_VALIDATION_FRACTION = Setting(
+    "NEUTTS_SPLIT_VALIDATION_FRACTION",
+    "share of recordings (or global speakers) hf_dataset puts in the validation split, by a stable hash: raising it "
+    "moves units only into validation, adding recordings moves none",
+    default=0.05,
+    parse=float,
+    field="validation_fraction",
+)
+SPLIT_TEST_FRACTION = Setting(
+    "NEUTTS_SPLIT_TEST_FRACTION",
+    "share of recordings (or global speakers) in the test split; 0: no test split",
+    default=0.0,
+    parse=float,
+    field="test_fraction",
+)
+SPLIT_GLOBAL_SPEAKERS = Setting(
+    "NEUTTS_SPLIT_GLOBAL_SPEAKERS",
+    "regex of speaker_id values that are global across recordings (matched in full): their rows are split by "
+    "speaker, so all of a speaker's recordings go to one split; empty: speaker ids are per-recording labels and "
+    "whole recordings are split",
+    default="",
+    field="global_speakers",
+)
+
+# --- the quality scores (defs/resources.py QualityScoring; pipeline/quality/) ----------------------
+
+QUALITY_DNSMOS = Setting(
+    "NEUTTS_QUALITY_DNSMOS",
+    "also score DNSMOS P.835 (dnsmos_sig, dnsmos_bak, dnsmos_ovrl; needs the dnsmos extra): ~37x realtime per CPU "
+    "core, batched on the GPU where there is one",
+    default=False,
+    parse=parse_bool,
+    field="dnsmos",
+)
+QUALITY_DEVICE = Setting(
+    "NEUTTS_QUALITY_DEVICE",
+    "where DNSMOS runs: cuda, cpu, or auto (cuda when onnxruntime has it)",
+    default="auto",
+    field="device",
+)
+
 # --- the new-audio sensor (defs/inventory/sensors.py) ------------------------------------------
 
 WATCH_CHANNELS = Setting(
@@ -408,6 +451,8 @@ CODEC = Group(
         CODEC_HOST_WORKERS,
     ),
 )
+SPLIT = Group("dataset_split", "DatasetSplit", (SPLIT_VALIDATION_FRACTION, SPLIT_TEST_FRACTION, SPLIT_GLOBAL_SPEAKERS))
+QUALITY = Group("quality", "QualityScoring", (QUALITY_DNSMOS, QUALITY_DEVICE))
 WATCH = Group("watch", "SourceWatchSettings", (WATCH_CHANNELS,))
 SENSOR = Group("new_audio_sensor", "new_audio_sensor", (WATCH_ENABLED, WATCH_INTERVAL_S), resource=False)
 WORKER = Group("worker", "the Celery worker (defs/orchestration/worker.py)", (MACHINE,), resource=False)
@@ -415,7 +460,7 @@ DEPLOYMENT = Group(
     "instance", "the instance and its workers (deploy/dagster.yaml, deploy/celery.yaml)", INSTANCE, resource=False
 )
 CLIENTS = Group("clients", "the client libraries (Hugging Face, Google Cloud)", CLIENT_LIBRARIES, resource=False)
-GROUPS = (SOURCE, STORE, CHANNELS, HUB, CODEC, WATCH, SENSOR, WORKER, DEPLOYMENT, CLIENTS)
+GROUPS = (SOURCE, STORE, CHANNELS, HUB, CODEC, SPLIT, QUALITY, WATCH, SENSOR, WORKER, DEPLOYMENT, CLIENTS)
 
 
 def all_settings() -> dict[str, Setting]:

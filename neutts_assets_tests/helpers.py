@@ -16,7 +16,14 @@ from dagster import DagsterInstance, TableMetadataValue, materialize
 
 from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.io_managers import ManifestIOManager
-from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket
+from neutts_assets.defs.resources import (
+    ChannelSettings,
+    DatasetSplit,
+    HuggingFaceHub,
+    QualityScoring,
+    SegmentStore,
+    SourceBucket,
+)
 from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.demo import DEMO_CHANNEL, DEMO_CHANNEL_MAPPING, DEMO_SOURCE
 from neutts_assets.pipeline.inventory.source_layout import AUDIO_PREFIX, TRANSCRIPTS_PREFIX
@@ -88,6 +95,9 @@ def make_resources(
         "channel_settings": ChannelSettings(channel_mapping=mapping or {}),
         "manifest_io_manager": ManifestIOManager(store=store),
         "hub": HuggingFaceHub(),  # no repo: hf_dataset pushes nothing unless a test says where
+        # Every row in train unless a test says otherwise (test_splits.py splits); scores on the CPU.
+        "dataset_split": DatasetSplit(validation_fraction=0.0),
+        "quality": QualityScoring(device="cpu"),
     }
 
 

@@ -9,19 +9,26 @@ from neutts_assets.defs.partitions import channels
 def test_channel_partitioned_assets_all_built():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_audio", "segments_npz", "encoded_segments", "hf_dataset", "training_pairs"}
+    assert keys == {"raw_audio", "segments_npz", "segment_quality", "encoded_segments", "hf_dataset", "training_pairs"}
     for key in keys:
         assert graph.get(AssetKey(key)).partitions_def == channels
     assert {k.to_user_string() for k in graph.executable_asset_keys} == {
         "raw_audio",
         "segments_npz",
+        "segment_quality",
         "encoded_segments",
         "hf_dataset",
         "training_pairs",
     }
-    # Rows come from encoded_segments' files, or from segments_npz's with the no-codes option.
-    assert graph.get(AssetKey("hf_dataset")).parent_keys == {AssetKey("encoded_segments"), AssetKey("segments_npz")}
+    # Rows come from encoded_segments' files, or from segments_npz's with the no-codes option; their
+    # scores from segment_quality, which reads the stage-1 files beside encoding (both under segments_npz).
+    assert graph.get(AssetKey("hf_dataset")).parent_keys == {
+        AssetKey("encoded_segments"),
+        AssetKey("segments_npz"),
+        AssetKey("segment_quality"),
+    }
     assert graph.get(AssetKey("encoded_segments")).parent_keys == {AssetKey("segments_npz")}
+    assert graph.get(AssetKey("segment_quality")).parent_keys == {AssetKey("segments_npz")}
     assert graph.get(AssetKey("training_pairs")).parent_keys == {AssetKey("hf_dataset")}
     assert channels.name == "channels"
 
@@ -35,6 +42,7 @@ def test_machine_tags():
     graph = defs.resolve_asset_graph()
     assert graph.get(AssetKey("segments_npz")).tags["machine"] == "t4"
     assert graph.get(AssetKey("encoded_segments")).tags["machine"] == "h200"
+    assert graph.get(AssetKey("segment_quality")).tags["machine"] == "t4"  # beside the H200's encoding
 
 
 def test_workspace_yaml_points_at_the_code_location():
@@ -51,6 +59,7 @@ def test_assets_sit_in_the_workflows_groups():
     assert groups == {
         "raw_audio": "stage1",
         "segments_npz": "stage1",
+        "segment_quality": "stage1",
         "encoded_segments": "encoding",
         "hf_dataset": "dataset",
         "training_pairs": "dataset",

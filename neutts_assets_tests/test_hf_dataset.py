@@ -14,9 +14,11 @@ import pytest
 from dagster import DagsterInstance
 from datasets import load_dataset, load_from_disk
 
+from neutts_assets.pipeline.dataset.annotations import LINEAGE_COLUMNS
 from neutts_assets.pipeline.dataset.rows import BadSegment, RowFilter, dataset_features, read_row
 from neutts_assets.pipeline.dataset.store import record_key
 from neutts_assets.pipeline.dataset.writer import ROW_GROUP_ROWS, build_channel, segment_objects
+from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
 from neutts_assets.pipeline.segments.segment_file import Segment, encode_segment, read_segment
 from neutts_assets.storage.local import LocalStore
 from neutts_assets_tests.helpers import (
@@ -100,6 +102,10 @@ def test_rows_equal_their_segments_and_load_back(env):
             "tone",
             "audio_id",
             "duration_sec",
+            # then, after the users' columns: the split, the quality scores and the lineage
+            "split",
+            *ALL_SCORE_NAMES,
+            *LINEAGE_COLUMNS,
         ]
         assert len(ds) == 7
         for row in ds:

@@ -326,9 +326,11 @@ def test_compaction_only_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset_writer, "ROW_GROUP_ROWS", 1)
     store = CountingStore(tmp_path / "store")
     _add(store, [f"r0_seg_{i:02d}" for i in range(16)])
-    probe = _build(store, tmp_path, force=True)
-    one_row = max(s["bytes"] for s in probe.record["shards"])
-    full = 8 * one_row
+    # What one more row adds to a shard (a shard's footer and schema are paid once, whatever its rows).
+    one_shard = _build(store, tmp_path, shard_bytes=10**9, force=True).record["shards"][0]["bytes"]
+    per_shard = max(s["bytes"] for s in _build(store, tmp_path, shard_bytes=1, force=True).record["shards"])
+    one_row = (one_shard - per_shard) / 15
+    full = int(8 * one_row)
     base = _build(store, tmp_path, shard_bytes=full, force=True)
     base_rows = [s["rows"] for s in base.record["shards"]]
     assert len(base_rows) >= 2 and base_rows[0] > 1

@@ -17,7 +17,15 @@ from neutts_assets import settings as S
 from neutts_assets.defs.encoding.codec import NeuCodecResource, codec_from_env
 from neutts_assets.defs.inventory import sensors
 from neutts_assets.defs.inventory.sensors import SourceWatchSettings, watch_settings_from_env
-from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket, resources_from_env
+from neutts_assets.defs.resources import (
+    ChannelSettings,
+    DatasetSplit,
+    HuggingFaceHub,
+    QualityScoring,
+    SegmentStore,
+    SourceBucket,
+    resources_from_env,
+)
 from neutts_assets.demo import DEMO_CHANNEL_MAPPING, DEMO_SOURCE
 from neutts_assets.pipeline.encoding.codec import CodecSettings, default_batch_seconds, hub_endpoint
 from neutts_assets.pipeline.encoding.stream import StreamSettings
@@ -33,6 +41,8 @@ RESOURCE_CLASSES = {
     "channel_settings": ChannelSettings,
     "hub": HuggingFaceHub,
     "codec": NeuCodecResource,
+    "dataset_split": DatasetSplit,
+    "quality": QualityScoring,
     "watch": SourceWatchSettings,
 }
 

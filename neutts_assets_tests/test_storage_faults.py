@@ -20,7 +20,14 @@ from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.encoding.encoded_segments import encoded_segments
 from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.io_managers import ManifestIOManager, manifest_key
-from neutts_assets.defs.resources import ChannelSettings, HuggingFaceHub, SegmentStore, SourceBucket
+from neutts_assets.defs.resources import (
+    ChannelSettings,
+    DatasetSplit,
+    HuggingFaceHub,
+    QualityScoring,
+    SegmentStore,
+    SourceBucket,
+)
 from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.pipeline.dataset.store import CARD_KEY, DATASET_PREFIX, record_key
 from neutts_assets.pipeline.dataset.writer import read_record
@@ -78,6 +85,8 @@ def _resources(gcs_bucket: str, s3_bucket: str, s3_url: str, **client) -> dict:
         "channel_settings": ChannelSettings(channel_mapping={CHANNEL: FOLDER}),
         "manifest_io_manager": ManifestIOManager(store=store),
         "hub": HuggingFaceHub(),
+        "dataset_split": DatasetSplit(validation_fraction=0.0),
+        "quality": QualityScoring(device="cpu"),
         "codec": _codec(),
     }
 

@@ -157,7 +157,9 @@ def test_pairs_follow_the_users_rules(env):
     assert f"training_pairs/{CH}/" in meta["folder"] and meta["bytes"] > 0
 
     ds = load_from_disk(meta["local_path"])
-    assert ds.features == pairs_features(False) and list(ds.features) == USERS_COLUMNS
+    # the users' columns in their order, then the split (a pair never crosses splits)
+    assert ds.features == pairs_features(False) and list(ds.features) == [*USERS_COLUMNS, "split"]
+    assert set(ds["split"]) == {"train"}
     assert len(ds) == 20
     record = _record(store)
     ids = _pair_ids(store, record)
@@ -291,7 +293,7 @@ def test_include_audio_decodes_to_the_source_samples(env):
     meta = asset_metadata(run_pairs(instance, resources, CH, {"include_audio": True}), "training_pairs")
     ds = load_from_disk(meta["local_path"])
     assert ds.features == pairs_features(True)
-    assert list(ds.features) == ["ref_audio", "target_audio", *USERS_COLUMNS] and len(ds) == 20
+    assert list(ds.features) == ["ref_audio", "target_audio", *USERS_COLUMNS, "split"] and len(ds) == 20
     samples = {audio_id: n for audio_id, _, n, _ in SEGMENTS}
     for pair, (ref, target) in zip(ds, _pair_ids(store, _record(store))):
         for column, audio_id in (("ref_audio", ref), ("target_audio", target)):
@@ -350,7 +352,7 @@ def test_text_codes_config_loads_without_audio_and_collates(env):
     }
     assert ds.features == text_codes_features() and len(ds) == len(SEGMENTS)
     rows = _dataset_rows(tmp)
-    assert all(row == rows[row["audio_id"]] for row in ds)
+    assert all(row == {k: rows[row["audio_id"]][k] for k in ds.column_names} for row in ds)
 
     # Neuphonic's example: map text + codes to ids, remove only those two, collate every other column.
     with_codes = ds.filter(lambda row: len(row["codes"]) > 0)

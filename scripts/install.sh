@@ -29,7 +29,7 @@ fi
 # Reinstall only when pyproject.toml changed since the last successful install.
 stamp=.venv/.neutts-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[codec,test]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[codec,dnsmos,test]'
   touch "$stamp"
 fi
 

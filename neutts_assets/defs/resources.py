@@ -23,6 +23,7 @@ from pydantic import Field
 from neutts_assets import settings as S
 from neutts_assets.defs.encoding.codec import codec_from_env
 from neutts_assets.demo import DEMO_CHANNEL_MAPPING
+from neutts_assets.pipeline.dataset.splits import SplitRule
 from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
 from neutts_assets.storage.gcs import GCSStore
 from neutts_assets.storage.local import LocalStore
@@ -142,12 +143,33 @@ class HuggingFaceHub(ConfigurableResource):
     title: str = Field(default="NeuTTS voice-cloning dataset", description="the dataset card's title")
 
 
+class DatasetSplit(ConfigurableResource):
+    """How hf_dataset splits the rows: speaker-disjoint, by a stable hash (pipeline/dataset/splits.py).
+    A deployment setting rather than run config, so that every run, the sensor's too, splits alike."""
+
+    validation_fraction: float = S.SPLIT_VALIDATION_FRACTION.pydantic_field()
+    test_fraction: float = S.SPLIT_TEST_FRACTION.pydantic_field()
+    global_speakers: str = S.SPLIT_GLOBAL_SPEAKERS.pydantic_field()
+
+    def rule(self) -> SplitRule:
+        return SplitRule(self.validation_fraction, self.test_fraction, self.global_speakers)
+
+
+class QualityScoring(ConfigurableResource):
+    """Which quality scores segment_quality makes, and where (pipeline/quality/scores.py)."""
+
+    dnsmos: bool = S.QUALITY_DNSMOS.pydantic_field()
+    device: str = S.QUALITY_DEVICE.pydantic_field()
+
+
 def resources_from_env() -> dict[str, ConfigurableResource]:
     """The deployment's resources. With no variables set: the shipped demo channel on local folders.
     Credentials go in as EnvVar, which keeps their values out of the UI's resource config; unset, they
     leave the field empty so the client's own default chain (instance roles, ~/.aws) still works."""
     return {
         "source": SourceBucket(**S.values(S.SOURCE)),
+        "dataset_split": DatasetSplit(**S.values(S.SPLIT)),
+        "quality": QualityScoring(**S.values(S.QUALITY)),
         "store": SegmentStore(**S.values(S.STORE, secret=EnvVar)),
         "channel_settings": ChannelSettings(channel_mapping={**DEMO_CHANNEL_MAPPING, **S.CHANNEL_MAPPING.read()}),
         "hub": HuggingFaceHub(**S.values(S.HUB, secret=EnvVar)),

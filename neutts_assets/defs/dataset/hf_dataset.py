@@ -10,13 +10,15 @@ from neutts_assets.defs.io_managers import read_manifest
 from neutts_assets.defs.leases import channel_lease
 from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
-from neutts_assets.defs.resources import HuggingFaceHub, SegmentStore
+from neutts_assets.defs.resources import DatasetSplit, HuggingFaceHub, SegmentStore
+from neutts_assets.pipeline.dataset.annotations import Annotations
 from neutts_assets.pipeline.dataset.card import card_body, channel_section
 from neutts_assets.pipeline.dataset.disk import disk_copy_current, save_channel_to_disk
 from neutts_assets.pipeline.dataset.hub import HubPushError, PushResult, push_channel
 from neutts_assets.pipeline.dataset.manifest import DatasetManifest, HubCommit
-from neutts_assets.pipeline.dataset.rows import RowFilter
+from neutts_assets.pipeline.dataset.rows import QUALITY_FILTERS, RowFilter
 from neutts_assets.pipeline.dataset.sources import NoSegments, Sources, channel_sources
+from neutts_assets.pipeline.dataset.splits import SplitSettingsError
 from neutts_assets.pipeline.dataset.store import DATASET_PREFIX, shard_prefix
 from neutts_assets.pipeline.dataset.writer import (
     BuildPlan,
@@ -31,8 +33,11 @@ from neutts_assets.pipeline.dataset.writer import (
     read_records,
 )
 from neutts_assets.pipeline.encoding.manifest import EncodedManifest
+from neutts_assets.pipeline.inventory.manifest import Inventory
 from neutts_assets.pipeline.progress import Progress
+from neutts_assets.pipeline.quality.scoring import read_documents
 from neutts_assets.pipeline.segments.manifest import SegmentsManifest
+from neutts_assets.pipeline.segments.store import load_indexes
 
 
 class DatasetConfig(Config):
@@ -42,6 +47,14 @@ class DatasetConfig(Config):
     )
     min_duration_s: Optional[float] = Field(default=None, description="leave out shorter segments; off by default")
     max_duration_s: Optional[float] = Field(default=None, description="leave out longer segments; off by default")
+    # Quality thresholds (segment_quality's scores), all off by default; what they leave out is counted
+    # in the metadata and on the card. A row without the score a threshold is on is left out.
+    min_speech_ratio: Optional[float] = Field(default=None, description="leave out rows with less speech (VAD)")
+    min_snr_db: Optional[float] = Field(default=None, description="leave out rows with a lower SNR estimate")
+    max_clipping_fraction: Optional[float] = Field(default=None, description="leave out rows clipping more")
+    min_dnsmos_sig: Optional[float] = Field(default=None, description="DNSMOS P.835 signal threshold")
+    min_dnsmos_bak: Optional[float] = Field(default=None, description="DNSMOS P.835 background threshold")
+    min_dnsmos_ovrl: Optional[float] = Field(default=None, description="DNSMOS P.835 overall threshold")
     shard_size_mb: float = Field(default=500, description="target Parquet shard size")
     save_to_disk: bool = Field(default=False, description="also write the load_from_disk copy under hf_dataset_disk/")
     push_to_hub: bool = Field(default=True, description="push when the hub resource names a repo")
@@ -60,7 +73,7 @@ class DatasetConfig(Config):
     # Both stages are upstream: with codes the rows come from encoded_segments' files, with the
     # no-codes option from segments_npz's. Their manifests are read from the store, so this asset
     # runs whichever of the two has been materialized.
-    deps=["segments_npz", "encoded_segments"],
+    deps=["segments_npz", "encoded_segments", "segment_quality"],
     io_manager_key="manifest_io_manager",
     tags={"machine": "t4"},
     kinds={"parquet", "huggingface"},
@@ -69,11 +82,15 @@ class DatasetConfig(Config):
     "and a push to the Hub as one commit.",
 )
 def hf_dataset(
-    context: AssetExecutionContext, config: DatasetConfig, store: SegmentStore, hub: HuggingFaceHub
+    context: AssetExecutionContext,
+    config: DatasetConfig,
+    store: SegmentStore,
+    hub: HuggingFaceHub,
+    dataset_split: DatasetSplit,
 ) -> Output[DatasetManifest]:
     # One run at a time writes a channel's objects for this asset; a second stops here (defs/leases.py).
     with channel_lease(context, store, "hf_dataset") as lease:
-        return _build_dataset(context, config, store, hub, lease.check)
+        return _build_dataset(context, config, store, hub, dataset_split, lease.check)
 
 
 def _build_dataset(
@@ -81,21 +98,26 @@ def _build_dataset(
     config: DatasetConfig,
     store: SegmentStore,
     hub: HuggingFaceHub,
+    dataset_split: DatasetSplit,
     guard: Callable[[], None],
 ) -> Output[DatasetManifest]:
-    """Plan from the published record and two listings; build and publish the changed shards (or finish
-    the publishing a killed run left); make the load_from_disk copy and push to the Hub; report."""
+    """Plan from the published record, two listings and the rows' annotations; build and publish the
+    changed shards (or finish the publishing a killed run left); make the load_from_disk copy and push
+    to the Hub; report."""
     channel = context.partition_key
     dst = store.open()
     # What a run killed mid-upload left: a shard's temporary file, or its unfinished multipart upload.
     orphan_temporaries = dst.remove_orphan_temporaries(shard_prefix(channel))
     sources = _sources(dst, channel, config.include_segments_without_codes)
-    row_filter = RowFilter(not config.include_segments_without_codes, config.min_duration_s, config.max_duration_s)
+    row_filter = _row_filter(config)
+    annotations = _annotations(dst, channel, dataset_split)
     previous = read_record(dst, channel)
     shard_bytes = int(config.shard_size_mb * 1e6)
-    # Pure planning from the record and two listings: which shards stay, which segments are read.
+    # Pure planning from the record, two listings and the annotations: which shards stay, which segments are read.
     present = {o.key[len(DATASET_PREFIX) :]: o.size for o in dst.list(shard_prefix(channel))}
-    plan = plan_build(previous, sources.objects, row_filter, shard_bytes, config.compact, config.force, present)
+    plan = plan_build(
+        previous, sources.objects, row_filter, shard_bytes, config.compact, config.force, present, annotations
+    )
     context.log.info(
         f"{channel}: {len(sources.objects)} segments from {sources.description}; "
         + ("unchanged since the published build" if plan.unchanged else plan.summary())
@@ -112,7 +134,18 @@ def _build_dataset(
         else:
             keep_local = want_push or config.save_to_disk  # the push and the disk copy read the new shards here
             build = _build_shards(
-                context, config, dst, sources, row_filter, shard_bytes, work, keep_local, guard, previous, plan
+                context,
+                config,
+                dst,
+                sources,
+                row_filter,
+                shard_bytes,
+                work,
+                keep_local,
+                guard,
+                previous,
+                plan,
+                annotations,
             )
             record = build.record
             removed = publish_channel(dst, record, hub.title, guard)
@@ -127,6 +160,27 @@ def _build_dataset(
     manifest = DatasetManifest.of(channel, record, HubCommit(push.repo_id, push.commit_oid) if push else None)
     metadata = _metadata(dst, record, sources, plan, build, removed, disk, push, hub.title, orphan_temporaries)
     return Output(manifest, metadata={**metadata, **retry_metadata(store=dst)})
+
+
+def _row_filter(config: DatasetConfig) -> RowFilter:
+    return RowFilter(
+        not config.include_segments_without_codes,
+        config.min_duration_s,
+        config.max_duration_s,
+        **{name: getattr(config, name) for name in QUALITY_FILTERS},
+    )
+
+
+def _annotations(dst, channel: str, dataset_split: DatasetSplit) -> Annotations:
+    """Each row's split, scores and lineage: stage 1's recording indexes, segment_quality's documents,
+    and the transcripts' keys from the inventory (for indexes written before they kept them)."""
+    try:
+        rule = dataset_split.rule()
+    except SplitSettingsError as exc:
+        raise Failure(description=f"the dataset_split resource cannot split: {exc}") from exc
+    inventory = read_manifest(dst, "raw_audio", channel, Inventory)
+    transcripts = {e.recording_id: e.transcript_key for e in inventory.entries} if inventory else {}
+    return Annotations(channel, rule, load_indexes(dst, channel), read_documents(dst, channel), transcripts)
 
 
 def _sources(dst, channel: str, include_segments_without_codes: bool) -> Sources:
@@ -156,6 +210,7 @@ def _build_shards(
     guard: Callable[[], None],
     previous: Optional[dict],
     plan: BuildPlan,
+    annotations: Annotations,
 ) -> ChannelBuild:
     """Writes the plan's shards and the build's record, not yet published. Segment files the store could
     not read fail the run with the build discarded: the segments are not at fault, and a rerun retries."""
@@ -175,6 +230,7 @@ def _build_shards(
         guard=guard,
         previous=previous,
         plan=plan,
+        annotations=annotations,
     )
     if build.store_failures:  # the store failed, not the segments: publish no build that lacks them
         discard_build(dst, build.record)
@@ -245,6 +301,9 @@ def _metadata(
         "hours": stats["hours"],
         "speakers": stats["speakers"],
         "shards": len(record["shards"]),
+        "splits": _splits_table(record),
+        "rows_without_quality_scores": stats.get("quality", {}).get("speech_ratio", {}).get("unscored", 0),
+        "quality": _quality_table(stats),
         "dataset_bytes": sum(s["bytes"] for s in record["shards"]),
         "old_shards_removed": len(removed),
         **_build_work(record, plan, build),
@@ -260,6 +319,23 @@ def _metadata(
     if push is not None:
         meta.update(_hub_push(push))
     return meta
+
+
+def _splits_table(record: dict):
+    split_stats = record.get("split_stats") or {}
+    return metadata_table(
+        ["split", "rows", "hours", "speakers"],
+        [(split, st["rows"], st["hours"], st["speakers"]) for split, st in split_stats.items()],
+    )
+
+
+def _quality_table(stats: dict):
+    """Each score's quantiles over the channel's rows (the card has the histograms)."""
+    rows = []
+    for name, q in (stats.get("quality") or {}).items():
+        qs = q["quantiles"] or {}
+        rows.append((name, q["scored"], q["unscored"], *(qs.get(k) for k in ("p5", "p25", "p50", "p75", "p95"))))
+    return metadata_table(["score", "scored", "not scored", "p5", "p25", "median", "p75", "p95"], rows)
 
 
 def _segment_counts(record: dict, sources: Sources, build: Optional[ChannelBuild]) -> dict:

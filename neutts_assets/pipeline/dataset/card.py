@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from neutts_assets.pipeline.dataset.splits import SPLITS, TRAIN
+
 ALL_CONFIG = "all"
 # Every channel's shards without the audio column (the Parquet builder's `columns`, from the
 # YAML: column projection, no extra files): the text + codes NeuTTS fine-tuning reads, whose rows
@@ -29,16 +31,30 @@ def usable_channel(name) -> bool:
         return False
 
 
-SPLIT = "train"
-
-
 def text_codes_features():
-    """The dataset's features less `audio`: the text_codes config's."""
+    """The users' columns less `audio`: the text_codes config's (the split, scores and lineage are
+    left out too, so the rows reaching default_data_collator are what they always were)."""
     from datasets import Features
 
-    from neutts_assets.pipeline.dataset.rows import dataset_features
+    from neutts_assets.pipeline.dataset.rows import USERS_COLUMNS, dataset_features
 
-    return Features({name: feature for name, feature in dataset_features().items() if name != "audio"})
+    features = dataset_features()
+    return Features({name: features[name] for name in USERS_COLUMNS if name != "audio"})
+
+
+def _split_parts(record: dict) -> dict[str, dict]:
+    """A channel's shards by split, in split order: {"paths", "num_examples", "num_bytes"} each."""
+    out: dict[str, dict] = {}
+    for shard in record["shards"]:
+        part = out.setdefault(shard.get("split", TRAIN), {"paths": [], "num_examples": 0, "num_bytes": 0})
+        part["paths"].append(shard["path"])
+        part["num_examples"] += shard["rows"]
+        part["num_bytes"] += shard["bytes"]
+    return {split: out[split] for split in sorted(out, key=_split_order)}
+
+
+def _split_order(split: str) -> tuple:
+    return (SPLITS.index(split), "") if split in SPLITS else (len(SPLITS), split)
 
 
 def _configs_yaml(records: list[dict], foreign: dict[str, dict]):
@@ -51,41 +67,40 @@ def _configs_yaml(records: list[dict], foreign: dict[str, dict]):
     features = dataset_features()
     configs, infos = {}, {}
 
-    def add(name: str, parts: list[dict], default: bool = False, features=features, columns=None) -> None:
-        """parts: {"paths", "num_examples", "num_bytes"}; split sizes only when every part knows them.
-        `columns`: the Parquet builder reads only those (its `columns` parameter, given in the YAML)."""
+    def add(name: str, channels: list[dict[str, dict]], default: bool = False, features=features, columns=None):
+        """channels: each channel's parts by split ({"paths", "num_examples", "num_bytes"}); split sizes
+        only when every part knows them. `columns`: the Parquet builder reads only those (its `columns`
+        parameter, given in the YAML)."""
+        splits = sorted({split for parts in channels for split in parts}, key=_split_order)
+        by_split = {split: [parts[split] for parts in channels if split in parts] for split in splits}
         configs[name] = {
-            "data_files": [{"split": SPLIT, "path": [p for part in parts for p in part["paths"]]}],
+            "data_files": [
+                {"split": split, "path": [p for part in by_split[split] for p in part["paths"]]} for split in splits
+            ],
             **({"columns": list(columns)} if columns is not None else {}),
             **({"default": True} if default else {}),
         }
-        splits = None
-        if all(part.get("num_examples") is not None for part in parts):
-            splits = SplitDict()
-            # A projected config reads part of the shards' bytes: it states its rows, not the shards' size.
-            splits.add(
-                SplitInfo(
-                    SPLIT,
-                    num_bytes=0 if columns is not None else sum(part.get("num_bytes") or 0 for part in parts),
-                    num_examples=sum(part["num_examples"] for part in parts),
+        split_dict = None
+        if all(part.get("num_examples") is not None for parts in by_split.values() for part in parts):
+            split_dict = SplitDict()
+            for split, parts in by_split.items():
+                # A projected config reads part of the shards' bytes: it states its rows, not the shards' size.
+                split_dict.add(
+                    SplitInfo(
+                        split,
+                        num_bytes=0 if columns is not None else sum(part.get("num_bytes") or 0 for part in parts),
+                        num_examples=sum(part["num_examples"] for part in parts),
+                    )
                 )
-            )
-        infos[name] = DatasetInfo(features=features, splits=splits, config_name=name)
+        infos[name] = DatasetInfo(features=features, splits=split_dict, config_name=name)
 
     # A channel named like a reserved config ("all", "text_codes") is not usable either.
     records = [r for r in records if usable_channel(r["channel"])]
-    foreign = {name: part for name, part in foreign.items() if usable_channel(name)}
-    parts = {
-        r["channel"]: {
-            "paths": [s["path"] for s in r["shards"]],
-            "num_examples": r["stats"]["rows"],
-            "num_bytes": sum(s["bytes"] for s in r["shards"]),
-        }
-        for r in records
-    }
-    parts.update({name: part for name, part in foreign.items() if name not in parts and name not in RESERVED_CONFIGS})
+    foreign = {name: parts for name, parts in foreign.items() if usable_channel(name)}
+    parts = {r["channel"]: _split_parts(r) for r in records}
+    parts.update({name: p for name, p in foreign.items() if name not in parts and name not in RESERVED_CONFIGS})
     # A channel whose every segment was filtered out has no shard: a config with no files would not load.
-    channels = sorted(name for name, part in parts.items() if part["paths"])
+    channels = sorted(name for name, p in parts.items() if any(part["paths"] for part in p.values()))
     if channels:
         add(ALL_CONFIG, [parts[c] for c in channels], default=True)
         text_codes = text_codes_features()
@@ -95,28 +110,31 @@ def _configs_yaml(records: list[dict], foreign: dict[str, dict]):
     return MetadataConfigs(configs), DatasetInfosDict(infos)
 
 
-def foreign_configs(card_text: str, known: set[str], present: set[str]) -> dict[str, dict]:
+def foreign_configs(card_text: str, known: set[str], present: set[str]) -> dict[str, dict[str, dict]]:
     """The per-channel configs of an existing card (the Hub's) for channels this store does not know
-    (pushed from another store), kept when all their files are still there."""
+    (pushed from another store), kept when all their files are still there: their parts by split."""
     from huggingface_hub import DatasetCard
 
     data = DatasetCard(card_text).data.to_dict()
     sizes = {}
     infos = data.get("dataset_info") or []
     for info in [infos] if isinstance(infos, dict) else infos:
-        split = next((x for x in info.get("splits") or [] if x.get("name") == SPLIT), None)
-        if split:
-            sizes[info.get("config_name")] = (split.get("num_examples"), split.get("num_bytes"))
+        for split in info.get("splits") or []:
+            sizes[(info.get("config_name"), split.get("name"))] = (split.get("num_examples"), split.get("num_bytes"))
     out = {}
     for config in data.get("configs") or []:
         name = config.get("config_name")
         if name in known or name in RESERVED_CONFIGS or not config.get("data_files"):
             continue
-        paths = config["data_files"][0].get("path")
-        paths = [paths] if isinstance(paths, str) else list(paths or [])
-        if paths and all(p in present for p in paths):
-            examples, nbytes = sizes.get(name, (None, None))
-            out[name] = {"paths": paths, "num_examples": examples, "num_bytes": nbytes}
+        parts = {}
+        for entry in config["data_files"]:
+            paths = entry.get("path")
+            paths = [paths] if isinstance(paths, str) else list(paths or [])
+            examples, nbytes = sizes.get((name, entry.get("split")), (None, None))
+            parts[entry.get("split") or TRAIN] = {"paths": paths, "num_examples": examples, "num_bytes": nbytes}
+        all_paths = [p for part in parts.values() for p in part["paths"]]
+        if all_paths and all(p in present for p in all_paths):
+            out[name] = parts
     return out
 
 
@@ -160,14 +178,75 @@ def channel_section(record: dict) -> str:
             f"| gender | {_mix(s['gender'], s['rows'])} |",
             f"| dialect | {_mix(s['dialect'], s['rows'])} |",
             f"| tone | {_mix(s['tone'], s['rows'])} |",
+            f"| left out | {_left_out(record)} |",
             f"| source | `{record['source']}` |",
             f"| built | {record['built_at']} (build `{record['build_id']}`) |",
             f"| shards | {len(record['shards'])} ({sum(x['bytes'] for x in record['shards']) / 1e6:.1f} MB) |",
             "",
+            _splits_table(record),
+            "",
             _histogram(s["duration_histogram"]),
             "",
+            *_quality_tables(s),
         ]
     )
+
+
+def _left_out(record: dict) -> str:
+    """The segments that became no row, by reason (the filters' counts among them)."""
+    reasons: dict[str, int] = {}
+    for entry in record.get("excluded", []):
+        reason = entry[4] if entry[3] == "skipped" else "unreadable or invalid"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return "none"
+    return ", ".join(f"{_cell(r)} {n}" for r, n in sorted(reasons.items(), key=lambda x: (-x[1], x[0])))
+
+
+def _splits_table(record: dict) -> str:
+    """Each split's rows, hours and speakers (speakers never cross splits: pipeline/dataset/splits.py)."""
+    split_stats = record.get("split_stats") or {TRAIN: record["stats"]}
+    lines = ["| split | rows | hours | speakers |", "|---|---:|---:|---:|"]
+    lines += [
+        f"| {split} | {st['rows']} | {st['hours']:.2f} | {st['speakers']} |"
+        for split, st in sorted(split_stats.items(), key=lambda x: _split_order(x[0]))
+    ]
+    rule = record.get("split_rule")
+    if rule:
+        unit = (
+            f"speaker ids matching `{_cell(rule['global_speakers'])}`, else the recording"
+            if rule.get("global_speakers")
+            else "the recording"
+        )
+        lines += [
+            "",
+            f"Split by {unit}: validation {rule['validation_fraction']:g}, test {rule['test_fraction']:g} "
+            f"(stable hash `{rule['salt']}`).",
+        ]
+    return "\n".join(lines)
+
+
+def _quality_tables(stats: dict) -> list[str]:
+    """Each score's quantiles (one table), then a histogram per score that has values."""
+    quality = stats.get("quality") or {}
+    scored = {name: q for name, q in quality.items() if q["scored"]}
+    if not quality:
+        return []
+    lines = [
+        "| score | rows scored | not scored | p5 | p25 | median | p75 | p95 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, q in quality.items():
+        qs = q["quantiles"] or {}
+        cells = " | ".join(f"{qs[k]:g}" if k in qs else "-" for k in ("p5", "p25", "p50", "p75", "p95"))
+        lines.append(f"| `{name}` | {q['scored']} | {q['unscored']} | {cells} |")
+    lines.append("")
+    for name, q in scored.items():
+        peak = max(q["histogram"].values(), default=0) or 1
+        lines += [f"| `{name}` | segments | |", "|---|---:|---|"]
+        lines += [f"| {b} | {n} | {'█' * round(20 * n / peak)} |" for b, n in q["histogram"].items()]
+        lines.append("")
+    return lines
 
 
 def pairs_section(pairs: list[dict], records: list[dict]) -> str:
@@ -237,7 +316,14 @@ def card_body(records: list[dict], title: str, pairs: list[dict] | None = None) 
             'ds = load_dataset("<this folder or repo>", split="train")            # all channels',
             f'ds = load_dataset("<this folder or repo>", "{first}", split="train")  # one channel',
             f'ds = load_dataset("<this folder or repo>", "{TEXT_CODES_CONFIG}", split="train")  # all channels, no audio column',
+            f'val = load_dataset("<this folder or repo>", "{first}", split="validation")  # its validation split',
             "```",
+            "",
+            "Splits are speaker-disjoint: whole recordings go to one split (speaker_id is a per-recording label), "
+            "by a stable hash of the recording, so adding recordings or channels never moves a row to another "
+            "split. Each row also carries its `split`, its quality scores (null where not scored) and its lineage: "
+            "the source audio object and version, the transcript and its SHA-256, `start_ms`/`end_ms`, the cut "
+            "rules, the codec and the build that wrote it (`neutts-assets explain CHANNEL/AUDIO_ID`).",
             "",
             f"`{TEXT_CODES_CONFIG}` reads every channel's shards without the `audio` column (Parquet column projection): "
             "text, codes and the labels, what NeuTTS fine-tuning reads, and rows that `default_data_collator` takes "

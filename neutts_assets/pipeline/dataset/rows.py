@@ -18,9 +18,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from neutts_assets.pipeline.dataset.annotations import LINEAGE_COLUMNS, RecordingLineage
+from neutts_assets.pipeline.quality.distribution import coarse_histogram, fine_bin, quantiles
+from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 from neutts_assets.pipeline.segments.npz_zip import member_bytes, raw_members
-from neutts_assets.pipeline.segments.segment_file import STRING_KEYS, flac_bytes, pcm16_of
+from neutts_assets.pipeline.segments.segment_file import STRING_KEYS, audio_digest, flac_bytes, pcm16_of
+
+# The users' columns (seed/SOURCE_LAYOUT.md), in their order; then the split, the quality scores
+# (pipeline/quality/scores.py; null where not scored) and the lineage (pipeline/dataset/annotations.py).
+USERS_COLUMNS = ("audio", "codes", *STRING_KEYS, "duration_sec")
+FLOAT64_LINEAGE = ("start_ms", "end_ms")
+COLUMNS = (*USERS_COLUMNS, "split", *ALL_SCORE_NAMES, *LINEAGE_COLUMNS)
 
 
 def dataset_features():
@@ -33,11 +42,11 @@ def dataset_features():
             "codes": Sequence(Value("int32")),
             **{key: Value("string") for key in STRING_KEYS},
             "duration_sec": Value("float32"),
+            "split": Value("string"),
+            **{name: Value("float32") for name in ALL_SCORE_NAMES},
+            **{name: Value("float64" if name in FLOAT64_LINEAGE else "string") for name in LINEAGE_COLUMNS},
         }
     )
-
-
-COLUMNS = ("audio", "codes", *STRING_KEYS, "duration_sec")
 
 
 @dataclass
@@ -47,10 +56,21 @@ class Row:
     strings: dict[str, str]
     duration_sec: float
     codec: str
+    source_key: str = ""
+    start_ms: float | None = None
+    end_ms: float | None = None
+    audio_digest: str = ""  # segment_file.audio_digest: which audio the scores must be of
+    # Set by the builder from the channel's Annotations before the filter sees the row.
+    split: str = "train"
+    scores: dict = field(default_factory=dict)  # score name -> value (None: undefined); empty: not scored
+    lineage: RecordingLineage = field(default_factory=RecordingLineage)
 
     @property
     def audio_id(self) -> str:
         return self.strings["audio_id"]
+
+    def score(self, name: str) -> float | None:
+        return self.scores.get(name)
 
 
 class BadSegment(ValueError):
@@ -70,6 +90,10 @@ class _Npz:
     def __init__(self, data: bytes):
         self._members = raw_members(data)
         self.files = [n[:-4] for n in self._members if n.endswith(".npy")]
+
+    @property
+    def members(self):
+        return self._members
 
     def __getitem__(self, key: str) -> np.ndarray:
         raw = member_bytes(self._members[key + ".npy"])
@@ -107,21 +131,40 @@ def read_row(data: bytes) -> Row:
             flac, num_samples = flac_bytes(pcm16), len(pcm16)
         if num_samples is None:  # an incomplete header: decode to count
             num_samples = len(pcm16_of(npz))
+        source_key = str(npz["source_key"][()]) if "source_key" in files else ""
+        start_ms = float(npz["start_ms"][()]) if "start_ms" in files else None
+        end_ms = float(npz["end_ms"][()]) if "end_ms" in files else None
+        digest = audio_digest(npz.members)
     except BadSegment:
         raise
     except Exception as exc:  # zip, numpy and decoding errors: the object is unusable
         raise BadSegment(f"unreadable segment file: {type(exc).__name__}: {exc}") from None
-    return Row(flac, codes, strings, num_samples / SAMPLE_RATE, codec)
+    return Row(flac, codes, strings, num_samples / SAMPLE_RATE, codec, source_key, start_ms, end_ms, digest)
 
 
 @dataclass(frozen=True)
 class RowFilter:
     """Which segments become rows. Only rows with codes, unless the no-codes option is set; a
-    duration range, off by default."""
+    duration range and quality thresholds, all off by default. A row without the score a
+    threshold is on (not scored, or undefined: the SNR of a segment with no pause) is left out,
+    with that reason."""
 
     require_codes: bool = True
     min_duration_s: float | None = None
     max_duration_s: float | None = None
+    min_speech_ratio: float | None = None
+    min_snr_db: float | None = None
+    max_clipping_fraction: float | None = None
+    min_dnsmos_sig: float | None = None
+    min_dnsmos_bak: float | None = None
+    min_dnsmos_ovrl: float | None = None
+
+    def _thresholds(self):
+        """(score, bound, is a minimum) for every threshold that is set."""
+        for name in QUALITY_FILTERS:
+            bound = getattr(self, name)
+            if bound is not None:
+                yield name.split("_", 1)[1], bound, name.startswith("min_")
 
     def reason_to_skip(self, row: Row) -> str | None:
         if self.require_codes and len(row.codes) == 0:
@@ -130,14 +173,35 @@ class RowFilter:
             return f"shorter than {self.min_duration_s} s"
         if self.max_duration_s is not None and row.duration_sec > self.max_duration_s:
             return f"longer than {self.max_duration_s} s"
+        for score, bound, minimum in self._thresholds():
+            value = row.score(score)
+            if value is None:
+                return f"no {score} score"
+            if minimum and value < bound:
+                return f"{score} below {bound:g}"
+            if not minimum and value > bound:
+                return f"{score} above {bound:g}"
         return None
 
     def fingerprint(self) -> dict:
-        return {
+        out = {
             "require_codes": self.require_codes,
             "min_duration_s": self.min_duration_s,
             "max_duration_s": self.max_duration_s,
         }
+        # Only the thresholds that are set: a record made before they existed is still current.
+        out.update({name: getattr(self, name) for name in QUALITY_FILTERS if getattr(self, name) is not None})
+        return out
+
+
+QUALITY_FILTERS = (
+    "min_speech_ratio",
+    "min_snr_db",
+    "max_clipping_fraction",
+    "min_dnsmos_sig",
+    "min_dnsmos_bak",
+    "min_dnsmos_ovrl",
+)
 
 
 # Duration histogram bins, seconds: the pair builder keeps 0.5-15 s, so those edges are visible.
@@ -169,8 +233,16 @@ class ChannelStats:
     durations: Counter = field(default_factory=Counter)
     codecs: Counter = field(default_factory=Counter)
     rows_with_codes: int = 0
+    scores: dict = field(default_factory=dict)  # score -> Counter of fine bins (pipeline/quality/distribution.py)
+    unscored: Counter = field(default_factory=Counter)  # score -> rows without a value
 
     def add(self, row: Row) -> None:
+        for name in ALL_SCORE_NAMES:
+            value = row.score(name)
+            if value is None:
+                self.unscored[name] += 1
+            else:
+                self.scores.setdefault(name, Counter())[fine_bin(name, value)] += 1
         self.rows += 1
         self.seconds += row.duration_sec
         recording = row.audio_id.rsplit("_seg_", 1)[0]
@@ -195,6 +267,8 @@ class ChannelStats:
             "durations": dict(self.durations),
             "codecs": dict(self.codecs),
             "rows_with_codes": self.rows_with_codes,
+            "scores": {name: {str(b): n for b, n in sorted(c.items())} for name, c in self.scores.items()},
+            "unscored": dict(self.unscored),
         }
 
     @classmethod
@@ -209,6 +283,8 @@ class ChannelStats:
             durations=Counter(d["durations"]),
             codecs=Counter(d["codecs"]),
             rows_with_codes=d["rows_with_codes"],
+            scores={name: Counter({int(b): n for b, n in c.items()}) for name, c in d.get("scores", {}).items()},
+            unscored=Counter(d.get("unscored", {})),
         )
 
     def merge(self, other: ChannelStats) -> ChannelStats:
@@ -216,8 +292,10 @@ class ChannelStats:
         self.rows += other.rows
         self.seconds += other.seconds
         self.speakers |= other.speakers
-        for name in ("gender", "dialect", "tone", "durations", "codecs"):
+        for name in ("gender", "dialect", "tone", "durations", "codecs", "unscored"):
             getattr(self, name).update(getattr(other, name))
+        for name, counts in other.scores.items():
+            self.scores.setdefault(name, Counter()).update(counts)
         self.rows_with_codes += other.rows_with_codes
         return self
 
@@ -241,4 +319,13 @@ class ChannelStats:
             "duration_histogram": {b: self.durations.get(b, 0) for b in duration_bins()},
             "codecs": dict(self.codecs.most_common()),
             "rows_with_codes": self.rows_with_codes,
+            "quality": {
+                name: {
+                    "scored": sum(self.scores.get(name, {}).values()),
+                    "unscored": self.unscored.get(name, 0),
+                    "quantiles": quantiles(name, self.scores.get(name, {})),
+                    "histogram": coarse_histogram(name, self.scores.get(name, {})),
+                }
+                for name in ALL_SCORE_NAMES
+            },
         }

@@ -2,7 +2,8 @@
 dataset, its build records and the `save_to_disk` copy is made here, and nowhere else.
 
     hf_dataset/README.md                          the card: features, figures, one config per channel + "all"
-    hf_dataset/data/{channel}/{build}-{i}.parquet the channel's shards (~500 MB each by default)
+    hf_dataset/data/{channel}/{split}/{build}-{i}.parquet
+                                                  the channel's shards of each split (~500 MB each by default)
     hf_dataset_builds/{channel}.json              the channel's published build: its shards and figures
     hf_dataset_progress/{channel}.json            a build in progress: its shards so far, where it is
     hf_dataset_disk/{channel}/...                 the save_to_disk copy (load_from_disk), one Arrow file per shard
@@ -21,6 +22,11 @@ CARD_KEY = f"{DATASET_PREFIX}README.md"
 def data_folder(channel: str) -> str:
     """The channel's shard folder, relative to the dataset folder (as the card and the Hub name it)."""
     return f"data/{channel}/"
+
+
+def split_folder(channel: str, split: str) -> str:
+    """A split's shard folder, relative to the dataset folder (one `data_files` entry of the card)."""
+    return f"{data_folder(channel)}{split}/"
 
 
 def shard_prefix(channel: str) -> str:

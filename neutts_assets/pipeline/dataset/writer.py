@@ -54,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from neutts_assets.pipeline.dataset.annotations import Annotations
 from neutts_assets.pipeline.dataset.rows import (
     COLUMNS,
     BadSegment,
@@ -63,16 +64,18 @@ from neutts_assets.pipeline.dataset.rows import (
     dataset_features,
     read_row,
 )
+from neutts_assets.pipeline.dataset.splits import SPLITS, TRAIN
 from neutts_assets.pipeline.dataset.store import (
     BUILDS_PREFIX,
     CARD_KEY,
     DATASET_PREFIX,
-    data_folder,
     progress_key,
     record_key,
     shard_key,
     shard_prefix,
+    split_folder,
 )
+from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
 from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, STRING_KEYS
 from neutts_assets.storage.store import ObjectInfo, ObjectStore, may_pass
 
@@ -83,8 +86,7 @@ COMPRESSION = {
     "audio.bytes": "none",
     "audio.path": "zstd",
     "codes.list.element": "zstd",
-    "duration_sec": "zstd",
-    **{key: "zstd" for key in STRING_KEYS},
+    **{name: "zstd" for name in COLUMNS if name not in ("audio", "codes")},
 }
 
 
@@ -93,7 +95,9 @@ def segment_objects(store: ObjectStore, prefix: str) -> dict[str, ObjectInfo]:
     return {o.key: o for o in store.list(prefix) if o.key.endswith(".npz") and "/" not in o.key[len(prefix) :]}
 
 
-WRITER_VERSION = 2  # 2: per-shard members and stats_state, excluded segments; a change rebuilds every channel
+# 2: per-shard members and stats_state, excluded segments; 3: splits, quality scores, lineage (each
+# member and excluded entry carries its annotations' digest). A change rebuilds every channel.
+WRITER_VERSION = 3
 
 
 def segment_name(key: str) -> str:
@@ -106,12 +110,28 @@ def build_basis(row_filter: RowFilter) -> dict:
     return {"filter": row_filter.fingerprint(), "format": FORMAT_VERSION, "writer": WRITER_VERSION}
 
 
-def source_fingerprint(objects: Iterable[ObjectInfo], row_filter: RowFilter) -> str:
-    """Changes when any segment object or a filter changes: an unchanged channel is not rebuilt."""
+def source_fingerprint(
+    objects: Iterable[ObjectInfo], row_filter: RowFilter, annotations: Annotations | None = None
+) -> str:
+    """Changes when any segment object, its annotations or a filter changes: an unchanged channel is not rebuilt."""
     h = hashlib.sha256(json.dumps(build_basis(row_filter)).encode())
     for o in sorted(objects, key=lambda o: o.key):
-        h.update(f"\n{o.key}\t{o.version}\t{o.size}".encode())
+        h.update(f"\n{o.key}\t{o.version}\t{o.size}\t{_digest(annotations, o.key)}".encode())
     return h.hexdigest()
+
+
+def _member(member: list) -> tuple[str, str, int, str]:
+    """A shard member's name, version, size and annotations digest ("" in a record made without one)."""
+    name, version, size, *rest = member
+    return name, version, size, rest[0] if rest else ""
+
+
+def _digest(annotations: Annotations | None, key: str) -> str:
+    return annotations.digest(segment_name(key)) if annotations is not None else ""
+
+
+def _split(annotations: Annotations | None, key: str) -> str:
+    return annotations.of(segment_name(key)).split if annotations is not None else TRAIN
 
 
 @dataclass
@@ -134,6 +154,7 @@ class BuildPlan:
     removed: list[str] = field(default_factory=list)  # in a shard, gone now
     retried: list[str] = field(default_factory=list)  # excluded before, at another version now
     basis: dict = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # segment key -> its annotations' digest
     fingerprint: str = ""  # of the plan: a killed build resumes only into the same plan
     unchanged: bool = False  # nothing to write: the published build is current
 
@@ -159,7 +180,7 @@ def _plan_fingerprint(plan: BuildPlan, previous: dict | None, shard_bytes: int) 
         ).encode()
     )
     for o in plan.read:
-        h.update(f"\n{o.key}\t{o.version}\t{o.size}".encode())
+        h.update(f"\n{o.key}\t{o.version}\t{o.size}\t{plan.digests.get(o.key, '')}".encode())
     return h.hexdigest()
 
 
@@ -171,17 +192,26 @@ def plan_build(
     compact: bool = False,
     force: bool = False,
     present: dict[str, int] | None = None,
+    annotations: Annotations | None = None,
 ) -> BuildPlan:
     """The build plan (see the module docstring for the rules). `present`: the sizes of the shard
     objects in the store by path in the dataset folder (a kept shard must be there, whole); None
-    trusts the record."""
+    trusts the record. `annotations`: the rows' splits, scores and lineage (none: every row in
+    train, unscored, without lineage); a row whose annotations changed is read again."""
     current = _current_segments(objects)
+    digests = {o.key: _digest(annotations, o.key) for o in current.values()}
     basis = build_basis(row_filter)
     why = _full_rebuild_reasons(previous, basis, force)
     if why:
         plan = BuildPlan(True, why, read=[current[n] for n in sorted(current)], new=sorted(current), basis=basis)
     else:
-        plan = _incremental_plan(previous, current, row_filter, shard_bytes, compact, present, basis)
+        plan = _incremental_plan(
+            previous, current, digests, row_filter, shard_bytes, compact, present, basis, annotations
+        )
+    # New shards are written split by split (a shard holds one split's rows), each in plan order.
+    order = {s: i for i, s in enumerate(SPLITS)}
+    plan.read.sort(key=lambda o: order.get(_split(annotations, o.key), len(order)))
+    plan.digests = {o.key: digests[o.key] for o in plan.read}
     plan.fingerprint = _plan_fingerprint(plan, previous, shard_bytes)
     return plan
 
@@ -208,16 +238,18 @@ def _full_rebuild_reasons(previous: dict | None, basis: dict, force: bool) -> li
 def _incremental_plan(
     previous: dict,
     current: dict[str, ObjectInfo],
+    digests: dict[str, str],
     row_filter: RowFilter,
     shard_bytes: int,
     compact: bool,
     present: dict[str, int] | None,
     basis: dict,
+    annotations: Annotations | None,
 ) -> BuildPlan:
     plan = BuildPlan(False, [], basis=basis)
     shards = previous["shards"]
-    seen, touched = _compare_shards(plan, shards, current, present)
-    seen |= _compare_excluded(plan, previous.get("excluded", []), current)
+    seen, touched = _compare_shards(plan, shards, current, digests, present)
+    seen |= _compare_excluded(plan, previous.get("excluded", []), current, digests)
     plan.new = sorted(n for n in current if n not in seen)
     tail = sorted(plan.retried + plan.new)
     kept = [i for i in range(len(shards)) if i not in touched]
@@ -226,33 +258,38 @@ def _incremental_plan(
     plan.keep = [shards[i] for i in kept]
     plan.rewritten = [shards[i] for i in sorted(touched) if shards[i] not in plan.compacted]
     for i in sorted(touched):  # their surviving rows, in their previous order
-        plan.read += [current[n] for n, _, _ in shards[i]["members"] if n in current]
+        plan.read += [current[m[0]] for m in shards[i]["members"] if m[0] in current]
     plan.read += [current[n] for n in tail]
     plan.unchanged = (
         not plan.read
         and not touched
         and len(plan.carried) == len(previous.get("excluded", []))
-        and previous.get("source_fingerprint") == source_fingerprint(current.values(), row_filter)
+        and previous.get("source_fingerprint") == source_fingerprint(current.values(), row_filter, annotations)
     )
     _add_reasons(plan)
     return plan
 
 
 def _compare_shards(
-    plan: BuildPlan, shards: list[dict], current: dict[str, ObjectInfo], present: dict[str, int] | None
+    plan: BuildPlan,
+    shards: list[dict],
+    current: dict[str, ObjectInfo],
+    digests: dict[str, str],
+    present: dict[str, int] | None,
 ) -> tuple[set[str], set[int]]:
-    """Notes the published shards' changed and removed members, and the shards missing from the
-    store. Returns the members' names and the indexes of the shards to rewrite."""
+    """Notes the published shards' changed (segment file or annotations) and removed members, and
+    the shards missing from the store. Returns the members' names and the indexes of the shards to rewrite."""
     seen: set[str] = set()
     touched: set[int] = set()
     for i, shard in enumerate(shards):
-        for name, version, size in shard["members"]:
+        for member in shard["members"]:
+            name, version, size, digest = _member(member)
             seen.add(name)
             o = current.get(name)
             if o is None:
                 plan.removed.append(name)
                 touched.add(i)
-            elif (o.version, o.size) != (version, size):
+            elif (o.version, o.size, digests[o.key]) != (version, size, digest):
                 plan.changed.append(name)
                 touched.add(i)
         if present is not None and present.get(shard["path"]) != shard["bytes"]:
@@ -261,17 +298,20 @@ def _compare_shards(
     return seen, touched
 
 
-def _compare_excluded(plan: BuildPlan, excluded: list[list], current: dict[str, ObjectInfo]) -> set[str]:
-    """Notes which of the published build's excluded segments carry over (same version) and which
-    are read again (another version). Returns their names."""
+def _compare_excluded(
+    plan: BuildPlan, excluded: list[list], current: dict[str, ObjectInfo], digests: dict[str, str]
+) -> set[str]:
+    """Notes which of the published build's excluded segments carry over (same version and
+    annotations) and which are read again. Returns their names."""
     seen: set[str] = set()
     for entry in excluded:
         name, version, size = entry[:3]
+        digest = entry[5] if len(entry) > 5 else ""
         seen.add(name)
         o = current.get(name)
         if o is None:
             continue
-        if (o.version, o.size) == (version, size):
+        if (o.version, o.size, digests[o.key]) == (version, size, digest):
             plan.carried.append((o.key, list(entry)))
         else:
             plan.retried.append(name)
@@ -290,7 +330,7 @@ def _compact_small_shards(
     """The kept and rewritten shards once the small kept ones are moved to the rewritten: only when
     at least two would merge, the new rows and the rewritten shards' surviving rows counting as one."""
     small = [i for i in kept if shards[i]["bytes"] < shard_bytes / 4]
-    survivors = any(n in current for i in touched for n, _, _ in (m[:3] for m in shards[i]["members"]))
+    survivors = any(m[0] in current for i in touched for m in shards[i]["members"])
     if len(small) + (1 if tail or survivors else 0) < 2:
         return kept, touched
     plan.compacted = [shards[i] for i in small]
@@ -353,6 +393,22 @@ def _rows_in_order(
             yield k, fut.result()
 
 
+def _lineage_columns(rows: list[Row], build_id: str) -> dict[str, pa.Array]:
+    """The lineage columns of a row group (pipeline/dataset/annotations.py): where each row's audio
+    and text came from, and the build that wrote it."""
+    return {
+        "source_audio": pa.array([r.lineage.audio_key or r.source_key for r in rows], pa.string()),
+        "source_audio_version": pa.array([r.lineage.audio_version for r in rows], pa.string()),
+        "transcript": pa.array([r.lineage.transcript_key for r in rows], pa.string()),
+        "transcript_sha256": pa.array([r.lineage.transcript_sha256 for r in rows], pa.string()),
+        "start_ms": pa.array([r.start_ms for r in rows], pa.float64()),
+        "end_ms": pa.array([r.end_ms for r in rows], pa.float64()),
+        "cut_rules": pa.array([r.lineage.cut_rules for r in rows], pa.string()),
+        "codec": pa.array([r.codec for r in rows], pa.string()),
+        "build_id": pa.array([build_id] * len(rows), pa.string()),
+    }
+
+
 class ShardWriter:
     """Rows into Parquet files of about `shard_bytes`, each uploaded to the store once closed. Each
     shard's entry names its members (as given by `note_member` before each `add`) and its figures."""
@@ -379,15 +435,21 @@ class ShardWriter:
         self._members: list[list] = []
         self._member: list | None = None
         self._stats = ChannelStats()
+        self._split = TRAIN
         self.bytes_uploaded = 0
         self.on_shard = on_shard
 
     def note_member(self, member: list) -> None:
-        """The segment ([name, version, size]) the next `add` comes from."""
+        """The segment ([name, version, size, annotations digest]) the next `add` comes from."""
         self._member = member
 
     def add(self, row: Row) -> None:
-        self._members.append(self._member or [row.audio_id + ".npz", "", 0])
+        if row.split != self._split and (self.buffer or self._writer is not None):
+            self._flush()  # a shard holds one split's rows: the next split starts a new one
+            if self._writer is not None:
+                self._close_shard()
+        self._split = row.split
+        self._members.append(self._member or [row.audio_id + ".npz", "", 0, ""])
         self._member = None
         self._stats.add(row)
         self.buffer.append(row)
@@ -409,6 +471,9 @@ class ShardWriter:
             "codes": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32())),
             **{key: pa.array([r.strings[key] for r in rows], pa.string()) for key in STRING_KEYS},
             "duration_sec": pa.array(np.array([r.duration_sec for r in rows], dtype=np.float32)),
+            "split": pa.array([r.split for r in rows], pa.string()),
+            **{name: pa.array([r.score(name) for r in rows], pa.float32()) for name in ALL_SCORE_NAMES},
+            **_lineage_columns(rows, self.build_id),
         }
         return pa.Table.from_arrays([columns[c] for c in COLUMNS], schema=self.schema)
 
@@ -418,6 +483,7 @@ class ShardWriter:
         if self._writer is None:
             name = f"{self.build_id}-{len(self.shards):05d}.parquet"
             self._path = self.workdir / name
+            self._path_in_dataset = split_folder(self.channel, self._split) + name
             self._sink = pa.OSFile(str(self._path), "wb")
             self._writer = pq.ParquetWriter(self._sink, self.schema, compression=COMPRESSION)
             self._rows_in_shard = 0
@@ -430,12 +496,13 @@ class ShardWriter:
     def _close_shard(self) -> None:
         self._writer.close()
         self._sink.close()
-        path_in_dataset = data_folder(self.channel) + self._path.name
+        path_in_dataset = self._path_in_dataset
         size = self.store.upload(self._path, shard_key(path_in_dataset))
         self.bytes_uploaded += size
         self.shards.append(
             {
                 "path": path_in_dataset,
+                "split": self._split,
                 "rows": self._rows_in_shard,
                 "bytes": size,
                 "members": self._members,
@@ -474,6 +541,7 @@ def build_channel(
     compact: bool = False,
     force: bool = False,
     plan: BuildPlan | None = None,
+    annotations: Annotations | None = None,
 ) -> ChannelBuild:
     """Writes the channel's new shards (not yet published) and returns the build record to publish.
 
@@ -481,12 +549,12 @@ def build_channel(
     `previous`: the published record, whose unchanged shards are kept (none: a full build);
     `plan`: plan_build's answer, when the caller has it already. `guard` is called before each
     progress record (one per shard; a later run resumes from it) and what it raises (the run's
-    lease lost) propagates.
+    lease lost) propagates. `annotations`: each row's split, scores and lineage (the plan's).
     """
     started = time.perf_counter()
     if plan is None:
-        plan = _plan_with_store(store, channel, previous, objects, row_filter, shard_bytes, compact, force)
-    builder = _ChannelBuilder(store, channel, objects, row_filter, plan, shard_bytes, guard, progress)
+        plan = _plan_with_store(store, channel, previous, objects, row_filter, shard_bytes, compact, force, annotations)
+    builder = _ChannelBuilder(store, channel, objects, row_filter, plan, shard_bytes, guard, progress, annotations)
     return builder.run(workdir, keep_local, workers, source, started)
 
 
@@ -499,6 +567,7 @@ def _plan_with_store(
     shard_bytes: int,
     compact: bool,
     force: bool,
+    annotations: Annotations | None,
 ) -> BuildPlan:
     """plan_build, told which shard objects are in the store when there is a published build to keep
     shards of."""
@@ -507,7 +576,7 @@ def _plan_with_store(
         if previous is not None
         else None
     )
-    return plan_build(previous, objects, row_filter, shard_bytes, compact, force, present)
+    return plan_build(previous, objects, row_filter, shard_bytes, compact, force, present, annotations)
 
 
 class _ChannelBuilder:
@@ -525,9 +594,11 @@ class _ChannelBuilder:
         shard_bytes: int,
         guard: Callable[[], None] | None,
         progress: Callable[[int, float], None] | None,
+        annotations: Annotations | None = None,
     ):
         self.store, self.channel, self.objects, self.row_filter = store, channel, objects, row_filter
         self.plan, self.shard_bytes, self.guard, self.progress = plan, shard_bytes, guard, progress
+        self.annotations = annotations
         self.build = ChannelBuild(record={}, plan=plan)
         self.build_id = ""
         self.excluded: list[list] = []  # this build's segments that became no row: [name, version, size, kind, reason]
@@ -567,7 +638,7 @@ class _ChannelBuilder:
             if row is None:
                 continue
             shards_before = len(writer.shards)
-            writer.note_member([segment_name(key), o.version, o.size])
+            writer.note_member([segment_name(key), o.version, o.size, self.plan.digests.get(o.key, "")])
             writer.add(row)
             # A shard is uploaded: every row up to this one is in a shard, unless a read failed in a way
             # that may pass (then this build is discarded, and none may resume from it).
@@ -579,23 +650,34 @@ class _ChannelBuilder:
     def _row_or_none(self, o: ObjectInfo, key: str, data: tuple[int, Row | BadSegment] | Exception) -> Row | None:
         """The segment's row; or None, with the reason it is none noted: excluded (unreadable, bad,
         or skipped by the filter), or a store failure (a read error that may pass)."""
+        digest = self.plan.digests.get(o.key, "")
         if isinstance(data, Exception):
             if may_pass(data):
                 self.build.store_failures.append((key, f"cannot read: {data}"))
             else:
-                self.excluded.append([segment_name(key), o.version, o.size, "failed", f"cannot read: {data}"])
+                self.excluded.append([segment_name(key), o.version, o.size, "failed", f"cannot read: {data}", digest])
             return None
         nbytes, row = data
         self.build.bytes_read += nbytes
         self.build.segments_read += 1
         if isinstance(row, BadSegment):
-            self.excluded.append([segment_name(key), o.version, o.size, "failed", str(row)])
+            self.excluded.append([segment_name(key), o.version, o.size, "failed", str(row), digest])
             return None
+        self._annotate(row, segment_name(key))
         reason = self.row_filter.reason_to_skip(row)
         if reason:
-            self.excluded.append([segment_name(key), o.version, o.size, "skipped", reason])
+            self.excluded.append([segment_name(key), o.version, o.size, "skipped", reason, digest])
             return None
         return row
+
+    def _annotate(self, row: Row, name: str) -> None:
+        """The row's split (by its own speaker_id), its scores when they are of its audio, its lineage."""
+        if self.annotations is None:
+            return
+        extras = self.annotations.of(name)
+        row.split = self.annotations.split(name, row.strings["speaker_id"])
+        row.scores = extras.scores_for(row.audio_digest)
+        row.lineage = extras.lineage
 
     def _save_progress(self, next_read: int, shards: list[dict]) -> None:
         if self.guard:
@@ -618,17 +700,18 @@ class _ChannelBuilder:
 
     def _tally_excluded(self, all_excluded: list[list]) -> None:
         keys = {segment_name(o.key): o.key for o in self.objects}
-        for name, _, _, kind, reason in all_excluded:
+        for name, _, _, kind, reason, *_ in all_excluded:
             (self.build.skipped if kind == "skipped" else self.build.failures).append((keys.get(name, name), reason))
 
     def _record(self, shards: list[dict], all_excluded: list[list], source: str) -> dict:
         stats = ChannelStats.merged(s["stats_state"] for s in shards)
+        splits = sorted({s.get("split", TRAIN) for s in shards}, key=SPLITS.index)
         return {
             "channel": self.channel,
             "build_id": self.build_id,
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": source,
-            "source_fingerprint": source_fingerprint(self.objects, self.row_filter),
+            "source_fingerprint": source_fingerprint(self.objects, self.row_filter, self.annotations),
             "filter": self.row_filter.fingerprint(),
             "basis": self.plan.basis,
             "segments_seen": len({segment_name(o.key) for o in self.objects}),
@@ -637,6 +720,11 @@ class _ChannelBuilder:
             "shards": shards,  # kept shards in their order, then this build's
             "excluded": all_excluded,
             "stats": stats.to_dict(),
+            "split_rule": self.annotations.rule.fingerprint() if self.annotations else None,
+            "split_stats": {
+                split: ChannelStats.merged(s["stats_state"] for s in shards if s.get("split", TRAIN) == split).to_dict()
+                for split in splits
+            },
         }
 
 

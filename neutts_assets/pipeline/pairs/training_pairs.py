@@ -72,13 +72,24 @@ AUDIO_BATCH_PAIRS = 500  # with audio: 1,000 clips of at most 15 s of FLAC, well
 TOP_SPEAKERS = 50
 
 # The non-audio columns of the dataset, as the index reads them from its Parquet shards.
-INDEX_COLUMNS = ("codes", "text", "speaker_id", "channel", "gender", "dialect", "tone", "audio_id", "duration_sec")
+INDEX_COLUMNS = (
+    "codes",
+    "text",
+    "speaker_id",
+    "channel",
+    "gender",
+    "dialect",
+    "tone",
+    "audio_id",
+    "split",
+    "duration_sec",
+)
 # Each side's columns, in the users' order: ref_text, ref_codes, ref_speaker_id, ..., ref_duration_sec.
 SIDE_COLUMNS = ("text", "codes", "speaker_id", "gender", "dialect", "tone", "duration_sec")
 
 
 def pairs_features(include_audio: bool = False):
-    """The pairs' features, exactly the users' pair builder's (ref_audio / target_audio only with audio)."""
+    """The pairs' features: the users' pair builder's (ref_audio / target_audio only with audio), then the split."""
     from datasets import Audio, Features, Sequence, Value
 
     def side(prefix: str) -> dict:
@@ -94,7 +105,8 @@ def pairs_features(include_audio: bool = False):
         if include_audio
         else {}
     )
-    return Features({**audio, **side("ref"), **side("target"), "channel": Value("string")})
+    # `split` last, after the users' columns: both sides' (a pair never crosses splits).
+    return Features({**audio, **side("ref"), **side("target"), "channel": Value("string"), "split": Value("string")})
 
 
 @dataclass(frozen=True)
@@ -289,6 +301,7 @@ def pairs_batch(index: pa.Table, ref: np.ndarray, target: np.ndarray, schema: pa
         for key in SIDE_COLUMNS:
             columns[f"{prefix}_{key}"] = rows[key]
     columns["channel"] = ref_rows["channel"]
+    columns["split"] = ref_rows["split"]
     return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
@@ -324,7 +337,7 @@ class PairsBuild:
 # files holding a recording whose rows changed (and pairs new recordings), reading only the
 # dataset shards that hold those recordings' rows.
 
-PAIRS_WRITER = 2
+PAIRS_WRITER = 3  # 3: the split column
 FILE_BYTES = 500 * 1000 * 1000  # a pairs file is closed at the first recording boundary past this
 
 
@@ -342,9 +355,9 @@ def recordings_in(dataset: dict) -> dict[str, RecordingRows] | None:
     lines: dict[str, list[str]] = {}
     shards: dict[str, set] = {}
     for shard in dataset["shards"]:
-        for name, version, size in shard["members"]:
+        for name, version, size, *digest in shard["members"]:
             rec = recording_of(name[:-4] if name.endswith(".npz") else name)
-            lines.setdefault(rec, []).append(f"{name}\t{version}\t{size}")
+            lines.setdefault(rec, []).append("\t".join(map(str, (name, version, size, *digest))))
             shards.setdefault(rec, set()).add(shard["path"])
     return {
         rec: RecordingRows(hashlib.sha256("\n".join(sorted(ls)).encode()).hexdigest()[:20], tuple(sorted(shards[rec])))

@@ -166,7 +166,7 @@ class _RecordingCut:
     def _cut_step(self, cutter: StreamCutter, problems: list[SegmentProblem]) -> RecordingIndex:
         """Downloads the audio and writes its segments as it decodes; returns the cut's index, not
         yet published."""
-        index = RecordingIndex(self.entry.recording_id, "ok", self.fp)
+        index = RecordingIndex(self.entry.recording_id, "ok", self.fp, transcript_key=self.entry.transcript_key)
         notes: list[tuple[int, NoteEntry]] = []
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix="neutts-") as tmp:
             local = Path(tmp) / f"audio{self.entry.audio_ext or '.bin'}"

@@ -146,7 +146,11 @@ def _decode(get, names, audio_format: str) -> np.ndarray:
 def read_audio(data: bytes) -> np.ndarray:
     """Only the int16 samples of a segment file (any format), without parsing its other keys:
     stage 2's per-segment read, where every key parsed costs CPU on the encoding host."""
-    members = raw_members(data)
+    return audio_of_members(raw_members(data))
+
+
+def audio_of_members(members: dict[str, Member]) -> np.ndarray:
+    """The int16 samples of a segment file already split into its members (raw_members)."""
     names = {n[:-4] for n in members if n.endswith(".npy")}
     fmt = str(read_npy(members["audio_format.npy"])[()]) if "audio_format" in names else ""
     return _decode(lambda key: read_npy(members[f"{key}.npy"]), names, fmt)
@@ -171,6 +175,13 @@ def with_codes(data: bytes, codes: np.ndarray, codec: str) -> bytes:
 
 
 _AUDIO_MEMBERS = ("audio.npy", "audio_flac.npy", "audio_format.npy")
+
+
+def audio_digest(members: dict[str, Member]) -> str:
+    """A short name for a segment file's audio (the CRC-32 and size of its audio members, as
+    raw_members gives them): a stage-2 file made by with_codes has the stage-1 file's, so scores
+    made from one file can be checked to be of the audio another holds, without decoding either."""
+    return "-".join(f"{members[n].crc:08x}:{members[n].size}" for n in _AUDIO_MEMBERS if n in members)
 
 
 def same_audio_and_text(a: bytes, b: bytes) -> bool:

@@ -92,6 +92,8 @@ class RecordingIndex:
     # unchanged bad replacement is neither downloaded again nor allowed to hide the good segments.
     failed_fingerprint: dict = field(default_factory=dict)
     notes: list[NoteEntry] = field(default_factory=list)
+    # The transcript object the cut read (lineage; not part of the fingerprint, which has its SHA-256).
+    transcript_key: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
@@ -109,6 +111,7 @@ class RecordingIndex:
             audio_seconds=d.get("audio_seconds", 0.0),
             failed_fingerprint=d.get("failed_fingerprint", {}),
             notes=[NoteEntry(**n) for n in d.get("notes", [])],
+            transcript_key=d.get("transcript_key", ""),
         )
 
 
