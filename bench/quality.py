@@ -10,9 +10,10 @@ of 2-15 s (uniform) at a seeded random offset, so ~10 minutes re-use the same 78
 about 8 times, in different cuts; each window's text is its transcript units (the sonnet's lines,
 the Austen clips' words) whose middle falls inside it.
 
-Ours: `Scorer().score_batch` (pipeline/quality/scores.py) over all the segments in one call (VAD
-batches of like lengths), its CPU per score from `Scorer.cpu_seconds`; then in calls of 64
-segments in input order (what pipeline/quality/scoring.py does) and with another VAD batch size.
+Ours: `Scorer(vad_batch=SCORE_BATCH).score_batch` (pipeline/quality/scores.py), the asset's
+scorer, over all the segments in one call (VAD batches of like lengths), its CPU per score from
+`Scorer.cpu_seconds`; then in calls of SCORE_BATCH (128) segments in input order (what
+pipeline/quality/scoring.py does) and with another VAD batch size.
 Naive: what peer pipelines do, per segment: silero's `get_speech_timestamps` (fresh state each,
 torch at 1 thread as importing silero_vad sets it), the speech ratio and the SNR (speech against
 non-speech power) from its timestamps in numpy, numpy's clipping share,
@@ -43,9 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+from neutts_assets.pipeline.quality.scoring import SCORE_BATCH as CALL_SIZE  # segments per score_batch call
+
 SPEECH = Path("/work/shared/data/speech")
 SR = 16_000
-CALL_SIZE = 64  # pipeline/quality/scoring.py's SCORE_BATCH: segments per score_batch call
 
 
 def _read_16k(path: Path) -> np.ndarray:
@@ -217,7 +219,7 @@ def main() -> int:
     parser.add_argument("--dnsmos", action="store_true", help="also DNSMOS: ours and speechmos.dnsmos.run")
     parser.add_argument("--vad-batch", type=int, default=None, help="our VAD batch (default: the Scorer's)")
     parser.add_argument(
-        "--other-vad-batch", type=int, default=128, help="a second VAD batch size to measure ours with (0: none)"
+        "--other-vad-batch", type=int, default=32, help="a second VAD batch size to measure ours with (0: none)"
     )
     args = parser.parse_args()
 
@@ -233,7 +235,8 @@ def main() -> int:
         f"cut from {SPEECH} ({time.perf_counter() - t:.1f} s to prepare)",
         flush=True,
     )
-    kwargs = {"dnsmos": args.dnsmos} | ({"vad_batch": args.vad_batch} if args.vad_batch else {})
+    # The asset's scorer: VAD batches as large as its calls (defs/quality/segment_quality.py).
+    kwargs = {"dnsmos": args.dnsmos, "vad_batch": args.vad_batch or CALL_SIZE}
     scorer = Scorer(**kwargs)
     warm = segments[:4]
     scorer.score_batch(warm)

@@ -9,6 +9,7 @@ kill hooks; everything here is installed by this module alone.
 An operation's class comes from its key, so it names the stage that does it:
     raw_audio.manifest, segments_npz.segment / .index / .manifest,
     encoded_segments.file / .marker / .manifest (deletes: the class plus ".delete"),
+    segment_quality.document (and segment_quality.manifest),
     hf_dataset.shard / .progress / .record / .card / .manifest, hf_dataset.shard.delete;
 and four that are not store writes: source.transcript_read (a read of the source bucket;
 raw_audio's come first), source.audio_download (segments_npz fetching a recording), encoded_segments.encode (one codec call) and hf_dataset.row (one row
@@ -46,6 +47,8 @@ CLASSES = (
     "encoded_segments.marker",
     "encoded_segments.manifest",
     "encoded_segments.encode",
+    "segment_quality.document",
+    "segment_quality.manifest",
     "hf_dataset.shard",
     "hf_dataset.progress",
     "hf_dataset.record",
@@ -93,6 +96,8 @@ def classify(key: str, deleting: bool) -> str | None:
         cls = "segments_npz.index" if "_index" in parts else "segments_npz.segment"
     elif parts[0] == "stage2_with_codes":
         cls = "encoded_segments.marker" if "_encoded" in parts else "encoded_segments.file"
+    elif parts[0] == "segment_quality":
+        cls = "segment_quality.document"
     elif key.startswith("hf_dataset/data/"):
         cls = "hf_dataset.shard"
     elif key == "hf_dataset/README.md":
@@ -266,7 +271,7 @@ def run(channel: str) -> int:
         "-m",
         "neutts_assets.definitions",
         "--select",
-        "raw_audio,segments_npz,encoded_segments,hf_dataset",
+        "raw_audio,segments_npz,encoded_segments,segment_quality,hf_dataset",
         "--partition",
         channel,
         "--config-json",

@@ -614,7 +614,7 @@ def run(gcs_endpoint, tmp_path_factory) -> Run:
     )
     store = LocalStore(tmp / "store")
     rows = {}
-    for shard in (tmp / "store" / "hf_dataset" / "data" / CHANNEL).glob("*.parquet"):
+    for shard in (tmp / "store" / "hf_dataset" / "data" / CHANNEL).rglob("*.parquet"):
         for row in pq.read_table(shard).to_pylist():
             rows[row["audio_id"]] = row
     return Run(

@@ -26,7 +26,7 @@ def _run(cmd, env, cwd=None):
     return proc
 
 
-DEMO_ASSETS = ("raw_audio", "segments_npz", "encoded_segments", "hf_dataset", "training_pairs")
+DEMO_ASSETS = ("raw_audio", "segments_npz", "encoded_segments", "segment_quality", "hf_dataset", "training_pairs")
 SUMMARY_HEADER = ["asset", "status", "segments", "audio", "h", "throughput", "failed", "seconds"]
 
 
@@ -53,7 +53,7 @@ def _assert_console(out: str, segments: int, rows: int) -> None:
     assert list(table) == list(DEMO_ASSETS) and all(row[0] == "ok" for row in table.values())
     assert table["segments_npz"][1] == str(segments) and table["hf_dataset"][1] == str(rows)
     assert table["encoded_segments"][1] == str(segments) and "audio-h/h" in " ".join(table["segments_npz"])
-    assert "asset checks: 4 passed, 0 did not pass" in out
+    assert "asset checks: 5 passed, 0 did not pass" in out
     log = Path(re.search(r"^the run's full output .*: (\S+\.log)$", out, re.M).group(1))
     assert log.is_file() and "STEP_START" in log.read_text() and "DEBUG" in log.read_text()
 

@@ -85,6 +85,7 @@ SEQUENCES = [
             ("encoded_segments.encode", "during"),
             ("encoded_segments.file", "after"),
             ("encoded_segments.marker", "during"),
+            ("segment_quality.document", "during"),
             ("hf_dataset.row", "before"),
             ("hf_dataset.shard", "during"),
             ("hf_dataset.record", "after"),
@@ -114,6 +115,7 @@ SEQUENCES = [
             ("time", None),
             ("encoded_segments.file", "during"),
             ("encoded_segments.encode", "before"),
+            ("segment_quality.document", "after"),
             ("hf_dataset.shard", "during", 1),
             # the first shard of a build, uploaded before the build's first progress record: the next
             # build starts afresh, and deletes that shard when it publishes
@@ -252,6 +254,8 @@ class StoreView:
             return ref["segments"] - len(markers)
         if cls == "encoded_segments.encode":
             return 1 if len(files) < ref["segments"] else 0
+        if cls == "segment_quality.document":  # one per recording, written once its segments are scored
+            return len(IDS) - sum(1 for o in s.list(f"segment_quality/{CHANNEL}/") if o.key.endswith(".json"))
         blob = s.read_bytes_or_none(record_key(CHANNEL))
         record = json.loads(blob) if blob else None
         rebuild = record is None
@@ -276,8 +280,9 @@ class StoreView:
         if cls == "hf_dataset.shard.delete":
             if not rebuild:
                 keep = {DATASET_PREFIX + x["path"] for x in record["shards"]}
-            elif progress:
-                keep = {f"{shard_prefix(CHANNEL)}{progress['build_id']}-{i:05d}.parquet" for i in range(ref["shards"])}
+            elif progress:  # the resumed build's shards, in whichever split folder
+                names = {f"{progress['build_id']}-{i:05d}.parquet" for i in range(ref["shards"])}
+                keep = {key for key in present if key.rsplit("/", 1)[-1] in names}
             else:
                 keep = set()
             return sum(key not in keep for key in present)
@@ -342,13 +347,20 @@ def snapshot(store) -> dict:
         store.download(DATASET_PREFIX + shard["path"], local)
         table = pq.read_table(local)
         local.unlink()
+        table_rows = table.to_pylist()
+        # Every row names the build that wrote it: this one (a resumed build keeps the killed run's id).
+        assert {r["build_id"] for r in table_rows} == {build_id}
         rows.append(
             [
-                {**r, "audio": (r["audio"]["path"], hashlib.sha256(r["audio"]["bytes"]).hexdigest())}
-                for r in table.to_pylist()
+                {
+                    **r,
+                    "audio": (r["audio"]["path"], hashlib.sha256(r["audio"]["bytes"]).hexdigest()),
+                    "build_id": "BUILD",
+                }
+                for r in table_rows
             ]
         )
-        assert shard["path"] == f"data/{CHANNEL}/{build_id}-{i:05d}.parquet"
+        assert shard["path"] == f"data/{CHANNEL}/{shard['split']}/{build_id}-{i:05d}.parquet"
     snap["rows"] = rows
     snap["record"] = {
         k: v for k, v in record.items() if k not in ("build_id", "built_at", "shards", "source", "source_fingerprint")

@@ -451,9 +451,9 @@ def test_the_card_lists_no_config_for_a_bad_channel_and_stays_loadable_for_the_o
         record("all"),
         record("text_codes"),
     ]
-    foreign = {
-        "other": {"paths": ["data/other/p.parquet"], "num_examples": 1, "num_bytes": 5},
-        "also*bad": {"paths": ["data/also*bad/p.parquet"], "num_examples": 1, "num_bytes": 5},
+    foreign = {  # parts by split, as foreign_configs reads them off the Hub's card
+        "other": {"train": {"paths": ["data/other/p.parquet"], "num_examples": 1, "num_bytes": 5}},
+        "also*bad": {"train": {"paths": ["data/also*bad/p.parquet"], "num_examples": 1, "num_bytes": 5}},
     }
     configs, infos = _configs_yaml(records, foreign)
     assert sorted(configs) == sorted([ALL_CONFIG, TEXT_CODES_CONFIG, "Atheer_-", "other", "قناة"]) == sorted(infos)

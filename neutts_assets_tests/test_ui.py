@@ -95,6 +95,7 @@ def test_add_a_channel_and_materialize_it_from_the_ui(dagster_dev):
     assert {n["assetKey"]["path"][0]: n["isExecutable"] for n in nodes} == {
         "raw_audio": True,
         "segments_npz": True,
+        "segment_quality": True,
         "encoded_segments": True,
         "hf_dataset": True,
         "training_pairs": True,

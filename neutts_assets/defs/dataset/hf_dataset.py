@@ -77,9 +77,10 @@ class DatasetConfig(Config):
     io_manager_key="manifest_io_manager",
     tags={"machine": "t4"},
     kinds={"parquet", "huggingface"},
-    description="The channel's rows as Parquet shards under hf_dataset/data/{channel}/, written in bounded "
-    "memory, with a dataset card listing one config per channel plus 'all'; optionally a save_to_disk copy, "
-    "and a push to the Hub as one commit.",
+    description="The channel's rows as Parquet shards under hf_dataset/data/{channel}/{split}/, written in "
+    "bounded memory: the users' columns, then each row's speaker-disjoint split, quality scores (segment_quality) "
+    "and lineage. A dataset card lists one config per channel plus 'all', with each split and each score's "
+    "distribution; optionally a save_to_disk copy, and a push to the Hub as one commit.",
 )
 def hf_dataset(
     context: AssetExecutionContext,

@@ -48,8 +48,12 @@ def _split_parts(record: dict) -> dict[str, dict]:
     for shard in record["shards"]:
         part = out.setdefault(shard.get("split", TRAIN), {"paths": [], "num_examples": 0, "num_bytes": 0})
         part["paths"].append(shard["path"])
-        part["num_examples"] += shard["rows"]
-        part["num_bytes"] += shard["bytes"]
+        # A shard entry without its row count (an older record's): the channel's count, when it has one split.
+        rows = shard.get("rows")
+        part["num_examples"] = None if rows is None or part["num_examples"] is None else part["num_examples"] + rows
+        part["num_bytes"] += shard.get("bytes") or 0
+    if len(out) == 1 and next(iter(out.values()))["num_examples"] is None:
+        next(iter(out.values()))["num_examples"] = record.get("stats", {}).get("rows")
     return {split: out[split] for split in sorted(out, key=_split_order)}
 
 
