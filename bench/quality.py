@@ -362,7 +362,7 @@ def main() -> int:
         "cpu_ratio_ours_vs_naive": round(cpu_ours / cpu_naive, 3),
         "speedup_vs_naive": round(cpu_naive / cpu_ours, 2),
         "per_score": per_score,
-        "ours_calls_of_64": None
+        "ours_in_calls_of_score_batch": None
         if cpu_calls is None
         else {"cpu_s_per_audio_hour": per_hour(cpu_calls), "wall_s": round(wall_calls, 3)},
         "ours_other_vad_batch": None

@@ -252,6 +252,7 @@ def run_old(store_root: Path, tmp: Path, include_audio: bool) -> dict:
                         "target_tone": target["tone"],
                         "target_duration_sec": target["duration_sec"],
                         "channel": ref["channel"],
+                        "split": ref["split"],  # ours adds it (a pair never crosses splits); same work either way
                     }
                 )
     ds = Dataset.from_list(pairs, features=pairs_features(False))

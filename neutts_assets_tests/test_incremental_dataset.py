@@ -541,3 +541,95 @@ def test_cli_save_to_disk_writes_the_copy_from_the_store(tmp_path, small_row_gro
     now = {o.key: o.version for o in store.list("hf_dataset_disk/") if o.key.endswith(".arrow")}
     assert {k: v for k, v in now.items() if k in arrows} == arrows and len(now) == 5
     assert len(load_from_disk(str(disk / "chan_x"))) == 7 and len(load_from_disk(str(disk))) == 13
+
+
+# ---- splits in the incremental build ----------------------------------------------------------------
+
+
+def _split_annotations(validation_fraction: float = 0.5):
+    from neutts_assets.pipeline.dataset.annotations import Annotations
+    from neutts_assets.pipeline.dataset.splits import SplitRule
+
+    return Annotations(CH, SplitRule(validation_fraction))
+
+
+def _two_split_ids(n_recordings: int = 6, per: int = 3) -> list[str]:
+    """Segments of recordings that the 0.5 rule puts in both splits (asserted)."""
+    ids = [f"r{r}_seg_{i}" for r in range(n_recordings) for i in range(per)]
+    ann = _split_annotations()
+    assert {ann.split(f"{a}.npz") for a in ids} == {"train", "validation"}
+    return ids
+
+
+def _split_build(store, tmp, shard_bytes=10**9, compact=False, previous="published"):
+    work = tmp / f"w{len(list(tmp.glob('w*')))}"
+    work.mkdir()
+    return build_channel(
+        store,
+        CH,
+        _objects(store),
+        RowFilter(),
+        work,
+        "test",
+        shard_bytes=shard_bytes,
+        workers=2,
+        previous=read_record(store, CH) if previous == "published" else previous,
+        compact=compact,
+        annotations=_split_annotations(),
+    )
+
+
+def test_each_shard_holds_one_split_in_its_folder(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    ids = _two_split_ids()
+    _add(store, ids)
+    build = _split_build(store, tmp_path)
+    publish_channel(store, build.record, "T")
+    ann = _split_annotations()
+    for shard in build.record["shards"]:
+        assert shard["path"].startswith(f"data/{CH}/{shard['split']}/")
+        assert {ann.split(m[0]) for m in shard["members"]} == {shard["split"]}
+    assert sum(s["rows"] for s in build.record["shards"]) == len(ids)
+    assert set(build.record["split_stats"]) == {"train", "validation"}
+
+
+def test_a_build_killed_just_after_a_split_boundary_resumes_with_every_row(tmp_path, monkeypatch):
+    """The progress saved when a change of split closes a shard must not count the row that caused
+    it: that row is not in a shard yet."""
+    store = LocalStore(tmp_path / "store")
+    ids = _two_split_ids()
+    _add(store, ids)
+    original = dataset_writer._ChannelBuilder._save_progress
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(self, next_read, shards):
+        original(self, next_read, shards)
+        raise Killed  # the run dies right after its first progress record
+
+    monkeypatch.setattr(dataset_writer._ChannelBuilder, "_save_progress", save_then_die)
+    with pytest.raises(Killed):
+        _split_build(store, tmp_path)  # one big shard per split: the only progress is at the boundary
+    monkeypatch.setattr(dataset_writer._ChannelBuilder, "_save_progress", original)
+    resumed = _split_build(store, tmp_path)
+    assert resumed.resumed_shards == 1
+    publish_channel(store, resumed.record, "T")
+    members = [m[0] for s in resumed.record["shards"] for m in s["members"]]
+    assert sorted(members) == sorted(f"{a}.npz" for a in ids) and len(members) == len(set(members))
+
+
+def test_compaction_merges_within_a_split_and_then_settles(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    ids = _two_split_ids()
+    for i in range(0, len(ids), 3):  # one small build per recording: small shards in both splits
+        _add(store, ids[i : i + 3])
+        publish_channel(store, _split_build(store, tmp_path).record, "T")
+    before = read_record(store, CH)
+    assert len(before["shards"]) == 6
+    compacted = _split_build(store, tmp_path, compact=True)
+    publish_channel(store, compacted.record, "T")
+    after = read_record(store, CH)
+    assert sorted(s["split"] for s in after["shards"]) == ["train", "validation"]  # one shard per split
+    again = plan_build(after, _objects(store), RowFilter(), 10**9, compact=True, annotations=_split_annotations())
+    assert again.unchanged and not again.compacted

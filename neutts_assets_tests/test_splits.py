@@ -83,3 +83,16 @@ def test_global_speakers_keep_each_speaker_in_one_split_across_recordings():
 def test_settings_that_cannot_split_fail_naming_the_setting(kwargs, words):
     with pytest.raises(SplitSettingsError, match=words):
         SplitRule(**kwargs)
+
+
+def test_raising_the_test_fraction_never_moves_a_validation_unit():
+    rows = _rows("A", 3000)
+    before, after = _assign(SplitRule(0.05, 0.0), rows), _assign(SplitRule(0.05, 0.05), rows)
+    moved = {k for k in before if before[k] != after[k]}
+    assert moved and all(before[k] == TRAIN and after[k] == TEST for k in moved)
+    assert all(after[k] == VALIDATION for k in before if before[k] == VALIDATION)
+
+
+def test_an_empty_speaker_id_is_no_global_speaker():
+    rule = SplitRule(0.5, global_speakers=".*")
+    assert rule.unit("A", "r_seg_0", "") == "recording:A/r" and rule.unit("A", "r_seg_0", "x") == "speaker:x"

@@ -420,3 +420,19 @@ def test_planner_is_lazy_on_a_large_group():
     other = np.concatenate([r for r, _ in pair_chunks([group], max_pairs=50_000, seed=43)])
     assert np.array_equal(again, np.concatenate([r for r, _ in capped])) and not np.array_equal(again, other)
     assert np.array_equal(sampled_pair_numbers(group, 5, 42), sampled_pair_numbers(group, 5, 42))
+
+
+def test_shards_of_a_writer_before_splits_read_as_train(tmp_path):
+    """A channel whose dataset was built before the split column existed is paired as all train."""
+    from neutts_assets.pipeline.pairs.training_pairs import INDEX_COLUMNS, read_index
+
+    old = pa.table(
+        {
+            "codes": pa.array([[1, 2]], pa.list_(pa.int32())),
+            **{c: pa.array(["x"]) for c in INDEX_COLUMNS if c not in ("codes", "duration_sec", "split")},
+            "duration_sec": pa.array([1.0], pa.float32()),
+        }
+    )
+    pq.write_table(old, tmp_path / "old.parquet")
+    index = read_index([tmp_path / "old.parquet"])
+    assert index.column_names == list(INDEX_COLUMNS) and index["split"].to_pylist() == ["train"]

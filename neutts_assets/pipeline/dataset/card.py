@@ -320,7 +320,7 @@ def card_body(records: list[dict], title: str, pairs: list[dict] | None = None) 
             'ds = load_dataset("<this folder or repo>", split="train")            # all channels',
             f'ds = load_dataset("<this folder or repo>", "{first}", split="train")  # one channel',
             f'ds = load_dataset("<this folder or repo>", "{TEXT_CODES_CONFIG}", split="train")  # all channels, no audio column',
-            f'val = load_dataset("<this folder or repo>", "{first}", split="validation")  # its validation split',
+            f'val = load_dataset("<this folder or repo>", "{first}", split="validation")  # where it has one (below)',
             "```",
             "",
             "Splits are speaker-disjoint: whole recordings go to one split (speaker_id is a per-recording label), "

@@ -177,9 +177,19 @@ def publish_all_channels(store: ObjectStore) -> list[str]:
         "_split": None,
         "_fingerprint": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16],
     }
-    # the features of the files it names (the first channel's), for load_from_disk checks them against those
-    first_info = json.loads(store.read_bytes(f"{DISK_PREFIX}{channels[0]}/{INFO}"))
-    info = features_info(Features.from_dict(first_info["features"]))
+    # The features of the files it names, which load_from_disk checks them against: the channels' own
+    # when they agree; else (copies made before and after a new column, e.g. the split) today's
+    # features, a superset of each, whose missing columns load_from_disk fills with nulls.
+    features = {
+        json.dumps(json.loads(store.read_bytes(f"{DISK_PREFIX}{c}/{INFO}"))["features"], sort_keys=True)
+        for c in channels
+    }
+    if len(features) == 1:
+        info = features_info(Features.from_dict(json.loads(features.pop())))
+    else:
+        from neutts_assets.pipeline.dataset.rows import dataset_features
+
+        info = features_info(dataset_features())
     store.write_bytes(DISK_PREFIX + INFO, json.dumps(info, indent=2).encode())
     store.write_bytes(DISK_PREFIX + STATE, json.dumps(state, indent=2).encode())
     return channels

@@ -80,15 +80,7 @@ def render(doc: dict) -> str:
     order = [
         "row_id",
         "split",
-        "source_audio",
-        "source_audio_version",
-        "transcript",
-        "transcript_sha256",
-        "start_ms",
-        "end_ms",
-        "cut_rules",
-        "codec",
-        "build_id",
+        *LINEAGE_COLUMNS,
         "published_build",
         "shard",
         "text",
@@ -99,4 +91,10 @@ def render(doc: dict) -> str:
     ]
     names = order + [k for k in doc if k not in order]
     width = max(len(n) for n in names)
-    return "\n".join(f"{n.ljust(width)}  {doc[n]}" for n in names if n in doc)
+    return "\n".join(f"{n.ljust(width)}  {_printable(doc[n])}" for n in names if n in doc)
+
+
+def _printable(value) -> str:
+    """Transcript text and labels are untrusted: control characters (a terminal's escape
+    sequences) are shown as escapes, never sent to the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))

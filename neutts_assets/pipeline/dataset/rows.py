@@ -70,7 +70,9 @@ class Row:
         return self.strings["audio_id"]
 
     def score(self, name: str) -> float | None:
-        return self.scores.get(name)
+        """The score, or None where there is none (or it is not a finite number: never compared)."""
+        value = self.scores.get(name)
+        return value if value is None or math.isfinite(value) else None
 
 
 class BadSegment(ValueError):
@@ -239,7 +241,7 @@ class ChannelStats:
     def add(self, row: Row) -> None:
         for name in ALL_SCORE_NAMES:
             value = row.score(name)
-            if value is None:
+            if value is None or not math.isfinite(value):
                 self.unscored[name] += 1
             else:
                 self.scores.setdefault(name, Counter())[fine_bin(name, value)] += 1

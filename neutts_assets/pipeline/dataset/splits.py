@@ -10,8 +10,8 @@ that speaker's rows, in every recording and channel, go to one split. Any other 
 recording (`UNKNOWN`, `SPEAKER_01`) still goes by its recording.
 
 The assignment is a stable hash: u = the first 8 bytes of sha256("neutts-split-v1", unit key) as a
-fraction in [0, 1); u < test_fraction is `test`, u < test_fraction + validation_fraction is
-`validation`, else `train`. A unit's split depends on its key and the two fractions only, so
+fraction in [0, 1); u < validation_fraction is `validation`, u >= 1 - test_fraction is `test`,
+else `train`. A unit's split depends on its key and the two fractions only, so
 adding recordings or channels never moves a unit to another split. Raising a fraction moves only
 units into the split that grew (u is fixed, the threshold moves).
 """
@@ -71,16 +71,19 @@ class SplitRule:
 
     def unit(self, channel: str, audio_id: str, speaker_id: str) -> str:
         """The key the row is assigned by: its global speaker, or its recording."""
-        if self._pattern is not None and self._pattern.fullmatch(speaker_id):
+        # An empty id is no speaker, whatever the pattern matches: it stays with its recording.
+        if speaker_id and self._pattern is not None and self._pattern.fullmatch(speaker_id):
             return f"speaker:{speaker_id}"
         return f"recording:{channel}/{recording_of(audio_id)}"
 
     def split_of_unit(self, unit: str) -> str:
+        # validation from the bottom of [0, 1), test from the top: raising either moves units only
+        # out of train into it, never from the other.
         u = unit_fraction(unit)
-        if u < self.test_fraction:
-            return TEST
-        if u < self.test_fraction + self.validation_fraction:
+        if u < self.validation_fraction:
             return VALIDATION
+        if u >= 1.0 - self.test_fraction:
+            return TEST
         return TRAIN
 
     def split(self, channel: str, audio_id: str, speaker_id: str) -> str:

@@ -254,7 +254,8 @@ def _incremental_plan(
     tail = sorted(plan.retried + plan.new)
     kept = [i for i in range(len(shards)) if i not in touched]
     if compact:
-        kept, touched = _compact_small_shards(plan, shards, current, kept, touched, tail, shard_bytes)
+        split_of = lambda name: _split(annotations, current[name].key)  # noqa: E731
+        kept, touched = _compact_small_shards(plan, shards, current, kept, touched, tail, shard_bytes, split_of)
     plan.keep = [shards[i] for i in kept]
     plan.rewritten = [shards[i] for i in sorted(touched) if shards[i] not in plan.compacted]
     for i in sorted(touched):  # their surviving rows, in their previous order
@@ -326,12 +327,21 @@ def _compact_small_shards(
     touched: set[int],
     tail: list[str],
     shard_bytes: int,
+    split_of: Callable[[str], str],
 ) -> tuple[list[int], set[int]]:
-    """The kept and rewritten shards once the small kept ones are moved to the rewritten: only when
-    at least two would merge, the new rows and the rewritten shards' surviving rows counting as one."""
-    small = [i for i in kept if shards[i]["bytes"] < shard_bytes / 4]
-    survivors = any(m[0] in current for i in touched for m in shards[i]["members"])
-    if len(small) + (1 if tail or survivors else 0) < 2:
+    """The kept and rewritten shards once the small kept ones are moved to the rewritten, split by
+    split (rows of two splits never share a shard): a split's small shards only when at least two
+    would merge, its new rows and its rewritten shards' surviving rows counting as one."""
+    incoming = {split_of(n) for n in tail}
+    incoming |= {split_of(m[0]) for i in touched for m in shards[i]["members"] if m[0] in current}
+    small_by_split: dict[str, list[int]] = {}
+    for i in kept:
+        if shards[i]["bytes"] < shard_bytes / 4:
+            small_by_split.setdefault(shards[i].get("split", TRAIN), []).append(i)
+    small = sorted(
+        i for split, ids in small_by_split.items() if len(ids) + (1 if split in incoming else 0) >= 2 for i in ids
+    )
+    if not small:
         return kept, touched
     plan.compacted = [shards[i] for i in small]
     return [i for i in kept if i not in small], touched | set(small)
@@ -443,12 +453,20 @@ class ShardWriter:
         """The segment ([name, version, size, annotations digest]) the next `add` comes from."""
         self._member = member
 
-    def add(self, row: Row) -> None:
-        if row.split != self._split and (self.buffer or self._writer is not None):
-            self._flush()  # a shard holds one split's rows: the next split starts a new one
+    def begin_split(self, split: str) -> bool:
+        """Makes `split` the split of the next rows: a shard holds one split's rows, so the open
+        shard is closed first when it holds another's. Returns whether a shard was closed."""
+        closed = False
+        if split != self._split and (self.buffer or self._writer is not None):
+            self._flush()
             if self._writer is not None:
                 self._close_shard()
-        self._split = row.split
+            closed = True
+        self._split = split
+        return closed
+
+    def add(self, row: Row) -> None:
+        self.begin_split(row.split)
         self._members.append(self._member or [row.audio_id + ".npz", "", 0, ""])
         self._member = None
         self._stats.add(row)
@@ -637,6 +655,10 @@ class _ChannelBuilder:
             row = self._row_or_none(o, key, data)
             if row is None:
                 continue
+            # A shard closed by a change of split holds every row before this one: progress up to here
+            # (not past this row, which is not in a shard yet).
+            if writer.begin_split(row.split) and not self.build.store_failures:
+                self._save_progress(i, writer.shards)
             shards_before = len(writer.shards)
             writer.note_member([segment_name(key), o.version, o.size, self.plan.digests.get(o.key, "")])
             writer.add(row)
@@ -671,11 +693,13 @@ class _ChannelBuilder:
         return row
 
     def _annotate(self, row: Row, name: str) -> None:
-        """The row's split (by its own speaker_id), its scores when they are of its audio, its lineage."""
+        """The row's split, its scores when they are of its audio, its lineage."""
         if self.annotations is None:
             return
         extras = self.annotations.of(name)
-        row.split = self.annotations.split(name, row.strings["speaker_id"])
+        # The planned split (by the speaker stage 1's index lists): the one the member's digest and the
+        # plan's shard order say, so a rule change is always seen as a change of this row.
+        row.split = extras.split
         row.scores = extras.scores_for(row.audio_digest)
         row.lineage = extras.lineage
 

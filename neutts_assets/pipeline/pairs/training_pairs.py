@@ -246,7 +246,9 @@ def read_index(parquet_files: Iterable[Path], include_audio: bool = False) -> pa
     tables = []
     for path in parquet_files:
         table = pq.ParquetFile(str(path)).read(columns=columns)
-        tables.append(table.replace_schema_metadata(None))
+        if "split" not in table.column_names:  # a shard of a writer before splits: every row was train
+            table = table.append_column("split", pa.array(["train"] * table.num_rows, pa.string()))
+        tables.append(table.select(columns).replace_schema_metadata(None))
     if not tables:
         fields = [pa.field("codes", pa.list_(pa.int32()))] + [pa.field(c, pa.string()) for c in INDEX_COLUMNS[1:-1]]
         fields += [pa.field("duration_sec", pa.float32())]

@@ -4,7 +4,8 @@ memory does not grow with the rows.
 
 Quantiles are read off the cumulative fine histogram, interpolated within the bin: exact to one
 bin width (the `step` below: 0.01 for ratios, 0.5 dB / 0.5 LU, 0.25 chars/s, 0.02 MOS).
-Values outside a score's range are counted in its first or last bin.
+Values outside a score's range are counted in its first or last bin; a value that is not finite
+is counted as not scored (rows.py).
 """
 
 from __future__ import annotations
