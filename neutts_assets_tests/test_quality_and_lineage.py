@@ -201,6 +201,11 @@ def test_quality_filters_are_off_by_default_and_counted_when_on(env):
     # and the card's distributions: the quantile table and a histogram per score
     assert "| `speech_ratio` |" in card and "| score | rows scored | not scored | p5 |" in card
     assert "| `loudness_lufs` | segments | |" in card
+    # bins and scores in their order (the record is stored with sorted keys)
+    assert card.index("| 2-3 s |") < card.index("| 10-15 s |") < card.index("| ≥ 30 s |")
+    loudness = card[card.index("| `loudness_lufs` | segments | |") :]
+    assert loudness.index("| -70 to -60 |") < loudness.index("| -10 to 0 |")
+    assert card.index("| `speech_ratio` | ") < card.index("| `snr_db` | ") < card.index("| `chars_per_second` | ")
 
 
 def test_a_dataset_without_scores_says_so_and_a_threshold_leaves_rows_out_with_the_reason(env):

@@ -8,6 +8,7 @@ records, each channel's pairs (speakers, pairs, pairs per speaker).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 from neutts_assets.pipeline.dataset.splits import SPLITS, TRAIN
@@ -153,10 +154,17 @@ def _mix(counts: dict, total: int) -> str:
     return ", ".join(f"{_cell(k) or '(empty)'} {v} ({100 * v / max(total, 1):.0f}%)" for k, v in counts.items())
 
 
-def _histogram(hist: dict, width: int = 30) -> str:
+def _by_lower_edge(label: str) -> float:
+    """A histogram bin's lower edge from its label ("2-3 s", "-30 to -20", "≥ 30 s"): the record is
+    stored with sorted keys, so the bins are put back in order by value, not by their text."""
+    match = re.match(r"\s*(≥\s*)?(-?[0-9.]+)", label)
+    return float(match[2]) + (0.5 if match[1] else 0.0) if match else float("inf")
+
+
+def _histogram(hist: dict, width: int = 30, name: str = "duration") -> str:
     peak = max(hist.values(), default=0) or 1
-    lines = ["| duration | segments | |", "|---|---:|---|"]
-    lines += [f"| {b} | {n} | {'█' * round(width * n / peak)} |" for b, n in hist.items()]
+    lines = [f"| {name} | segments | |", "|---|---:|---|"]
+    lines += [f"| {b} | {hist[b]} | {'█' * round(width * hist[b] / peak)} |" for b in sorted(hist, key=_by_lower_edge)]
     return "\n".join(lines)
 
 
@@ -233,6 +241,8 @@ def _splits_table(record: dict) -> str:
 def _quality_tables(stats: dict) -> list[str]:
     """Each score's quantiles (one table), then a histogram per score that has values."""
     quality = stats.get("quality") or {}
+    # in the scores' own order (the record is stored with sorted keys)
+    quality = {name: quality[name] for name in sorted(quality, key=_score_order)}
     scored = {name: q for name, q in quality.items() if q["scored"]}
     if not quality:
         return []
@@ -246,11 +256,14 @@ def _quality_tables(stats: dict) -> list[str]:
         lines.append(f"| `{name}` | {q['scored']} | {q['unscored']} | {cells} |")
     lines.append("")
     for name, q in scored.items():
-        peak = max(q["histogram"].values(), default=0) or 1
-        lines += [f"| `{name}` | segments | |", "|---|---:|---|"]
-        lines += [f"| {b} | {n} | {'█' * round(20 * n / peak)} |" for b, n in q["histogram"].items()]
-        lines.append("")
+        lines += [_histogram(q["histogram"], width=20, name=f"`{name}`"), ""]
     return lines
+
+
+def _score_order(name: str) -> tuple:
+    from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
+
+    return (ALL_SCORE_NAMES.index(name), "") if name in ALL_SCORE_NAMES else (len(ALL_SCORE_NAMES), name)
 
 
 def pairs_section(pairs: list[dict], records: list[dict]) -> str:
