@@ -8,8 +8,9 @@ from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.quality.segment_quality import segment_quality
 from neutts_assets.defs.resources import SegmentStore
 from neutts_assets.pipeline.quality.manifest import QualityManifest
-from neutts_assets.pipeline.quality.scoring import read_documents, segment_name
+from neutts_assets.pipeline.quality.scoring import read_documents
 from neutts_assets.pipeline.segments.manifest import SegmentsManifest
+from neutts_assets.pipeline.segments.store import segment_name
 
 
 @asset_check(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from neutts_assets.pipeline.dataset.splits import SplitRule, recording_of
 from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
 from neutts_assets.pipeline.quality.store import RecordingScores
+from neutts_assets.pipeline.segments.store import segment_name
 
 LINEAGE_COLUMNS = (
     "source_audio",
@@ -104,7 +105,7 @@ class Annotations:
         for recording_id, index in (indexes or {}).items():
             self.lineage[recording_id] = RecordingLineage.of_index(index, (transcripts or {}).get(recording_id, ""))
             for s in index.segments:
-                self.speakers[s.key.rsplit("/", 1)[-1]] = s.speaker_id
+                self.speakers[segment_name(s.key)] = s.speaker_id
         self.scores = {name: e for doc in (scores or {}).values() for name, e in doc.segments.items() if not e.error}
         self._cache: dict[str, RowExtras] = {}
 

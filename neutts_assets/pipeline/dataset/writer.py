@@ -43,9 +43,7 @@ import json
 import os
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,7 +74,9 @@ from neutts_assets.pipeline.dataset.store import (
     split_folder,
 )
 from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
+from neutts_assets.pipeline.read_ahead import in_order
 from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, STRING_KEYS
+from neutts_assets.pipeline.segments.store import segment_name
 from neutts_assets.storage.store import ObjectInfo, ObjectStore, may_pass
 
 ROW_GROUP_ROWS = 100  # what `datasets` uses for audio: a viewer or a streaming reader fetches little at a time
@@ -98,11 +98,6 @@ def segment_objects(store: ObjectStore, prefix: str) -> dict[str, ObjectInfo]:
 # 2: per-shard members and stats_state, excluded segments; 3: splits, quality scores, lineage (each
 # member and excluded entry carries its annotations' digest). A change rebuilds every channel.
 WRITER_VERSION = 3
-
-
-def segment_name(key: str) -> str:
-    """A segment's identity in the record: its file name (unique within a channel's sources)."""
-    return key.rsplit("/", 1)[-1]
 
 
 def build_basis(row_filter: RowFilter) -> dict:
@@ -378,29 +373,18 @@ def _rows_in_order(
     """Each key's (bytes read, row or why it is no row), or the error reading it, in key order, with
     a bounded read-ahead window. The rows are made in the reading threads: inflating the float32
     waveform (ISA-L) and encoding its FLAC (libsndfile) release the GIL, so they use every core."""
-    window = max(1, workers) * 4
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque = deque()
-        it = iter(keys)
 
-        def read(key: str):
-            try:
-                data = store.read_bytes(key)
-            except Exception as exc:  # reported per object; the channel goes on
-                return exc
-            try:
-                return len(data), read_row(data)
-            except BadSegment as exc:
-                return len(data), exc
+    def read(key: str):
+        try:
+            data = store.read_bytes(key)
+        except Exception as exc:  # reported per object; the channel goes on
+            return exc
+        try:
+            return len(data), read_row(data)
+        except BadSegment as exc:
+            return len(data), exc
 
-        for key in it:
-            pending.append((key, pool.submit(read, key)))
-            if len(pending) >= window:
-                k, fut = pending.popleft()
-                yield k, fut.result()
-        while pending:
-            k, fut = pending.popleft()
-            yield k, fut.result()
+    return in_order(read, keys, workers, window=max(1, workers) * 4)
 
 
 def _lineage_columns(rows: list[Row], build_id: str) -> dict[str, pa.Array]:

@@ -20,8 +20,7 @@ the document with its reason (and not read again until it changes); a read the s
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,18 +33,15 @@ from neutts_assets.pipeline.quality.store import (
     recording_of_key,
     scores_key,
 )
+from neutts_assets.pipeline.read_ahead import in_order
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
 from neutts_assets.pipeline.segments.npz_zip import raw_members, read_npy
 from neutts_assets.pipeline.segments.segment_file import audio_digest, audio_of_members
-from neutts_assets.pipeline.segments.store import keys_by_recording
+from neutts_assets.pipeline.segments.store import keys_by_recording, segment_name
 from neutts_assets.storage.store import ObjectInfo, ObjectStore, may_pass
 
 SCORE_BATCH = 128  # segments scored at once: the VAD runs them as one batch (bench/quality.py: 0.69x the CPU of 32)
 READ_AHEAD = 16
-
-
-def segment_name(key: str) -> str:
-    return key.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -152,18 +148,6 @@ def _read_segment(store: ObjectStore, o: ObjectInfo) -> _Read:
         return _Read(o, error=f"unreadable segment file: {type(exc).__name__}: {exc}")
 
 
-def _reads(store: ObjectStore, objects: list[ObjectInfo], workers: int) -> Iterator[_Read]:
-    """Each object read, in order, a bounded window ahead (inflating releases the GIL)."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque = deque()
-        for o in objects:
-            pending.append(pool.submit(_read_segment, store, o))
-            if len(pending) >= READ_AHEAD:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 @dataclass
 class ScoringResult:
     recordings_written: int = 0
@@ -192,7 +176,7 @@ def score_channel(
     for work in plan.work:
         entries, transient = dict(work.keep), None
         batch: list[_Read] = []
-        for read in _reads(store, work.score, workers):
+        for _, read in in_order(lambda o: _read_segment(store, o), work.score, workers, READ_AHEAD):
             if read.transient is not None:
                 transient = transient or read
                 result.retryable.append((read.obj.key, f"cannot read: {read.transient}"))

@@ -28,6 +28,12 @@ def segment_key(channel: str, segment_id: str) -> str:
     return f"{channel_prefix(channel)}{segment_id}.npz"
 
 
+def segment_name(key: str) -> str:
+    """A segment's identity within its channel: its file name (`{ID}_seg_{i}.npz`), the same in stage 1,
+    stage 2, the dataset's build record and the quality documents."""
+    return key.rsplit("/", 1)[-1]
+
+
 _SEGMENT_NAME = re.compile(r"^(?P<recording>.+)_seg_(?P<index>\d+)\.npz$")
 
 
