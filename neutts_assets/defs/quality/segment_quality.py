@@ -14,6 +14,7 @@ from neutts_assets.pipeline.quality.scoring import (
     SCORE_BATCH,
     ScoringPlan,
     ScoringResult,
+    documents_after,
     failures_of,
     plan_scoring,
     read_documents,
@@ -80,15 +81,16 @@ def _score(context, config: QualityConfig, segments_npz: SegmentsManifest, store
     listed = segment_objects(dst, channel_prefix(channel))
     objects = [listed[s.key] for s in segments_npz.segments if s.key in listed]
     scorer = _scorer(quality.dnsmos, _device(quality.device))
-    plan = plan_scoring(channel, objects, read_documents(dst, channel), scorer.version, config.force)
+    documents = read_documents(dst, channel)
+    plan = plan_scoring(channel, objects, documents, scorer.version, config.force)
     context.log.info(f"{channel}: {plan.summary()}")
     progress = Progress(context.log.info, plan.to_score, channel)
     cpu_before = dict(scorer.cpu_seconds)  # the scorer lives as long as the process: this run's share
     result = score_channel(
         dst, plan, scorer.score_batch, channel, config.workers, guard, lambda n, s: progress.update(n, s)
     )
-    documents = read_documents(dst, channel)
-    failures = failures_of(documents.values(), channel)
+    documents = documents_after(channel, documents, result)
+    failures = failures_of(documents.values())
     if result.retryable:  # the store failed, not the segments: what was scored is kept, a rerun does the rest
         raise Failure(
             description=f"{channel}: {len(result.retryable)} segment file(s) could not be read from the store; "

@@ -20,7 +20,6 @@ import json
 from dataclasses import dataclass, field
 
 from neutts_assets.pipeline.dataset.splits import SplitRule, recording_of
-from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
 from neutts_assets.pipeline.quality.store import RecordingScores
 from neutts_assets.pipeline.segments.store import segment_name
 
@@ -109,10 +108,9 @@ class Annotations:
         self.scores = {name: e for doc in (scores or {}).values() for name, e in doc.segments.items() if not e.error}
         self._cache: dict[str, RowExtras] = {}
 
-    def split(self, name: str, speaker_id: str | None = None) -> str:
-        audio_id = name.removesuffix(".npz")
-        speaker = speaker_id if speaker_id is not None else self.speakers.get(name, "")
-        return self.rule.split(self.channel, audio_id, speaker)
+    def split(self, name: str) -> str:
+        """The segment's split, by the speaker stage 1's index lists for it (none: its recording)."""
+        return self.rule.split(self.channel, name.removesuffix(".npz"), self.speakers.get(name, ""))
 
     def of(self, name: str) -> RowExtras:
         """The planned extras of a segment (its split by the speaker stage 1 listed for it)."""
@@ -130,7 +128,3 @@ class Annotations:
 
     def digest(self, name: str) -> str:
         return self.of(name).digest()
-
-
-def empty_scores() -> dict:
-    return {name: None for name in ALL_SCORE_NAMES}

@@ -62,7 +62,6 @@ def explain(store: ObjectStore, row_id: str) -> dict:
         raise RowNotFound(f"{row_id}: the build record lists it in {shard['path']}, but the shard does not hold it")
     row = row[0]
     codes = row.pop("codes") or []
-    excluded_elsewhere = [e for e in record.get("excluded", []) if e[0] == f"{audio_id}.npz"]
     return {
         "row_id": f"{record['channel']}/{audio_id}",
         "channel": record["channel"],
@@ -71,7 +70,6 @@ def explain(store: ObjectStore, row_id: str) -> dict:
         "shard": DATASET_PREFIX + shard["path"],
         "published_build": record["build_id"],
         "built_at": record["built_at"],
-        **({"also_excluded": excluded_elsewhere} if excluded_elsewhere else {}),
     }
 
 

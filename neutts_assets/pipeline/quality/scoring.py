@@ -49,7 +49,6 @@ class RecordingWork:
     recording_id: str
     keep: dict[str, ScoreEntry]  # segment name -> entry still current
     score: list[ObjectInfo]  # segment files to read and score, in key order
-    dropped: int = 0  # entries of segments no longer in stage 1
 
 
 @dataclass
@@ -96,9 +95,10 @@ def plan_scoring(
                 keep[segment_name(key)] = entry
             else:
                 score.append(o)
-        dropped = len(doc.segments) - len(keep) if doc is not None and not score else 0
+        # Written again when a segment is to be scored, or an entry is of a segment gone from stage 1.
+        dropped = doc is not None and len(doc.segments) != len(keep)
         if score or dropped or doc is None or doc.scorer != scorer:
-            plan.work.append(RecordingWork(recording_id, keep, score, dropped))
+            plan.work.append(RecordingWork(recording_id, keep, score))
         else:
             plan.unchanged += 1
     plan.remove = [scores_key(channel, r) for r in sorted(documents) if r not in groups]
@@ -150,13 +150,16 @@ def _read_segment(store: ObjectStore, o: ObjectInfo) -> _Read:
 
 @dataclass
 class ScoringResult:
-    recordings_written: int = 0
     scored: int = 0
     audio_seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (segment key, reason), carried ones included
     retryable: list[tuple[str, str]] = field(default_factory=list)  # store errors that may pass: rerun
     removed: list[str] = field(default_factory=list)
+    written: dict[str, RecordingScores] = field(default_factory=dict)  # recording ID -> the document written
     scoring_seconds: float = 0.0
+
+    @property
+    def recordings_written(self) -> int:
+        return len(self.written)
 
 
 def score_channel(
@@ -192,10 +195,9 @@ def score_channel(
         if transient is not None:
             continue  # the store may let us read it next time: the recording stays as it was
         guard()
-        store.write_bytes(
-            scores_key(channel, work.recording_id), RecordingScores(work.recording_id, plan.scorer, entries).to_json()
-        )
-        result.recordings_written += 1
+        doc = RecordingScores(work.recording_id, plan.scorer, entries)
+        store.write_bytes(scores_key(channel, work.recording_id), doc.to_json())
+        result.written[work.recording_id] = doc
     for key in plan.remove:
         guard()
         store.delete(key)
@@ -216,6 +218,16 @@ def _score_into(entries: dict, batch: list[_Read], score_batch, result: ScoringR
     return time.perf_counter() - started
 
 
-def failures_of(store_docs: Iterable[RecordingScores], channel: str) -> list[tuple[str, str]]:
+def documents_after(
+    channel: str, documents: dict[str, RecordingScores], result: ScoringResult
+) -> dict[str, RecordingScores]:
+    """The channel's documents once a run is done, from those it planned with and what it wrote
+    and removed (under the run's lease nothing else writes them): no second read of every one."""
+    removed = set(result.removed)
+    kept = {r: d for r, d in documents.items() if scores_key(channel, r) not in removed}
+    return {**kept, **result.written}
+
+
+def failures_of(store_docs: Iterable[RecordingScores]) -> list[tuple[str, str]]:
     """Every segment the channel's documents hold as not scorable: (segment name, reason)."""
     return sorted((name, e.error) for doc in store_docs for name, e in doc.segments.items() if e.error)
