@@ -12,7 +12,7 @@ from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_met
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import DatasetSplit, HuggingFaceHub, SegmentStore
 from neutts_assets.pipeline.dataset.annotations import Annotations
-from neutts_assets.pipeline.dataset.card import card_body, channel_section
+from neutts_assets.pipeline.dataset.card import card_body, channel_section, quality_in_order
 from neutts_assets.pipeline.dataset.disk import disk_copy_current, save_channel_to_disk
 from neutts_assets.pipeline.dataset.hub import HubPushError, PushResult, push_channel
 from neutts_assets.pipeline.dataset.manifest import DatasetManifest, HubCommit
@@ -35,6 +35,7 @@ from neutts_assets.pipeline.dataset.writer import (
 from neutts_assets.pipeline.encoding.manifest import EncodedManifest
 from neutts_assets.pipeline.inventory.manifest import Inventory
 from neutts_assets.pipeline.progress import Progress
+from neutts_assets.pipeline.quality.distribution import QUANTILE_HEADERS, QUANTILE_NAMES
 from neutts_assets.pipeline.quality.scoring import read_documents
 from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 from neutts_assets.pipeline.segments.store import load_indexes
@@ -333,10 +334,10 @@ def _splits_table(record: dict):
 def _quality_table(stats: dict):
     """Each score's quantiles over the channel's rows (the card has the histograms)."""
     rows = []
-    for name, q in (stats.get("quality") or {}).items():
+    for name, q in quality_in_order(stats).items():
         qs = q["quantiles"] or {}
-        rows.append((name, q["scored"], q["unscored"], *(qs.get(k) for k in ("p5", "p25", "p50", "p75", "p95"))))
-    return metadata_table(["score", "scored", "not scored", "p5", "p25", "median", "p75", "p95"], rows)
+        rows.append((name, q["scored"], q["unscored"], *(qs.get(k) for k in QUANTILE_NAMES)))
+    return metadata_table(["score", "scored", "not scored", *QUANTILE_HEADERS], rows)
 
 
 def _segment_counts(record: dict, sources: Sources, build: Optional[ChannelBuild]) -> dict:

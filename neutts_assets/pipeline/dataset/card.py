@@ -12,6 +12,7 @@ import re
 from datetime import datetime, timezone
 
 from neutts_assets.pipeline.dataset.splits import SPLITS, TRAIN
+from neutts_assets.pipeline.quality.distribution import QUANTILE_HEADERS, QUANTILE_NAMES
 
 ALL_CONFIG = "all"
 # Every channel's shards without the audio column (the Parquet builder's `columns`, from the
@@ -240,19 +241,17 @@ def _splits_table(record: dict) -> str:
 
 def _quality_tables(stats: dict) -> list[str]:
     """Each score's quantiles (one table), then a histogram per score that has values."""
-    quality = stats.get("quality") or {}
-    # in the scores' own order (the record is stored with sorted keys)
-    quality = {name: quality[name] for name in sorted(quality, key=_score_order)}
+    quality = quality_in_order(stats)
     scored = {name: q for name, q in quality.items() if q["scored"]}
     if not quality:
         return []
     lines = [
-        "| score | rows scored | not scored | p5 | p25 | median | p75 | p95 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| score | rows scored | not scored | {' | '.join(QUANTILE_HEADERS)} |",
+        "|---|---:|---:|" + "---:|" * len(QUANTILE_HEADERS),
     ]
     for name, q in quality.items():
         qs = q["quantiles"] or {}
-        cells = " | ".join(f"{qs[k]:g}" if k in qs else "-" for k in ("p5", "p25", "p50", "p75", "p95"))
+        cells = " | ".join(f"{qs[k]:g}" if k in qs else "-" for k in QUANTILE_NAMES)
         lines.append(f"| `{name}` | {q['scored']} | {q['unscored']} | {cells} |")
     lines.append("")
     for name, q in scored.items():
@@ -260,10 +259,17 @@ def _quality_tables(stats: dict) -> list[str]:
     return lines
 
 
-def _score_order(name: str) -> tuple:
+def quality_in_order(stats: dict) -> dict:
+    """A channel's score figures (ChannelStats.to_dict's `quality`) in the scores' own order: the
+    record is stored with sorted keys, so a record read back would list them alphabetically."""
     from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
 
-    return (ALL_SCORE_NAMES.index(name), "") if name in ALL_SCORE_NAMES else (len(ALL_SCORE_NAMES), name)
+    quality = stats.get("quality") or {}
+
+    def order(name: str) -> tuple:
+        return (ALL_SCORE_NAMES.index(name), "") if name in ALL_SCORE_NAMES else (len(ALL_SCORE_NAMES), name)
+
+    return {name: quality[name] for name in sorted(quality, key=order)}
 
 
 def pairs_section(pairs: list[dict], records: list[dict]) -> str:

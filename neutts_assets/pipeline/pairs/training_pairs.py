@@ -59,6 +59,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neutts_assets.pipeline.dataset.disk import ARROW_FILE, STATE, features_info
+from neutts_assets.pipeline.dataset.rows import USERS_COLUMNS
 from neutts_assets.pipeline.dataset.store import CARD_KEY
 from neutts_assets.pipeline.dataset.writer import fetch_shards, publish_card, read_record, read_records
 from neutts_assets.pipeline.pairs.store import PAIRS_BUILDS_PREFIX, folder, record_key
@@ -72,18 +73,8 @@ AUDIO_BATCH_PAIRS = 500  # with audio: 1,000 clips of at most 15 s of FLAC, well
 TOP_SPEAKERS = 50
 
 # The non-audio columns of the dataset, as the index reads them from its Parquet shards.
-INDEX_COLUMNS = (
-    "codes",
-    "text",
-    "speaker_id",
-    "channel",
-    "gender",
-    "dialect",
-    "tone",
-    "audio_id",
-    "split",
-    "duration_sec",
-)
+# (read_index's empty table takes `codes` first, `duration_sec` last and strings between.)
+INDEX_COLUMNS = (*(c for c in USERS_COLUMNS if c not in ("audio", "duration_sec")), "split", "duration_sec")
 # Each side's columns, in the users' order: ref_text, ref_codes, ref_speaker_id, ..., ref_duration_sec.
 SIDE_COLUMNS = ("text", "codes", "speaker_id", "gender", "dialect", "tone", "duration_sec")
 

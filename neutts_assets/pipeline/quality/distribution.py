@@ -25,6 +25,8 @@ RANGES: dict[str, tuple[float, float, float, float]] = {
     "dnsmos_ovrl": (1.0, 5.0, 0.02, 0.5),
 }
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+QUANTILE_NAMES = tuple(f"p{round(q * 100)}" for q in QUANTILES)  # the keys quantiles() gives
+QUANTILE_HEADERS = tuple("median" if name == "p50" else name for name in QUANTILE_NAMES)  # as tables head them
 
 
 def _bins(name: str) -> int:
@@ -47,13 +49,13 @@ def quantiles(name: str, counts: Counter | dict) -> dict[str, float] | None:
     if not total:
         return None
     out, seen, i = {}, 0, 0
-    for q in QUANTILES:
+    for q, key in zip(QUANTILES, QUANTILE_NAMES):
         target = q * total
         while i < len(dense) - 1 and seen + dense[i] < target:
             seen += dense[i]
             i += 1
         within = (target - seen) / dense[i] if dense[i] else 0.0
-        out[f"p{round(q * 100)}"] = round(lo + (i + min(max(within, 0.0), 1.0)) * step, 4)
+        out[key] = round(lo + (i + min(max(within, 0.0), 1.0)) * step, 4)
     return out
 
 
