@@ -20,7 +20,6 @@ from neutts_assets.pipeline.quality.scoring import (
     read_documents,
     score_channel,
 )
-from neutts_assets.pipeline.quality.store import channel_folder
 from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 from neutts_assets.pipeline.segments.store import channel_prefix
 
@@ -100,7 +99,7 @@ def _score(context, config: QualityConfig, segments_npz: SegmentsManifest, store
                 **retry_metadata(store=dst),
             },
         )
-    manifest = QualityManifest.of(channel, scorer.version, documents, channel_folder(channel))
+    manifest = QualityManifest.of(channel, scorer.version, documents)
     cpu = {part: scorer.cpu_seconds[part] - cpu_before.get(part, 0.0) for part in scorer.cpu_seconds}
     return Output(manifest, metadata={**_metadata(plan, result, manifest, failures, cpu), **retry_metadata(store=dst)})
 

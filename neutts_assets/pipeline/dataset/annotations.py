@@ -63,7 +63,7 @@ class RecordingLineage:
         return cls(
             audio_key=fp.get("audio_key", ""),
             audio_version=str(fp.get("audio_version", "")),
-            transcript_key=getattr(index, "transcript_key", "") or transcript_key,
+            transcript_key=index.transcript_key or transcript_key,
             transcript_sha256=fp.get("transcript_sha256", ""),
             cut_rules=f"{rules}/format-{fp['format_version']}" if rules and "format_version" in fp else rules,
         )

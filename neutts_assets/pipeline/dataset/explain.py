@@ -28,10 +28,9 @@ def find_row(records: dict[str, dict], row_id: str) -> tuple[dict, dict]:
     """(record, shard entry) of the published row `row_id`."""
     channel, _, audio_id = row_id.rpartition("/")
     wanted = f"{audio_id}.npz"
-    candidates = [records[channel]] if channel in records else ([] if channel else list(records.values()))
     if channel and channel not in records:
         raise RowNotFound(f"channel {channel!r} has no published hf_dataset build (channels: {sorted(records)})")
-    for record in candidates:
+    for record in [records[channel]] if channel else records.values():
         for shard in record["shards"]:
             if any(m[0] == wanted for m in shard.get("members", [])):
                 return record, shard

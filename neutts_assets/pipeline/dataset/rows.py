@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from neutts_assets.pipeline.dataset.annotations import LINEAGE_COLUMNS, RecordingLineage
+from neutts_assets.pipeline.dataset.splits import TRAIN
 from neutts_assets.pipeline.quality.distribution import coarse_histogram, fine_bin, quantiles
 from neutts_assets.pipeline.quality.scores import ALL_SCORE_NAMES
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE
@@ -61,7 +62,7 @@ class Row:
     end_ms: float | None = None
     audio_digest: str = ""  # segment_file.audio_digest: which audio the scores must be of
     # Set by the builder from the channel's Annotations before the filter sees the row.
-    split: str = "train"
+    split: str = TRAIN
     scores: dict = field(default_factory=dict)  # score name -> value (None: undefined); empty: not scored
     lineage: RecordingLineage = field(default_factory=RecordingLineage)
 
@@ -240,8 +241,8 @@ class ChannelStats:
 
     def add(self, row: Row) -> None:
         for name in ALL_SCORE_NAMES:
-            value = row.score(name)
-            if value is None or not math.isfinite(value):
+            value = row.score(name)  # None too where not finite
+            if value is None:
                 self.unscored[name] += 1
             else:
                 self.scores.setdefault(name, Counter())[fine_bin(name, value)] += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from neutts_assets.pipeline.quality.store import RecordingScores
+from neutts_assets.pipeline.quality.store import RecordingScores, channel_folder
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,12 @@ class QualityManifest:
     stale_documents: int = 0  # made by another scorer version (none after a run that completed)
 
     @classmethod
-    def of(cls, channel: str, scorer: str, documents: Mapping[str, RecordingScores], folder: str) -> QualityManifest:
+    def of(cls, channel: str, scorer: str, documents: Mapping[str, RecordingScores]) -> QualityManifest:
         entries = [e for d in documents.values() for e in d.segments.values()]
         return cls(
             channel=channel,
             scorer=scorer,
-            folder=folder,
+            folder=channel_folder(channel),
             recordings=len(documents),
             segments=len(entries),
             failed=sum(bool(e.error) for e in entries),
