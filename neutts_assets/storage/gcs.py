@@ -24,6 +24,7 @@ from neutts_assets.storage.store import (
     ObjectStore,
     StoreCheckError,
     StoreError,
+    check_folder,
     check_key,
 )
 
@@ -139,6 +140,16 @@ class GCSStore(ObjectStore):
                 )
         except _FAILED as exc:
             raise _store_error(f"cannot list {self.prefix + prefix!r} in {self.describe()}", exc) from exc
+
+    def list_folders(self, prefix: str = "") -> list[str]:
+        full = self.prefix + check_folder(prefix)
+        try:
+            blobs = self.client.list_blobs(self.bucket_name, prefix=full, delimiter="/", **self._calls("list"))
+            for _ in blobs.pages:  # the iterator gathers each page's prefixes as it is read
+                pass
+            return sorted(p[len(full) : -1] for p in blobs.prefixes)
+        except _FAILED as exc:
+            raise _store_error(f"cannot list the folders under {full!r} in {self.describe()}", exc) from exc
 
     def read_bytes(self, key: str) -> bytes:
         try:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from neutts_assets.storage.processes import pid_alive
 from neutts_assets.storage.store import (
@@ -21,8 +24,10 @@ from neutts_assets.storage.store import (
     ObjectChanged,
     ObjectInfo,
     ObjectStore,
+    ObjectUnreadable,
     StoreCheckError,
     UnsafeKeyError,
+    check_folder,
     check_key,
 )
 
@@ -57,7 +62,18 @@ class LocalStore(ObjectStore):
         start = self.root / folder if folder else self.root
         if not start.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(start):
+
+        def unreadable_folder(exc: OSError) -> None:
+            # os.walk hands us what os.scandir raised, and goes on without that folder. The start
+            # folder unreadable would list as empty, which reads as "no audio": refused instead. A
+            # nested one is skipped: its files would be refused as "in a sub-folder" anyway.
+            if Path(exc.filename) != start or isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                return  # nested, or the start folder went away since: nothing there
+            if isinstance(exc, PermissionError):
+                raise ObjectUnreadable(f"folder {start}", "permission denied") from exc
+            raise exc
+
+        for dirpath, dirnames, filenames in os.walk(start, onerror=unreadable_folder):
             dirnames.sort()
             for name in sorted(filenames):
                 if TEMP_MARK in name:
@@ -66,7 +82,9 @@ class LocalStore(ObjectStore):
                 key = full.relative_to(self.root).as_posix()
                 if not key.startswith(prefix):
                     continue
-                st = full.stat()
+                st = _entry_stat(full)
+                if st is None:
+                    continue
                 yield ObjectInfo(
                     key=key,
                     size=st.st_size,
@@ -74,27 +92,73 @@ class LocalStore(ObjectStore):
                     updated=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
                 )
 
-    def read_bytes(self, key: str) -> bytes:
+    def list_folders(self, prefix: str = "") -> list[str]:
+        start = self.root / check_folder(prefix)
+        try:
+            with os.scandir(start) as entries:
+                # is_dir() follows symbolic links: a link to a folder (audio kept on another disk) is one.
+                return sorted(e.name for e in entries if _is_folder(e))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except PermissionError as exc:
+            raise ObjectUnreadable(f"folder {start}", "permission denied") from exc
+
+    def _open(self, key: str) -> BinaryIO:
+        """The object opened for reading, as a binary file; raises ObjectUnreadable naming what it
+        is when it is not a regular file, and FileNotFoundError when it is gone.
+
+        Never blocks: a FIFO opened without O_NONBLOCK waits for a writer forever, and a device
+        (a symbolic link to /dev/zero) would be read forever, so what was opened is checked before
+        a byte is read. O_NONBLOCK changes nothing for a regular file, so it stays set. O_NOCTTY: a
+        terminal opened here must not become the process's controlling terminal."""
         path = self._path(key)
-        if not path.is_file():
-            raise FileNotFoundError(f"no object {key!r} in {self.describe()}")
-        return path.read_bytes()
+        where = f"{key!r} in {self.describe()}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except (FileNotFoundError, NotADirectoryError):
+            if os.path.islink(path):
+                raise ObjectUnreadable(where, f"dangling symbolic link (to {os.readlink(path)!r})") from None
+            raise FileNotFoundError(f"no object {key!r} in {self.describe()}") from None
+        except OSError as exc:
+            reason = _OPEN_ERRORS.get(exc.errno)
+            if reason is None:
+                raise
+            raise ObjectUnreadable(where, reason) from exc
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            kind = "a folder, not a file" if stat.S_ISDIR(mode) else f"not a regular file ({_kind(mode)})"
+            raise ObjectUnreadable(where, kind)
+        return os.fdopen(fd, "rb")
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._open(key) as f:
+            return f.read()
 
     def download(self, key: str, path: Path, version: str | None = None) -> int:
-        src = self._path(key)
-        if not src.is_file():
-            raise FileNotFoundError(f"no object {key!r} in {self.describe()}")
-        shutil.copyfile(src, path)
-        if version is not None:
-            # A folder has no conditional read: the version (mtime and size) checked after the copy
-            # catches a file replaced before or while it was copied.
-            now = _file_version(src.stat())
-            if now != version:
+        with self._open(key) as src:
+            try:
+                # A file system has no conditional read. The version is checked on what was opened, before
+                # the copy (replaced since the listing), and after it on what was opened (written in
+                # place meanwhile) and on what the name now leads to (replaced meanwhile).
+                if version is not None:
+                    self._check_version(key, version, os.fstat(src.fileno()))
+                with open(path, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                if version is not None:
+                    self._check_version(key, version, os.fstat(src.fileno()))
+                    self._check_version(key, version, self._path(key).stat())
+            except BaseException:
                 Path(path).unlink(missing_ok=True)
-                raise ObjectChanged(
-                    f"{key!r} in {self.describe()} changed since it was listed (version {version}, now {now})"
-                )
+                raise
         return Path(path).stat().st_size
+
+    def _check_version(self, key: str, version: str, st: os.stat_result) -> None:
+        now = _file_version(st)
+        if now != version:
+            raise ObjectChanged(
+                f"{key!r} in {self.describe()} changed since it was listed (version {version}, now {now})"
+            )
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key, writing=True)
@@ -241,7 +305,48 @@ def _write_temporary(path: Path, data: bytes) -> str:
 
 
 def _file_version(st: os.stat_result) -> str:
-    return f"{st.st_mtime_ns}-{st.st_size}"
+    """What changes when a file's content does, read from its metadata alone: hashing the content
+    would read every byte of a 200+ GB source on each inventory. The mtime and size alone miss a
+    file rewritten in place with its mtime put back (os.utime), or another file of the same size and
+    mtime renamed over it: the ctime changes on every write and on utime (to the kernel's clock tick,
+    a few ms), and the inode on a rename over it. A chmod, chown or rename changes the ctime too,
+    which costs only a re-cut whose identical segment files are kept byte for byte."""
+    return f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}-{st.st_ctime_ns}"
+
+
+def _entry_stat(path: Path) -> os.stat_result | None:
+    """A listed name's stat, or None if it vanished since the walk. A dangling symbolic link or a
+    link loop is listed from the link itself (lstat), and a FIFO, socket or device from its stat: so
+    that reading it reports it as the object's own failure, rather than it going missing."""
+    try:
+        return os.stat(path)
+    except OSError:  # FileNotFoundError for a dangling link, ELOOP for a loop
+        try:
+            return os.lstat(path)
+        except FileNotFoundError:
+            return None
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symbolic link loop, or a link into a folder we may not search: not a folder
+        return False
+
+
+# What opening an object can fail with that is the object's own (is_permanent's errnos).
+_OPEN_ERRORS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ELOOP: "symbolic link loop",
+    errno.ENXIO: "not a regular file (socket)",  # open() of a UNIX socket
+    errno.EISDIR: "a folder, not a file",
+}
+_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), f"file type {stat.S_IFMT(mode):#o}")
 
 
 def _alive(pid: str) -> bool:

@@ -27,6 +27,7 @@ from neutts_assets.storage.store import (
     ObjectStore,
     StoreCheckError,
     StoreError,
+    check_folder,
     check_key,
 )
 
@@ -121,6 +122,15 @@ class S3Store(ObjectStore):
                     )
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot list {self.prefix + prefix!r} in {self.describe()}: {exc}") from exc
+
+    def list_folders(self, prefix: str = "") -> list[str]:
+        full = self.prefix + check_folder(prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
+            return sorted(p["Prefix"][len(full) : -1] for page in pages for p in page.get("CommonPrefixes", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"cannot list the folders under {full!r} in {self.describe()}: {exc}") from exc
 
     def _get(self, key: str, consume: Callable[[dict], T], **params) -> T:
         """One GetObject, its response handed to `consume`; a body broken off (or an error response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,20 +30,56 @@ class UnsafeKeyError(StoreError, ValueError):
     """A key would escape the store's root or is not a plain relative name."""
 
 
+class ObjectUnreadable(StoreError):
+    """The object exists but cannot be read as a file, for a reason of its own: not a regular file,
+    permission denied, a dangling symbolic link, a symbolic-link loop, a folder. Permanent: a rerun
+    fails the same way until the object changes. `what` names it (its key and store, or a folder)."""
+
+    def __init__(self, what: str, reason: str):
+        super().__init__(f"cannot read {what}: {reason}")
+        self.what, self.reason = what, reason
+
+    def __reduce__(self):  # pickled by its parts (the default would call __init__ with the message alone)
+        return type(self), (self.what, self.reason)
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str  # relative to the store's root prefix
     size: int
     # What changes when the object is rewritten: the GCS generation, the S3 ETag, or a local
-    # file's mtime and size. Compared for equality only.
+    # file's mtime, size, inode and ctime. Compared for equality only.
     version: str
     updated: datetime | None = None
+
+
+# What the object itself is (its mode, its name, what its permissions let us do); not the disk, the
+# network or the server.
+_PERMANENT_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.EISDIR, errno.ENOTDIR}
+)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a failure to read or write an object is the object's own, so a rerun fails the same
+    way until the object changes: it is marked bad (excluded, reported) rather than retried.
+
+    Permanent: ObjectUnreadable, UnsafeKeyError, PermissionError, IsADirectoryError,
+    NotADirectoryError, and any OSError whose errno is EACCES, EPERM, ELOOP, ENAMETOOLONG, ENXIO,
+    EISDIR or ENOTDIR. Everything else is transient: timeouts, connection errors, ObjectChanged
+    (listed again, it is read at its new version), any other StoreError (a store that failed after
+    its client's retries), OSErrors of the machine (EIO, ENOSPC, EMFILE, ENOMEM, EAGAIN), and
+    whatever is unknown, so that a doubt costs a retry, never an object wrongly marked bad.
+    """
+    if isinstance(exc, (ObjectUnreadable, UnsafeKeyError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS
 
 
 def may_pass(exc: BaseException) -> bool:
     """The store failed, after the client's own retries, rather than the object being bad: a rerun may
     pass, so the run fails and publishes nothing that would leave the object out."""
-    return isinstance(exc, StoreError) and not isinstance(exc, UnsafeKeyError)
+    return isinstance(exc, StoreError) and not is_permanent(exc)
 
 
 # Marks a write in progress: listings hide such names and clean-up deletes them, so no real object
@@ -63,6 +100,15 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_folder(prefix: str) -> str:
+    """A folder's prefix: "" (the root) or a safe key ending in "/"."""
+    if prefix:
+        if not prefix.endswith("/"):
+            raise UnsafeKeyError(f"folder prefix {prefix!r} must be empty or end with '/'")
+        check_key(prefix[:-1])
+    return prefix
+
+
 class ObjectStore(abc.ABC):
     """A flat namespace of keys under one root (a folder, or a bucket plus prefix).
 
@@ -76,6 +122,11 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, in no particular order."""
+
+    @abc.abstractmethod
+    def list_folders(self, prefix: str = "") -> list[str]:
+        """The names (not keys) of the folders right under `prefix` ("" or ending in "/"), sorted;
+        [] when there is none. Names the folders a channel might have meant when it finds nothing."""
 
     @abc.abstractmethod
     def read_bytes(self, key: str) -> bytes: ...
