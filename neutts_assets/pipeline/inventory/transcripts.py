@@ -7,8 +7,17 @@ SegmentProblem so the rest of the transcript is still used.
 
 Decisions on odd but readable input:
 - a transcript over MAX_TRANSCRIPT_BYTES is refused unread (a ten-hour recording's is a few MB);
-- times that are plainly seconds, not milliseconds, refuse the transcript with that reason
-  (`_times_in_seconds`): every segment would otherwise be skipped as too short, one by one;
+- times that are not utterances in milliseconds refuse the transcript (`timing_problem`), by the
+  first of three named rules that fires, its message stating the rule and the numbers that fired it
+  (thresholds: the constants by the function), where every segment would otherwise be skipped one
+  by one. Each rule needs several segments with a length: one segment is never refused, nor fewer
+  than five short ones unless their times are plainly seconds:
+  - "seconds": at least 2, every one under 120 ms and the median under 25 ms (no spoken unit is that
+    short in milliseconds; read as seconds they are ordinary utterances);
+  - "microseconds": at least 2, every one over 600,000 ms (the longest segment stage 1 cuts);
+  - "word level": at least 5, the median under 700 ms and at least 80% under 1 s: milliseconds, but
+    words or characters (a forced alignment), not the utterances stage 1 cuts. Utterance-level
+    transcripts (median seconds long, short backchannels a minority) never fire it;
 - a segment with the same times and text as an earlier one is a duplicate and is skipped,
   naming the one it repeats; segments that merely overlap are kept (crosstalk, or two speakers
   labelled over the same span), each cut with all of its samples;
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import unicodedata
 from dataclasses import dataclass
 
@@ -192,23 +202,100 @@ def _label(raw: dict, field: str, notes: list[str] | None = None) -> str:
     return text
 
 
-def _times_in_seconds(segments: list[TranscriptSegment]) -> str:
-    """A reason when the times are plainly seconds: at least two segments with a length, and none
-    as long as SECONDS_HINT_MS. Read as milliseconds every one of them would be skipped as too
-    short; read as seconds they are ordinary utterances. Empty otherwise."""
-    lengths = [s.end_ms - s.start_ms for s in segments if s.end_ms > s.start_ms]
-    if len(lengths) < 2 or max(lengths) >= SECONDS_HINT_MS:
+# The timing rules (`timing_problem`). Lengths are those of the segments with end_ms > start_ms;
+# any other segment is skipped later for its own reason.
+
+# Every rule needs this many lengths: one segment says nothing about the units of the rest.
+TIMING_MIN_SEGMENTS = 2
+
+# "seconds": every length under SECONDS_ALL_UNDER_MS and the median under SECONDS_MEDIAN_UNDER_MS.
+# 120: read as seconds, every segment is under two minutes, as utterances are. 25: no spoken unit
+# lasts that little in milliseconds: an HMM aligner's phones last 30 ms at least (pocketsphinx's in
+# shared/data/speech: median 70-80 ms), a character-level alignment's characters 30-80 ms; read as
+# seconds a median under 25 s is an ordinary utterance. The median, not the longest, so that a
+# character- or phone-level transcript of 30-110 ms gets the word-level message below, not this one.
+# A known edge: a CTC alignment keeping only its peaks (most characters one 20 ms frame) has a
+# median of 20 ms and reads as seconds; its message states the median, so the reader can tell.
+SECONDS_ALL_UNDER_MS = 120.0
+SECONDS_MEDIAN_UNDER_MS = 25.0
+
+# "microseconds": every length over the longest segment stage 1 cuts (MAX_SEGMENT_S of
+# pipeline/segments/cutting.py, in ms; not imported, as that module imports this one). Every
+# segment would be skipped as too long; read as microseconds they are 0.6 s or more.
+MICROSECONDS_ALL_OVER_MS = 600_000.0
+
+# "word level": at least WORD_LEVEL_MIN_SEGMENTS lengths, the median under WORD_LEVEL_MEDIAN_UNDER_MS
+# and at least WORD_LEVEL_SHORT_SHARE of them under WORD_LEVEL_SHORT_MS. 5: a recording of two to
+# four short turns ("yeah", "okay") is a real utterance transcript, not evidence of words. 700: a
+# spoken word lasts 100-600 ms (the pocketsphinx words in shared/data/speech: median 220-260
+# ms, longest 810), an utterance seconds (the sonnet's lines there: median 3.3 s, shortest 2.2 s).
+# 1 s and 80%: an utterance transcript's backchannels and short phrases are a minority of it (a
+# third is already a lot); a word alignment has hardly any word as long.
+WORD_LEVEL_MIN_SEGMENTS = 5
+WORD_LEVEL_MEDIAN_UNDER_MS = 700.0
+WORD_LEVEL_SHORT_MS = 1000.0
+WORD_LEVEL_SHORT_SHARE = 0.8
+
+
+def timing_problem(segments: list[TranscriptSegment]) -> str:
+    """Why the segments' times are not utterances in milliseconds, by the first rule that fires
+    ("seconds", "microseconds", "word level"; see the constants above), or "" when none does.
+    Pure: the message states the rule and the numbers that fired it."""
+    lengths = sorted(s.end_ms - s.start_ms for s in segments if s.end_ms > s.start_ms)
+    if len(lengths) < TIMING_MIN_SEGMENTS:
         return ""
     last = max(s.end_ms for s in segments)
+    for rule in (_in_seconds, _in_microseconds, _word_level):
+        problem = rule(lengths, last)
+        if problem:
+            return problem
+    return ""
+
+
+def _in_seconds(lengths: list[float], last: float) -> str:
+    median = statistics.median(lengths)
+    if lengths[-1] >= SECONDS_ALL_UNDER_MS or median >= SECONDS_MEDIAN_UNDER_MS:
+        return ""
+    longest = _num(lengths[-1])
     return (
-        f"times look like seconds, not milliseconds: the longest of its {len(lengths)} segments lasts "
-        f"{max(lengths):g} ms and the last ends at {last:g} ms ({max(lengths):g} s and {last:g} s read as seconds); "
-        "write start_ms/end_ms in milliseconds"
+        f"times look like seconds, not milliseconds ({longest} s and {_num(last)} s read as seconds): the rule: "
+        f"every one of its {len(lengths)} segments is under {SECONDS_ALL_UNDER_MS:g} ms and the median is "
+        f"{_num(median)} ms, under {SECONDS_MEDIAN_UNDER_MS:g} ms, shorter than any spoken unit (the longest lasts "
+        f"{longest} ms, the last ends at {_num(last)} ms); write start_ms/end_ms in milliseconds"
     )
 
 
-# No real segment lasts under this many ms; every one of a transcript in seconds does (< 2 min).
-SECONDS_HINT_MS = 120.0
+def _in_microseconds(lengths: list[float], last: float) -> str:
+    if lengths[0] <= MICROSECONDS_ALL_OVER_MS:
+        return ""
+    return (
+        f"times look like microseconds, not milliseconds ({_num(lengths[0] / 1000)} ms and {_num(last / 1000)} ms "
+        f"read as microseconds): the rule: every one of its {len(lengths)} segments is over "
+        f"{_num(MICROSECONDS_ALL_OVER_MS)} ms, the longest segment stage 1 cuts (the shortest lasts "
+        f"{_num(lengths[0])} ms, the last ends at {_num(last)} ms); write start_ms/end_ms in milliseconds"
+    )
+
+
+def _word_level(lengths: list[float], last: float) -> str:
+    # No word "second" in this message: the times are milliseconds, the segments are too small.
+    if len(lengths) < WORD_LEVEL_MIN_SEGMENTS:
+        return ""
+    median = statistics.median(lengths)
+    short = sum(length < WORD_LEVEL_SHORT_MS for length in lengths)
+    if median >= WORD_LEVEL_MEDIAN_UNDER_MS or short < WORD_LEVEL_SHORT_SHARE * len(lengths):
+        return ""
+    return (
+        f"looks like a word-level (or character-level) transcript: {short} of its {len(lengths)} segments "
+        f"are under {WORD_LEVEL_SHORT_MS / 1000:g} s (the rule: {WORD_LEVEL_SHORT_SHARE:.0%} or more of "
+        f"{WORD_LEVEL_MIN_SEGMENTS} or more) and the median is {_num(median)} ms "
+        f"(under {WORD_LEVEL_MEDIAN_UNDER_MS:g} ms), the longest {_num(lengths[-1])} ms; stage 1 cuts utterances: "
+        "give it utterance-level segments (one per sentence or speaker turn)"
+    )
+
+
+def _num(value: float) -> str:
+    """A time for a message: 6.79, 2.01 (not 2.0100000000000002), 2,010,000."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{round(value, 3):g}"
 
 
 def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], list[SegmentProblem]]:
@@ -222,9 +309,9 @@ def parse_transcript(data: bytes, name: str) -> tuple[list[TranscriptSegment], l
             problems.append(parsed)
         else:
             segments.append(parsed)
-    seconds = _times_in_seconds(segments)
-    if seconds:
-        raise TranscriptError(f"{name}: {seconds}")
+    problem = timing_problem(segments)
+    if problem:
+        raise TranscriptError(f"{name}: {problem}")
     return segments, problems
 
 
