@@ -87,7 +87,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-versions-", dir=args.dir) as tmp:
         root = Path(tmp)
         make_files(root, args.files, args.mb)
-        store = LocalStore(root, create=False)
+        store = LocalStore(root, create=False, file_identity=True)
         gb = args.files * (args.mb << 20) / 1e9
         runs = {"list": [], "hash": []}
         for _ in range(args.repeats):

@@ -8,6 +8,7 @@ import errno
 import os
 import pickle
 import re
+import shutil
 import socket
 import threading
 import time
@@ -32,7 +33,7 @@ AUDIO = "ch/audio/"
 
 @pytest.fixture
 def source(tmp_path) -> LocalStore:
-    store = LocalStore(tmp_path / "src")
+    store = LocalStore(tmp_path / "src", file_identity=True)  # as SourceBucket opens a folder
     store.write_bytes(AUDIO + "good.wav", b"RIFF audio")
     return store
 
@@ -172,6 +173,19 @@ def _rename_over(path: Path, data: bytes) -> None:
     other.write_bytes(data)
     _same_size_and_mtime(other, data, before)
     os.replace(other, path)
+
+
+def test_our_own_store_keeps_its_versions_when_copied(tmp_path):
+    """The segment store's versions are mtime and size (no file identity): a copy of it that keeps
+    the mtimes (rsync -a, a restore) keeps every version that stage 2's markers name."""
+    store = LocalStore(tmp_path / "store")
+    store.write_bytes("stage1/ch/r_seg_0.npz", b"segment")
+    shutil.copytree(tmp_path / "store", tmp_path / "copy")
+    assert [o.version for o in LocalStore(tmp_path / "copy").list()] == [o.version for o in store.list()]
+    source = LocalStore(tmp_path / "store", file_identity=True)
+    assert [o.version for o in LocalStore(tmp_path / "copy", file_identity=True).list()] != [
+        o.version for o in source.list()
+    ]
 
 
 @pytest.mark.parametrize("replace", [_rewrite_in_place, _rename_over], ids=["in place", "renamed over"])

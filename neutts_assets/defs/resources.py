@@ -81,7 +81,8 @@ class SourceBucket(_ClientRetries):
             return self._gcs(self.url, self.gcp_project)
         if self.url.startswith("s3://"):
             raise ValueError("the source bucket is GCS or a local folder; s3:// is for the segment store")
-        return LocalStore(self.url.removeprefix("file://"), create=False)
+        # Files written by hand: a rewrite that keeps the size and the mtime is still seen (local.py).
+        return LocalStore(self.url.removeprefix("file://"), create=False, file_identity=True)
 
 
 class SegmentStore(_ClientRetries):

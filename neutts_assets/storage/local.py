@@ -33,7 +33,12 @@ from neutts_assets.storage.store import (
 
 
 class LocalStore(ObjectStore):
-    def __init__(self, root: str | os.PathLike, create: bool = True):
+    def __init__(self, root: str | os.PathLike, create: bool = True, file_identity: bool = False):
+        # file_identity: versions also hold each file's inode and ctime (_file_version), for a source
+        # folder that people write by hand. Our own store keeps mtime and size: its writes are atomic
+        # renames, and a copy of it (rsync -a, a restore) must keep its versions, which stage 2's
+        # markers and the dataset's build record name.
+        self.file_identity = file_identity
         self.root = Path(root).expanduser().resolve()
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -42,7 +47,7 @@ class LocalStore(ObjectStore):
         return f"local folder {self.root}"
 
     def reopen(self) -> LocalStore:
-        return type(self)(self.root, create=False)
+        return type(self)(self.root, create=False, file_identity=self.file_identity)
 
     def _path(self, key: str, writing: bool = False) -> Path:
         check_key(key)
@@ -88,7 +93,7 @@ class LocalStore(ObjectStore):
                 yield ObjectInfo(
                     key=key,
                     size=st.st_size,
-                    version=_file_version(st),
+                    version=_file_version(st, self.file_identity),
                     updated=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
                 )
 
@@ -154,7 +159,7 @@ class LocalStore(ObjectStore):
         return Path(path).stat().st_size
 
     def _check_version(self, key: str, version: str, st: os.stat_result) -> None:
-        now = _file_version(st)
+        now = _file_version(st, self.file_identity)
         if now != version:
             raise ObjectChanged(
                 f"{key!r} in {self.describe()} changed since it was listed (version {version}, now {now})"
@@ -304,14 +309,16 @@ def _write_temporary(path: Path, data: bytes) -> str:
     return tmp
 
 
-def _file_version(st: os.stat_result) -> str:
+def _file_version(st: os.stat_result, identity: bool) -> str:
     """What changes when a file's content does, read from its metadata alone: hashing the content
     would read every byte of a 200+ GB source on each inventory. The mtime and size alone miss a
     file rewritten in place with its mtime put back (os.utime), or another file of the same size and
-    mtime renamed over it: the ctime changes on every write and on utime (to the kernel's clock tick,
-    a few ms), and the inode on a rename over it. A chmod, chown or rename changes the ctime too,
-    which costs only a re-cut whose identical segment files are kept byte for byte."""
-    return f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}-{st.st_ctime_ns}"
+    mtime renamed over it; with `identity` they are caught: the ctime changes on every write and on
+    utime (to the kernel's clock tick, a few ms), and the inode on a rename over it. A chmod, chown
+    or rename changes the ctime too, which costs only a re-cut whose identical segment files are
+    kept byte for byte."""
+    base = f"{st.st_mtime_ns}-{st.st_size}"
+    return f"{base}-{st.st_ino}-{st.st_ctime_ns}" if identity else base
 
 
 def _entry_stat(path: Path) -> os.stat_result | None:

@@ -48,7 +48,7 @@ class ObjectInfo:
     key: str  # relative to the store's root prefix
     size: int
     # What changes when the object is rewritten: the GCS generation, the S3 ETag, or a local
-    # file's mtime, size, inode and ctime. Compared for equality only.
+    # file's mtime and size (a source folder's also its inode and ctime). Compared for equality only.
     version: str
     updated: datetime | None = None
 
