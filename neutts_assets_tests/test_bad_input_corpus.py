@@ -10,6 +10,7 @@ materialization metadata. Each outcome names the object and the reason:
     refused   the object is left out by the inventory; raw_audio's `unpaired` names it and why
     skipped   one segment is not cut; segments_npz's `skipped_segments` names it and why
     noted     used, but not exactly as given; segments_npz's `input_notes` says what changed
+    paired    used, but not as named; raw_audio's `input_notes` says how it was matched
     cut       the segment is in the store, the encoded store and the dataset, as checked
 
 `python -m neutts_assets_tests.test_bad_input_corpus` prints the table (kind, outcome).
@@ -40,8 +41,9 @@ from neutts_assets.defs.dataset.hf_dataset import hf_dataset
 from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.encoding.encoded_segments import encoded_segments
 from neutts_assets.defs.inventory.raw_audio import raw_audio
-from neutts_assets.defs.metadata import MAX_CELL_CHARS
+from neutts_assets.defs.metadata import MAX_CELL_CHARS, MAX_TABLE_ROWS
 from neutts_assets.defs.segments.segments_npz import segments_npz
+from neutts_assets.pipeline.inventory.source_layout import recording_of
 from neutts_assets.pipeline.inventory.transcripts import MAX_TRANSCRIPT_BYTES
 from neutts_assets.pipeline.segments.audio import decode_pcm16
 from neutts_assets.pipeline.segments.cutting import ms_to_sample
@@ -54,8 +56,10 @@ from neutts_assets_tests.helpers import (
     convert,
     demo_audio,
     make_resources,
+    run_partition,
     transcript_key,
 )
+from neutts_assets_tests.privileges import no_read_override, unreadable
 
 CHANNEL = "bad_corpus"
 SPEECH = demo_audio("austen_0870")  # 7.1 s of speech, 48 kHz mono wav
@@ -174,6 +178,8 @@ class Outcome:
             assert run.segment(self.target) is None and self.target not in run.rows
         elif self.verb == "noted":
             _row(run.stage1["input_notes"], self.target, *self.words)
+        elif self.verb == "paired":
+            _row(run.inventory["input_notes"], self.target, *self.words)
         elif self.verb == "cut":
             seg = run.segment(self.target)
             assert seg is not None, f"{self.target} was not cut"
@@ -224,6 +230,36 @@ def text_is(sid: str, text: str):
         assert run.rows[sid]["text"].encode("utf-8") == text.encode("utf-8")
 
     return check
+
+
+def cut_from(sid: str, audio: str):
+    """The segment (its file and its dataset row) was cut from that audio object."""
+
+    def check(run: Run):
+        assert run.segment(sid).source_key == audio
+        assert run.rows[sid]["source_audio"] == audio
+
+    return check
+
+
+def inventory_noted(key: str, *words: str) -> Outcome:
+    return Outcome("paired", key, words)
+
+
+def _no_seconds(run: Run, key: str) -> None:
+    (reason,) = [r["reason"] for r in run.stage1["failures"] if r["object"] == key]
+    assert "second" not in reason, reason
+
+
+MANY_SKIPS = 250  # past the tables' 200 rows
+
+
+def _every_recording_in_the_detail(run: Run) -> None:
+    by_recording = {r["recording"]: r["segments skipped"] for r in run.stage1["skipped_segments_by_recording"]}
+    assert by_recording["many_skips"] == MANY_SKIPS and by_recording["duplicates"] == 1, by_recording
+    shown = {recording_of(r["segment"]) for r in run.stage1["skipped_segments"]}
+    assert shown == set(by_recording), set(by_recording) - shown
+    assert len(run.stage1["skipped_segments"]) == MAX_TABLE_ROWS
 
 
 def seconds_is(sid: str, seconds: float, tol: float = 0.002):
@@ -353,20 +389,89 @@ CASES = [
         [cut("partial_seg_0")],
     ),
     Case(
-        "two audio files for one recording (.wav and .mp3)",
+        "two audio files for one recording (.wav and .mp3): the first in the documented order is used",
         lambda s: (
             s.recording("two_files", ONE, s.wav16k),
             s.recording("two_files", None, s.converted("two.mp3"), "mp3"),
         ),
         [
-            cut("two_files_seg_0"),
-            refused(A("two_files.mp3"), "another file of recording two_files is used", A("two_files.wav")),
+            cut("two_files_seg_0", cut_from("two_files_seg_0", A("two_files.wav"))),
+            noted(A("two_files.wav"), "used of 2 audio objects", "the first of 2 audio objects in the order tried"),
+        ],
+    ),
+    Case(
+        "two audio files, the preferred .wav undecodable: the .mp3 is used",
+        lambda s: (
+            s.recording("bad_wav", ONE, b"not audio at all\n" * 40),
+            s.recording("bad_wav", None, s.converted("bad_wav.mp3"), "mp3"),
+        ),
+        [
+            cut("bad_wav_seg_0", cut_from("bad_wav_seg_0", A("bad_wav.mp3"))),
+            noted(A("bad_wav.mp3"), "used of 2 audio objects", A("bad_wav.wav") + " cannot be used", "ffmpeg cannot"),
+        ],
+    ),
+    Case(
+        "two audio files, the preferred .wav truncated to 2.5 s of 7.1 s: the complete .flac is used",
+        lambda s: (
+            s.recording("short_wav", GOOD_TRANSCRIPT, SPEECH.read_bytes()[: 44 + 96_000 * 5 // 2]),
+            s.recording("short_wav", None, s.converted("short_wav.flac"), "flac"),
+        ),
+        [
+            *[cut(f"short_wav_seg_{i}", cut_from(f"short_wav_seg_{i}", A("short_wav.flac"))) for i in range(3)],
+            noted(A("short_wav.flac"), A("short_wav.wav") + " is much shorter than the transcript needs", "2.5 s"),
+        ],
+    ),
+    Case(
+        "two audio files, the complete one a partial download (.mp3.part) and the other a short .wav: the longest",
+        lambda s: (
+            s.recording("both_short", GOOD_TRANSCRIPT, SPEECH.read_bytes()[: 44 + 96_000 * 3 // 2]),
+            s.recording(
+                "both_short",
+                None,
+                (lambda mp3: mp3[: len(mp3) * 3 // 4])(s.converted("both_short.mp3")),
+                "mp3.part",
+            ),
+        ),
+        [
+            cut("both_short_seg_0", cut_from("both_short_seg_0", A("both_short.mp3.part"))),
+            noted(A("both_short.mp3.part"), "no copy covers the transcript", "the longest is used"),
+        ],
+        "the segments past the longer copy's end",
+    ),
+    Case(
+        "two audio files, neither decodable",
+        lambda s: (
+            s.recording("both_bad", ONE, b""),
+            s.recording("both_bad", None, b"not audio\n" * 30, "mp3"),
+        ),
+        [failed(A("both_bad.wav"), "none of its 2 audio objects can be used", A("both_bad.mp3"))],
+    ),
+    Case(
+        "transcript and audio named in different Unicode normal forms (NFC transcript, NFD audio): paired",
+        lambda s: (
+            s.recording(unicodedata.normalize("NFC", "نَص_é"), ONE),
+            s.recording(unicodedata.normalize("NFD", "نَص_é"), None, s.wav16k),
+        ),
+        [
+            cut(f"{unicodedata.normalize('NFC', 'نَص_é')}_seg_0"),
+            inventory_noted(A(unicodedata.normalize("NFD", "نَص_é") + ".wav"), "different Unicode normal forms"),
+        ],
+    ),
+    Case(
+        "audio whose name differs from its transcript's only in case: a hint naming the near match",
+        lambda s: (s.recording("Case_Differs", ONE), s.recording("case_differs", None, s.wav16k)),
+        [
+            failed(T("Case_Differs"), "no audio object", "near match", A("case_differs.wav")),
+            refused(A("case_differs.wav"), "no transcript"),
         ],
     ),
     Case(
         "audio with an unlisted extension (.aiff)",
         lambda s: s.recording("aiff", ONE, s.converted("x.aiff"), "aiff"),
-        [refused(A("aiff.aiff"), "has no known audio extension"), failed(T("aiff"), "no audio object")],
+        [
+            refused(A("aiff.aiff"), "has no known audio extension"),
+            failed(T("aiff"), "no audio object", "near match", A("aiff.aiff")),
+        ],
     ),
     Case(
         "audio without a transcript",
@@ -420,6 +525,28 @@ CASES = [
         "times in seconds instead of milliseconds",
         lambda s: s.recording("seconds", [seg(0.2, 2.21), seg(2.25, 3.95), seg(4.0, 6.79)], s.wav16k),
         [failed(T("seconds"), "times look like seconds, not milliseconds", "6.79 s read as seconds")],
+        "the recording, until its transcript is written in milliseconds",
+    ),
+    Case(
+        "word-level transcript in milliseconds (words of 60-110 ms): its own message, not 'seconds'",
+        lambda s: s.recording(
+            "word_level", [seg(200 + 100 * i, 260 + 100 * i + 5 * (i % 10), "w") for i in range(60)], s.wav16k
+        ),
+        [failed(T("word_level"), "word-level", check=lambda run: _no_seconds(run, T("word_level")))],
+        "the recording, until its transcript has utterance-level segments",
+    ),
+    Case(
+        "word-level transcript in milliseconds (words of 150-450 ms)",
+        lambda s: s.recording(
+            "word_level_long", [seg(150 + 500 * i, 300 + 500 * i + 30 * (i % 11), "word") for i in range(13)], s.wav16k
+        ),
+        [failed(T("word_level_long"), "word-level", check=lambda run: _no_seconds(run, T("word_level_long")))],
+        "the recording, until its transcript has utterance-level segments",
+    ),
+    Case(
+        "times in microseconds instead of milliseconds",
+        lambda s: s.recording("microseconds", [seg(200_000, 2_210_000), seg(2_250_000, 3_950_000)], s.wav16k),
+        [failed(T("microseconds"), "microseconds")],
         "the recording, until its transcript is written in milliseconds",
     ),
     Case(
@@ -502,6 +629,14 @@ CASES = [
         lambda s: s.recording("long_text", [seg(200, 2210, LONG_TEXT)], s.wav16k),
         [cut("long_text_seg_0", text_is("long_text_seg_0", LONG_TEXT))],
     ),
+    Case(
+        f"one recording with {MANY_SKIPS} skipped segments beside others with a few: per-recording counts first, "
+        "then a capped detail that keeps every recording's share",
+        lambda s: s.recording(
+            "many_skips", [seg(200, 2210), *[seg(3000 + i, 5000 + i, "") for i in range(MANY_SKIPS)]], s.wav16k
+        ),
+        [cut("many_skips_seg_0", check=lambda run: _every_recording_in_the_detail(run))],
+    ),
     # names -----------------------------------------------------------------------------------
     Case(
         "recording ID '..'",
@@ -577,8 +712,8 @@ def _long_names_fit(run: Run) -> None:
     assert len(names) >= 4 and all(len(n.encode()) <= 255 for n in names), names
 
 
-def _expected_failures() -> set[str]:
-    return {o.target for c in CASES for o in c.expect if o.verb == "failed"}
+def _expected_failures(cases: list[Case]) -> set[str]:
+    return {o.target for c in cases for o in c.expect if o.verb == "failed"}
 
 
 # The one run -------------------------------------------------------------------------------
@@ -600,8 +735,13 @@ def run(gcs_endpoint, tmp_path_factory) -> Run:
     src.recording(GOOD, GOOD_TRANSCRIPT, SPEECH.read_bytes())
     for case in CASES:
         case.make(src)
+    return _run_channel(f"gs://{bucket}", tmp)
 
-    resources = make_resources(f"gs://{bucket}", str(tmp / "store"))
+
+def _run_channel(source_url: str, tmp: Path) -> Run:
+    """raw_audio, segments_npz, encoded_segments (random weights) and hf_dataset, once, for CHANNEL;
+    the run must succeed: every bad input is one object's failure, none the step's."""
+    resources = make_resources(source_url, str(tmp / "store"))
     resources["codec"] = NeuCodecResource(weights="random", device="cpu", batch_seconds=16.0)
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("channels", [CHANNEL])
@@ -636,16 +776,19 @@ def test_case(run, case):
 def test_the_rest_of_the_channel_is_processed(run):
     """The good recording is cut exactly, encoded and in the dataset; the only failures are the
     expected ones, and stage 2 and the dataset fail nothing."""
+    _the_rest_is_processed(run, CASES)
+
+
+def _the_rest_is_processed(run: Run, cases: list[Case]) -> None:
     full = decode_pcm16(SPEECH)
     for i, s in enumerate(GOOD_TRANSCRIPT):
         seg = run.segment(f"{GOOD}_seg_{i}")
         assert np.array_equal(seg.pcm16, full[ms_to_sample(s["start_ms"], 16000) : ms_to_sample(s["end_ms"], 16000)])
         assert f"{GOOD}_seg_{i}" in run.rows
     failures = {r["object"] for r in run.stage1["failures"]}
-    assert failures == {_cell(k)[:300] for k in _expected_failures()}, failures ^ {
-        _cell(k) for k in _expected_failures()
-    }
-    assert run.stage1["files_failed"] == len(_expected_failures())
+    expected = _expected_failures(cases)
+    assert failures == {_cell(k)[:300] for k in expected}, failures ^ {_cell(k) for k in expected}
+    assert run.stage1["files_failed"] == len(expected)
     assert run.encoded["segments_failed"] == 0 and run.dataset["segments_failed"] == 0
     assert run.encoded["segments_with_codes_in_channel"] == run.stage1["segments_in_channel"] == len(run.rows)
     # every object written stays in the store's folders, with no temporary left
@@ -659,6 +802,331 @@ def test_the_rest_of_the_channel_is_processed(run):
         "_leases",
     }
     assert not [p for p in run.store.root.rglob("*") if ".neutts-tmp-" in p.name]
+
+
+# The local-folder corpus: what a folder can hold that a bucket cannot -----------------------------
+
+
+class FolderSource(Source):
+    """The channel's source as a local folder, where links, FIFOs, sockets, devices and file modes exist."""
+
+    def __init__(self, root: Path, tmp: Path):
+        super().__init__(LocalStore(root), tmp)
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def socket(self, key: str) -> None:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(self.path(key)))  # the socket file stays after the socket is closed
+
+
+def _loop(s: FolderSource, rec_id: str) -> None:
+    s.recording(rec_id, ONE)
+    s.path(A(f"{rec_id}.wav")).symlink_to(s.path(f"elsewhere/{rec_id}_b.wav"))
+    s.path(f"elsewhere/{rec_id}_b.wav").symlink_to(s.path(A(f"{rec_id}.wav")))
+
+
+def _linked(s: FolderSource) -> None:
+    s.recording("linked", ONE)
+    s.path("elsewhere/kept_on_another_disk.wav").write_bytes(s.wav16k)
+    s.path(A("linked.wav")).symlink_to(s.path("elsewhere/kept_on_another_disk.wav"))
+
+
+LOCAL_CASES = [
+    Case(
+        "local folder: a dangling symbolic link as audio",
+        lambda s: (s.recording("dangling", ONE), s.path(A("dangling.wav")).symlink_to(s.root / "missing.wav")),
+        [failed(A("dangling.wav"), "dangling symbolic link", "missing.wav")],
+    ),
+    Case(
+        "local folder: a symbolic-link loop as audio",
+        lambda s: _loop(s, "loop"),
+        [failed(A("loop.wav"), "symbolic link loop")],
+    ),
+    Case(
+        "local folder: a FIFO as audio (never opened for a blocking read)",
+        lambda s: (s.recording("fifo", ONE), os.mkfifo(s.path(A("fifo.wav")))),
+        [failed(A("fifo.wav"), "not a regular file (FIFO)")],
+    ),
+    Case(
+        "local folder: a UNIX socket as audio",
+        lambda s: (s.recording("sock", ONE), s.socket(A("sock.wav"))),
+        [failed(A("sock.wav"), "not a regular file (socket)")],
+    ),
+    Case(
+        "local folder: a symbolic link to /dev/zero as audio (a read that would never end)",
+        lambda s: (s.recording("zero_device", ONE), s.path(A("zero_device.wav")).symlink_to("/dev/zero")),
+        [failed(A("zero_device.wav"), "not a regular file (character device)")],
+    ),
+    Case(
+        "local folder: audio the process may not read (mode 000)",
+        lambda s: (s.recording("no_read_audio", ONE, s.wav16k), unreadable(s.path(A("no_read_audio.wav")))),
+        [failed(A("no_read_audio.wav"), "permission denied")],
+    ),
+    Case(
+        "local folder: a transcript the process may not read (mode 000)",
+        lambda s: (
+            s.recording("no_read_transcript", ONE, s.wav16k),
+            unreadable(s.path(T("no_read_transcript"))),
+        ),
+        [failed(T("no_read_transcript"), "permission denied")],
+    ),
+    Case(
+        "local folder: a FIFO as transcript",
+        lambda s: (s.recording("fifo_transcript", None, s.wav16k), os.mkfifo(s.path(T("fifo_transcript")))),
+        [failed(T("fifo_transcript"), "not a regular file (FIFO)")],
+    ),
+    Case(
+        "local folder: a dangling symbolic link as transcript",
+        lambda s: (
+            s.recording("dangling_transcript", None, s.wav16k),
+            s.path(T("dangling_transcript")).symlink_to(s.root / "gone.json"),
+        ),
+        [failed(T("dangling_transcript"), "dangling symbolic link")],
+    ),
+    Case(
+        "local folder: a folder named like the audio (r.wav/)",
+        lambda s: (s.recording("a_folder", ONE), s.path(A("a_folder.wav")).mkdir()),
+        [failed(T("a_folder"), "no audio object")],
+    ),
+    Case(
+        "local folder: audio that is a symbolic link to a file outside the folder (used)",
+        _linked,
+        [cut("linked_seg_0", slice_of("linked_seg_0", "speech16k.wav", 200, 2210))],
+    ),
+    Case(
+        "local folder: two audio objects, the preferred .wav a FIFO: the .mp3 is used",
+        lambda s: (
+            s.recording("fifo_pair", ONE, None),
+            os.mkfifo(s.path(A("fifo_pair.wav"))),
+            s.recording("fifo_pair", None, s.converted("fifo_pair.mp3"), "mp3"),
+        ),
+        [
+            cut("fifo_pair_seg_0", cut_from("fifo_pair_seg_0", A("fifo_pair.mp3"))),
+            noted(A("fifo_pair.mp3"), A("fifo_pair.wav") + " cannot be used", "not a regular file (FIFO)"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Run:
+    """The local corpus, run as a process that may not read a mode-000 file (root included)."""
+    tmp = tmp_path_factory.mktemp("local_corpus")
+    src = FolderSource(tmp / "source", tmp / "decoded")
+    src.tmp.mkdir()
+    src.recording(GOOD, GOOD_TRANSCRIPT, SPEECH.read_bytes())
+    for case in LOCAL_CASES:
+        case.make(src)
+    with no_read_override():
+        return _run_channel(str(tmp / "source"), tmp)
+
+
+@pytest.mark.parametrize("case", LOCAL_CASES, ids=str)
+def test_local_case(local_run, case):
+    for outcome in case.expect:
+        outcome.verify(local_run)
+
+
+def test_the_rest_of_the_local_channel_is_processed(local_run):
+    """None of the odd objects blocks the channel or fails the step (a permission error is the
+    object's, not a passing fault): the good recording is cut exactly, encoded and in the dataset."""
+    _the_rest_is_processed(local_run, LOCAL_CASES)
+
+
+# Cases over several runs: each its own test, listed in the table ---------------------------------
+
+
+def _stage1(instance, source: Path, store: Path, mapping: dict | None = None, assets=None, raise_on_error: bool = True):
+    resources = make_resources(str(source), str(store), mapping=mapping)
+    resources["codec"] = NeuCodecResource(weights="random", device="cpu", batch_seconds=16.0)
+    return run_partition(
+        assets or [raw_audio, segments_npz], "segments_npz", instance, resources, CHANNEL, raise_on_error=raise_on_error
+    )
+
+
+@pytest.fixture
+def instance():
+    return DagsterInstance.ephemeral()  # one per test: partitions and data versions carry over its runs
+
+
+def _wav(pcm: np.ndarray, path: Path) -> bytes:
+    import soundfile
+
+    soundfile.write(path, pcm, 16000, subtype="PCM_16")
+    return path.read_bytes()
+
+
+def _replace_in_place(path: Path, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+def _replace_by_rename(path: Path, data: bytes) -> None:
+    other = path.with_name("new_copy.tmp")
+    other.write_bytes(data)
+    os.replace(other, path)
+
+
+@pytest.mark.parametrize("replace", [_replace_in_place, _replace_by_rename], ids=["in place", "renamed over"])
+def test_content_replaced_keeping_size_and_mtime_is_cut_again(tmp_path, instance, replace):
+    """A recording whose bytes change while its size and mtime stay (the mtime restored) is seen as
+    changed, and its segments are the new audio's."""
+    src = FolderSource(tmp_path / "source", tmp_path / "work")
+    src.tmp.mkdir()
+    pcm = decode_pcm16(SPEECH)
+    src.recording("same_size", GOOD_TRANSCRIPT, _wav(pcm, tmp_path / "a.wav"))
+    first = asset_metadata(_stage1(instance, src.root, tmp_path / "store"), "segments_npz")
+    assert first["files_new"] == 1 and first["segments_in_channel"] == 3
+
+    path = src.path(A("same_size.wav"))
+    before = path.stat()
+    inverted = _wav((-pcm.astype(np.int32)).clip(-32768, 32767).astype(np.int16), tmp_path / "b.wav")
+    assert len(inverted) == before.st_size
+    replace(path, inverted)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    second = asset_metadata(_stage1(instance, src.root, tmp_path / "store"), "segments_npz")
+    assert second["files_changed"] == 1 and second["segments_written"] == 3, second
+    full = decode_pcm16(path)
+    store = LocalStore(tmp_path / "store")
+    for i, s in enumerate(GOOD_TRANSCRIPT):
+        pcm = read_segment(store.read_bytes(f"stage1/{CHANNEL}/same_size_seg_{i}.npz")).pcm16
+        assert np.array_equal(pcm, full[ms_to_sample(s["start_ms"], 16000) : ms_to_sample(s["end_ms"], 16000)])
+    third = asset_metadata(_stage1(instance, src.root, tmp_path / "store"), "segments_npz")
+    assert third["files_unchanged"] == 1 and third["segments_written"] == 0  # and not again
+
+
+def test_a_mapping_change_removes_the_recordings_no_longer_in_the_source(tmp_path, instance):
+    """NEUTTS_CHANNEL_MAPPING moves the channel to another audio folder that holds only one of its
+    two recordings: the other's stage-1 files and index go (counted in segments_removed), then its
+    stage-2 files; the kept recording keeps all of its files."""
+    src = FolderSource(tmp_path / "source", tmp_path / "work")
+    src.tmp.mkdir()
+    for rec_id in ("kept", "dropped"):
+        src.recording(rec_id, GOOD_TRANSCRIPT)
+        src.path(audio_key("folder_a", f"{rec_id}.wav")).write_bytes(src.wav16k)
+    src.path(audio_key("folder_b", "kept.wav")).write_bytes(src.wav16k)
+    store = LocalStore(tmp_path / "store")
+    assets = [raw_audio, segments_npz, encoded_segments]
+    _stage1(instance, src.root, store.root, {CHANNEL: "folder_a"}, assets)
+    keys = lambda prefix, rid: sorted(  # noqa: E731
+        o.key for o in store.list(f"{prefix}/{CHANNEL}/") if rid in o.key and "/_encoded/" not in o.key
+    )
+    kept_before = keys("stage1", "kept"), keys("stage2_with_codes", "kept")
+    assert len(keys("stage1", "dropped")) == 4 and keys("stage2_with_codes", "dropped")  # 3 segments and the index
+
+    result = _stage1(instance, src.root, store.root, {CHANNEL: "folder_b"}, assets)
+    meta, encoded = asset_metadata(result, "segments_npz"), asset_metadata(result, "encoded_segments")
+    assert meta["segments_removed"] == 3, meta["segments_removed"]
+    assert _row(meta["recordings_gone_from_source"], "dropped")["segment files removed"] == 3
+    assert keys("stage1", "dropped") == [] and keys("stage2_with_codes", "dropped") == []
+    assert encoded["stage2_objects_removed"] >= 3
+    # The kept recording is cut again from its new place (its files name the audio they came from).
+    assert keys("stage1", "kept") == kept_before[0] and keys("stage2_with_codes", "kept") == kept_before[1]
+    assert read_segment(store.read_bytes(f"stage1/{CHANNEL}/kept_seg_0.npz")).source_key == audio_key(
+        "folder_b", "kept.wav"
+    )
+    assert meta["segments_in_channel"] == 3
+    _row(meta["failures"], T("dropped"), "no audio object")  # its transcript is still there: said so
+
+
+def test_a_channel_spelled_in_another_unicode_normal_form_is_matched(tmp_path, instance):
+    """The partition is the NFC spelling; the transcripts folder and the audio folder were uploaded
+    with the NFD spelling (macOS): both are used, with a note, and the recording is cut."""
+    channel = unicodedata.normalize("NFC", "قناةُ_café")
+    nfd = unicodedata.normalize("NFD", channel)
+    assert nfd != channel
+    src = FolderSource(tmp_path / "source", tmp_path / "work")
+    src.path(transcript_key(nfd, GOOD)).write_text(json.dumps(GOOD_TRANSCRIPT))
+    src.path(audio_key(nfd, f"{GOOD}.wav")).write_bytes(SPEECH.read_bytes())
+    result = run_partition(
+        [raw_audio, segments_npz],
+        "segments_npz",
+        instance,
+        make_resources(str(src.root), str(tmp_path / "store")),
+        channel,
+    )
+    inventory, meta = asset_metadata(result, "raw_audio"), asset_metadata(result, "segments_npz")
+    assert inventory["recordings"] == 1 and meta["segments_in_channel"] == 3
+    _row(inventory["input_notes"], f"processed_runs/processed_{nfd}/transcripts/", "another Unicode normal form")
+    _row(inventory["input_notes"], f"{nfd}/audio/", "another Unicode normal form")
+    assert LocalStore(tmp_path / "store").exists(f"stage1/{channel}/{GOOD}_seg_0.npz")
+
+
+def test_a_channel_with_nothing_in_the_source_fails_naming_where_it_looked(tmp_path, instance):
+    """No transcripts and no audio: raw_audio fails (nothing downstream runs), naming both places
+    and the near-matching folders that are there."""
+    src = FolderSource(tmp_path / "source", tmp_path / "work")
+    src.path(transcript_key("Bad_Corpus", GOOD)).write_text(json.dumps(ONE))
+    src.path(audio_key("bad_corpus_audio", f"{GOOD}.wav")).write_bytes(SPEECH.read_bytes())
+    result = _stage1(instance, src.root, tmp_path / "store", raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "raw_audio"
+    text = failure.step_failure_data.error.message
+    for words in (
+        f"processed_runs/processed_{CHANNEL}/transcripts/",
+        f"{CHANNEL}/audio/",
+        "has nothing in the source",
+        "processed_runs/processed_Bad_Corpus/",
+        "NEUTTS_CHANNEL_MAPPING",
+    ):
+        assert words in text, (words, text)
+    assert not (tmp_path / "store" / "stage1").exists()
+
+
+def test_a_channel_with_transcripts_and_no_audio_at_all_fails_and_removes_nothing(tmp_path, instance):
+    """A mapping that points at an empty or missing audio folder is refused, naming it, before
+    stage 1 could take every recording for gone and remove its segments."""
+    src = FolderSource(tmp_path / "source", tmp_path / "work")
+    src.tmp.mkdir()
+    src.recording(GOOD, GOOD_TRANSCRIPT, src.wav16k)
+    _stage1(instance, src.root, tmp_path / "store")
+    before = sorted(p.name for p in (tmp_path / "store" / "stage1" / CHANNEL).rglob("*"))
+    result = _stage1(instance, src.root, tmp_path / "store", {CHANNEL: "no_such_folder"}, raise_on_error=False)
+    assert not result.success
+    text = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error.message
+    assert "1 transcripts and no audio" in text and "no_such_folder/audio/" in text, text
+    assert sorted(p.name for p in (tmp_path / "store" / "stage1" / CHANNEL).rglob("*")) == before
+
+
+SCENARIOS = [
+    (
+        "local folder: content replaced keeping its size and mtime (in place, or renamed over)",
+        "cut again: the version holds the inode and ctime (test_content_replaced_keeping_size_and_mtime_is_cut_again)",
+    ),
+    (
+        "NEUTTS_CHANNEL_MAPPING changed: a recording no longer in the channel's audio folder",
+        "its stage-1 files removed, counted in segments_removed, then its stage-2 files "
+        "(test_a_mapping_change_removes_the_recordings_no_longer_in_the_source)",
+    ),
+    (
+        "channel's transcripts and audio folders uploaded in another Unicode normal form (NFD)",
+        "matched, with a note in raw_audio's input_notes (test_a_channel_spelled_in_another_unicode_normal_form_is_matched)",
+    ),
+    (
+        "a channel with no transcripts and no audio in the source",
+        "raw_audio fails naming both places and the near-matching folders "
+        "(test_a_channel_with_nothing_in_the_source_fails_naming_where_it_looked)",
+    ),
+    (
+        "a channel whose audio folder is empty or missing (a wrong mapping)",
+        "raw_audio fails naming it; nothing is removed (test_a_channel_with_transcripts_and_no_audio_at_all_fails_and_removes_nothing)",
+    ),
+    (
+        "errors classified by what they are: permission denied, not a regular file, a link loop: permanent; "
+        "a timeout, a reset connection, a replaced object: transient",
+        "permanent: the object's failure; transient: the run fails and a rerun retries (test_source_objects.py)",
+    ),
+]
 
 
 # The ten-hour recording --------------------------------------------------------------------
@@ -766,7 +1234,7 @@ def test_a_ten_hour_recording_is_streamed_in_bounded_memory(tmp_path):
 
 if __name__ == "__main__":
     print("| kind | outcome | lost |\n|---|---|---|")
-    for case in CASES:
+    for case in CASES + LOCAL_CASES:
         lost = case.lost
         if lost == "nothing" and any(o.verb in ("failed", "refused") for o in case.expect):
             lost = "the object named, nothing else"
@@ -775,3 +1243,5 @@ if __name__ == "__main__":
         f"| {HOURS}-hour recording | cut while streamed: peak RSS a few MB over the interpreter's, no decoded copy on disk "
         "(test_a_ten_hour_recording_is_streamed_in_bounded_memory) | nothing |"
     )
+    for kind, outcome in SCENARIOS:
+        print(f"| {kind} | {outcome} | nothing |")

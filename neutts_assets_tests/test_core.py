@@ -245,11 +245,12 @@ def test_inventory_pairs_and_explains_the_rest():
         "audio_v4.json": "transcript_without_audio",
         "notes.json": "bad_name",
         "x.json": "bad_name",
-        "v1.webm.part": "duplicate_audio",
-        "v3.mp3": "duplicate_audio",
         "v5.ogg": "audio_without_transcript",
         "v6.txt": "bad_name",
     }
+    # a recording's other audio objects are its fallbacks, in the order stage 1 tries them
+    alternates = {e.recording_id: [a.key.rsplit("/", 1)[1] for a in e.alternates] for e in inv.entries}
+    assert alternates == {"v1": ["v1.webm.part"], "v2": [], "v3": ["v3.mp3"]}
     # content, not listing order or unrelated objects, decides the fingerprint
     again = build_inventory(
         layout, list(reversed(transcripts)), audio + [_obj(a + "v7.wav")], read=lambda key: key.encode()

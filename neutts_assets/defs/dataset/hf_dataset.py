@@ -8,7 +8,7 @@ from pydantic import Field
 
 from neutts_assets.defs.io_managers import read_manifest
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_metadata
+from neutts_assets.defs.metadata import grouped_tables, metadata_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import DatasetSplit, HuggingFaceHub, SegmentStore
 from neutts_assets.pipeline.dataset.annotations import Annotations
@@ -349,7 +349,9 @@ def _segment_counts(record: dict, sources: Sources, build: Optional[ChannelBuild
         "segments_failed": len(failures),
         "segments_not_encoded_yet": sources.not_encoded,
         "skip_reasons": reason_counts(reason for _, reason in (build.skipped if build else [])),
-        "failures": metadata_table(["object", "reason"], sorted(failures)),
+        **grouped_tables(
+            "failures", ["object", "reason"], sorted(failures), "failures", reason=lambda row: row[1][:80]
+        ),
     }
 
 

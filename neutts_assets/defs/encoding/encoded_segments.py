@@ -5,7 +5,7 @@ from pydantic import Field
 
 from neutts_assets.defs.encoding.codec import NeuCodecResource
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_metadata
+from neutts_assets.defs.metadata import grouped_tables, metadata_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore
 from neutts_assets.pipeline.encoding.codec import MIN_SAMPLES, RANDOM_LABEL, Codec, CodecUnavailable
@@ -211,8 +211,10 @@ def _segment_metadata(
         "segments_failed": len(failed),
         "segments_with_codes_in_channel": manifest.segment_count,
         "skip_reasons": reason_counts(reason.split(":")[0] for _, reason in plan.too_short),
-        "skipped_segments": metadata_table(["segment", "reason"], plan.too_short),
-        "failures": metadata_table(["segment or object", "reason"], sorted(failed)),
+        **grouped_tables("skipped_segments", ["segment", "reason"], plan.too_short, "segments skipped"),
+        **grouped_tables(
+            "failures", ["segment or object", "reason"], sorted(failed), "failures", reason=lambda row: row[1][:80]
+        ),
         "stage2_objects_removed": len(plan.orphans),
         "orphan_temporaries_removed": orphans,
         "audio_hours_encoded": round(tally.audio_seconds / 3600, 4),

@@ -2,10 +2,11 @@ from collections import Counter
 
 from dagster import AssetExecutionContext, DataVersion, Failure, Output, asset
 
-from neutts_assets.defs.metadata import metadata_table, retry_metadata
+from neutts_assets.defs.metadata import grouped_tables, metadata_table, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import ChannelSettings, SourceBucket
 from neutts_assets.pipeline.inventory.manifest import Inventory, build_inventory
+from neutts_assets.pipeline.inventory.source_folders import ChannelNotFound, list_channel
 from neutts_assets.pipeline.inventory.source_layout import UnsafeNameError
 
 
@@ -29,9 +30,14 @@ def raw_audio(
         raise Failure(description=f"channel {channel!r} refused: {exc}") from exc
     bucket = source.open()
 
-    transcripts = list(bucket.list(layout.transcripts_prefix))
-    audio = list(bucket.list(layout.audio_prefix))
+    try:
+        found = list_channel(bucket, layout)
+    except ChannelNotFound as exc:
+        raise Failure(description=str(exc), metadata={"source": bucket.describe(), "reason": str(exc)}) from None
+    layout, transcripts, audio = found.layout, found.transcripts, found.audio
     inventory = build_inventory(layout, transcripts, audio, bucket.read_bytes)
+    for where, note in found.notes:
+        context.log.warning(f"{where}: {note}")
     context.log.info(
         f"{channel}: {len(inventory.entries)} recordings paired, {len(inventory.unpaired)} objects unpaired"
     )
@@ -48,10 +54,28 @@ def raw_audio(
             "unpaired_objects": len(inventory.unpaired),
             "audio_bytes": sum(e.audio_size for e in inventory.entries),
             "partial_downloads": sum(e.audio_partial for e in inventory.entries),
+            # Several audio objects for one recording: stage 1 tries them in this order (segments_npz's
+            # `audio_choices` says which it used and why).
+            "duplicate_audio": metadata_table(
+                ["recording", "audio objects, in the order tried"],
+                [(e.recording_id, ", ".join(a.key for a in e.candidates)) for e in inventory.entries if e.alternates],
+            ),
             "formats": metadata_table(
                 ["extension", "recordings"], Counter(e.audio_ext or ".part" for e in inventory.entries).most_common()
             ),
-            "unpaired": metadata_table(["object", "reason"], [(u.key, u.reason) for u in inventory.unpaired]),
+            # By kind first: thousands of stray audio files must not hide a transcript without audio.
+            **grouped_tables(
+                "unpaired",
+                ["object", "reason"],
+                [(u.key, u.reason, u.kind) for u in inventory.unpaired],
+                "objects",
+                group=lambda row: row[2],
+                by="kind",
+            ),
+            # Used, but not as named: a folder or an ID spelled in another Unicode normal form.
+            "input_notes": metadata_table(
+                ["object or folder", "note"], found.notes + [(n.key, n.note) for n in inventory.notes]
+            ),
             **retry_metadata(source=bucket),
         },
     )

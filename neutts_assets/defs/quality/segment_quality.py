@@ -4,7 +4,7 @@ from dagster import AssetExecutionContext, Config, Failure, Output, asset
 from pydantic import Field
 
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_metadata
+from neutts_assets.defs.metadata import grouped_tables, metadata_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import QualityScoring, SegmentStore
 from neutts_assets.pipeline.dataset.writer import segment_objects
@@ -115,7 +115,9 @@ def _metadata(plan: ScoringPlan, result: ScoringResult, manifest: QualityManifes
         "documents_removed": len(result.removed),
         "segments_failed": len(failures),
         "failure_reasons": reason_counts(reason for _, reason in failures),
-        "failures": metadata_table(["segment", "reason"], failures),
+        **grouped_tables(
+            "failures", ["segment", "reason"], failures, "segments failed", reason=lambda row: row[1][:80]
+        ),
         "audio_hours_scored": round(hours, 4),
         "scoring_seconds": round(result.scoring_seconds, 2),
         "scoring_cpu_s_per_audio_hour": round(result.scoring_seconds / hours, 1) if hours else 0.0,

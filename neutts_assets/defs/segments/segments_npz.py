@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, Config, DataVersion, Failure, Output,
 from pydantic import Field
 
 from neutts_assets.defs.leases import channel_lease
-from neutts_assets.defs.metadata import metadata_table, reason_counts, retry_metadata
+from neutts_assets.defs.metadata import grouped_tables, metadata_table, reason_counts, retry_metadata
 from neutts_assets.defs.partitions import channels
 from neutts_assets.defs.resources import SegmentStore, SourceBucket
 from neutts_assets.pipeline.inventory.manifest import Inventory
@@ -21,6 +21,7 @@ from neutts_assets.pipeline.segments.recordings import (
     ChannelTally,
     channel_manifest,
     cut_recording,
+    gone_keys,
     plan_channel,
 )
 from neutts_assets.pipeline.segments.segment_file import DEFAULT_AUDIO_FORMAT
@@ -101,11 +102,14 @@ def _cut_channel(
     tally = _unusable_inputs(inventory, plan, indexes)
     started = time.perf_counter()
     retry = _cut_recordings(context, plan, src, dst, rules, indexes, stored, tally, config.workers, guard)
+    gone = _remove_gone(dst, channel, plan, indexes, stored, inventory, tally, guard)
     wall = time.perf_counter() - started
 
     manifest = channel_manifest(channel, inventory.entries, indexes)
     metadata = {
-        **_metadata(tally, plan, manifest, inventory, wall, orphans, f"{dst.describe()} {channel_prefix(channel)}"),
+        **_metadata(
+            tally, plan, manifest, inventory, wall, orphans, gone, f"{dst.describe()} {channel_prefix(channel)}"
+        ),
         **retry_metadata(source=src, store=dst),
     }
     if retry:
@@ -185,6 +189,22 @@ def _cut_recordings(
     return retry
 
 
+def _remove_gone(
+    dst, channel: str, plan: ChannelPlan, indexes: dict, stored: dict, inventory: Inventory, tally: ChannelTally, guard
+) -> list[tuple[str, int]]:
+    """Removes the stage-1 objects of the recordings no longer in the source, while the lease holds;
+    their segment files count in `segments_removed`. Returns (recording, segment files removed)."""
+    doomed = gone_keys(channel, plan.gone, indexes, stored, {e.recording_id for e in inventory.entries})
+    if doomed:
+        guard()
+    for rid, keys in doomed.items():
+        for key in keys:
+            dst.delete(key)
+        tally.removed += [k for k in keys if k.endswith(".npz")]
+        indexes.pop(rid, None)
+    return [(rid, sum(k.endswith(".npz") for k in keys)) for rid, keys in doomed.items()]
+
+
 def _retry_reason(exc: Exception) -> str:
     """What a failure that may pass is listed with; a source object replaced since the inventory names the fix."""
     hint = (
@@ -200,6 +220,7 @@ def _metadata(
     inventory: Inventory,
     wall: float,
     orphans: int,
+    gone: list[tuple[str, int]],
     where: str,
 ) -> dict:
     missing_audio = sum(u.kind == "transcript_without_audio" for u in inventory.unpaired)
@@ -216,10 +237,16 @@ def _metadata(
         "segments_removed": len(tally.removed),
         "segments_in_channel": manifest.segment_count,
         "skip_reasons": reason_counts(reason for _, reason, _ in tally.skipped),
-        "skipped_segments": metadata_table(["segment", "reason", "detail"], sorted(tally.skipped)),
+        **grouped_tables(
+            "skipped_segments",
+            ["segment", "reason", "detail"],
+            sorted(tally.skipped),
+            "segments skipped",
+            reason=lambda row: row[1],
+        ),
         "failures": metadata_table(["object", "reason"], sorted(tally.failures)),
         # Input used, but not exactly as given (text cleaned, audio misnamed): nothing was lost but what it says.
-        "input_notes": metadata_table(["segment or object", "note"], tally.notes),
+        **grouped_tables("input_notes", ["segment or object", "note"], tally.notes, "notes", group=lambda row: row[2]),
         "audio_hours_processed": round(tally.audio_seconds / 3600, 4),
         "segment_hours_in_channel": round(manifest.segment_seconds / 3600, 4),
         "bytes_downloaded": tally.downloaded_bytes,
@@ -230,6 +257,8 @@ def _metadata(
         "audio_seconds_per_wall_second": round(tally.audio_seconds / wall, 1) if wall else 0.0,
         "wall_seconds": round(wall, 2),
         "orphan_temporaries_removed": orphans,
-        # Their segments are kept in the store, left out of the manifest.
-        "recordings_gone_from_source": metadata_table(["recording"], [(r,) for r in plan.gone]),
+        # Deleted from the source, or out of its audio folder since the channel mapping changed: their
+        # stage-1 files are removed (stage 2 and the quality scores follow on their next run).
+        "recordings_gone_from_source": metadata_table(["recording", "segment files removed"], gone),
+        "audio_choices": metadata_table(["recording", "audio used", "why"], sorted(tally.audio_choices)),
     }

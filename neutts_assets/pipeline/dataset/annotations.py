@@ -61,8 +61,8 @@ class RecordingLineage:
         fp = index.fingerprint or {}
         rules = fp.get("cut_rules", "")
         return cls(
-            audio_key=fp.get("audio_key", ""),
-            audio_version=str(fp.get("audio_version", "")),
+            audio_key=index.audio_key or fp.get("audio_key", ""),
+            audio_version=index.audio_version or str(fp.get("audio_version", "")),
             transcript_key=index.transcript_key or transcript_key,
             transcript_sha256=fp.get("transcript_sha256", ""),
             cut_rules=f"{rules}/format-{fp['format_version']}" if rules and "format_version" in fp else rules,

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
+from neutts_assets.pipeline.inventory.source_layout import recording_of
+
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)  # the order of shards and of the card
 _SALT = b"neutts-split-v1"
@@ -30,11 +32,6 @@ _SALT = b"neutts-split-v1"
 
 class SplitSettingsError(ValueError):
     """Fractions or a pattern that cannot make a split; the message names the setting."""
-
-
-def recording_of(audio_id: str) -> str:
-    """The recording ID of a segment's audio_id `{ID}_seg_{i}` (the last `_seg_`: an ID may hold one)."""
-    return audio_id.rsplit("_seg_", 1)[0]
 
 
 def unit_fraction(key: str) -> float:

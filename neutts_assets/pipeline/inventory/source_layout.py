@@ -14,7 +14,10 @@ TRANSCRIPTS_PREFIX = "processed_runs/processed_{channel}/transcripts/"
 AUDIO_PREFIX = "{audio_folder}/audio/"
 TRANSCRIPT_NAME_PREFIX, TRANSCRIPT_SUFFIX = "audio_", ".json"
 
-# Preferred first when one recording has several audio objects (a re-download in another format).
+# The order stage 1 tries a recording's audio objects in when it has several (a re-download in
+# another format): complete files before partial ones, then by extension in this order (lossless
+# first), then by key. A copy that cannot be decoded or is much shorter than the transcript needs
+# gives way to the next (pipeline/segments/audio_choice.py).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a", ".mp3", ".ogg", ".opus", ".webm")
 PARTIAL_SUFFIX = ".part"  # interrupted yt-dlp downloads; ffmpeg usually decodes what is there
 
@@ -91,6 +94,9 @@ def check_channel_name(name: str) -> str:
 class ChannelLayout:
     channel: str
     audio_folder: str
+    # The channel's name as its transcripts folder spells it, when that is another Unicode normal
+    # form of `channel` (pipeline/inventory/source_folders.py); empty: spelled as `channel`.
+    source_channel: str = ""
 
     @classmethod
     def for_channel(cls, channel: str, mapping: dict[str, str] | None = None) -> ChannelLayout:
@@ -100,7 +106,7 @@ class ChannelLayout:
 
     @property
     def transcripts_prefix(self) -> str:
-        return TRANSCRIPTS_PREFIX.format(channel=self.channel)
+        return TRANSCRIPTS_PREFIX.format(channel=self.source_channel or self.channel)
 
     @property
     def audio_prefix(self) -> str:
@@ -132,6 +138,11 @@ class ChannelLayout:
 
 def segment_id(recording_id: str, index: int) -> str:
     return f"{recording_id}_seg_{index}"
+
+
+def recording_of(audio_id: str) -> str:
+    """The recording ID of a segment's audio_id `{ID}_seg_{i}` (the last `_seg_`: an ID may hold one)."""
+    return audio_id.rsplit("_seg_", 1)[0]
 
 
 def audio_preference(ext: str, partial: bool) -> tuple[int, int]:

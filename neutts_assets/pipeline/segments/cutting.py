@@ -210,6 +210,12 @@ class StreamCutter:
             self._blocks.popleft()
 
     @property
+    def needed_samples(self) -> int:
+        """Where the last segment it would cut, given audio long enough, ends: how much audio the
+        transcript needs (0 when it would cut nothing)."""
+        return max((o.end for o in self._by_start if o.holds), default=0)
+
+    @property
     def held_samples(self) -> int:
         return sum(len(b) for _, b in self._blocks)
 

@@ -11,16 +11,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neutts_assets.pipeline.inventory.manifest import InventoryEntry
+from neutts_assets.pipeline.inventory.manifest import AudioObject, InventoryEntry
 from neutts_assets.pipeline.inventory.source_layout import segment_id
 from neutts_assets.pipeline.inventory.transcripts import (
     MAX_TRANSCRIPT_BYTES,
     SegmentProblem,
     TranscriptError,
+    TranscriptSegment,
     parse_transcript,
     too_large,
 )
 from neutts_assets.pipeline.segments.audio import SAMPLE_RATE, AudioDecodeError, PcmStream
+from neutts_assets.pipeline.segments.audio_choice import Tried, choose, done_trying
 from neutts_assets.pipeline.segments.cutting import Cut, CutRules, StreamCutter
 from neutts_assets.pipeline.segments.manifest import ManifestRecording, ManifestSegment, SegmentsManifest
 from neutts_assets.pipeline.segments.segment_file import FORMAT_VERSION, Segment, encode_segment
@@ -32,12 +34,12 @@ from neutts_assets.pipeline.segments.store import (
     index_key,
     segment_key,
 )
-from neutts_assets.storage.store import ObjectStore
+from neutts_assets.storage.store import ObjectStore, is_permanent
 
 
 def fingerprint(entry: InventoryEntry, rules: CutRules) -> dict:
     """Everything whose change means the recording must be cut again."""
-    return {
+    fp = {
         "audio_key": entry.audio_key,
         "audio_version": entry.audio_version,
         "audio_size": entry.audio_size,
@@ -45,6 +47,9 @@ def fingerprint(entry: InventoryEntry, rules: CutRules) -> dict:
         "cut_rules": rules.fingerprint(),
         "format_version": FORMAT_VERSION,
     }
+    if entry.alternates:  # only then: the fingerprints of recordings with one audio object stay as they were
+        fp["other_audio"] = [[a.key, a.version, a.size] for a in entry.alternates]
+    return fp
 
 
 @dataclass
@@ -59,6 +64,7 @@ class RecordingResult:
     kept_keys: list[str] = field(default_factory=list)  # cut again, found already in the store as they are
     decode_seconds: float = 0.0
     write_seconds: float = 0.0
+    audio_choice: tuple[str, str] | None = None  # (the audio object used, why) when it had several
 
 
 def cut_recording(
@@ -130,8 +136,8 @@ class _RecordingCut:
 
     def run(self) -> RecordingResult:
         try:
-            problems, cutter = self._parse_transcript_step()
-            index = self._cut_step(cutter, problems)
+            problems, segments = self._parse_transcript_step()
+            index = self._cut_step(segments, problems)
         except _InputGone as gone:
             self.result.error, self.result.error_object = gone.reason, gone.obj
         except _BadInput as bad:
@@ -140,9 +146,9 @@ class _RecordingCut:
             self._publish_step(index)
         return self.result
 
-    def _parse_transcript_step(self) -> tuple[list[SegmentProblem], StreamCutter]:
-        """The transcript's segments, ready to cut. Parsing and planning the cut are pure: whatever
-        they raise, this transcript will raise again, so every error of theirs is the input's."""
+    def _parse_transcript_step(self) -> tuple[list[SegmentProblem], list[TranscriptSegment]]:
+        """The transcript's segments, checked to be cuttable. Parsing and planning the cut are pure:
+        whatever they raise, this transcript will raise again, so every error of theirs is the input's."""
         key = self.entry.transcript_key
         if self.entry.transcript_size > MAX_TRANSCRIPT_BYTES:
             raise _BadInput(key, too_large(self.entry.transcript_size))
@@ -150,6 +156,10 @@ class _RecordingCut:
             transcript = self.source.read_bytes(key)
         except FileNotFoundError as exc:
             raise _InputGone(key, "transcript disappeared from the source") from exc
+        except Exception as exc:
+            if is_permanent(exc):  # permission denied, not a regular file: the object's own fault
+                raise _BadInput(key, str(exc)) from exc
+            raise
         try:
             segments, problems = parse_transcript(transcript, key)
         except TranscriptError as exc:
@@ -157,62 +167,116 @@ class _RecordingCut:
         except Exception as exc:
             raise _BadInput(key, f"unreadable transcript ({type(exc).__name__}: {str(exc)[:200]})") from exc
         del transcript
-        try:
-            cutter = StreamCutter(segments, SAMPLE_RATE, self.rules)
-        except Exception as exc:
-            raise _BadInput(key, f"cannot cut ({type(exc).__name__}: {str(exc)[:200]})") from exc
-        return problems, cutter
+        self._cutter(segments)  # raises now, not once per audio object
+        return problems, segments
 
-    def _cut_step(self, cutter: StreamCutter, problems: list[SegmentProblem]) -> RecordingIndex:
+    def _cutter(self, segments: list[TranscriptSegment]) -> StreamCutter:
+        try:
+            return StreamCutter(segments, SAMPLE_RATE, self.rules)
+        except Exception as exc:
+            raise _BadInput(self.entry.transcript_key, f"cannot cut ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+    def _cut_step(self, segments: list[TranscriptSegment], problems: list[SegmentProblem]) -> RecordingIndex:
         """Downloads the audio and writes its segments as it decodes; returns the cut's index, not
-        yet published."""
-        index = RecordingIndex(self.entry.recording_id, "ok", self.fp, transcript_key=self.entry.transcript_key)
-        notes: list[tuple[int, NoteEntry]] = []
+        yet published. A recording with several audio objects tries them in order, each cut held on
+        local disk, and commits the one audio_choice picks."""
+        candidates = self.entry.candidates
+        needed_s = self._cutter(segments).needed_samples / SAMPLE_RATE
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix="neutts-") as tmp:
-            local = Path(tmp) / f"audio{self.entry.audio_ext or '.bin'}"
-            self._download(local)
             # A good cut must survive its recut failing halfway (undecodable new audio, a decoder
             # killed for want of disk or memory, a store error): the segments its index lists are not
             # touched until the decode has succeeded, so the recut is held on local disk until then.
-            # New recordings are written to the store as they are cut.
-            sink = _SegmentSink(self.store, Path(tmp) / "held" if self.replacing_good_cut else None, self.stored_keys)
-            t0 = time.perf_counter()
-            stream = self._decode_and_write(local, cutter, sink, index, notes)
-            sink.commit()
-            self.result.written_bytes, self.result.write_seconds = sink.bytes, sink.seconds
-            self.result.kept_keys = sink.kept
-            self.result.decode_seconds = time.perf_counter() - t0 - sink.seconds
-        self._complete_index(index, problems, cutter, notes, stream.container_mismatch(self.entry.audio_ext))
+            # So is every copy's cut while it is not yet known which copy is used. New recordings
+            # with one audio object are written to the store as they are cut.
+            hold = len(candidates) > 1 or self.replacing_good_cut
+            attempts: list[_Attempt] = []
+            for i, audio in enumerate(candidates):
+                attempts.append(self._attempt(audio, segments, Path(tmp) / str(i), hold))
+                if len(candidates) == 1 or done_trying(attempts[-1].tried, needed_s):
+                    break
+            pick, why = choose([a.tried for a in attempts], needed_s, len(candidates))
+            if pick is None:
+                self._fail_all(attempts, why)
+            chosen = attempts[pick]
+            chosen.sink.commit()
+        self.result.written_bytes, self.result.write_seconds = chosen.sink.bytes, chosen.sink.seconds
+        self.result.kept_keys = chosen.sink.kept
+        notes = chosen.notes
+        if len(candidates) > 1:
+            self.result.audio_choice = (chosen.audio.key, why)
+            notes = [(-1, NoteEntry(chosen.audio.key, why)), *notes]
+        index = chosen.index
+        self._complete_index(index, problems, chosen.cutter, notes, chosen.mismatch)
         return index
 
-    def _download(self, local: Path) -> None:
-        entry = self.entry
+    def _attempt(self, audio: AudioObject, segments: list[TranscriptSegment], folder: Path, hold: bool) -> _Attempt:
+        """One audio object downloaded, decoded and cut into a sink. With one object its errors are
+        raised as the recording's (_InputGone, _BadInput); with several, recorded on the attempt
+        so the next copy can be tried. Errors that may pass always propagate."""
+        single = len(self.entry.candidates) == 1
+        folder.mkdir()
+        index = RecordingIndex(
+            self.entry.recording_id,
+            "ok",
+            self.fp,
+            transcript_key=self.entry.transcript_key,
+            audio_key=audio.key,
+            audio_version=audio.version,
+        )
+        attempt = _Attempt(
+            audio,
+            self._cutter(segments),
+            index,
+            _SegmentSink(self.store, folder / "held" if hold else None, self.stored_keys),
+        )
+        local = folder / f"audio{audio.ext or '.bin'}"
+        try:
+            self._download(audio, local)
+            t0 = time.perf_counter()
+            stream = self._decode_and_write(audio, local, attempt)
+            self.result.decode_seconds += time.perf_counter() - t0 - attempt.sink.seconds
+            attempt.mismatch = stream.container_mismatch(audio.ext)
+            attempt.tried = Tried(audio.key, attempt.cutter.pos / SAMPLE_RATE)
+        except (_InputGone, _BadInput) as exc:
+            if single:
+                raise
+            # The short reason: the choice's note names each object itself.
+            why = getattr(exc.__cause__, "reason", None) or exc.reason.removeprefix(f"{audio.key}: ")
+            attempt.tried = Tried(audio.key, None, why)
+        finally:
+            local.unlink(missing_ok=True)  # a ten-hour copy need not sit beside the next one
+        return attempt
+
+    def _fail_all(self, attempts: list[_Attempt], why: str) -> None:
+        """None of the recording's audio objects can be used: gone from the source when every one is."""
+        if all(a.tried.error == _GONE for a in attempts):
+            raise _InputGone(self.entry.audio_key, _GONE)
+        raise _BadInput(self.entry.audio_key, why)
+
+    def _download(self, audio: AudioObject, local: Path) -> None:
         try:
             # Pinned to the version the inventory listed, so the segments never carry a fingerprint
             # of other bytes; a replaced object fails this attempt (ObjectChanged, a StoreError: it
             # may pass), and the next inventory sees the new version.
-            self.result.downloaded_bytes = self.source.download(entry.audio_key, local, version=entry.audio_version)
+            self.result.downloaded_bytes += self.source.download(audio.key, local, version=audio.version)
         except FileNotFoundError as exc:
-            raise _InputGone(entry.audio_key, "audio disappeared from the source") from exc
+            raise _InputGone(audio.key, _GONE) from exc
+        except Exception as exc:
+            if is_permanent(exc):  # a dangling link, a FIFO, permission denied: until the object changes
+                raise _BadInput(audio.key, str(exc)) from exc
+            raise
 
-    def _decode_and_write(
-        self,
-        local: Path,
-        cutter: StreamCutter,
-        sink: _SegmentSink,
-        index: RecordingIndex,
-        notes: list[tuple[int, NoteEntry]],
-    ) -> PcmStream:
+    def _decode_and_write(self, audio: AudioObject, local: Path, attempt: _Attempt) -> PcmStream:
         """Decodes the audio once, as a stream, and writes each segment as the stream passes it.
         Undecodable audio is the input's failure. Any other error (the store, a killed decoder)
         propagates: what this attempt wrote is in no index, and the next run's `stored_keys` has it
         cleaned up or overwritten."""
         try:
-            with PcmStream(local, name=self.entry.audio_key) as stream:
-                for cut, pcm in _cuts(stream, cutter):
-                    _write_cut(cut, pcm, self.entry, self.channel, sink, index, notes, self.rules.audio_format)
+            with PcmStream(local, name=audio.key) as stream:
+                for cut, pcm in _cuts(stream, attempt.cutter):
+                    _write_cut(cut, pcm, self.entry, audio.key, self.channel, attempt, self.rules.audio_format)
         except AudioDecodeError as exc:
-            raise _BadInput(self.entry.audio_key, str(exc), sink.in_store()) from exc
+            raise _BadInput(audio.key, str(exc), attempt.sink.in_store()) from exc
         return stream
 
     def _complete_index(
@@ -286,17 +350,16 @@ def _write_cut(
     cut: Cut,
     pcm,
     entry: InventoryEntry,
+    audio_key: str,
     channel: str,
-    sink: _SegmentSink,
-    index: RecordingIndex,
-    notes: list[tuple[int, NoteEntry]],
+    attempt: _Attempt,
     audio_format: str,
 ) -> None:
     seg = cut.segment
     sid = segment_id(entry.recording_id, seg.index)
-    notes += [(seg.index, NoteEntry(sid, note)) for note in seg.notes]
+    attempt.notes += [(seg.index, NoteEntry(sid, note)) for note in seg.notes]
     if cut.clipped:  # only the stream's end clips, so cut.end is the audio's length
-        notes.append(
+        attempt.notes.append(
             (
                 seg.index,
                 NoteEntry(
@@ -316,17 +379,33 @@ def _write_cut(
             dialect=seg.dialect,
             tone=seg.tone,
             pcm16=pcm,
-            source_key=entry.audio_key,
+            source_key=audio_key,
             start_ms=seg.start_ms,
             end_ms=seg.end_ms,
         ),
         audio_format,
     )
     key = segment_key(channel, sid)
-    sink.write(key, data)
-    index.segments.append(
+    attempt.sink.write(key, data)
+    attempt.index.segments.append(
         SegmentEntry(key, sid, seg.index, cut.num_samples / SAMPLE_RATE, len(data), seg.speaker_id, cut.clipped)
     )
+
+
+_GONE = "audio disappeared from the source"
+
+
+@dataclass
+class _Attempt:
+    """One audio object's cut: its segments in `sink` (held, or in the store), and what it found."""
+
+    audio: AudioObject
+    cutter: StreamCutter
+    index: RecordingIndex
+    sink: _SegmentSink
+    notes: list[tuple[int, NoteEntry]] = field(default_factory=list)
+    mismatch: str = ""
+    tried: Tried | None = None
 
 
 class _SegmentSink:
@@ -417,6 +496,26 @@ def plan_channel(
     return plan
 
 
+def gone_keys(
+    channel: str,
+    gone: list[str],
+    indexes: dict[str, RecordingIndex],
+    stored: dict[str, set[str]],
+    in_source: set[str],
+) -> dict[str, list[str]]:
+    """Per recording no longer in the source (deleted, or out of the channel's audio folder since
+    NEUTTS_CHANNEL_MAPPING changed), the stage-1 objects to remove, in the order they are deleted:
+    its segment files, then its index (an index left by a killed clean-up lists files already gone,
+    and the next run removes it again). A recording with segment files but no index (a cut killed
+    before its index, then removed from the source) loses its files too."""
+    out: dict[str, list[str]] = {}
+    for rid in sorted(set(gone) | {r for r in stored if r not in in_source and r not in indexes}):
+        idx = indexes.get(rid)
+        keys = sorted(stored.get(rid, set()) | ({s.key for s in idx.segments} if idx else set()))
+        out[rid] = keys + ([index_key(channel, rid)] if idx else [])
+    return out
+
+
 def channel_manifest(
     channel: str, entries: list[InventoryEntry], indexes: dict[str, RecordingIndex]
 ) -> SegmentsManifest:
@@ -427,7 +526,8 @@ def channel_manifest(
         if idx is None or idx.status != "ok":
             continue
         segments = [ManifestSegment(s.key, s.audio_id, s.duration_sec, s.bytes, s.speaker_id) for s in idx.segments]
-        recordings.append(ManifestRecording(entry.recording_id, entry.audio_key, idx.audio_seconds, segments))
+        used = idx.audio_key or entry.audio_key
+        recordings.append(ManifestRecording(entry.recording_id, used, idx.audio_seconds, segments))
     return SegmentsManifest(channel, FORMAT_VERSION, recordings)
 
 
@@ -437,8 +537,9 @@ class ChannelTally:
 
     failures: list[tuple[str, str]] = field(default_factory=list)  # (object, reason)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (segment id, reason, detail)
-    notes: list[tuple[str, str]] = field(default_factory=list)  # (segment id or object, note)
+    notes: list[tuple[str, str, str]] = field(default_factory=list)  # (segment id or object, note, recording)
     removed: list[str] = field(default_factory=list)
+    audio_choices: list[tuple[str, str, str]] = field(default_factory=list)  # (recording, audio used, why)
     segments_written: int = 0
     segments_kept: int = 0  # already in the store, byte for byte, from a killed run
     audio_seconds: float = 0.0
@@ -448,13 +549,15 @@ class ChannelTally:
     write_seconds: float = 0.0
 
     def add(self, r: RecordingResult) -> None:
+        if r.audio_choice:
+            self.audio_choices.append((r.recording_id, *r.audio_choice))
         if r.error:
             self.failures.append((r.error_object, r.error))
         if r.index is not None and r.index.status == "ok":
             self.segments_written += len(r.index.segments) - len(r.kept_keys)
             self.segments_kept += len(r.kept_keys)
             self.skipped += [(segment_id(r.recording_id, s.index), s.reason, s.detail) for s in r.index.skipped]
-            self.notes += [(n.object, n.note) for n in r.index.notes]
+            self.notes += [(n.object, n.note, r.recording_id) for n in r.index.notes]
             self.audio_seconds += r.index.audio_seconds
         self.removed += r.removed_keys
         self.downloaded_bytes += r.downloaded_bytes

@@ -100,6 +100,10 @@ class RecordingIndex:
     notes: list[NoteEntry] = field(default_factory=list)
     # The transcript object the cut read (lineage; not part of the fingerprint, which has its SHA-256).
     transcript_key: str = ""
+    # The audio object the cut used and its version: of several, the one audio_choice picked (the
+    # fingerprint lists them all). Empty in indexes from before: the fingerprint's audio_key then.
+    audio_key: str = ""
+    audio_version: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
@@ -118,6 +122,8 @@ class RecordingIndex:
             failed_fingerprint=d.get("failed_fingerprint", {}),
             notes=[NoteEntry(**n) for n in d.get("notes", [])],
             transcript_key=d.get("transcript_key", ""),
+            audio_key=d.get("audio_key", ""),
+            audio_version=d.get("audio_version", ""),
         )
 
 
