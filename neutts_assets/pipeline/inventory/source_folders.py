@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
@@ -89,64 +90,62 @@ def list_channel(bucket: ObjectStore, layout: ChannelLayout) -> ChannelListing:
 def _find_transcripts(bucket: ObjectStore, listing: ChannelListing) -> None:
     layout = listing.layout
     channel = layout.source_channel or layout.channel
-    folders = bucket.list_folders(TRANSCRIPTS_ROOT)
-    for other in other_normal_forms(channel):
-        if PROCESSED_PREFIX + other in folders:
-            found = replace(layout, source_channel=other)
-            objs = list(bucket.list(found.transcripts_prefix))
-            if objs:
-                listing.layout, listing.transcripts = found, objs
-                listing.notes.append(
-                    (
-                        found.transcripts_prefix,
-                        f"the channel's transcripts folder, spelled in another Unicode normal form than {layout.channel!r}: used",
-                    )
-                )
-                return
-    own = PROCESSED_PREFIX + channel
-    if own in folders:  # the channel's folder is there, its transcripts/ is not
-        inside = bucket.list_folders(f"{TRANSCRIPTS_ROOT}{own}/")
-        near = near_matches(TRANSCRIPTS_FOLDER, inside)
-        listing.hints.append(
-            f"{TRANSCRIPTS_ROOT}{own}/ holds "
-            + (
-                f"{', '.join(repr(n) for n in near)}, not {TRANSCRIPTS_FOLDER!r}"
-                if near
-                else f"no {TRANSCRIPTS_FOLDER!r} folder"
-            )
-        )
-        return
-    near = near_matches(own, folders)
-    if near:
-        listing.hints.append(
-            f"near-matching transcripts folders: {', '.join(repr(TRANSCRIPTS_ROOT + n + '/') for n in near)}"
-        )
+    found = _find(
+        bucket,
+        listing,
+        TRANSCRIPTS_ROOT,
+        PROCESSED_PREFIX + channel,
+        TRANSCRIPTS_FOLDER,
+        lambda folder: replace(layout, source_channel=folder[len(PROCESSED_PREFIX) :]),
+        "transcripts folder",
+    )
+    if found:
+        listing.layout, listing.transcripts = found
 
 
 def _find_audio(bucket: ObjectStore, listing: ChannelListing) -> None:
     layout = listing.layout
-    folders = bucket.list_folders("")
-    for other in other_normal_forms(layout.audio_folder):
+    found = _find(
+        bucket,
+        listing,
+        "",
+        layout.audio_folder,
+        AUDIO_FOLDER,
+        lambda folder: replace(layout, audio_folder=folder),
+        "audio folder",
+    )
+    if found:
+        listing.layout, listing.audio = found
+
+
+def _find(
+    bucket: ObjectStore,
+    listing: ChannelListing,
+    parent: str,
+    folder: str,
+    child: str,
+    relayout: Callable[[str], ChannelLayout],
+    what: str,
+) -> tuple[ChannelLayout, list[ObjectInfo]] | None:
+    """Where `{parent}{folder}/{child}/` is empty: the (layout, objects) of the same folder in the
+    other Unicode normal form, noted; else None, with a hint added naming what is there instead."""
+    folders = bucket.list_folders(parent)
+    for other in other_normal_forms(folder):
         if other in folders:
-            found = replace(layout, audio_folder=other)
-            objs = list(bucket.list(found.audio_prefix))
+            layout = relayout(other)
+            prefix = f"{parent}{other}/{child}/"
+            objs = list(bucket.list(prefix))
             if objs:
-                listing.layout, listing.audio = found, objs
-                listing.notes.append(
-                    (
-                        found.audio_prefix,
-                        f"the audio folder, spelled in another Unicode normal form than {layout.audio_folder!r}: used",
-                    )
-                )
-                return
-    if layout.audio_folder in folders:  # the folder is there, its audio/ is not
-        inside = bucket.list_folders(f"{layout.audio_folder}/")
-        near = near_matches(AUDIO_FOLDER, inside)
+                listing.notes.append((prefix, f"the channel's {what}, spelled in another Unicode normal form: used"))
+                return layout, objs
+    if folder in folders:  # the folder is there, its `child` is not
+        near = near_matches(child, bucket.list_folders(f"{parent}{folder}/"))
         listing.hints.append(
-            f"{layout.audio_folder}/ holds "
-            + (f"{', '.join(repr(n) for n in near)}, not {AUDIO_FOLDER!r}" if near else f"no {AUDIO_FOLDER!r} folder")
+            f"{parent}{folder}/ holds "
+            + (f"{', '.join(repr(n) for n in near)}, not {child!r}" if near else f"no {child!r} folder")
         )
-        return
-    near = near_matches(layout.audio_folder, folders)
+        return None
+    near = near_matches(folder, folders)
     if near:
-        listing.hints.append(f"near-matching audio folders: {', '.join(repr(n + '/audio/') for n in near)}")
+        listing.hints.append(f"near-matching {what}s: {', '.join(repr(parent + n + '/') for n in near)}")
+    return None
