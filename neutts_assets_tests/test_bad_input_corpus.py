@@ -1038,6 +1038,21 @@ def test_a_mapping_change_removes_the_recordings_no_longer_in_the_source(tmp_pat
     _row(meta["failures"], T("dropped"), "no audio object")  # its transcript is still there: said so
 
 
+def test_a_mapping_that_would_remove_every_recording_removes_none(tmp_path, instance):
+    """A mapping to a folder holding none of the channel's recordings (but other audio): every
+    recording would be gone, which is a wrong mapping far more often than an emptied channel. Nothing
+    is removed, and the metadata says why."""
+    src = FolderSource(tmp_path / "source", tmp_path / "work")
+    src.tmp.mkdir()
+    src.recording(GOOD, GOOD_TRANSCRIPT, src.wav16k)
+    src.path(audio_key("other_channel", "someone_else.wav")).write_bytes(src.wav16k)
+    _stage1(instance, src.root, tmp_path / "store")
+    before = sorted(p.name for p in (tmp_path / "store" / "stage1" / CHANNEL).rglob("*"))
+    meta = asset_metadata(_stage1(instance, src.root, tmp_path / "store", {CHANNEL: "other_channel"}), "segments_npz")
+    assert meta["segments_removed"] == 0 and "nothing was removed" in meta["gone_recordings_kept"]
+    assert sorted(p.name for p in (tmp_path / "store" / "stage1" / CHANNEL).rglob("*")) == before
+
+
 def test_a_channel_spelled_in_another_unicode_normal_form_is_matched(tmp_path, instance):
     """The partition is the NFC spelling; the transcripts folder and the audio folder were uploaded
     with the NFD spelling (macOS): both are used, with a note, and the recording is cut."""
@@ -1107,6 +1122,10 @@ SCENARIOS = [
         "NEUTTS_CHANNEL_MAPPING changed: a recording no longer in the channel's audio folder",
         "its stage-1 files removed, counted in segments_removed, then its stage-2 files "
         "(test_a_mapping_change_removes_the_recordings_no_longer_in_the_source)",
+    ),
+    (
+        "NEUTTS_CHANNEL_MAPPING changed to a folder with none of the channel's recordings",
+        "nothing removed, said in gone_recordings_kept (test_a_mapping_that_would_remove_every_recording_removes_none)",
     ),
     (
         "channel's transcripts and audio folders uploaded in another Unicode normal form (NFD)",

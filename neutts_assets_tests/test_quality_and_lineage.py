@@ -45,7 +45,8 @@ IDS = ["austen_0870", "austen_0880", "austen_0890", "sonnet001"]
 
 @pytest.fixture
 def env(tmp_path):
-    source, store = LocalStore(tmp_path / "source"), LocalStore(tmp_path / "store")
+    # The source as SourceBucket opens it (versions with file identity), so listed versions are the rows'.
+    source, store = LocalStore(tmp_path / "source", file_identity=True), LocalStore(tmp_path / "store")
     populate_source(source, CH, ids=IDS)
     resources = make_resources(str(tmp_path / "source"), str(tmp_path / "store"))
     return resources, DagsterInstance.ephemeral(), source, store, tmp_path

@@ -198,7 +198,9 @@ def test_content_replaced_keeping_size_and_mtime_changes_the_version(source, tmp
     replace(folder(source) / "good.wav", b"RIFF AUDIO")
 
     (now,) = source.list(AUDIO)
-    assert (now.size, now.updated) == (listed.size, listed.updated)  # what the old version saw
+    st = (folder(source) / "good.wav").stat()
+    assert (now.size, st.st_mtime_ns) == (listed.size, int(listed.version.split("-")[0]))  # what the old version saw
+    assert now.updated > listed.updated  # the ctime moved on: new to the sensor's watermark too
     assert now.version != listed.version
     with pytest.raises(ObjectChanged, match="good.wav"):
         source.download(key, tmp_path / "copy", version=listed.version)

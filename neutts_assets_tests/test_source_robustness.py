@@ -9,11 +9,12 @@ import unicodedata
 import pytest
 
 from neutts_assets.defs.metadata import MAX_TABLE_ROWS, grouped_tables
-from neutts_assets.pipeline.inventory.manifest import build_inventory
+from neutts_assets.pipeline.inventory.manifest import AudioObject, InventoryEntry, build_inventory
 from neutts_assets.pipeline.inventory.source_folders import ChannelNotFound, list_channel, near_matches
 from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
 from neutts_assets.pipeline.segments.audio_choice import COVER_SLACK_S, Tried, choose, done_trying
-from neutts_assets.pipeline.segments.recordings import gone_keys
+from neutts_assets.pipeline.segments.cutting import CutRules
+from neutts_assets.pipeline.segments.recordings import fingerprint, gone_keys, same_inputs
 from neutts_assets.pipeline.segments.store import RecordingIndex, SegmentEntry, index_key
 from neutts_assets.storage.local import LocalStore
 from neutts_assets.storage.store import ObjectInfo
@@ -142,3 +143,35 @@ def test_ids_in_other_normal_forms_are_paired_only_when_unclaimed():
     assert [e.recording_id for e in inv.entries] == [nfd] and not inv.notes
     (missing,) = inv.unpaired
     assert missing.kind == "transcript_without_audio" and "near match" in missing.reason
+
+
+def _entry(alternates=(), version="1700000000000000000-100-42-1700000000000000001") -> InventoryEntry:
+    return InventoryEntry(
+        "r", "t/audio_r.json", "1", 10, "sha", "a/audio/r.wav", version, 100, ".wav", False, tuple(alternates)
+    )
+
+
+def test_an_index_from_before_file_identity_is_not_cut_again():
+    """A local version written as `mtime-size` (before sources were listed with inode and ctime)
+    matches today's `mtime-size-inode-ctime` of the same file; another mtime does not."""
+    rules = CutRules()
+    entry = _entry()
+    old = RecordingIndex("r", "ok", {**fingerprint(entry, rules), "audio_version": "1700000000000000000-100"})
+    assert same_inputs(old, entry, rules)
+    old.fingerprint["audio_version"] = "1700000000000000999-100"
+    assert not same_inputs(old, entry, rules)
+
+
+def test_copies_after_the_one_that_covered_do_not_re_cut():
+    """A .part still growing beside a complete .wav that was used: no re-cut; a change to a copy
+    that was tried (or a copy tried only because none covered) is one."""
+    rules = CutRules()
+    part = lambda size: AudioObject("a/audio/r.webm.part", f"v{size}", size, ".webm", True)  # noqa: E731
+    cut_under = _entry([part(10)])
+    old = RecordingIndex(
+        "r", "ok", fingerprint(cut_under, rules), audio_tried=[["a/audio/r.wav", cut_under.audio_version, 100]]
+    )
+    assert same_inputs(old, _entry([part(20)]), rules)
+    assert not same_inputs(old, _entry([part(20)], version="1700000000000000000-100-43-1"), rules)
+    old.audio_tried = []  # every copy was tried: each counts
+    assert not same_inputs(old, _entry([part(20)]), rules)

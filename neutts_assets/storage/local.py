@@ -87,14 +87,26 @@ class LocalStore(ObjectStore):
                 key = full.relative_to(self.root).as_posix()
                 if not key.startswith(prefix):
                     continue
-                st = _entry_stat(full)
+                try:
+                    st = _entry_stat(full)
+                except PermissionError as exc:
+                    # A folder whose names can be read but not its files' (r without x, `chmod -R 644`).
+                    if Path(dirpath) != start:
+                        continue  # nested: its files would be refused as in a sub-folder anyway
+                    raise ObjectUnreadable(
+                        f"folder {start}", "permission denied (its names can be read, not its files)"
+                    ) from exc
                 if st is None:
                     continue
                 yield ObjectInfo(
                     key=key,
                     size=st.st_size,
                     version=_file_version(st, self.file_identity),
-                    updated=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+                    # With file identity the ctime too: a rewrite with its mtime put back is new to
+                    # the sensor's watermark (source_watch), as it is to the version.
+                    updated=datetime.fromtimestamp(
+                        max(st.st_mtime, st.st_ctime) if self.file_identity else st.st_mtime, tz=timezone.utc
+                    ),
                 )
 
     def list_folders(self, prefix: str = "") -> list[str]:
@@ -129,12 +141,15 @@ class LocalStore(ObjectStore):
             if reason is None:
                 raise
             raise ObjectUnreadable(where, reason) from exc
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a folder, not a file" if stat.S_ISDIR(mode) else f"not a regular file ({_kind(mode)})"
+                raise ObjectUnreadable(where, kind)
+            return os.fdopen(fd, "rb")
+        except BaseException:
             os.close(fd)
-            kind = "a folder, not a file" if stat.S_ISDIR(mode) else f"not a regular file ({_kind(mode)})"
-            raise ObjectUnreadable(where, kind)
-        return os.fdopen(fd, "rb")
+            raise
 
     def read_bytes(self, key: str) -> bytes:
         with self._open(key) as f:

@@ -62,6 +62,7 @@ class Unpaired:
     reason: str
     # transcript_without_audio | audio_without_transcript | bad_name | vanished
     kind: str = "bad_name"
+    recording_id: str = ""  # the recording it names, when its name is a good one
 
 
 @dataclass(frozen=True)
@@ -170,19 +171,18 @@ def _pair_transcripts(
     for audio_id in audio_by_id:
         if audio_id not in transcript_ids:
             by_normal_form.setdefault(unicodedata.normalize("NFC", audio_id), []).append(audio_id)
+    near = _NearMatches(layout, audio_by_id, inv.unpaired)
+    claimed: set[str] = set()  # audio ids paired across normal forms: one transcript each
     pairs: list[_Pair] = []
     for rec_id, obj in named:
         audio_id = rec_id
         if rec_id not in audio_by_id:
             other = by_normal_form.get(unicodedata.normalize("NFC", rec_id), [])
-            if len(other) != 1:
-                inv.unpaired.append(
-                    Unpaired(
-                        obj.key, _no_audio_reason(layout, rec_id, audio_by_id, inv.unpaired), "transcript_without_audio"
-                    )
-                )
+            if len(other) != 1 or other[0] in claimed:
+                inv.unpaired.append(Unpaired(obj.key, near.reason(rec_id), "transcript_without_audio", rec_id))
                 continue
             audio_id = other[0]
+            claimed.add(audio_id)
             for a in audio_by_id[audio_id]:
                 inv.notes.append(
                     InventoryNote(
@@ -200,22 +200,26 @@ def _loose(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold().strip()
 
 
-def _no_audio_reason(
-    layout: ChannelLayout, rec_id: str, audio_by_id: dict[str, list[AudioObject]], unpaired: list[Unpaired]
-) -> str:
+class _NearMatches:
     """Why a transcript has no audio, with the objects whose names nearly match (another case,
-    spelling or normal form, an extension stage 1 does not read): the fix is usually a rename."""
-    reason = f"no audio object {layout.audio_prefix}{rec_id}.<ext> for this transcript"
-    near = [a.key for audio_id, objs in audio_by_id.items() if _loose(audio_id) == _loose(rec_id) for a in objs]
-    near += [
-        u.key
-        for u in unpaired
-        if u.key.startswith(layout.audio_prefix)
-        and _loose(u.key[len(layout.audio_prefix) :].split(".", 1)[0]) == _loose(rec_id)
-    ]
-    if near:
-        reason += f"; near match: {', '.join(repr(k) for k in sorted(near)[:3])} (rename it to {rec_id!r}.<ext>)"
-    return reason
+    width or normal form of its ID, an extension stage 1 does not read): the fix is usually a
+    rename. Indexed once, so a folder of 50,000 wrong names costs one pass, not one per transcript."""
+
+    def __init__(self, layout: ChannelLayout, audio_by_id: dict[str, list[AudioObject]], unpaired: list[Unpaired]):
+        self.layout = layout
+        self.by_loose: dict[str, list[str]] = {}
+        for audio_id, objs in audio_by_id.items():
+            self.by_loose.setdefault(_loose(audio_id), []).extend(a.key for a in objs)
+        for u in unpaired:
+            if u.key.startswith(layout.audio_prefix):
+                self.by_loose.setdefault(_loose(u.key[len(layout.audio_prefix) :].split(".", 1)[0]), []).append(u.key)
+
+    def reason(self, rec_id: str) -> str:
+        reason = f"no audio object {self.layout.audio_prefix}{rec_id}.<ext> for this transcript"
+        near = sorted(self.by_loose.get(_loose(rec_id), []))
+        if near:
+            reason += f"; near match: {', '.join(repr(k) for k in near[:3])} (rename it to {rec_id!r}.<ext>)"
+        return reason
 
 
 def _transcript_digest(obj: ObjectInfo, read: Callable[[str], bytes]) -> str | None:
@@ -243,7 +247,12 @@ def _add_entries(inv: Inventory, pairs: list[_Pair], read: Callable[[str], bytes
         for p, digest in zip(pairs, digests):
             if digest is None:
                 inv.unpaired.append(
-                    Unpaired(p.transcript.key, "transcript disappeared while the inventory was taken", "vanished")
+                    Unpaired(
+                        p.transcript.key,
+                        "transcript disappeared while the inventory was taken",
+                        "vanished",
+                        p.recording_id,
+                    )
                 )
                 continue
             first, *others = p.audio
@@ -278,5 +287,6 @@ def _add_audio_without_transcript(
                         obj.key,
                         f"no transcript {layout.transcripts_prefix}audio_{rec_id}.json for this audio",
                         "audio_without_transcript",
+                        rec_id,
                     )
                 )

@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from neutts_assets.pipeline.inventory.source_layout import ChannelLayout
+from neutts_assets.pipeline.inventory.source_layout import ChannelLayout, UnsafeNameError, check_name
 from neutts_assets.storage.store import ObjectInfo, ObjectStore
 
 TRANSCRIPTS_ROOT, PROCESSED_PREFIX, TRANSCRIPTS_FOLDER, AUDIO_FOLDER = (
@@ -96,7 +96,7 @@ def _find_transcripts(bucket: ObjectStore, listing: ChannelListing) -> None:
         TRANSCRIPTS_ROOT,
         PROCESSED_PREFIX + channel,
         TRANSCRIPTS_FOLDER,
-        lambda folder: replace(layout, source_channel=folder[len(PROCESSED_PREFIX) :]),
+        lambda folder: replace(layout, source_channel=check_name(folder[len(PROCESSED_PREFIX) :], "channel")),
         "transcripts folder",
     )
     if found:
@@ -111,7 +111,7 @@ def _find_audio(bucket: ObjectStore, listing: ChannelListing) -> None:
         "",
         layout.audio_folder,
         AUDIO_FOLDER,
-        lambda folder: replace(layout, audio_folder=folder),
+        lambda folder: replace(layout, audio_folder=check_name(folder, "audio folder")),
         "audio folder",
     )
     if found:
@@ -132,7 +132,10 @@ def _find(
     folders = bucket.list_folders(parent)
     for other in other_normal_forms(folder):
         if other in folders:
-            layout = relayout(other)
+            try:
+                layout = relayout(other)
+            except UnsafeNameError:  # the other form may be longer than a name may be: not this folder
+                continue
             prefix = f"{parent}{other}/{child}/"
             objs = list(bucket.list(prefix))
             if objs:

@@ -13,7 +13,8 @@ Decisions on odd but readable input:
   by one. Each rule needs several segments with a length: one segment is never refused, nor fewer
   than five short ones unless their times are plainly seconds:
   - "seconds": at least 2, every one under 120 ms and the median under 25 ms (no spoken unit is that
-    short in milliseconds; read as seconds they are ordinary utterances);
+    short in milliseconds; read as seconds they are ordinary utterances), or every one under 120 ms
+    and fewer than 5 (too few for the word-level rule: two one-minute utterances in seconds);
   - "microseconds": at least 2, every one over 600,000 ms (the longest segment stage 1 cuts);
   - "word level": at least 5, the median under 700 ms and at least 80% under 1 s: milliseconds, but
     words or characters (a forced alignment), not the utterances stage 1 cuts. Utterance-level
@@ -254,14 +255,22 @@ def timing_problem(segments: list[TranscriptSegment]) -> str:
 
 def _in_seconds(lengths: list[float], last: float) -> str:
     median = statistics.median(lengths)
-    if lengths[-1] >= SECONDS_ALL_UNDER_MS or median >= SECONDS_MEDIAN_UNDER_MS:
+    # Too few for the word-level rule: all under 120 ms is then seconds, whatever the median (two
+    # one-minute utterances written in seconds would otherwise be cut as nothing, silently).
+    if lengths[-1] >= SECONDS_ALL_UNDER_MS or (
+        median >= SECONDS_MEDIAN_UNDER_MS and len(lengths) >= WORD_LEVEL_MIN_SEGMENTS
+    ):
         return ""
     longest = _num(lengths[-1])
+    why = (
+        f"the median is {_num(median)} ms, under {SECONDS_MEDIAN_UNDER_MS:g} ms, shorter than any spoken unit"
+        if median < SECONDS_MEDIAN_UNDER_MS
+        else f"too few to be a word-level transcript (under {WORD_LEVEL_MIN_SEGMENTS})"
+    )
     return (
         f"times look like seconds, not milliseconds ({longest} s and {_num(last)} s read as seconds): the rule: "
-        f"every one of its {len(lengths)} segments is under {SECONDS_ALL_UNDER_MS:g} ms and the median is "
-        f"{_num(median)} ms, under {SECONDS_MEDIAN_UNDER_MS:g} ms, shorter than any spoken unit (the longest lasts "
-        f"{longest} ms, the last ends at {_num(last)} ms); write start_ms/end_ms in milliseconds"
+        f"every one of its {len(lengths)} segments is under {SECONDS_ALL_UNDER_MS:g} ms and {why} (the longest "
+        f"lasts {longest} ms, the last ends at {_num(last)} ms); write start_ms/end_ms in milliseconds"
     )
 
 

@@ -5,8 +5,10 @@ new transcript no longer has, and publish the recording's index last.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ from neutts_assets.pipeline.segments.store import (
     index_key,
     segment_key,
 )
-from neutts_assets.storage.store import ObjectStore, is_permanent
+from neutts_assets.storage.store import ObjectStore, StoreError, is_permanent
 
 
 def fingerprint(entry: InventoryEntry, rules: CutRules) -> dict:
@@ -157,7 +159,7 @@ class _RecordingCut:
         except FileNotFoundError as exc:
             raise _InputGone(key, "transcript disappeared from the source") from exc
         except Exception as exc:
-            if is_permanent(exc):  # permission denied, not a regular file: the object's own fault
+            if _object_fault(exc):  # permission denied, not a regular file: the object's own fault
                 raise _BadInput(key, str(exc)) from exc
             raise
         try:
@@ -190,9 +192,13 @@ class _RecordingCut:
             # with one audio object are written to the store as they are cut.
             hold = len(candidates) > 1 or self.replacing_good_cut
             attempts: list[_Attempt] = []
+            covered = False
             for i, audio in enumerate(candidates):
                 attempts.append(self._attempt(audio, segments, Path(tmp) / str(i), hold))
-                if len(candidates) == 1 or done_trying(attempts[-1].tried, needed_s):
+                if attempts[-1].tried.seconds is None:
+                    shutil.rmtree(Path(tmp) / str(i), ignore_errors=True)  # a failed copy's held cut: no use
+                covered = done_trying(attempts[-1].tried, needed_s)
+                if len(candidates) == 1 or covered:
                     break
             pick, why = choose([a.tried for a in attempts], needed_s, len(candidates))
             if pick is None:
@@ -206,6 +212,10 @@ class _RecordingCut:
             self.result.audio_choice = (chosen.audio.key, why)
             notes = [(-1, NoteEntry(chosen.audio.key, why)), *notes]
         index = chosen.index
+        if len(candidates) > 1 and covered:
+            # The copies after the last one tried could not have changed the choice: a change to them
+            # (a .part still growing beside a complete .wav) is no reason to cut again (plan_channel).
+            index.audio_tried = [[a.audio.key, a.audio.version, a.audio.size] for a in attempts]
         self._complete_index(index, problems, chosen.cutter, notes, chosen.mismatch)
         return index
 
@@ -262,7 +272,7 @@ class _RecordingCut:
         except FileNotFoundError as exc:
             raise _InputGone(audio.key, _GONE) from exc
         except Exception as exc:
-            if is_permanent(exc):  # a dangling link, a FIFO, permission denied: until the object changes
+            if _object_fault(exc):  # a dangling link, a FIFO, permission denied: until the object changes
                 raise _BadInput(audio.key, str(exc)) from exc
             raise
 
@@ -294,7 +304,7 @@ class _RecordingCut:
             SkipEntry(s.index, s.reason, s.detail) for s in cutter.skips
         ]
         index.audio_seconds = cutter.pos / SAMPLE_RATE
-        index.notes = ([NoteEntry(self.entry.audio_key, mismatch)] if mismatch else []) + [
+        index.notes = ([NoteEntry(index.audio_key or self.entry.audio_key, mismatch)] if mismatch else []) + [
             n for _, n in sorted(notes, key=lambda n: n[0])
         ]
 
@@ -395,6 +405,12 @@ def _write_cut(
 _GONE = "audio disappeared from the source"
 
 
+def _object_fault(exc: BaseException) -> bool:
+    """A permanent error the store reports of the source object itself. A PermissionError or ENOSPC
+    from writing this machine's own temporary copy is not the object's: it may pass."""
+    return isinstance(exc, StoreError) and is_permanent(exc)
+
+
 @dataclass
 class _Attempt:
     """One audio object's cut: its segments in `sink` (held, or in the store), and what it found."""
@@ -467,6 +483,43 @@ class ChannelPlan:
         return self.new + self.changed
 
 
+def same_inputs(old: RecordingIndex, entry: InventoryEntry, rules: CutRules) -> bool:
+    """Whether a recording cut under `old` would be cut from the same inputs now. Beyond an equal
+    fingerprint: audio objects after the ones the cut tried (its first copy covered the transcript)
+    do not count; and a local version of the form before file identity (`mtime-size`, written
+    before sources were listed with inodes and ctimes) matches today's that starts with it, so
+    upgrading does not re-cut every local recording (those keep the old trust until they change)."""
+    new, before = fingerprint(entry, rules), old.fingerprint
+    if old.audio_tried:
+        tried = [[a.key, a.version, a.size] for a in entry.candidates][: len(old.audio_tried)]
+        if _as_old(tried, old.audio_tried) != old.audio_tried:
+            return False
+        new = {k: v for k, v in new.items() if k != "other_audio"}
+        before = {k: v for k, v in before.items() if k != "other_audio"}
+    return _as_old(new, before) == before
+
+
+def _as_old(new, old):
+    """`new` (a fingerprint or a part of one) with each version written the way its counterpart in
+    `old` was (_legacy); everything else as it is."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return {k: _as_old(v, old[k]) if k in old else v for k, v in new.items()}
+    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
+        return [_as_old(n, o) for n, o in zip(new, old)]
+    if isinstance(new, str) and isinstance(old, str):
+        return _legacy(new, old)
+    return new
+
+
+def _legacy(version: str, old: str) -> str:
+    """`version` as the old form `old` was written in: a local `mtime-size-inode-ctime` read as
+    `mtime-size` when `old` has that form; any other version as it is."""
+    parts, old_parts = version.split("-"), old.split("-")
+    if len(parts) == 4 and len(old_parts) == 2 and all(p.isdigit() for p in parts + old_parts):
+        return "-".join(parts[:2])
+    return version
+
+
 def plan_channel(
     entries: list[InventoryEntry],
     previous: dict[str, RecordingIndex],
@@ -481,9 +534,14 @@ def plan_channel(
         old = previous.get(entry.recording_id)
         if old is None:
             plan.new.append(entry)
-        elif not force and old.status == "ok" and old.failed_fingerprint == fingerprint(entry, rules):
+        elif (
+            not force
+            and old.status == "ok"
+            and old.failed_fingerprint
+            and _as_old(fingerprint(entry, rules), old.failed_fingerprint) == old.failed_fingerprint
+        ):
             plan.failed_unchanged.append(entry)  # the bad replacement is still there; the good cut stands
-        elif force or old.fingerprint != fingerprint(entry, rules):
+        elif force or not same_inputs(old, entry, rules):
             plan.changed.append(entry)
         elif existing_keys is not None and any(s.key not in existing_keys for s in old.segments):
             plan.changed.append(entry)
@@ -509,7 +567,10 @@ def gone_keys(
     and the next run removes it again). A recording with segment files but no index (a cut killed
     before its index, then removed from the source) loses its files too."""
     out: dict[str, list[str]] = {}
-    for rid in sorted(set(gone) | {r for r in stored if r not in in_source and r not in indexes}):
+    # Compared in one normal form: a segment store on a file system that rewrites names (HFS+, ZFS
+    # formD) lists NFD names for IDs the inventory has as NFC, and those files are not orphans.
+    known = {unicodedata.normalize("NFC", r) for r in (*in_source, *indexes)}
+    for rid in sorted(set(gone) | {r for r in stored if unicodedata.normalize("NFC", r) not in known}):
         idx = indexes.get(rid)
         keys = sorted(stored.get(rid, set()) | ({s.key for s in idx.segments} if idx else set()))
         out[rid] = keys + ([index_key(channel, rid)] if idx else [])

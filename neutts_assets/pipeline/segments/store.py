@@ -104,6 +104,9 @@ class RecordingIndex:
     # fingerprint lists them all). Empty in indexes from before: the fingerprint's audio_key then.
     audio_key: str = ""
     audio_version: str = ""
+    # Of several audio objects, the [key, version, size] of those tried, when the last of them covered
+    # the transcript: the ones after it could not change the choice (recordings.same_inputs).
+    audio_tried: list = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode()
@@ -124,6 +127,7 @@ class RecordingIndex:
             transcript_key=d.get("transcript_key", ""),
             audio_key=d.get("audio_key", ""),
             audio_version=d.get("audio_version", ""),
+            audio_tried=d.get("audio_tried", []),
         )
 
 
