@@ -36,8 +36,8 @@ def raw_audio(
         raise Failure(description=str(exc), metadata={"source": bucket.describe(), "reason": str(exc)}) from None
     layout, transcripts, audio = found.layout, found.transcripts, found.audio
     inventory = build_inventory(layout, transcripts, audio, bucket.read_bytes)
-    for where, note in found.notes:
-        context.log.warning(f"{where}: {note}")
+    for n in found.notes:
+        context.log.warning(f"{n.key}: {n.note}")
     context.log.info(
         f"{channel}: {len(inventory.entries)} recordings paired, {len(inventory.unpaired)} objects unpaired"
     )
@@ -74,7 +74,7 @@ def raw_audio(
             ),
             # Used, but not as named: a folder or an ID spelled in another Unicode normal form.
             "input_notes": metadata_table(
-                ["object or folder", "note"], found.notes + [(n.key, n.note) for n in inventory.notes]
+                ["object or folder", "note"], [(n.key, n.note) for n in found.notes + inventory.notes]
             ),
             **retry_metadata(source=bucket),
         },

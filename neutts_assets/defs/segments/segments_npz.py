@@ -19,10 +19,11 @@ from neutts_assets.pipeline.segments.manifest import SegmentsManifest
 from neutts_assets.pipeline.segments.recordings import (
     ChannelPlan,
     ChannelTally,
+    Removal,
     channel_manifest,
     cut_recording,
-    gone_keys,
     plan_channel,
+    plan_removal,
 )
 from neutts_assets.pipeline.segments.segment_file import DEFAULT_AUDIO_FORMAT
 from neutts_assets.pipeline.segments.store import channel_prefix, keys_by_recording, load_indexes
@@ -102,9 +103,9 @@ def _cut_channel(
     tally = _unusable_inputs(inventory, plan, indexes)
     started = time.perf_counter()
     retry = _cut_recordings(context, plan, src, dst, rules, indexes, stored, tally, config.workers, guard)
-    gone, kept_back = _remove_gone(dst, channel, plan, indexes, stored, inventory, tally, guard)
-    if kept_back:
-        context.log.warning(f"{channel}: {kept_back}")
+    removal = _remove_gone(dst, channel, plan, indexes, stored, inventory, tally, guard)
+    if removal.held_back:
+        context.log.warning(f"{channel}: {removal.held_back}")
     wall = time.perf_counter() - started
 
     manifest = channel_manifest(channel, inventory.entries, indexes)
@@ -116,8 +117,7 @@ def _cut_channel(
             inventory,
             wall,
             orphans,
-            gone,
-            kept_back,
+            removal,
             f"{dst.describe()} {channel_prefix(channel)}",
         ),
         **retry_metadata(source=src, store=dst),
@@ -201,30 +201,17 @@ def _cut_recordings(
 
 def _remove_gone(
     dst, channel: str, plan: ChannelPlan, indexes: dict, stored: dict, inventory: Inventory, tally: ChannelTally, guard
-) -> tuple[list[tuple[str, int]], str]:
-    """Removes the stage-1 objects of the recordings no longer in the source, each while the lease
-    holds; their segment files count in `segments_removed`. Returns (recording, segment files
-    removed), and why removal was held back, if it was."""
-    # An object still listed under its ID (a transcript that vanished mid-listing, audio whose
-    # transcript is being rewritten) is no proof that the recording is gone: kept until a later run.
-    listed = {u.recording_id for u in inventory.unpaired if u.kind in ("vanished", "audio_without_transcript")}
-    in_source = {e.recording_id for e in inventory.entries} | listed
-    doomed = gone_keys(channel, [r for r in plan.gone if r not in listed], indexes, stored, in_source)
-    good = [r for r, idx in indexes.items() if idx.status == "ok"]
-    if good and all(r in doomed for r in good):
-        # Every good recording would go: a wrong mapping or source far more often than a real channel
-        # emptied (clean_up_segments empties a channel on purpose). Nothing is removed; said so.
-        return [], (
-            f"all {len(good)} recordings of the channel are no longer in the source: nothing was removed. "
-            "Check NEUTTS_CHANNEL_MAPPING and the source; to empty the channel on purpose, run clean_up_segments"
-        )
-    for rid, keys in doomed.items():
+) -> Removal:
+    """Removes the stage-1 objects of the recordings no longer in the source (plan_removal), each
+    recording's while the lease holds; their segment files count in `segments_removed`."""
+    removal = plan_removal(channel, plan.gone, indexes, stored, inventory)
+    for rid, keys in removal.keys.items():
         guard()
         for key in keys:
             dst.delete(key)
         tally.removed += [k for k in keys if k.endswith(".npz")]
         indexes.pop(rid, None)
-    return [(rid, sum(k.endswith(".npz") for k in keys)) for rid, keys in doomed.items()], ""
+    return removal
 
 
 def _retry_reason(exc: Exception) -> str:
@@ -242,8 +229,7 @@ def _metadata(
     inventory: Inventory,
     wall: float,
     orphans: int,
-    gone: list[tuple[str, int]],
-    kept_back: str,
+    removal: Removal,
     where: str,
 ) -> dict:
     missing_audio = sum(u.kind == "transcript_without_audio" for u in inventory.unpaired)
@@ -282,7 +268,7 @@ def _metadata(
         "orphan_temporaries_removed": orphans,
         # Deleted from the source, or out of its audio folder since the channel mapping changed: their
         # stage-1 files are removed (stage 2 and the quality scores follow on their next run).
-        "recordings_gone_from_source": metadata_table(["recording", "segment files removed"], gone),
-        "gone_recordings_kept": kept_back or "no",
+        "recordings_gone_from_source": metadata_table(["recording", "segment files removed"], removal.segment_files),
+        "gone_recordings_kept": removal.held_back or "no",
         "audio_choices": metadata_table(["recording", "audio used", "why"], sorted(tally.audio_choices)),
     }

@@ -10,7 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
-from neutts_assets.pipeline.inventory.source_layout import ChannelLayout, UnsafeNameError, audio_preference
+from neutts_assets.pipeline.inventory.source_layout import (
+    ChannelLayout,
+    UnsafeNameError,
+    audio_preference,
+    loose_name,
+)
 from neutts_assets.pipeline.inventory.transcripts import MAX_TRANSCRIPT_BYTES
 from neutts_assets.storage.store import ObjectInfo, is_permanent
 
@@ -195,11 +200,6 @@ def _pair_transcripts(
     return pairs, transcript_ids
 
 
-def _loose(name: str) -> str:
-    """What a near-match compares: case, width, Unicode normal form and surrounding spaces ignored."""
-    return unicodedata.normalize("NFKC", name).casefold().strip()
-
-
 class _NearMatches:
     """Why a transcript has no audio, with the objects whose names nearly match (another case,
     width or normal form of its ID, an extension stage 1 does not read): the fix is usually a
@@ -209,14 +209,16 @@ class _NearMatches:
         self.layout = layout
         self.by_loose: dict[str, list[str]] = {}
         for audio_id, objs in audio_by_id.items():
-            self.by_loose.setdefault(_loose(audio_id), []).extend(a.key for a in objs)
+            self.by_loose.setdefault(loose_name(audio_id), []).extend(a.key for a in objs)
         for u in unpaired:
             if u.key.startswith(layout.audio_prefix):
-                self.by_loose.setdefault(_loose(u.key[len(layout.audio_prefix) :].split(".", 1)[0]), []).append(u.key)
+                self.by_loose.setdefault(loose_name(u.key[len(layout.audio_prefix) :].split(".", 1)[0]), []).append(
+                    u.key
+                )
 
     def reason(self, rec_id: str) -> str:
         reason = f"no audio object {self.layout.audio_prefix}{rec_id}.<ext> for this transcript"
-        near = sorted(self.by_loose.get(_loose(rec_id), []))
+        near = sorted(self.by_loose.get(loose_name(rec_id), []))
         if near:
             reason += f"; near match: {', '.join(repr(k) for k in near[:3])} (rename it to {rec_id!r}.<ext>)"
         return reason

@@ -24,7 +24,8 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from neutts_assets.pipeline.inventory.source_layout import ChannelLayout, UnsafeNameError, check_name
+from neutts_assets.pipeline.inventory.manifest import InventoryNote
+from neutts_assets.pipeline.inventory.source_layout import ChannelLayout, UnsafeNameError, check_name, loose_name
 from neutts_assets.storage.store import ObjectInfo, ObjectStore
 
 TRANSCRIPTS_ROOT, PROCESSED_PREFIX, TRANSCRIPTS_FOLDER, AUDIO_FOLDER = (
@@ -36,7 +37,8 @@ TRANSCRIPTS_ROOT, PROCESSED_PREFIX, TRANSCRIPTS_FOLDER, AUDIO_FOLDER = (
 
 
 class ChannelNotFound(Exception):
-    """The channel has no transcripts and no audio in the source; the message names where it looked."""
+    """The channel has no transcript or no audio object in the source; the message names where it
+    looked and the near matches."""
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ChannelListing:
     layout: ChannelLayout  # as found: its folders may be spelled in another normal form
     transcripts: list[ObjectInfo]
     audio: list[ObjectInfo]
-    notes: list[tuple[str, str]] = field(default_factory=list)  # (folder, what was done)
+    notes: list[InventoryNote] = field(default_factory=list)  # a folder found under another spelling
     hints: list[str] = field(default_factory=list)  # near-matches of an empty folder
 
 
@@ -52,14 +54,10 @@ def other_normal_forms(name: str) -> list[str]:
     return sorted({unicodedata.normalize(form, name) for form in ("NFC", "NFD")} - {name})
 
 
-def _loose(name: str) -> str:
-    return unicodedata.normalize("NFKC", name).casefold().strip()
-
-
 def near_matches(wanted: str, names: list[str], limit: int = 3) -> list[str]:
     """The names that nearly match `wanted`: equal but for case, width or surrounding spaces, then
     the closest spellings (difflib, ratio >= 0.8)."""
-    loose = [n for n in names if n != wanted and _loose(n) == _loose(wanted)]
+    loose = [n for n in names if n != wanted and loose_name(n) == loose_name(wanted)]
     close = difflib.get_close_matches(wanted, [n for n in names if n != wanted and n not in loose], limit, 0.8)
     return (loose + close)[:limit]
 
@@ -139,7 +137,9 @@ def _find(
             prefix = f"{parent}{other}/{child}/"
             objs = list(bucket.list(prefix))
             if objs:
-                listing.notes.append((prefix, f"the channel's {what}, spelled in another Unicode normal form: used"))
+                listing.notes.append(
+                    InventoryNote(prefix, f"the channel's {what}, spelled in another Unicode normal form: used")
+                )
                 return layout, objs
     if folder in folders:  # the folder is there, its `child` is not
         near = near_matches(child, bucket.list_folders(f"{parent}{folder}/"))

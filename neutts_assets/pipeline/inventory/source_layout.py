@@ -136,6 +136,12 @@ class ChannelLayout:
         raise ValueError(f"audio {key!r} has no known audio extension ({', '.join(AUDIO_EXTENSIONS)}, .part)")
 
 
+def loose_name(name: str) -> str:
+    """What a near-match compares: case, width, Unicode normal form and surrounding spaces ignored.
+    Only ever a hint: names equal this way are not the same name."""
+    return unicodedata.normalize("NFKC", name).casefold().strip()
+
+
 def segment_id(recording_id: str, index: int) -> str:
     return f"{recording_id}_seg_{index}"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neutts_assets.pipeline.inventory.manifest import AudioObject, InventoryEntry
+from neutts_assets.pipeline.inventory.manifest import AudioObject, Inventory, InventoryEntry
 from neutts_assets.pipeline.inventory.source_layout import segment_id
 from neutts_assets.pipeline.inventory.transcripts import (
     MAX_TRANSCRIPT_BYTES,
@@ -149,8 +149,8 @@ class _RecordingCut:
         return self.result
 
     def _parse_transcript_step(self) -> tuple[list[SegmentProblem], list[TranscriptSegment]]:
-        """The transcript's segments, checked to be cuttable. Parsing and planning the cut are pure:
-        whatever they raise, this transcript will raise again, so every error of theirs is the input's."""
+        """The transcript's segments. Parsing and planning the cut (_cutter) are pure: whatever they
+        raise, this transcript will raise again, so every error of theirs is the input's."""
         key = self.entry.transcript_key
         if self.entry.transcript_size > MAX_TRANSCRIPT_BYTES:
             raise _BadInput(key, too_large(self.entry.transcript_size))
@@ -169,7 +169,6 @@ class _RecordingCut:
         except Exception as exc:
             raise _BadInput(key, f"unreadable transcript ({type(exc).__name__}: {str(exc)[:200]})") from exc
         del transcript
-        self._cutter(segments)  # raises now, not once per audio object
         return problems, segments
 
     def _cutter(self, segments: list[TranscriptSegment]) -> StreamCutter:
@@ -183,7 +182,7 @@ class _RecordingCut:
         yet published. A recording with several audio objects tries them in order, each cut held on
         local disk, and commits the one audio_choice picks."""
         candidates = self.entry.candidates
-        needed_s = self._cutter(segments).needed_samples / SAMPLE_RATE
+        needed_s = self._cutter(segments).needed_samples / SAMPLE_RATE  # the first to raise, before any download
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix="neutts-") as tmp:
             # A good cut must survive its recut failing halfway (undecodable new audio, a decoder
             # killed for want of disk or memory, a store error): the segments its index lists are not
@@ -575,6 +574,39 @@ def gone_keys(
         keys = sorted(stored.get(rid, set()) | ({s.key for s in idx.segments} if idx else set()))
         out[rid] = keys + ([index_key(channel, rid)] if idx else [])
     return out
+
+
+@dataclass
+class Removal:
+    """What a stage-1 run removes of the recordings no longer in the source (plan_removal)."""
+
+    keys: dict[str, list[str]] = field(default_factory=dict)  # per recording, in the order deleted
+    held_back: str = ""  # why nothing is removed, when nothing is
+
+    @property
+    def segment_files(self) -> list[tuple[str, int]]:
+        return [(rid, sum(k.endswith(".npz") for k in keys)) for rid, keys in self.keys.items()]
+
+
+def plan_removal(
+    channel: str, gone: list[str], indexes: dict[str, RecordingIndex], stored: dict[str, set[str]], inventory: Inventory
+) -> Removal:
+    """The stage-1 objects of the recordings no longer in the source (gone_keys), but:
+    - an object still listed under the ID (a transcript that vanished mid-listing, audio whose
+      transcript is being rewritten) is no proof that the recording is gone: it is kept until a run
+      finds neither;
+    - when every good recording would go, none does: a wrong mapping or source far more often than
+      a channel emptied on purpose (clean_up_segments does that), and said so."""
+    listed = {u.recording_id for u in inventory.unpaired if u.kind in ("vanished", "audio_without_transcript")}
+    in_source = {e.recording_id for e in inventory.entries} | listed
+    keys = gone_keys(channel, [r for r in gone if r not in listed], indexes, stored, in_source)
+    good = [r for r, idx in indexes.items() if idx.status == "ok"]
+    if good and all(r in keys for r in good):
+        return Removal(
+            held_back=f"all {len(good)} recordings of the channel are no longer in the source: nothing was removed. "
+            "Check NEUTTS_CHANNEL_MAPPING and the source; to empty the channel on purpose, run clean_up_segments"
+        )
+    return Removal(keys)
 
 
 def channel_manifest(
